@@ -1,0 +1,46 @@
+# Copilot Server: `make run` serves the app, `make test` runs the whole suite (CONTRACT §1).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test install install-test migrate demo-user check bench chaos clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml constraints.txt
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+migrate: install
+	DEBUG=$${DEBUG:-true} $(PY) manage.py migrate --noinput
+
+demo-user: migrate
+	DEBUG=$${DEBUG:-true} $(PY) manage.py ensure_demo_user
+
+run: demo-user
+	@echo "Serving on http://$(HOST):$(PORT)/"
+	DEBUG=$${DEBUG:-true} $(PY) manage.py runserver --noreload $(HOST):$(PORT)
+
+test: install-test
+	bash scripts/test-prereqs.sh
+	DEBUG=true $(PY) -m pytest $(PYTEST_ARGS)
+
+check: install
+	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
+	DEBUG=true $(PY) manage.py check
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache

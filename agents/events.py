@@ -1,0 +1,154 @@
+"""The one chunk vocabulary: Vercel AI SDK UI-message-stream parts (package ``ai``, major 7).
+
+Every producer (both backends, chat.turns) builds chunks only through these functions and
+both doors (websocket, SSE) send them unchanged. A chunk is a plain JSON-safe ``dict``.
+Non-standard information travels as ``data-*`` parts (CONTRACT §4).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Chunk = dict[str, Any]
+
+FinishReason = Literal["stop", "length", "content-filter", "tool-calls", "error", "other"]
+
+# Parts that carry streamed text and may be merged when consecutive (delta coalescing).
+DELTA_TYPES = frozenset({"text-delta", "reasoning-delta", "tool-input-delta"})
+
+
+def start(message_id: str, metadata: dict[str, Any] | None = None) -> Chunk:
+    chunk: Chunk = {"type": "start", "messageId": message_id}
+    if metadata:
+        chunk["messageMetadata"] = metadata
+    return chunk
+
+
+def start_step() -> Chunk:
+    return {"type": "start-step"}
+
+
+def finish_step() -> Chunk:
+    return {"type": "finish-step"}
+
+
+def finish(finish_reason: FinishReason = "stop", metadata: dict[str, Any] | None = None) -> Chunk:
+    chunk: Chunk = {"type": "finish", "finishReason": finish_reason}
+    if metadata:
+        chunk["messageMetadata"] = metadata
+    return chunk
+
+
+def text_start(part_id: str) -> Chunk:
+    return {"type": "text-start", "id": part_id}
+
+
+def text_delta(part_id: str, delta: str) -> Chunk:
+    return {"type": "text-delta", "id": part_id, "delta": delta}
+
+
+def text_end(part_id: str) -> Chunk:
+    return {"type": "text-end", "id": part_id}
+
+
+def reasoning_start(part_id: str) -> Chunk:
+    return {"type": "reasoning-start", "id": part_id}
+
+
+def reasoning_delta(part_id: str, delta: str) -> Chunk:
+    return {"type": "reasoning-delta", "id": part_id, "delta": delta}
+
+
+def reasoning_end(part_id: str) -> Chunk:
+    return {"type": "reasoning-end", "id": part_id}
+
+
+def tool_input_start(tool_call_id: str, tool_name: str) -> Chunk:
+    return {"type": "tool-input-start", "toolCallId": tool_call_id, "toolName": tool_name}
+
+
+def tool_input_delta(tool_call_id: str, delta: str) -> Chunk:
+    return {"type": "tool-input-delta", "toolCallId": tool_call_id, "inputTextDelta": delta}
+
+
+def tool_input_available(tool_call_id: str, tool_name: str, tool_input: Any) -> Chunk:
+    return {"type": "tool-input-available", "toolCallId": tool_call_id, "toolName": tool_name, "input": tool_input}
+
+
+def tool_output_available(tool_call_id: str, output: Any) -> Chunk:
+    return {"type": "tool-output-available", "toolCallId": tool_call_id, "output": output}
+
+
+def tool_output_error(tool_call_id: str, error_text: str) -> Chunk:
+    return {"type": "tool-output-error", "toolCallId": tool_call_id, "errorText": error_text}
+
+
+def error(error_text: str) -> Chunk:
+    return {"type": "error", "errorText": error_text}
+
+
+def abort() -> Chunk:
+    return {"type": "abort"}
+
+
+def data(name: str, payload: Any, *, transient: bool = False, part_id: str | None = None) -> Chunk:
+    """A ``data-<name>`` part. Transient parts are delivered but not added to the message."""
+    chunk: Chunk = {"type": f"data-{name}", "data": payload}
+    if part_id is not None:
+        chunk["id"] = part_id
+    if transient:
+        chunk["transient"] = True
+    return chunk
+
+
+def usage(
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    cost_usd: float,
+    model: str,
+) -> Chunk:
+    return data(
+        "usage",
+        {
+            "inputTokens": input_tokens,
+            "outputTokens": output_tokens,
+            "cacheReadTokens": cache_read_tokens,
+            "cacheWriteTokens": cache_write_tokens,
+            "costUsd": round(cost_usd, 6),
+            "model": model,
+        },
+    )
+
+
+def heartbeat(ts: float) -> Chunk:
+    return data("heartbeat", {"ts": ts}, transient=True)
+
+
+def status(code: str, message: str) -> Chunk:
+    """A user-facing progress note (retrying, compacting context, ...)."""
+    return data("status", {"code": code, "message": message}, transient=True)
+
+
+def session_info(payload: dict[str, Any]) -> Chunk:
+    return data("session", payload, transient=True)
+
+
+def coalesce(chunks: list[Chunk]) -> list[Chunk]:
+    """Merge runs of consecutive deltas of the same part into one chunk each (order kept)."""
+    out: list[Chunk] = []
+    for chunk in chunks:
+        kind = chunk["type"]
+        if out and kind in DELTA_TYPES and out[-1]["type"] == kind:
+            prev = out[-1]
+            if kind == "tool-input-delta":
+                if prev["toolCallId"] == chunk["toolCallId"]:
+                    out[-1] = {**prev, "inputTextDelta": prev["inputTextDelta"] + chunk["inputTextDelta"]}
+                    continue
+            elif prev["id"] == chunk["id"]:
+                out[-1] = {**prev, "delta": prev["delta"] + chunk["delta"]}
+                continue
+        out.append(chunk)
+    return out

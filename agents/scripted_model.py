@@ -1,0 +1,1117 @@
+"""The scripted model: an offline, deterministic Anthropic Messages API server.
+
+A real HTTP/1.1 server (asyncio streams, hand-written minimal parser) that speaks
+enough of the Anthropic Messages API for the real ``anthropic`` client and the
+real Claude Code CLI to run against it unchanged (CONTRACT §3):
+
+* ``POST /v1/messages``               streaming SSE or non-streaming JSON
+* ``POST /v1/messages/count_tokens``  ``{"input_tokens": N}``
+* anything else                       a quick 404 JSON error
+
+The reply is decided by a directive in the newest user text (``/tool bash ls``,
+``/tools 3``, ``/long 50``, ``/slow 100``, ``/stamp 10 50``, ``/error 429``,
+``/toolong``, ``/drop``, ``/think``); anything else gets a short echo.
+See ``docs/scripted_model.md``.
+
+Pure Python, no Django imports: ``ScriptedModelServer(port=0).start().url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import datetime as dt
+import hashlib
+import itertools
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ApiError",
+    "Directive",
+    "Plan",
+    "PlannedBlock",
+    "ScriptedModelServer",
+    "UsageMeter",
+    "ensure_scripted_model",
+    "ensure_scripted_model_server",
+    "parse_directive",
+    "plan_reply",
+]
+
+MODEL_BANNER = "Offline scripted model"
+REQUEST_LOG_SIZE = 1000
+#: SSE bytes buffered before a chunk is written (batching for ``/long``).
+FLUSH_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Side requests (titles, quota probes…) with at most this many max_tokens
+#: never act on a directive.
+SIDE_REQUEST_MAX_TOKENS = 64
+JSON_SEPARATORS = (",", ":")
+
+# --------------------------------------------------------------------------
+# Directives
+# --------------------------------------------------------------------------
+
+_DIRECTIVE_RE = re.compile(
+    r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|drop|think)(?![\w/-])([^\n]*)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
+_INT_RE = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One parsed directive: ``name`` plus its integer ``numbers`` or a ``command``."""
+
+    name: str
+    numbers: tuple[int, ...] = ()
+    command: str = ""
+
+    def number(self, index: int, default: int, *, lo: int = 0, hi: int = 10**7) -> int:
+        value = self.numbers[index] if index < len(self.numbers) else default
+        return max(lo, min(hi, value))
+
+
+def parse_directive(text: str) -> Directive | None:
+    """Return the first directive in ``text`` (``<system-reminder>`` sections ignored)."""
+    for candidate in (_REMINDER_RE.sub(" ", text), text):
+        match = _DIRECTIVE_RE.search(candidate)
+        if match:
+            return _make_directive(match.group(1).lower(), match.group(2))
+    return None
+
+
+def _make_directive(name: str, rest: str) -> Directive | None:
+    if name == "tool":
+        command = re.sub(r"^\s*bash\b", "", rest, flags=re.IGNORECASE).strip()
+        return Directive("tool", command=command) if command else None
+    numbers = tuple(int(n) for n in _INT_RE.findall(rest.split("/", 1)[0])[:2])
+    return Directive(name, numbers=numbers)
+
+
+# --------------------------------------------------------------------------
+# Reading a Messages API request
+# --------------------------------------------------------------------------
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        return [b for b in content if isinstance(b, dict)]
+    return []
+
+
+def newest_user_message(body: dict[str, Any]) -> dict[str, Any] | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message
+    return None
+
+
+def user_texts(message: dict[str, Any] | None) -> list[str]:
+    """Text blocks of a user message, in order."""
+    if message is None:
+        return []
+    return [
+        str(b.get("text", "")) for b in _blocks(message.get("content")) if b.get("type") == "text"
+    ]
+
+
+def spoken_text(texts: Iterable[str]) -> str:
+    """What the human typed: text without ``<system-reminder>`` wrappers."""
+    parts = [_REMINDER_RE.sub("", t).strip() for t in texts]
+    return " ".join(p for p in parts if p)
+
+
+def tool_results(message: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if message is None:
+        return []
+    return [b for b in _blocks(message.get("content")) if b.get("type") == "tool_result"]
+
+
+def tool_result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, str):
+        return content.strip()
+    texts = [str(b.get("text", "")) for b in _blocks(content) if b.get("type") == "text"]
+    return "\n".join(texts).strip()
+
+
+def system_text(body: dict[str, Any]) -> str:
+    return " ".join(t for t in user_texts({"content": body.get("system")}))
+
+
+_SIDE_TASK_RE = re.compile(
+    r"naming a coding session|\btitle for\b|\bsession title\b|conversation topic"
+    r"|summari[sz]e (?:this|the) conversation",
+    re.IGNORECASE,
+)
+
+
+def output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of a structured-output request, if any."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    fmt = fmt or body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        return schema if isinstance(schema, dict) else {}
+    return None
+
+
+def is_side_request(body: dict[str, Any]) -> bool:
+    """A request that is not the chat turn itself (session titles, quota probes…).
+
+    The Claude Code CLI sends helper requests next to the main turn (e.g. a
+    session title with a ``json_schema`` output format). They carry no tools and
+    ask for structured output, a tiny ``max_tokens``, or a title/summary in the
+    system prompt. They get a short plain answer and never act on a directive.
+    """
+    if body.get("tools"):
+        return False
+    if output_schema(body) is not None:
+        return True
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens <= SIDE_REQUEST_MAX_TOKENS:
+        return True
+    return bool(_SIDE_TASK_RE.search(system_text(body)))
+
+
+# --------------------------------------------------------------------------
+# Usage (deterministic token estimates, prompt caching)
+# --------------------------------------------------------------------------
+
+
+def estimate_tokens(chars: int) -> int:
+    return max(1, chars // 4)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, separators=JSON_SEPARATORS, sort_keys=True, ensure_ascii=False)
+
+
+def _without_cache_control(block: Any) -> Any:
+    if isinstance(block, dict) and "cache_control" in block:
+        return {k: v for k, v in block.items() if k != "cache_control"}
+    return block
+
+
+def prompt_units(body: dict[str, Any]) -> Iterator[Any]:
+    """The prompt in cache order (tools, system, messages), one unit per block."""
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        yield from tools
+    system = body.get("system")
+    if isinstance(system, str):
+        yield {"system": system}
+    elif isinstance(system, list):
+        yield from system
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                yield {"role": message.get("role")}
+                yield from content
+            else:
+                yield {"role": message.get("role"), "content": content}
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def as_dict(self, output_tokens: int) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_creation_input_tokens,
+                "ephemeral_1h_input_tokens": 0,
+            },
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+
+
+class UsageMeter:
+    """Token estimates (chars/4) with a toy prompt cache.
+
+    Every ``cache_control`` breakpoint defines a prefix (everything up to and
+    including that block, ``cache_control`` markers ignored). The longest prefix
+    seen before is a cache read; the rest up to the last breakpoint is a cache
+    write; the tail after the last breakpoint is plain ``input_tokens``.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def count(body: dict[str, Any]) -> int:
+        return estimate_tokens(sum(len(_canonical(u)) for u in prompt_units(body)))
+
+    def measure(self, body: dict[str, Any]) -> Usage:
+        digest = hashlib.sha256()
+        chars = 0
+        breakpoints: list[tuple[str, int]] = []
+        for unit in prompt_units(body):
+            text = _canonical(_without_cache_control(unit))
+            digest.update(text.encode())
+            chars += len(text)
+            if isinstance(unit, dict) and unit.get("cache_control"):
+                breakpoints.append((digest.copy().hexdigest(), chars))
+        total = estimate_tokens(chars)
+        if not breakpoints:
+            return Usage(input_tokens=total)
+        with self._lock:
+            read_chars = max((c for h, c in breakpoints if h in self._seen), default=0)
+            for h, _ in breakpoints:
+                self._seen[h] = None
+                self._seen.move_to_end(h)
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+        cached_chars = breakpoints[-1][1]
+        read = read_chars // 4
+        cached = cached_chars // 4
+        return Usage(
+            input_tokens=max(1, total - cached),
+            cache_creation_input_tokens=cached - read,
+            cache_read_input_tokens=read,
+        )
+
+
+# --------------------------------------------------------------------------
+# Reply planning
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ApiError:
+    status: int
+    type: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedBlock:
+    """One content block and the pieces it is streamed in."""
+
+    type: str  # "text" | "thinking" | "tool_use"
+    pieces: list[str] = field(default_factory=list)
+    tool_id: str = ""
+    tool_name: str = ""
+    tool_input: dict[str, Any] = field(default_factory=dict)
+    signature: str = ""
+
+
+@dataclass
+class Plan:
+    """Everything needed to render one reply, streaming or not."""
+
+    label: str
+    blocks: list[PlannedBlock] = field(default_factory=list)
+    stop_reason: str = "end_turn"
+    interval: float = 0.0  # seconds between deltas
+    stamp: bool = False  # text deltas are generated at send time: "<i>:<ns> "
+    drop_after: int | None = None  # cut the connection after this many deltas
+    error: ApiError | None = None
+
+    @property
+    def delta_count(self) -> int:
+        return sum(len(b.pieces) for b in self.blocks) + sum(
+            1 for b in self.blocks if b.type == "thinking"
+        )
+
+
+def text_block(pieces: list[str]) -> PlannedBlock:
+    return PlannedBlock("text", pieces=pieces)
+
+
+def split_words(text: str, per_piece: int = 4) -> list[str]:
+    """Split ``text`` into pieces of a few words, keeping all whitespace."""
+    tokens = re.findall(r"\S+\s*", text) or [text]
+    return ["".join(tokens[i : i + per_piece]) for i in range(0, len(tokens), per_piece)]
+
+
+def _split_json(value: dict[str, Any], pieces: int = 3) -> list[str]:
+    encoded = json.dumps(value, ensure_ascii=False)
+    size = max(1, -(-len(encoded) // pieces))
+    return [encoded[i : i + size] for i in range(0, len(encoded), size)]
+
+
+def tool_use_block(tool_id: str, command: str, description: str) -> PlannedBlock:
+    tool_input = {"command": command, "description": description}
+    return PlannedBlock(
+        "tool_use",
+        pieces=_split_json(tool_input),
+        tool_id=tool_id,
+        tool_name="Bash",
+        tool_input=tool_input,
+    )
+
+
+_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Scripted invalid request (/error 400)."),
+    401: ("authentication_error", "invalid x-api-key"),
+    402: (
+        "billing_error",
+        "Your credit balance is too low to access the Anthropic API. "
+        "Please go to Plans & Billing to upgrade or purchase credits.",
+    ),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "Scripted not found (/error 404)."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit (scripted)."),
+    500: ("api_error", "Internal server error (scripted)."),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def rate_limit_headers(retry_after: int = 1) -> dict[str, str]:
+    reset = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=retry_after)
+    stamp = reset.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    headers = {"retry-after": str(retry_after)}
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+        headers[f"anthropic-ratelimit-{kind}-limit"] = "1000"
+        headers[f"anthropic-ratelimit-{kind}-remaining"] = "0"
+        headers[f"anthropic-ratelimit-{kind}-reset"] = stamp
+    return headers
+
+
+def error_for_status(status: int) -> ApiError:
+    if not 400 <= status <= 599:
+        status = 500
+    kind, message = _ERRORS.get(status, ("api_error", f"Scripted error (/error {status})."))
+    headers = rate_limit_headers() if status == 429 else {}
+    return ApiError(status, kind, message, headers)
+
+
+def echo_text(said: str) -> str:
+    said = " ".join(said.split())
+    if len(said) > 200:
+        said = said[:200] + "…"
+    return (
+        f'{MODEL_BANNER}: you said "{said}". Set ANTHROPIC_API_KEY to talk to Claude. '
+        "Try /tool bash ls, /tools 3, /long 50, /slow 100, /think, /error 429."
+    )
+
+
+def side_title(said: str) -> str:
+    """A three-word title from the user text ("Hello tool bash")."""
+    said = re.sub(r"</?session>", " ", said)
+    words = re.findall(r"[^\W_][\w'-]*", said)[:3]
+    return " ".join(words).capitalize() if words else "Offline chat"
+
+
+def sample_for_schema(schema: Any, title: str) -> Any:
+    """A minimal value matching a JSON schema; strings get ``title``."""
+    if not isinstance(schema, dict):
+        return title
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {name: sample_for_schema(sub, title) for name, sub in props.items()}
+    return {"integer": 0, "number": 0, "boolean": False, "array": [], "null": None}.get(
+        str(kind), title
+    )
+
+
+def side_reply_text(body: dict[str, Any], said: str) -> str:
+    title = side_title(said)
+    schema = output_schema(body)
+    if schema is None:
+        return title
+    return json.dumps(sample_for_schema(schema, title), ensure_ascii=False)
+
+
+class ReplyPlanner:
+    """Turns a Messages API request body into a :class:`Plan`."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def _tool_id(self, kind: str, index: int = 0) -> str:
+        return f"toolu_{kind}_{next(self._ids):06d}_{index}"
+
+    def plan(self, body: dict[str, Any]) -> Plan:
+        message = newest_user_message(body)
+        texts = user_texts(message)
+        said = spoken_text(texts)
+        if is_side_request(body):
+            return Plan("side", [text_block([side_reply_text(body, said)])])
+        results = tool_results(message)
+        if results:
+            return self._after_tools(results)
+        directive = next((d for d in map(parse_directive, texts) if d), None)
+        if directive is None:
+            return Plan("echo", [text_block(split_words(echo_text(said)))])
+        return self._for_directive(directive, said)
+
+    def _after_tools(self, results: list[dict[str, Any]]) -> Plan:
+        outputs = [tool_result_text(r) for r in results]
+        multi = len(results) > 1 or "_tools_" in str(results[0].get("tool_use_id", ""))
+        if multi:
+            text = f"Ran {len(results)} tools: " + " ".join(outputs)
+        elif results[0].get("is_error"):
+            text = f"Tool error: {outputs[0]}"
+        else:
+            text = f"Tool result: {outputs[0]}"
+        return Plan("tool_result", [text_block(split_words(text))])
+
+    def _for_directive(self, d: Directive, said: str) -> Plan:
+        if d.name == "tool":
+            description = f"Run {d.command[:60]}"
+            block = tool_use_block(self._tool_id("bash"), d.command, description)
+            intro = text_block(["I'll run that ", "command."])
+            return Plan("tool", [intro, block], stop_reason="tool_use")
+        if d.name == "tools":
+            count = d.number(0, 3, lo=1, hi=64)
+            batch = next(self._ids)
+            blocks = [
+                tool_use_block(f"toolu_tools_{batch:06d}_{i}", f"echo tool-{i}", f"Echo tool-{i}")
+                for i in range(count)
+            ]
+            return Plan("tools", blocks, stop_reason="tool_use")
+        if d.name == "long":
+            count = d.number(0, 50, lo=1, hi=1_000_000)
+            return Plan("long", [text_block([f"w{i} " for i in range(count)])])
+        if d.name == "slow":
+            interval_ms = d.number(0, 100, hi=60_000)
+            count = d.number(1, 40, lo=1, hi=100_000)
+            words = [f"w{i} " for i in range(count)]
+            return Plan("slow", [text_block(words)], interval=interval_ms / 1000)
+        if d.name == "stamp":
+            count = d.number(0, 10, lo=1, hi=1_000_000)
+            interval_ms = d.number(1, 50, hi=60_000)
+            pieces = [""] * count
+            return Plan("stamp", [text_block(pieces)], interval=interval_ms / 1000, stamp=True)
+        if d.name == "error":
+            return Plan("error", error=error_for_status(d.number(0, 500, hi=999)))
+        if d.name == "toolong":
+            message = "prompt is too long: 250000 tokens > 200000 maximum"
+            return Plan("toolong", error=ApiError(400, "invalid_request_error", message))
+        if d.name == "drop":
+            words = split_words("This reply will be cut off in the middle of a sentence", 2)
+            return Plan("drop", [text_block(words)], drop_after=3)
+        if d.name == "think":
+            thoughts = split_words(
+                f"The user wrote: {said[:120]}. This is the offline scripted model, "
+                "so I will show a thinking block and then answer.",
+                3,
+            )
+            signature = base64.b64encode(hashlib.sha256("".join(thoughts).encode()).digest())
+            thinking = PlannedBlock("thinking", pieces=thoughts, signature=signature.decode())
+            answer = text_block(split_words("I thought about it. Here is the answer after thinking."))
+            return Plan("think", [thinking, answer])
+        return Plan("echo", [text_block(split_words(echo_text(said)))])
+
+
+# --------------------------------------------------------------------------
+# Rendering: SSE events and JSON messages
+# --------------------------------------------------------------------------
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload, separators=JSON_SEPARATORS, ensure_ascii=False)
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+def _delta_prefix(index: int, kind: str, key: str) -> bytes:
+    return (
+        'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+        '"delta":{"type":"%s","%s":' % (index, kind, key)
+    ).encode()
+
+
+_DELTA_KEYS = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking")}
+
+
+def _block_start(block: PlannedBlock) -> dict[str, Any]:
+    if block.type == "tool_use":
+        return {"type": "tool_use", "id": block.tool_id, "name": block.tool_name, "input": {}}
+    if block.type == "thinking":
+        return {"type": "thinking", "thinking": "", "signature": ""}
+    return {"type": "text", "text": ""}
+
+
+def _block_final(block: PlannedBlock, pieces: list[str]) -> dict[str, Any]:
+    if block.type == "tool_use":
+        return {
+            "type": "tool_use",
+            "id": block.tool_id,
+            "name": block.tool_name,
+            "input": block.tool_input,
+        }
+    if block.type == "thinking":
+        return {"type": "thinking", "thinking": "".join(pieces), "signature": block.signature}
+    return {"type": "text", "text": "".join(pieces)}
+
+
+class StampCounter:
+    """Generates ``/stamp`` deltas: ``<i>:<time.time_ns() at send> ``."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self) -> str:
+        text = f"{self._next}:{time.time_ns()} "
+        self._next += 1
+        return text
+
+
+def message_shell(message_id: str, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+class DroppedConnection(Exception):
+    """The plan asked to cut the connection (``/drop``)."""
+
+
+class SSEWriter:
+    """Writes SSE events as HTTP/1.1 chunks, batching small events."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._size += len(data)
+
+    async def event(self, name: str, payload: dict[str, Any]) -> None:
+        self.add(sse_event(name, payload))
+        await self.maybe_flush()
+
+    async def maybe_flush(self) -> None:
+        if self._size >= FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._size:
+            return
+        if self._writer.is_closing():
+            raise ConnectionResetError("client went away")
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        self._writer.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        await self._writer.drain()
+
+    async def finish(self) -> None:
+        await self.flush()
+        self._writer.write(b"0\r\n\r\n")
+        await self._writer.drain()
+
+
+async def stream_plan(
+    plan: Plan, out: SSEWriter, *, message_id: str, model: str, usage: Usage
+) -> None:
+    """Stream ``plan`` as Anthropic SSE events into ``out``."""
+    output_tokens = max(1, plan.delta_count)
+    await out.event("message_start", {
+        "type": "message_start",
+        "message": message_shell(message_id, model, usage.as_dict(1)),
+    })
+    stamp = StampCounter() if plan.stamp else None
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    sent = 0
+
+    async def pace() -> None:
+        nonlocal next_at, sent
+        sent += 1
+        if plan.drop_after is not None and sent >= plan.drop_after:
+            await out.flush()
+            raise DroppedConnection()
+        if plan.interval > 0:
+            await out.flush()
+            next_at += plan.interval
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        else:
+            await out.maybe_flush()
+
+    for index, block in enumerate(plan.blocks):
+        await out.event("content_block_start", {
+            "type": "content_block_start", "index": index, "content_block": _block_start(block),
+        })
+        if index == 0:
+            await out.event("ping", {"type": "ping"})
+        if block.type == "tool_use":
+            for piece in block.pieces:
+                await out.event("content_block_delta", {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                })
+                await pace()
+        else:
+            kind, key = _DELTA_KEYS[block.type]
+            prefix = _delta_prefix(index, kind, key)
+            for piece in block.pieces:
+                text = stamp() if stamp is not None and block.type == "text" else piece
+                out.add(prefix + json.dumps(text, ensure_ascii=False).encode() + b"}}\n\n")
+                await pace()
+            if block.type == "thinking":
+                await out.event("content_block_delta", {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "signature_delta", "signature": block.signature},
+                })
+        await out.event("content_block_stop", {"type": "content_block_stop", "index": index})
+    await out.event("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
+        "usage": usage.as_dict(output_tokens),
+    })
+    await out.event("message_stop", {"type": "message_stop"})
+    await out.finish()
+
+
+async def render_message(
+    plan: Plan, *, message_id: str, model: str, usage: Usage
+) -> dict[str, Any]:
+    """The non-streaming Message for ``plan`` (delays are honoured)."""
+    stamp = StampCounter() if plan.stamp else None
+    content = []
+    for block in plan.blocks:
+        pieces: list[str] = []
+        for piece in block.pieces:
+            pieces.append(stamp() if stamp is not None and block.type == "text" else piece)
+            if plan.interval > 0:
+                await asyncio.sleep(plan.interval)
+        content.append(_block_final(block, pieces))
+    message = message_shell(message_id, model, usage.as_dict(max(1, plan.delta_count)))
+    message.update(content=content, stop_reason=plan.stop_reason)
+    return message
+
+
+def error_body(kind: str, message: str, request_id: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
+
+
+# --------------------------------------------------------------------------
+# HTTP/1.1
+# --------------------------------------------------------------------------
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
+    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 529: "Overloaded",
+}
+_REDACTED_HEADERS = {"x-api-key", "authorization", "cookie", "proxy-authorization"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+    @property
+    def keep_alive(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return connection == "keep-alive"
+        return connection != "close"
+
+
+async def read_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> HttpRequest | None:
+    """Read one request; ``None`` on a cleanly closed connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise HttpError(400, "incomplete request head") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise HttpError(431, "request head too large") from None
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        method, target, version = lines[0].split(" ", 2)
+    except ValueError:
+        raise HttpError(400, "malformed request line") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise HttpError(400, "malformed header")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("expect", "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = await _read_chunked(reader)
+    else:
+        try:
+            length = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            raise HttpError(400, "bad content-length") from None
+        if length < 0 or length > MAX_BODY_BYTES:
+            raise HttpError(413, "body too large")
+        body = await reader.readexactly(length) if length else b""
+    return HttpRequest(method.upper(), target, version.strip(), headers, body)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HttpError(400, "bad chunk size") from None
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass  # trailers
+            return b"".join(parts)
+        total += size
+        if total > MAX_BODY_BYTES:
+            raise HttpError(413, "body too large")
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def write_json(
+    writer: asyncio.StreamWriter,
+    status: int,
+    payload: Any,
+    *,
+    keep_alive: bool,
+    extra: dict[str, str] | None = None,
+    head_only: bool = False,
+) -> None:
+    body = json.dumps(payload, separators=JSON_SEPARATORS, ensure_ascii=False).encode()
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "keep-alive" if keep_alive else "close",
+        "server": "scripted-model",
+        **(extra or {}),
+    }
+    writer.write(_head(status, headers) + (b"" if head_only else body))
+    await writer.drain()
+
+
+def _log_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        k: ("<redacted>" if k in _REDACTED_HEADERS and v else v) for k, v in headers.items()
+    }
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Cut the TCP connection abruptly (RST)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+class ScriptedModelServer:
+    """The scripted Anthropic Messages API server (see module docstring)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.requests: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=REQUEST_LOG_SIZE
+        )
+        self.planner = ReplyPlanner()
+        self.usage = UsageMeter()
+        self._counter = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> ScriptedModelServer:
+        """Listen in a daemon thread with its own event loop; return once listening."""
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._listen())
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="scripted-model", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._close(), loop)
+            try:
+                future.result(timeout=5)
+            except Exception:  # noqa: BLE001 - best effort shutdown
+                pass
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        self._thread = None
+        self._loop = None
+
+    def serve_forever(self) -> None:
+        """Serve in the foreground until Ctrl-C (starts the server if needed)."""
+        self.start()
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(timeout=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle_connection, self.host, self.port, backlog=2048, limit=MAX_HEADER_BYTES
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connections -------------------------------------------------------
+
+    async def _handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    request = await read_request(reader, writer)
+                except HttpError as exc:
+                    body = error_body("invalid_request_error", str(exc), "req_bad")
+                    await write_json(writer, exc.status, body, keep_alive=False)
+                    break
+                if request is None or not await self._dispatch(request, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, DroppedConnection):
+            pass
+        finally:
+            self._writers.discard(writer)
+            if not writer.transport.is_closing():
+                writer.close()
+
+    def _log(self, request: HttpRequest, body: Any) -> dict[str, Any]:
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": _log_headers(request.headers),
+            "body": body,
+            "time": time.time(),
+        }
+        self.requests.append(entry)
+        return entry
+
+    async def _dispatch(self, request: HttpRequest, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; return whether the connection stays open."""
+        try:
+            body = json.loads(request.body) if request.body else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        entry = self._log(request, body)
+        request_id = f"req_scripted_{next(self._counter):08d}"
+        keep_alive = request.keep_alive
+        common = {"request-id": request_id}
+        route = (request.method, request.path.rstrip("/"))
+
+        if route[1] in ("/v1/messages", "/v1/messages/count_tokens") and request.method == "POST":
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                entry["status"] = 400
+                err = error_body("invalid_request_error", "messages: field required", request_id)
+                await write_json(writer, 400, err, keep_alive=keep_alive, extra=common)
+                return keep_alive
+            if route[1] == "/v1/messages/count_tokens":
+                entry["status"] = 200
+                payload = {"input_tokens": self.usage.count(body)}
+                await write_json(writer, 200, payload, keep_alive=keep_alive, extra=common)
+                return keep_alive
+            return await self._messages(body, entry, writer, request_id, keep_alive)
+
+        entry["status"] = 404
+        err = error_body(
+            "not_found_error", f"Not found: {request.method} {request.path}", request_id
+        )
+        await write_json(
+            writer, 404, err, keep_alive=keep_alive, extra=common,
+            head_only=request.method == "HEAD",
+        )
+        return keep_alive
+
+    async def _messages(
+        self,
+        body: dict[str, Any],
+        entry: dict[str, Any],
+        writer: asyncio.StreamWriter,
+        request_id: str,
+        keep_alive: bool,
+    ) -> bool:
+        plan = self.planner.plan(body)
+        entry["directive"] = plan.label
+        common = {"request-id": request_id}
+        if plan.error is not None:
+            err = plan.error
+            entry["status"] = err.status
+            payload = error_body(err.type, err.message, request_id)
+            await write_json(
+                writer, err.status, payload, keep_alive=keep_alive,
+                extra={**common, **err.headers},
+            )
+            return keep_alive
+        entry["status"] = 200
+        model = str(body.get("model") or "scripted-model")
+        message_id = f"msg_scripted_{request_id[-8:]}"
+        usage = self.usage.measure(body)
+        if not body.get("stream"):
+            if plan.drop_after is not None:
+                _abort(writer)
+                return False
+            message = await render_message(plan, message_id=message_id, model=model, usage=usage)
+            await write_json(writer, 200, message, keep_alive=keep_alive, extra=common)
+            return keep_alive
+        writer.write(_head(200, {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "transfer-encoding": "chunked",
+            "connection": "keep-alive" if keep_alive else "close",
+            "server": "scripted-model",
+            **common,
+        }))
+        try:
+            await stream_plan(
+                plan, SSEWriter(writer), message_id=message_id, model=model, usage=usage
+            )
+        except DroppedConnection:
+            _abort(writer)
+            return False
+        return keep_alive
+
+
+# --------------------------------------------------------------------------
+# Process-wide singleton
+# --------------------------------------------------------------------------
+
+_singleton: ScriptedModelServer | None = None
+_singleton_lock = threading.Lock()
+
+
+def ensure_scripted_model_server() -> ScriptedModelServer:
+    """Start the process-wide scripted model once (thread-safe) and return it."""
+    global _singleton
+    with _singleton_lock:
+        if _singleton is None:
+            _singleton = ScriptedModelServer().start()
+        return _singleton
+
+
+def ensure_scripted_model() -> str:
+    """Start the process-wide scripted model once (thread-safe); return its URL."""
+    return ensure_scripted_model_server().url

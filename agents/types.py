@@ -1,0 +1,76 @@
+"""Plain inputs and outputs of one agent turn. No Django request, no Channels, no chat models."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal
+
+from agents.errors import AgentError
+
+Backend = Literal["sdk", "api"]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    name: str
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A message of the session's history, as persisted: role plus AI SDK UI parts."""
+
+    role: Literal["user", "assistant"]
+    parts: list[dict[str, Any]]
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: "Usage") -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.cost_usd += other.cost_usd
+
+
+# Called at each step boundary with the usage so far; raising AgentError ends the turn (budgets).
+StepCheck = Callable[[Usage], Awaitable[None]]
+
+
+@dataclass
+class TurnInput:
+    session_id: str  # chat session UUID (also names the workspace)
+    user_text: str
+    workspace: Path
+    backend: Backend
+    model: str
+    system_prompt: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    history: list[HistoryMessage] = field(default_factory=list)  # earlier messages, oldest first
+    agent_session_id: str | None = None  # the CLI's session id to resume (sdk backend)
+    session_store: Any = None  # claude_agent_sdk SessionStore (transcripts app)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # set to stop the turn
+    step_check: StepCheck | None = None
+    message_id: str = ""
+
+
+@dataclass
+class TurnResult:
+    """Filled in by the backend while it streams; read by chat.turns when the stream ends."""
+
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = ""
+    error: AgentError | None = None
+    stopped: bool = False
+    agent_session_id: str | None = None
+    model: str = ""

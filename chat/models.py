@@ -1,0 +1,190 @@
+"""Chat data: sessions, their messages (with a per-session sequence), turns, usage, limits, keys."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ChatSession(models.Model):
+    """One conversation. ``id`` is the chat id of the AI SDK protocols.
+
+    ``client_id`` is the id the client chose (AI SDK clients make up their own chat ids); it is
+    unique per owner and equals ``str(id)`` for sessions the server created.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
+    client_id = models.CharField(max_length=200)
+    title = models.CharField(max_length=200, blank=True, default="")
+    backend = models.CharField(max_length=10, blank=True, default="")
+    model = models.CharField(max_length=100, blank=True, default="")
+    # The Claude Code CLI's own session id for this chat (resume key in transcripts).
+    agent_session_id = models.CharField(max_length=100, blank=True, default="")
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "client_id"], name="chat_session_unique_client_id_per_owner"),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "archived", "-last_activity_at"], name="chat_session_owner_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class ChatTurn(models.Model):
+    """One run of the agent for one user message: the unit that is locked, streamed and billed."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        FINISHED = "finished"
+        STOPPED = "stopped"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"  # its worker died or shut down
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="turns")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=30, default="submit-message")
+    backend = models.CharField(max_length=10)
+    model = models.CharField(max_length=100)
+    worker = models.CharField(max_length=100, blank=True, default="")
+    finish_reason = models.CharField(max_length=30, blank=True, default="")
+    error_code = models.CharField(max_length=40, blank=True, default="")
+    chunk_count = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["session", "-started_at"], name="chat_turn_session_recent"),
+            models.Index(fields=["status"], name="chat_turn_running", condition=Q(status="running")),
+        ]
+
+    def __str__(self) -> str:
+        return f"turn {self.id} ({self.status})"
+
+
+class ChatMessage(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+        SYSTEM = "system"
+
+    class Kind(models.TextChoices):
+        NORMAL = "normal"
+        ERROR = "error"
+        RETRYABLE_ERROR = "retryable_error"
+        STOPPED = "stopped"
+        SYSTEM = "system"
+
+    MARKER_KINDS = (Kind.ERROR, Kind.RETRYABLE_ERROR, Kind.STOPPED, Kind.SYSTEM)
+    ERROR_KINDS = (Kind.ERROR, Kind.RETRYABLE_ERROR)
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
+    sequence = models.PositiveIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.NORMAL)
+    # Plain text of the message (concatenated text parts), for search and display.
+    text = models.TextField(blank=True, default="")
+    # UI message parts (AI SDK shape): text, reasoning, tool-<name> calls with input/output, files.
+    parts = models.JSONField(default=list, blank=True)
+    # Marker details: error code, retryable, reset time; client message id; usage.
+    metadata = models.JSONField(default=dict, blank=True)
+    turn = models.ForeignKey(ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "sequence"], name="chat_message_unique_sequence"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.role}"
+
+
+class TokenUsage(models.Model):
+    """Tokens and cost of one turn (or of a background call such as title generation)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_usage")
+    session = models.ForeignKey(ChatSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    turn = models.OneToOneField(ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    purpose = models.CharField(max_length=20, default="turn")  # turn | title
+    model = models.CharField(max_length=100)
+    backend = models.CharField(max_length=10)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    # Budget units: tokens weighted as providers price them (settings.USAGE_WEIGHT_*).
+    weighted_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="usage_user_time"),
+            models.Index(fields=["model", "created_at"], name="usage_model_time"),
+        ]
+
+
+class RateLimitRecord(models.Model):
+    class Source(models.TextChoices):
+        UPSTREAM = "upstream"
+        BUDGET = "budget"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="rate_limits"
+    )
+    session = models.ForeignKey(ChatSession, on_delete=models.SET_NULL, null=True, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    model = models.CharField(max_length=100, blank=True, default="")
+    resets_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    raw_message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "resets_at"], name="ratelimit_user_reset")]
+
+
+class UserBudget(models.Model):
+    """Per-user overrides of the token budgets (null: the settings default)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_budget")
+    daily_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    weekly_limit = models.PositiveBigIntegerField(null=True, blank=True)
+
+
+class ApiKey(models.Model):
+    """A bearer key. Only ``prefix`` (public lookup handle) and a salted hash are stored."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    salt = models.CharField(max_length=32)
+    hashed_key = models.CharField(max_length=128)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "-created_at"], name="apikey_owner_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,91 @@
+"""Writes. Keyword-only functions named ``<entity>_<action>``; views, consumers, admin actions
+and commands call these, never the models directly."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chat.models import ChatMessage, ChatSession
+from chat.selectors import message_last_sequence
+
+logger = logging.getLogger(__name__)
+
+SEQUENCE_RETRIES = 20
+
+
+def session_create(*, owner: Any, client_id: str | None = None, title: str = "", backend: str = "", model: str = "") -> ChatSession:
+    session = ChatSession(owner=owner, title=title[:200], backend=backend, model=model)
+    session.client_id = client_id or str(session.id)
+    session.save()
+    return session
+
+
+def session_get_or_create_for_user(*, user: Any, chat_id: str, backend: str = "", model: str = "") -> tuple[ChatSession, bool]:
+    """The caller's session for ``chat_id``, creating it when the caller has none (CONTRACT §5).
+
+    A chat id that names another user's session simply creates a new session for the caller:
+    client ids are scoped per owner, so nothing about the other session is revealed.
+    """
+    from chat.selectors import session_get_for_user
+
+    session = session_get_for_user(user=user, chat_id=chat_id)
+    if session is not None:
+        return session, False
+    try:
+        with transaction.atomic():
+            return session_create(owner=user, client_id=chat_id, backend=backend, model=model), True
+    except IntegrityError:  # a concurrent request created it first
+        session = session_get_for_user(user=user, chat_id=chat_id)
+        if session is None:
+            raise
+        return session, False
+
+
+def session_touch(*, session_id: Any) -> None:
+    now = timezone.now()
+    ChatSession.objects.filter(pk=session_id).update(last_activity_at=now, updated_at=now)
+
+
+def message_append(
+    *,
+    session: ChatSession,
+    role: str,
+    text: str = "",
+    parts: list[dict[str, Any]] | None = None,
+    kind: str = ChatMessage.Kind.NORMAL,
+    metadata: dict[str, Any] | None = None,
+    turn: Any = None,
+) -> ChatMessage:
+    """Append a message at ``MAX(sequence)+1``.
+
+    Concurrent writers race for the same number: the unique (session, sequence) constraint
+    rejects all but one, and the losers retry at the new maximum (DESIGN lesson 7). Each attempt
+    runs in its own savepoint so a caller's surrounding transaction stays usable.
+    """
+    for attempt in range(SEQUENCE_RETRIES):
+        sequence = message_last_sequence(session_id=session.pk) + 1
+        try:
+            with transaction.atomic():
+                message = ChatMessage.objects.create(
+                    session=session,
+                    sequence=sequence,
+                    role=role,
+                    text=text,
+                    parts=parts if parts is not None else ([{"type": "text", "text": text}] if text else []),
+                    kind=kind,
+                    metadata=metadata or {},
+                    turn=turn,
+                )
+        except IntegrityError as exc:
+            if "sequence" not in str(exc):
+                raise
+            logger.debug("sequence %s of session %s taken, retrying", sequence, session.pk)
+            time.sleep(0.001 * (attempt + 1))
+            continue
+        return message
+    raise RuntimeError(f"could not allocate a message sequence for session {session.pk}")

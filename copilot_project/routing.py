@@ -1,0 +1,3 @@
+"""Websocket routes (CONTRACT §4)."""
+
+websocket_urlpatterns: list = []
