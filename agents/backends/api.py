@@ -1,0 +1,443 @@
+"""The ``api`` backend: the anthropic async client streaming the Messages API, with the tool loop
+run in-process (agents.tools, confined by agents.sandbox).
+
+``ApiBackend().stream(inp, result)`` yields content chunks only (start-step, text-*,
+reasoning-*, tool-input-*, tool-output-*, finish-step) and raises ``AgentError`` (or the client's
+exceptions, classified by the runtime) on failure. Retries, heartbeats, usage and the terminal
+chunk belong to ``agents.runtime.run_turn``.
+
+- History (UI parts) → Messages API messages: one assistant UI message becomes alternating
+  assistant/user(tool_result) messages per step, consecutive same-role messages are merged and
+  every tool_result is kept right after its own tool_use (DESIGN lesson 4).
+- Prompt caching: ``cache_control`` on the last tool, the system prompt and the newest message.
+- Parallel tool_use blocks run concurrently; their results go back in one user message.
+- Usage is summed over every model call of the turn into ``result.usage``.
+- ``inp.stop`` is raced against every stream event and against running tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+from django.conf import settings
+
+from agents import events
+from agents.adapter import new_part_id
+from agents.attachments import prepare_attachments
+from agents.config import model_endpoint
+from agents.errors import AgentError, ErrorKind
+from agents.events import Chunk
+from agents.sandbox import EmptyInputBreaker, SubagentLimiter
+from agents.tools import TOOL_SCHEMAS, ToolOutcome, run_tool
+from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
+
+log = logging.getLogger(__name__)
+
+CACHE = {"type": "ephemeral"}
+UNFINISHED_TOOL = "Tool call did not finish."
+
+
+class _Stopped(Exception):
+    """inp.stop was set while waiting."""
+
+
+# ------------------------------------------------------------------------------------------------
+# History
+# ------------------------------------------------------------------------------------------------
+
+
+def _tool_name(part: dict[str, Any]) -> str | None:
+    kind = str(part.get("type", ""))
+    if kind == "dynamic-tool":
+        return str(part.get("toolName") or "tool")
+    if kind.startswith("tool-") and part.get("toolCallId"):
+        return kind[len("tool-") :]
+    return None
+
+
+def _output_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _user_content(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = []
+    for part in parts:
+        kind = part.get("type")
+        if kind == "text" and str(part.get("text", "")).strip():
+            content.append({"type": "text", "text": str(part["text"])})
+        elif kind == "file":
+            name = part.get("filename") or "file"
+            content.append({"type": "text", "text": f"[attached earlier: {name} ({part.get('mediaType', '')})]"})
+    return content
+
+
+def _assistant_messages(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One assistant UI message → assistant / user(tool_result) messages, one pair per step."""
+    out: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal content, results
+        if content:
+            out.append({"role": "assistant", "content": content})
+        if results:
+            out.append({"role": "user", "content": results})
+        content, results = [], []
+
+    for part in parts:
+        kind = part.get("type")
+        name = _tool_name(part)
+        if name is not None:
+            tool_id = str(part["toolCallId"])
+            tool_input = part.get("input")
+            content.append({"type": "tool_use", "id": tool_id, "name": name, "input": tool_input if isinstance(tool_input, dict) else {}})
+            state = part.get("state")
+            if state == "output-available":
+                results.append({"type": "tool_result", "tool_use_id": tool_id, "content": _output_text(part.get("output"))})
+            else:
+                error = part.get("errorText") if state == "output-error" else UNFINISHED_TOOL
+                results.append({"type": "tool_result", "tool_use_id": tool_id, "content": str(error or UNFINISHED_TOOL), "is_error": True})
+        elif kind == "text" and str(part.get("text", "")).strip():
+            if results:  # text after tool results: the next step
+                flush()
+            content.append({"type": "text", "text": str(part["text"])})
+        elif kind == "step-start" and results:
+            flush()
+    flush()
+    return out
+
+
+def _merge(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: list[dict[str, Any]] = []
+    for message in messages:
+        if not message["content"]:
+            continue
+        if merged and merged[-1]["role"] == message["role"]:
+            merged[-1] = {"role": message["role"], "content": merged[-1]["content"] + message["content"]}
+        else:
+            merged.append({"role": message["role"], "content": list(message["content"])})
+    # tool_result blocks must come first in a user message
+    for message in merged:
+        if message["role"] == "user":
+            message["content"].sort(key=lambda b: 0 if b.get("type") == "tool_result" else 1)
+    return merged
+
+
+def _repair_pairs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every tool_use answered in the next user message; no tool_result without its tool_use."""
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        if message["role"] == "user":
+            previous = out[-1] if out and out[-1]["role"] == "assistant" else None
+            wanted = {b["id"] for b in previous["content"] if b.get("type") == "tool_use"} if previous else set()
+            content = [b for b in message["content"] if b.get("type") != "tool_result" or b.get("tool_use_id") in wanted]
+            if content:
+                out.append({"role": "user", "content": content})
+            continue
+        out.append(message)
+        uses = [b["id"] for b in message["content"] if b.get("type") == "tool_use"]
+        if uses:
+            following = messages[index + 1] if index + 1 < len(messages) and messages[index + 1]["role"] == "user" else None
+            answered = {b.get("tool_use_id") for b in following["content"]} if following else set()
+            missing = [{"type": "tool_result", "tool_use_id": tid, "content": UNFINISHED_TOOL, "is_error": True} for tid in uses if tid not in answered]
+            if missing:
+                if following is None:
+                    messages.insert(index + 1, {"role": "user", "content": missing})
+                else:
+                    following["content"][:0] = missing
+    return _merge(out)
+
+
+def history_to_messages(history: list[HistoryMessage]) -> list[dict[str, Any]]:
+    """Persisted UI messages → valid Messages API messages (DESIGN lesson 4)."""
+    messages: list[dict[str, Any]] = []
+    for item in history:
+        if item.role == "user":
+            messages.append({"role": "user", "content": _user_content(item.parts)})
+        elif item.role == "assistant":
+            messages.extend(_assistant_messages(item.parts))
+    messages = _repair_pairs(_merge(messages))
+    if messages and messages[0]["role"] != "user":
+        messages.insert(0, {"role": "user", "content": [{"type": "text", "text": "(conversation continues)"}]})
+    return messages
+
+
+def _text_of(item: HistoryMessage) -> str:
+    return "".join(str(p.get("text", "")) for p in item.parts if p.get("type") == "text")
+
+
+# ------------------------------------------------------------------------------------------------
+# Backend
+# ------------------------------------------------------------------------------------------------
+
+
+class ApiBackend:
+    def __init__(self) -> None:
+        self._prepared: tuple[list[dict[str, Any]], str] | None = None
+
+    def _new_user_message(self, inp: TurnInput) -> dict[str, Any]:
+        if self._prepared is None:  # once per turn, not once per retry
+            self._prepared = prepare_attachments(inp.workspace, list(inp.attachments))
+        blocks, note = self._prepared
+        text = inp.user_text or ""
+        if note:
+            text = f"{text}\n\n{note}" if text else note
+        content = list(blocks)
+        if text.strip():
+            content.append({"type": "text", "text": text})
+        if not content:
+            raise AgentError(ErrorKind.INVALID_REQUEST, detail="empty user message", message="The message is empty.")
+        return {"role": "user", "content": content}
+
+    def build_messages(self, inp: TurnInput) -> list[dict[str, Any]]:
+        history = list(inp.history)
+        if history and history[-1].role == "user" and _text_of(history[-1]).strip() == (inp.user_text or "").strip():
+            history = history[:-1]  # the new message was already persisted into the history
+        return _merge(history_to_messages(history) + [self._new_user_message(inp)])
+
+    @staticmethod
+    def request_params(inp: TurnInput, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        system_prompt = inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", "")
+        tools = copy.deepcopy(TOOL_SCHEMAS)
+        tools[-1]["cache_control"] = CACHE
+        request_messages = list(messages)
+        last = dict(request_messages[-1])
+        last["content"] = [dict(b) for b in last["content"]]
+        last["content"][-1]["cache_control"] = CACHE
+        request_messages[-1] = last
+        params: dict[str, Any] = {
+            "model": inp.model,
+            "max_tokens": int(getattr(settings, "AGENT_MAX_OUTPUT_TOKENS", 8192)),
+            "tools": tools,
+            "messages": request_messages,
+        }
+        if system_prompt:
+            params["system"] = [{"type": "text", "text": system_prompt, "cache_control": CACHE}]
+        budget = int(getattr(settings, "AGENT_THINKING_BUDGET", 0))
+        if budget > 0:
+            params["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            params["max_tokens"] = max(params["max_tokens"], budget + 1024)
+        return params
+
+    async def stream(self, inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
+        endpoint = model_endpoint()
+        messages = self.build_messages(inp)
+        max_steps = int(getattr(settings, "AGENT_MAX_TURNS", 40))
+        breaker = EmptyInputBreaker()
+        limiter = SubagentLimiter()
+        result.model = inp.model
+        stop_task = asyncio.ensure_future(inp.stop.wait())
+        client = anthropic.AsyncAnthropic(api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=600.0)
+        try:
+            for step in range(max_steps):
+                if step > 0 and inp.step_check is not None:
+                    await inp.step_check(result.usage)
+                if inp.stop.is_set():
+                    result.stopped = True
+                    return
+                content: list[dict[str, Any]] = []
+                state: dict[str, Any] = {}
+                async for chunk in self._one_call(client, inp, result, messages, content, state, stop_task):
+                    yield chunk
+                if state.get("stopped"):
+                    result.stopped = True
+                    return
+                stop_reason = state.get("stop_reason")
+                if stop_reason == "max_tokens":
+                    yield events.finish_step()
+                    raise AgentError(ErrorKind.MAX_OUTPUT_TOKENS, detail="stop_reason max_tokens")
+                tool_uses = [b for b in content if b["type"] == "tool_use"]
+                if stop_reason != "tool_use" or not tool_uses:
+                    yield events.finish_step()
+                    result.finish_reason = "stop" if stop_reason in ("end_turn", "stop_sequence", None) else ("content-filter" if stop_reason == "refusal" else "stop")
+                    return
+                for block in tool_uses:
+                    breaker.record(block["name"], block["input"])
+                outcomes = await self._run_tools(inp, tool_uses, limiter, stop_task)
+                if outcomes is None:
+                    result.stopped = True
+                    return
+                for block, outcome in zip(tool_uses, outcomes, strict=True):
+                    if outcome.is_error:
+                        yield events.tool_output_error(block["id"], outcome.output)
+                    else:
+                        yield events.tool_output_available(block["id"], outcome.output)
+                yield events.finish_step()  # a step = one model call plus its tool executions
+                messages.append({"role": "assistant", "content": content})
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": b["id"], "content": o.output or "(no output)", **({"is_error": True} if o.is_error else {})}
+                            for b, o in zip(tool_uses, outcomes, strict=True)
+                        ],
+                    }
+                )
+            raise AgentError(
+                ErrorKind.POLICY,
+                detail=f"AGENT_MAX_TURNS={max_steps} reached",
+                message=f"The agent stopped after {max_steps} steps without finishing. Ask it to continue if needed.",
+            )
+        finally:
+            stop_task.cancel()
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _run_tools(
+        self, inp: TurnInput, tool_uses: list[dict[str, Any]], limiter: SubagentLimiter, stop_task: asyncio.Future[Any]
+    ) -> list[ToolOutcome] | None:
+        """Run the tool calls concurrently; None when stopped meanwhile (tools are cancelled)."""
+        if inp.stop.is_set():
+            return None
+        gathered = asyncio.ensure_future(
+            asyncio.gather(*(run_tool(inp.workspace, b["name"], b["input"], limiter=limiter) for b in tool_uses))
+        )
+        done, _ = await asyncio.wait({gathered, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if gathered in done:
+            return list(gathered.result())
+        gathered.cancel()
+        with contextlib.suppress(BaseException):
+            await gathered
+        return None
+
+    async def _one_call(
+        self,
+        client: anthropic.AsyncAnthropic,
+        inp: TurnInput,
+        result: TurnResult,
+        messages: list[dict[str, Any]],
+        content: list[dict[str, Any]],
+        state: dict[str, Any],
+        stop_task: asyncio.Future[Any],
+    ) -> AsyncIterator[Chunk]:
+        """One streamed model call: yields its chunks, fills ``content`` (the assistant blocks)
+        and ``state`` (stop_reason, stopped), adds its usage to ``result.usage``."""
+        usage = Usage()
+        create = asyncio.ensure_future(client.messages.create(stream=True, **self.request_params(inp, messages)))
+        done, _ = await asyncio.wait({create, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if create not in done:
+            create.cancel()
+            with contextlib.suppress(BaseException):
+                stream = await create
+                await stream.close()
+            state["stopped"] = True
+            return
+        stream = create.result()
+        blocks: dict[int, dict[str, Any]] = {}
+        part_ids: dict[int, str] = {}
+        json_buf: dict[int, list[str]] = {}
+        finished = False
+        it = stream.__aiter__()
+        try:
+            while True:
+                nxt = asyncio.ensure_future(it.__anext__())
+                done, _ = await asyncio.wait({nxt, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                if stop_task in done:  # stop wins even over an event that is already there
+                    nxt.cancel()
+                    with contextlib.suppress(BaseException):
+                        await nxt
+                    state["stopped"] = True
+                    return
+                try:
+                    event = nxt.result()
+                except StopAsyncIteration:
+                    break
+                kind = event.type
+                if kind == "message_start":
+                    u = event.message.usage
+                    usage.input_tokens = u.input_tokens or 0
+                    usage.cache_read_tokens = getattr(u, "cache_read_input_tokens", 0) or 0
+                    usage.cache_write_tokens = getattr(u, "cache_creation_input_tokens", 0) or 0
+                    usage.output_tokens = u.output_tokens or 0
+                    yield events.start_step()
+                elif kind == "content_block_start":
+                    block = event.content_block
+                    index = event.index
+                    if block.type == "text":
+                        blocks[index] = {"type": "text", "text": ""}
+                        part_ids[index] = new_part_id("text")
+                        yield events.text_start(part_ids[index])
+                        if block.text:
+                            blocks[index]["text"] += block.text
+                            yield events.text_delta(part_ids[index], block.text)
+                    elif block.type == "thinking":
+                        blocks[index] = {"type": "thinking", "thinking": "", "signature": ""}
+                        part_ids[index] = new_part_id("reasoning")
+                        yield events.reasoning_start(part_ids[index])
+                    elif block.type == "redacted_thinking":
+                        blocks[index] = {"type": "redacted_thinking", "data": block.data}
+                    elif block.type == "tool_use":
+                        blocks[index] = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+                        json_buf[index] = []
+                        yield events.tool_input_start(block.id, block.name)
+                elif kind == "content_block_delta":
+                    index = event.index
+                    delta = event.delta
+                    block = blocks.get(index)
+                    if block is None:
+                        continue
+                    if delta.type == "text_delta":
+                        block["text"] += delta.text
+                        yield events.text_delta(part_ids[index], delta.text)
+                    elif delta.type == "thinking_delta":
+                        block["thinking"] += delta.thinking
+                        yield events.reasoning_delta(part_ids[index], delta.thinking)
+                    elif delta.type == "signature_delta":
+                        block["signature"] = delta.signature
+                    elif delta.type == "input_json_delta":
+                        json_buf[index].append(delta.partial_json)
+                        if delta.partial_json:
+                            yield events.tool_input_delta(block["id"], delta.partial_json)
+                elif kind == "content_block_stop":
+                    index = event.index
+                    block = blocks.get(index)
+                    if block is None:
+                        continue
+                    if block["type"] == "text":
+                        yield events.text_end(part_ids[index])
+                    elif block["type"] == "thinking":
+                        yield events.reasoning_end(part_ids[index])
+                    elif block["type"] == "tool_use":
+                        raw = "".join(json_buf.get(index, []))
+                        try:
+                            block["input"] = json.loads(raw) if raw.strip() else {}
+                        except json.JSONDecodeError:
+                            block["input"] = {}
+                            log.warning("tool_use %s had invalid JSON input", block["id"])
+                        yield events.tool_input_available(block["id"], block["name"], block["input"])
+                elif kind == "message_delta":
+                    state["stop_reason"] = event.delta.stop_reason
+                    u = event.usage
+                    if u is not None:
+                        usage.output_tokens = u.output_tokens or usage.output_tokens
+                        if getattr(u, "input_tokens", None):
+                            usage.input_tokens = u.input_tokens
+                        if getattr(u, "cache_read_input_tokens", None):
+                            usage.cache_read_tokens = u.cache_read_input_tokens
+                        if getattr(u, "cache_creation_input_tokens", None):
+                            usage.cache_write_tokens = u.cache_creation_input_tokens
+                elif kind == "message_stop":
+                    finished = True
+            if not finished:
+                raise AgentError(ErrorKind.CONNECTION, detail="the model stream ended before message_stop")
+        finally:
+            result.usage.add(usage)
+            content.extend(
+                {k: v for k, v in b.items() if not (b["type"] == "text" and not b["text"])}
+                for _, b in sorted(blocks.items())
+                if not (b["type"] == "text" and not b["text"])
+            )
+            with contextlib.suppress(Exception):
+                await stream.close()

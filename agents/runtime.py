@@ -1,0 +1,274 @@
+"""Runs one agent turn on the chosen backend and yields a well-formed chunk stream.
+
+``run_turn(inp, result)`` (the agreed interface) never raises except ``CancelledError``:
+
+    start → backend content (through ChunkTracker, heartbeats while silent, data-status when
+    retrying) → data-usage → exactly one of finish / error
+
+- Backends (``agents.backends.api.ApiBackend``, ``agents.backends.sdk.SdkBackend``) expose
+  ``async def stream(inp, result) -> AsyncIterator[Chunk]``: content chunks only, ``AgentError``
+  (or any exception, classified here) on failure, ``inp.stop`` watched by the backend itself.
+- Retries (agents.retry) happen only while no content chunk has been yielded (lesson 5).
+- Heartbeats never cancel the backend iterator's ``__anext__`` (lesson 1): the pending
+  ``__anext__`` is a task that is ``asyncio.wait``-ed with a timeout and kept across timeouts.
+- Stop: ``inp.stop`` set → the backend ends early; if it does not within a grace period the
+  runtime closes it. Open parts are closed, ``result.stopped`` is set and the stream ends with
+  ``finish`` carrying ``{"stopped": true}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+
+from agents import events
+from agents.adapter import ChunkTracker
+from agents.errors import AgentError, ErrorKind, classify_exception, scrub
+from agents.events import Chunk
+from agents.retry import retry_delay
+from agents.types import TurnInput, TurnResult, Usage
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 3.0
+
+BACKENDS = {"api": ("agents.backends.api", "ApiBackend"), "sdk": ("agents.backends.sdk", "SdkBackend")}
+
+# USD per million tokens: (input, output, cache read, cache write). First matching family wins;
+# settings.AGENT_PRICES ({"family": [in, out, cache_read, cache_write]}) is consulted first.
+DEFAULT_PRICES: list[tuple[str, tuple[float, float, float, float]]] = [
+    ("opus-4-5", (5.0, 25.0, 0.5, 6.25)),
+    ("opus-4.5", (5.0, 25.0, 0.5, 6.25)),
+    ("opus", (15.0, 75.0, 1.5, 18.75)),
+    ("sonnet", (3.0, 15.0, 0.3, 3.75)),
+    ("haiku-3-5", (0.8, 4.0, 0.08, 1.0)),
+    ("3-5-haiku", (0.8, 4.0, 0.08, 1.0)),
+    ("3-haiku", (0.25, 1.25, 0.03, 0.3)),
+    ("haiku", (1.0, 5.0, 0.1, 1.25)),
+]
+
+
+def model_prices(model: str) -> tuple[float, float, float, float] | None:
+    name = (model or "").lower()
+    overrides: dict[str, Any] = getattr(settings, "AGENT_PRICES", {}) or {}
+    for family in sorted(overrides, key=len, reverse=True):
+        if family.lower() in name:
+            values = [float(v) for v in overrides[family]]
+            values += [values[0] * 0.1, values[0] * 1.25][len(values) - 2 :] if len(values) < 4 else []
+            return tuple(values[:4])  # type: ignore[return-value]
+    for family, prices in DEFAULT_PRICES:
+        if family in name:
+            return prices
+    return None
+
+
+def cost_usd(model: str, usage: Usage) -> float:
+    """The price of ``usage`` on ``model`` (0.0 for an unknown model family)."""
+    prices = model_prices(model)
+    if prices is None:
+        return 0.0
+    p_in, p_out, p_read, p_write = prices
+    return (
+        usage.input_tokens * p_in
+        + usage.output_tokens * p_out
+        + usage.cache_read_tokens * p_read
+        + usage.cache_write_tokens * p_write
+    ) / 1_000_000
+
+
+def get_backend(name: str) -> Any:
+    if name not in BACKENDS:
+        raise AgentError(ErrorKind.INVALID_REQUEST, detail=f"unknown backend {name!r}")
+    module_name, class_name = BACKENDS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)()
+
+
+async def _silence_aware(stream: AsyncIterator[Chunk], inp: TurnInput, interval: float) -> AsyncIterator[Chunk]:
+    """Yield the backend's chunks plus heartbeats while it is silent, without ever cancelling a
+    pending ``__anext__`` (DESIGN lesson 1). After ``inp.stop`` the backend gets a grace period
+    to end by itself, then it is closed."""
+    it = stream.__aiter__()
+    pending: asyncio.Future[Chunk] | None = None
+    stop_wait = asyncio.ensure_future(inp.stop.wait())
+    stop_deadline: float | None = None
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(it.__anext__())
+            timeout = interval
+            if stop_deadline is not None:
+                timeout = min(timeout, max(0.0, stop_deadline - loop.time()))
+            waiting = {pending} if stop_wait.done() else {pending, stop_wait}
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if pending in done:
+                task, pending = pending, None
+                try:
+                    chunk = task.result()
+                except StopAsyncIteration:
+                    return
+                yield chunk
+                continue
+            if stop_wait.done():
+                if stop_deadline is None:
+                    stop_deadline = loop.time() + STOP_GRACE_SECONDS
+                    continue
+                if loop.time() >= stop_deadline:
+                    log.info("backend did not end %.1fs after stop; closing it", STOP_GRACE_SECONDS)
+                    return
+                continue
+            yield events.heartbeat(time.time())
+    finally:
+        stop_wait.cancel()
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+async def _sleep_or_stop(inp: TurnInput, delay: float) -> bool:
+    """Sleep ``delay`` seconds; True when the turn was stopped meanwhile."""
+    if delay <= 0:
+        return inp.stop.is_set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(inp.stop.wait(), timeout=delay)
+    return inp.stop.is_set()
+
+
+async def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
+    """One turn as chunks (see the module docstring). Never raises except CancelledError."""
+    tracker = ChunkTracker()
+    result.model = result.model or inp.model
+    error: AgentError | None = None
+    yield events.start(inp.message_id)
+    interval = float(getattr(settings, "AGENT_HEARTBEAT_SECONDS", 10.0)) or 10.0
+    max_retries = int(getattr(settings, "AGENT_MAX_RETRIES", 3))
+    try:
+        backend = get_backend(inp.backend)
+        attempt = 0
+        while not inp.stop.is_set():
+            try:
+                async with contextlib.aclosing(_silence_aware(backend.stream(inp, result), inp, interval)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.get("type", "").startswith("data-"):
+                            yield chunk
+                            continue
+                        for out in tracker.feed(chunk):
+                            yield out
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is classified
+                failure = classify_exception(exc)
+                if not isinstance(exc, AgentError):
+                    log.warning("agent turn failed: %s", failure.detail)
+                if inp.stop.is_set():
+                    break
+                delay = None if tracker.has_content else retry_delay(failure, attempt)
+                if delay is None:
+                    error = failure
+                    break
+                attempt += 1
+                log.info("retrying turn after %s (attempt %d of %d, %.2fs)", failure.kind, attempt, max_retries, delay)
+                for out in tracker.close_open():
+                    yield out
+                yield events.status(
+                    "retrying",
+                    f"{failure.message} Retrying in {delay:.0f}s (attempt {attempt} of {max_retries}).",
+                )
+                if await _sleep_or_stop(inp, delay):
+                    break
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the stream must still end well formed
+        error = classify_exception(exc)
+        log.exception("agent runtime failed: %s", error.detail)
+
+    stopped = inp.stop.is_set()
+    for out in tracker.close_open():
+        yield out
+    if not result.usage.cost_usd:
+        result.usage.cost_usd = cost_usd(result.model or inp.model, result.usage)
+    yield events.usage(
+        input_tokens=result.usage.input_tokens,
+        output_tokens=result.usage.output_tokens,
+        cache_read_tokens=result.usage.cache_read_tokens,
+        cache_write_tokens=result.usage.cache_write_tokens,
+        cost_usd=result.usage.cost_usd,
+        model=result.model or inp.model,
+    )
+    if stopped:
+        result.stopped = True
+        result.error = None
+        result.finish_reason = "stop"
+        yield events.finish("stop", {"stopped": True})
+    elif error is not None:
+        result.error = error
+        result.finish_reason = "error"
+        yield events.error(error.message)
+    else:
+        result.finish_reason = result.finish_reason or "stop"
+        yield events.finish(result.finish_reason if result.finish_reason in _FINISH_REASONS else "other")
+
+
+_FINISH_REASONS = {"stop", "length", "content-filter", "tool-calls", "error", "other"}
+
+TITLE_SYSTEM_PROMPT = (
+    "You name chat conversations. Reply with a 3-6 word title for the conversation that starts "
+    "with the user's message. Reply with the title only: no quotes, no punctuation at the end."
+)
+
+
+def _fallback_title(user_text: str) -> str:
+    words = " ".join((user_text or "").split())
+    if not words:
+        return "New chat"
+    return words if len(words) <= 60 else words[:57].rstrip() + "…"
+
+
+async def generate_title(*, user_text: str, model: str) -> tuple[str, Usage]:
+    """A short title for a chat from its first user message (falls back to the text itself)."""
+    import anthropic
+
+    from agents.config import model_endpoint
+
+    usage = Usage()
+    try:
+        endpoint = model_endpoint()
+        async with anthropic.AsyncAnthropic(
+            api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=30.0
+        ) as client:
+            message = await client.messages.create(
+                model=model,
+                max_tokens=20,
+                system=TITLE_SYSTEM_PROMPT,
+                messages=[{"role": "user", "content": (user_text or "")[:2000] or "(empty)"}],
+            )
+        u = message.usage
+        usage = Usage(
+            input_tokens=u.input_tokens or 0,
+            output_tokens=u.output_tokens or 0,
+            cache_read_tokens=getattr(u, "cache_read_input_tokens", 0) or 0,
+            cache_write_tokens=getattr(u, "cache_creation_input_tokens", 0) or 0,
+        )
+        usage.cost_usd = cost_usd(model, usage)
+        text = "".join(getattr(block, "text", "") for block in message.content).strip()
+        title = " ".join(text.split()).strip("\"'`*# ").rstrip(".")
+        if not title:
+            return _fallback_title(user_text), usage
+        return (title if len(title) <= 80 else title[:77].rstrip() + "…"), usage
+    except Exception as exc:  # noqa: BLE001 - a title is never worth failing a turn
+        log.info("title generation failed: %s", scrub(f"{type(exc).__name__}: {exc}"))
+        return _fallback_title(user_text), usage

@@ -1,0 +1,86 @@
+"""Fixtures for the agent tests: the real scripted model on loopback, the real anthropic client.
+
+- ``scripted_model`` (session): a ``ScriptedModelServer`` of its own, with
+  ``settings.ANTHROPIC_BASE_URL`` pointing at it and no API key (so ``model_endpoint()`` is the
+  offline one). Use ``requests_since(server, mark)`` / ``len(server.requests)`` to count calls.
+- ``fast_retries``: tiny retry delays so the retry matrix is tested in milliseconds.
+- ``workspace``: a fresh per-test session workspace under a temporary AGENT_WORKSPACE_ROOT.
+- ``chunk_types(chunks)``: the chunk type sequence with consecutive deltas collapsed and
+  heartbeats/status notes dropped (for exact sequence assertions, reused by the conformance test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+
+from agents.events import DELTA_TYPES, Chunk
+from agents.scripted_model import ScriptedModelServer
+
+IGNORED_TYPES = frozenset({"data-heartbeat", "data-status"})
+
+
+def chunk_types(chunks: list[Chunk]) -> list[str]:
+    """Chunk types in order; runs of the same delta type collapse to one; heartbeats and status
+    notes are dropped."""
+    out: list[str] = []
+    for chunk in chunks:
+        kind = chunk["type"]
+        if kind in IGNORED_TYPES:
+            continue
+        if out and kind in DELTA_TYPES and out[-1] == kind:
+            continue
+        out.append(kind)
+    return out
+
+
+def requests_since(server: ScriptedModelServer, mark: int, path: str = "/v1/messages") -> list[dict[str, Any]]:
+    """Requests the server logged after ``mark`` (= ``len(server.requests)`` taken before)."""
+    return [r for r in list(server.requests)[mark:] if r["path"] == path]
+
+
+async def collect(stream: AsyncIterator[Chunk], *, timeout: float = 30.0) -> list[Chunk]:
+    async def run() -> list[Chunk]:
+        return [chunk async for chunk in stream]
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+@pytest.fixture(scope="session")
+def scripted_model():
+    server = ScriptedModelServer(host="127.0.0.1", port=0).start()
+    saved = (django_settings.ANTHROPIC_BASE_URL, django_settings.ANTHROPIC_API_KEY)
+    django_settings.ANTHROPIC_BASE_URL = server.url
+    django_settings.ANTHROPIC_API_KEY = ""
+    try:
+        yield server
+    finally:
+        django_settings.ANTHROPIC_BASE_URL, django_settings.ANTHROPIC_API_KEY = saved
+        server.stop()
+
+
+@pytest.fixture
+def fast_retries(settings):
+    settings.AGENT_MAX_RETRIES = 3
+    settings.AGENT_RETRY_BASE_DELAY = 0.001
+    settings.AGENT_RETRY_MAX_DELAY = 0.01
+    return settings
+
+
+@pytest.fixture
+def workspace_root(tmp_path, settings):
+    root = tmp_path / "workspaces"
+    settings.AGENT_WORKSPACE_ROOT = root
+    return root
+
+
+@pytest.fixture
+def workspace(workspace_root):
+    from agents.sandbox import workspace_for
+
+    return workspace_for(str(uuid.uuid4()))
