@@ -1,0 +1,484 @@
+"""claude-agent-sdk messages → UI-message-stream chunks (content chunks only).
+
+``SdkTranslator.feed(message)`` returns the chunks for one SDK message; ``finish()`` returns what
+closes the stream; ``error()`` the classified failure the CLI reported (if any).
+
+With ``include_partial_messages=True`` the CLI streams every model call as raw Messages API
+events (``StreamEvent``) *and* sends an ``AssistantMessage`` per finished content block. So:
+
+- text and thinking stream from ``content_block_*`` events; ``AssistantMessage`` text of a
+  message that was streamed is ignored (it would duplicate); text of a message that was *not*
+  streamed (a non-streaming fallback) is emitted whole. Synthetic error messages (model
+  ``<synthetic>``, ``error`` set) are never shown as text: they become the turn's error.
+- tool calls: ``content_block_start`` (tool_use) → ``tool-input-start``, ``input_json_delta`` →
+  ``tool-input-delta``, the ``AssistantMessage`` ToolUseBlock (or ``content_block_stop`` with the
+  accumulated JSON, whichever comes first) → ``tool-input-available``, exactly once per id.
+- tool results: ``UserMessage`` ToolResultBlocks → ``tool-output-available`` /
+  ``tool-output-error``. They arrive after the model call that asked for them ended, and
+  hooks are fire-and-forget (DESIGN lesson 2), so a step whose model call stopped with
+  ``tool_use`` is finished only when all its tool results are in (or the next model call starts,
+  or the stream ends): ``start-step, text…, tool-input-*, tool-output-*, finish-step`` — the
+  order the AI SDK itself produces. A message made only of tool_use blocks is a parallel
+  continuation: nothing is closed then.
+- steps: ``message_start`` → ``start-step``; ``message_stop`` → ``finish-step`` (deferred as
+  above).
+- messages of sub-agents (``parent_tool_use_id`` set) are not shown as the turn's own parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from typing import Any
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    RateLimitEvent,
+    ResultMessage,
+    SystemMessage,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
+from claude_agent_sdk.types import StreamEvent
+
+from agents import events
+from agents.errors import AgentError, ErrorKind, classify_status, classify_text, scrub
+from agents.events import Chunk
+from agents.types import Usage
+
+log = logging.getLogger(__name__)
+
+TOOL_NOT_FINISHED = "Tool call did not finish."
+SYNTHETIC_MODEL = "<synthetic>"
+
+# AssistantMessage.error values of the CLI → kinds (used when no HTTP status is known).
+ASSISTANT_ERROR_KINDS: dict[str, ErrorKind] = {
+    "authentication_failed": ErrorKind.AUTHENTICATION,
+    "billing_error": ErrorKind.BILLING,
+    "rate_limit": ErrorKind.RATE_LIMITED,
+    "invalid_request": ErrorKind.INVALID_REQUEST,
+    "server_error": ErrorKind.SERVER,
+    "max_output_tokens": ErrorKind.MAX_OUTPUT_TOKENS,
+    "unknown": ErrorKind.UNKNOWN,
+}
+
+# Messages API stop_reason → AI SDK finishReason.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool-calls",
+    "refusal": "content-filter",
+}
+
+# A "successful" CLI result whose text is really an error (DESIGN lessons 5 and 9) starts so.
+_CLI_ERROR_PREFIXES = (
+    "prompt is too long",
+    "you've hit your limit",
+    "you have hit your limit",
+    "claude ai usage limit reached",
+    "api error:",
+    "invalid api key",
+    "credit balance is too low",
+)
+
+
+# The CLI prefixes a PreToolUse denial reason with "PreToolUse:<Tool> hook error: ".
+_HOOK_PREFIX_RE = re.compile(r"^\s*PreToolUse:[\w.-]+ hook error:\s*")
+
+
+def looks_like_cli_error(text: str | None) -> bool:
+    head = (text or "").strip().lower()
+    return head.startswith(_CLI_ERROR_PREFIXES)
+
+
+def tool_result_text(content: Any) -> str:
+    """A tool_result's content (str or content blocks) as plain text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict):
+                if block.get("type") == "text":
+                    parts.append(str(block.get("text", "")))
+                elif block.get("type") == "image":
+                    parts.append("[image]")
+            else:
+                parts.append(str(block))
+        return "\n".join(parts)
+    return str(content)
+
+
+def usage_from(data: dict[str, Any] | None, cost_usd: float | None = None) -> Usage:
+    data = data or {}
+    return Usage(
+        input_tokens=int(data.get("input_tokens") or 0),
+        output_tokens=int(data.get("output_tokens") or 0),
+        cache_read_tokens=int(data.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=int(data.get("cache_creation_input_tokens") or 0),
+        cost_usd=float(cost_usd or 0.0),
+    )
+
+
+def error_from_rate_limit(event: RateLimitEvent) -> AgentError | None:
+    info = event.rate_limit_info
+    if info.status != "rejected":
+        return None
+    resets_at = None
+    retry_after = None
+    if info.resets_at:
+        resets_at = dt.datetime.fromtimestamp(int(info.resets_at), tz=dt.UTC)
+        retry_after = max(0.0, (resets_at - dt.datetime.now(dt.UTC)).total_seconds())
+    return AgentError(
+        ErrorKind.RATE_LIMITED,
+        detail=f"rate_limit_event rejected ({info.rate_limit_type or 'unknown window'})",
+        resets_at=resets_at,
+        retry_after=retry_after,
+    )
+
+
+class SdkTranslator:
+    """Per-turn state of the SDK-message → chunk translation (see the module docstring)."""
+
+    def __init__(self, *, breaker: Any = None, on_tool_finished: Any = None) -> None:
+        self.breaker = breaker  # agents.sandbox.EmptyInputBreaker (record(name, input) may raise)
+        self.on_tool_finished = on_tool_finished  # callable(tool_use_id) (sub-agent slots)
+        self.session_id: str | None = None
+        self.usage = Usage()  # summed per finished model call (final totals come with the result)
+        self.step_usage = Usage()
+        self.stop_reason: str | None = None
+        self.result: ResultMessage | None = None
+        self.step_boundaries = 0  # model calls finished so far (the backend runs step checks)
+        self._step_open = False
+        self._finish_pending = False  # the step's model call ended with tool_use; awaiting results
+        self._msg_id: str | None = None
+        self._msg_usage: dict[str, Any] = {}
+        self._streamed: set[str] = set()
+        self._blocks: dict[int, tuple[str, str]] = {}  # index -> (kind, part id / tool id)
+        self._tool_json: dict[str, str] = {}
+        self._tool_names: dict[str, str] = {}
+        self._tool_started: set[str] = set()
+        self._tool_available: set[str] = set()
+        self._tool_done: set[str] = set()
+        self._step_tools: set[str] = set()  # tool calls of the current step without a result yet
+        self._assistant_error: tuple[str, str] | None = None  # (error code, text)
+        self._rate_limit_error: AgentError | None = None
+        self._last_text = ""  # text the model streamed in the latest model call
+
+    # -- public ------------------------------------------------------------------------------
+    def feed(self, message: Any) -> list[Chunk]:
+        if isinstance(message, StreamEvent):
+            self.session_id = self.session_id or message.session_id
+            if message.parent_tool_use_id:
+                return []
+            return self._stream_event(message.event)
+        if isinstance(message, AssistantMessage):
+            self.session_id = self.session_id or message.session_id
+            if message.parent_tool_use_id:
+                return []
+            return self._assistant(message)
+        if isinstance(message, UserMessage):
+            if message.parent_tool_use_id:
+                return []
+            return self._user(message)
+        if isinstance(message, ResultMessage):
+            self.result = message
+            self.session_id = message.session_id or self.session_id
+            return []
+        if isinstance(message, RateLimitEvent):
+            self.session_id = self.session_id or message.session_id
+            error = error_from_rate_limit(message)
+            if error is not None:
+                self._rate_limit_error = error
+            return []
+        if isinstance(message, SystemMessage):
+            if message.subtype == "init":
+                self.session_id = message.data.get("session_id") or self.session_id
+            return []
+        return []
+
+    def finish(self) -> list[Chunk]:
+        """Close what is still open at the end of the stream (every open tool call included)."""
+        out = self._close_blocks()
+        if self._msg_usage:  # a model call cut short (stop, drop): count what it reported
+            self.usage.add(usage_from(self._msg_usage))
+            self._msg_usage = {}
+        for tid in list(self._tool_started | self._tool_available):
+            if tid not in self._tool_done:
+                if tid not in self._tool_available:
+                    out += self._tool_available_chunk(tid, self._parse_json(tid))
+                self._tool_done.add(tid)
+                out.append(events.tool_output_error(tid, TOOL_NOT_FINISHED))
+        self._step_tools.clear()
+        out += self._finish_step()
+        return out
+
+    @property
+    def finish_reason(self) -> str:
+        return FINISH_REASONS.get(self.stop_reason or "end_turn", "other")
+
+    def error(self) -> AgentError | None:
+        """The failure the CLI reported for this turn, classified; ``None`` when it succeeded."""
+        result = self.result
+        text = ""
+        if self._assistant_error is not None:
+            text = self._assistant_error[1]
+        if result is not None and result.result:
+            text = result.result
+        if result is not None and result.is_error:
+            return self._classify(result, text)
+        if result is not None and looks_like_cli_error(result.result) and not self._produced_text_matching(result.result):
+            # A "successful" result whose text is an error (lessons 5 and 9).
+            found = classify_text(result.result or "")
+            if found is not None:
+                return found
+        if self._rate_limit_error is not None and (result is None or result.is_error):
+            return self._rate_limit_error
+        if self._assistant_error is not None:
+            return self._classify(result, text)
+        return None
+
+    # -- classification ----------------------------------------------------------------------
+    def _classify(self, result: ResultMessage | None, text: str) -> AgentError:
+        text = scrub(text or "")
+        status = getattr(result, "api_error_status", None) if result is not None else None
+        reason = getattr(result, "terminal_reason", None) if result is not None else None
+        if reason == "prompt_too_long":
+            return AgentError(ErrorKind.PROMPT_TOO_LONG, detail=text[:500], status_code=status)
+        if self._rate_limit_error is not None:
+            return self._rate_limit_error
+        by_text = classify_text(text)
+        if by_text is not None and by_text.kind in (ErrorKind.PROMPT_TOO_LONG, ErrorKind.RATE_LIMITED) and by_text.resets_at:
+            return by_text
+        if status:
+            error = classify_status(int(status), text)
+            if error.kind == ErrorKind.RATE_LIMITED and by_text is not None and by_text.resets_at:
+                return by_text
+            return error
+        if by_text is not None:
+            return by_text
+        if self._assistant_error is not None:
+            kind = ASSISTANT_ERROR_KINDS.get(self._assistant_error[0], ErrorKind.UNKNOWN)
+            return AgentError(kind, detail=text[:500])
+        subtype = getattr(result, "subtype", "") if result is not None else ""
+        if subtype == "error_max_turns":
+            return AgentError(
+                ErrorKind.UNKNOWN,
+                detail="the CLI reached its max turns",
+                message="The agent used its maximum number of steps for one turn. Ask it to continue.",
+            )
+        return AgentError(ErrorKind.UNKNOWN, detail=(text or f"CLI result {subtype or 'error'}")[:500])
+
+    def _produced_text_matching(self, text: str | None) -> bool:
+        """True when the model itself streamed this text (then it is an answer, not an error)."""
+        return bool(text) and text.strip() == self._last_text.strip()
+
+    # -- stream events -----------------------------------------------------------------------
+    def _stream_event(self, event: dict[str, Any]) -> list[Chunk]:
+        kind = event.get("type")
+        if kind == "message_start":
+            out = self._finish_step()
+            message = event.get("message") or {}
+            self._msg_id = str(message.get("id") or f"msg-{len(self._streamed)}")
+            self._streamed.add(self._msg_id)
+            self._msg_usage = dict(message.get("usage") or {})
+            self._blocks = {}
+            self._last_text = ""
+            self._step_open = True
+            self.stop_reason = None
+            return out + [events.start_step()]
+        if kind == "content_block_start":
+            return self._block_start(int(event.get("index", 0)), event.get("content_block") or {})
+        if kind == "content_block_delta":
+            return self._block_delta(int(event.get("index", 0)), event.get("delta") or {})
+        if kind == "content_block_stop":
+            return self._block_stop(int(event.get("index", 0)))
+        if kind == "message_delta":
+            delta = event.get("delta") or {}
+            if delta.get("stop_reason"):
+                self.stop_reason = delta["stop_reason"]
+            if event.get("usage"):
+                self._msg_usage.update({k: v for k, v in event["usage"].items() if v is not None})
+            return []
+        if kind == "message_stop":
+            out = self._close_blocks()
+            step_usage = usage_from(self._msg_usage)
+            self.usage.add(step_usage)
+            self._msg_usage = {}
+            self.step_boundaries += 1
+            if self._step_tools:
+                self._finish_pending = True  # finish-step once the tool results are in
+            else:
+                out += self._finish_step()
+            return out
+        return []
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> list[Chunk]:
+        btype = block.get("type")
+        out = self._ensure_step()
+        if btype == "text":
+            pid = f"text-{self._msg_id}-{index}"
+            self._blocks[index] = ("text", pid)
+            out.append(events.text_start(pid))
+            if block.get("text"):
+                out.append(events.text_delta(pid, block["text"]))
+        elif btype == "thinking":
+            pid = f"reasoning-{self._msg_id}-{index}"
+            self._blocks[index] = ("reasoning", pid)
+            out.append(events.reasoning_start(pid))
+            if block.get("thinking"):
+                out.append(events.reasoning_delta(pid, block["thinking"]))
+        elif btype == "tool_use":
+            tid = str(block.get("id") or f"toolu-{self._msg_id}-{index}")
+            self._blocks[index] = ("tool", tid)
+            self._tool_names[tid] = str(block.get("name") or "")
+            self._tool_json[tid] = ""
+            out += self._tool_start(tid)
+        else:
+            self._blocks[index] = ("other", "")
+        return out
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> list[Chunk]:
+        kind, ident = self._blocks.get(index, ("other", ""))
+        dtype = delta.get("type")
+        if kind == "text" and dtype == "text_delta" and delta.get("text"):
+            self._last_text += delta["text"]
+            return [events.text_delta(ident, delta["text"])]
+        if kind == "reasoning" and dtype == "thinking_delta" and delta.get("thinking"):
+            return [events.reasoning_delta(ident, delta["thinking"])]
+        if kind == "tool" and dtype == "input_json_delta" and delta.get("partial_json"):
+            self._tool_json[ident] = self._tool_json.get(ident, "") + delta["partial_json"]
+            if ident in self._tool_available:
+                return []
+            return [events.tool_input_delta(ident, delta["partial_json"])]
+        return []
+
+    def _block_stop(self, index: int) -> list[Chunk]:
+        kind, ident = self._blocks.pop(index, ("other", ""))
+        if kind == "text":
+            return [events.text_end(ident)]
+        if kind == "reasoning":
+            return [events.reasoning_end(ident)]
+        if kind == "tool" and ident not in self._tool_available:
+            return self._tool_available_chunk(ident, self._parse_json(ident))
+        return []
+
+    def _close_blocks(self) -> list[Chunk]:
+        out: list[Chunk] = []
+        for index in sorted(self._blocks):
+            out += self._block_stop(index)
+        self._blocks = {}
+        return out
+
+    # -- steps -------------------------------------------------------------------------------
+    def _ensure_step(self) -> list[Chunk]:
+        if self._step_open:
+            return []
+        self._step_open = True
+        return [events.start_step()]
+
+    def _finish_step(self) -> list[Chunk]:
+        if not self._step_open:
+            self._finish_pending = False
+            return []
+        out = self._close_blocks()
+        self._step_open = False
+        self._finish_pending = False
+        self._step_tools.clear()
+        return out + [events.finish_step()]
+
+    # -- tools -------------------------------------------------------------------------------
+    def _parse_json(self, tid: str) -> Any:
+        raw = self._tool_json.get(tid, "")
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"_raw": raw}
+
+    def _tool_start(self, tid: str) -> list[Chunk]:
+        if tid in self._tool_started:
+            return []
+        self._tool_started.add(tid)
+        self._step_tools.add(tid)
+        return [events.tool_input_start(tid, self._tool_names.get(tid, ""))]
+
+    def _tool_available_chunk(self, tid: str, tool_input: Any) -> list[Chunk]:
+        if tid in self._tool_available:
+            return []
+        out = self._ensure_step() + self._tool_start(tid)
+        self._tool_available.add(tid)
+        name = self._tool_names.get(tid, "")
+        out.append(events.tool_input_available(tid, name, tool_input))
+        if self.breaker is not None:
+            self.breaker.record(name, tool_input)  # may raise AgentError(POLICY)
+        return out
+
+    # -- whole messages ----------------------------------------------------------------------
+    def _assistant(self, message: AssistantMessage) -> list[Chunk]:
+        if message.error or message.model == SYNTHETIC_MODEL:
+            text = " ".join(b.text for b in message.content if isinstance(b, TextBlock))
+            if message.error:
+                self._assistant_error = (str(message.error), text)
+            elif looks_like_cli_error(text):
+                self._assistant_error = ("unknown", text)
+            return []
+        streamed = message.message_id is not None and message.message_id in self._streamed
+        out: list[Chunk] = []
+        for index, block in enumerate(message.content):
+            if isinstance(block, ToolUseBlock):
+                self._tool_names.setdefault(block.id, block.name)
+                if not self._tool_names[block.id]:
+                    self._tool_names[block.id] = block.name
+                out += self._tool_available_chunk(block.id, block.input)
+            elif streamed:
+                continue
+            elif isinstance(block, TextBlock) and block.text:
+                pid = f"text-{message.message_id or message.uuid}-{index}"
+                out += self._ensure_step() + [events.text_start(pid), events.text_delta(pid, block.text), events.text_end(pid)]
+            elif isinstance(block, ThinkingBlock) and block.thinking:
+                pid = f"reasoning-{message.message_id or message.uuid}-{index}"
+                out += self._ensure_step() + [
+                    events.reasoning_start(pid),
+                    events.reasoning_delta(pid, block.thinking),
+                    events.reasoning_end(pid),
+                ]
+        return out
+
+    def _user(self, message: UserMessage) -> list[Chunk]:
+        if not isinstance(message.content, list):
+            return []
+        out: list[Chunk] = []
+        for block in message.content:
+            if not isinstance(block, ToolResultBlock):
+                continue
+            tid = block.tool_use_id
+            if tid in self._tool_done or tid not in (self._tool_started | self._tool_available):
+                continue
+            if tid not in self._tool_available:
+                out += self._tool_available_chunk(tid, self._parse_json(tid))
+            self._tool_done.add(tid)
+            self._step_tools.discard(tid)
+            text = scrub(tool_result_text(block.content))
+            if block.is_error:
+                text = _HOOK_PREFIX_RE.sub("", text)
+            if block.is_error:
+                out.append(events.tool_output_error(tid, text or "The tool failed."))
+            else:
+                out.append(events.tool_output_available(tid, text))
+            if self.on_tool_finished is not None:
+                self.on_tool_finished(tid)
+        if self._finish_pending and not self._step_tools:
+            out += self._finish_step()
+        return out

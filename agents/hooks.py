@@ -1,0 +1,108 @@
+"""The sdk backend's tool policy: a PreToolUse hook and a ``can_use_tool`` callback for the
+Claude Code CLI, both enforcing ``agents.sandbox.check_tool_input`` (the same policy the api
+backend's tool loop applies).
+
+We run as root, so the CLI refuses ``bypassPermissions``: tools are pre-approved with
+``allowed_tools`` and every call still passes the PreToolUse hook, which denies what the sandbox
+rejects (the CLI then reports the reason to the model as an error tool_result, and the tool never
+runs). Tools that are not pre-approved (the sub-agent tools ``Task``/``Agent``) reach
+``can_use_tool``, which applies the same decision.
+
+One ``ToolPolicy`` per turn. A decision is made once per tool_use id (the hook and the callback
+can both see the same call), so a sub-agent slot of the ``SubagentLimiter`` is taken once and
+released when the call's PostToolUse / PostToolUseFailure hook fires or its result is seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from claude_agent_sdk import HookMatcher, PermissionResultAllow, PermissionResultDeny
+
+from agents.sandbox import SUBAGENT_TOOLS, SubagentLimiter, check_tool_input
+
+log = logging.getLogger(__name__)
+
+
+class ToolPolicy:
+    def __init__(self, workspace: Path, *, limiter: SubagentLimiter | None = None) -> None:
+        self.workspace = Path(workspace)
+        self.limiter = limiter or SubagentLimiter()
+        self._decisions: dict[str, str | None] = {}  # tool_use_id -> deny reason or None
+        self._slots: set[str] = set()  # tool_use ids holding a sub-agent slot
+        self._lock = threading.Lock()
+        self.denied: dict[str, str] = {}  # tool_use_id -> reason (for logs and tests)
+
+    # -- the decision -------------------------------------------------------------------------
+    def decide(self, tool_name: str, tool_input: Any, tool_use_id: str | None) -> str | None:
+        """``None`` to allow, else the deny reason. Cached per tool_use id."""
+        if tool_use_id is not None:
+            with self._lock:
+                if tool_use_id in self._decisions:
+                    return self._decisions[tool_use_id]
+        limiter = self.limiter if tool_name in SUBAGENT_TOOLS else None
+        try:
+            reason = check_tool_input(self.workspace, tool_name, tool_input if isinstance(tool_input, dict) else {}, limiter=limiter)
+        except Exception as exc:  # noqa: BLE001 - a policy bug must deny, never allow
+            log.exception("tool policy failed for %s", tool_name)
+            reason = f"{tool_name} denied: the policy check failed ({type(exc).__name__})."
+        if tool_use_id is not None:
+            with self._lock:
+                self._decisions[tool_use_id] = reason
+                if reason is None and limiter is not None:
+                    self._slots.add(tool_use_id)
+                if reason is not None:
+                    self.denied[tool_use_id] = reason
+        elif reason is None and limiter is not None:
+            # No id to release it by later: give the slot back at once rather than leak it.
+            limiter.release()
+        if reason is not None:
+            log.info("denied %s call %s: %s", tool_name, tool_use_id, reason)
+        return reason
+
+    def finished(self, tool_use_id: str | None) -> None:
+        """A tool call ended (result seen or PostToolUse fired): release its sub-agent slot."""
+        if tool_use_id is None:
+            return
+        with self._lock:
+            holding = tool_use_id in self._slots
+            self._slots.discard(tool_use_id)
+        if holding:
+            self.limiter.release()
+
+    # -- the CLI callbacks --------------------------------------------------------------------
+    async def pre_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        tool_name = str(input_data.get("tool_name", ""))
+        tool_use_id = tool_use_id or input_data.get("tool_use_id")
+        reason = self.decide(tool_name, input_data.get("tool_input") or {}, tool_use_id)
+        if reason is None:
+            return {}  # no opinion: allowed_tools / can_use_tool decide as usual
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": reason,
+            }
+        }
+
+    async def post_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        self.finished(tool_use_id or input_data.get("tool_use_id"))
+        return {}
+
+    async def can_use_tool(self, tool_name: str, tool_input: dict[str, Any], context: Any) -> PermissionResultAllow | PermissionResultDeny:
+        tool_use_id = getattr(context, "tool_use_id", None)
+        reason = self.decide(tool_name, tool_input, tool_use_id)
+        if reason is None:
+            return PermissionResultAllow()
+        return PermissionResultDeny(message=reason)
+
+    def hooks(self) -> dict[str, list[HookMatcher]]:
+        """The ``hooks`` option for ClaudeAgentOptions."""
+        return {
+            "PreToolUse": [HookMatcher(matcher=None, hooks=[self.pre_tool_use])],
+            "PostToolUse": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
+            "PostToolUseFailure": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
+        }
