@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import logging
 import re
 import socket
 import struct
@@ -39,13 +40,16 @@ __all__ = [
     "Directive",
     "Plan",
     "PlannedBlock",
+    "ReplyPlanner",
     "ScriptedModelServer",
     "UsageMeter",
     "ensure_scripted_model",
     "ensure_scripted_model_server",
+    "find_directive",
     "parse_directive",
-    "plan_reply",
 ]
+
+logger = logging.getLogger(__name__)
 
 MODEL_BANNER = "Offline scripted model"
 REQUEST_LOG_SIZE = 1000
@@ -53,9 +57,6 @@ REQUEST_LOG_SIZE = 1000
 FLUSH_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
-#: Side requests (titles, quota probes…) with at most this many max_tokens
-#: never act on a directive.
-SIDE_REQUEST_MAX_TOKENS = 64
 JSON_SEPARATORS = (",", ":")
 
 # --------------------------------------------------------------------------
@@ -68,6 +69,32 @@ _DIRECTIVE_RE = re.compile(
 )
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _INT_RE = re.compile(r"\d+")
+
+# Extension of CONTRACT §3 (context-size recovery tests): ``/toolong-over N`` anywhere in the
+# conversation's user texts → a 400 "prompt is too long" for every (non-side) request whose
+# ``system`` + ``messages`` JSON exceeds N characters; smaller requests are answered normally.
+# Text inside ``<conversation_context>…</conversation_context>`` (earlier turns a backend adds as
+# context) is not what the user said now: it is ignored for directives and the echo.
+_TOOLONG_OVER_RE = re.compile(r"(?:^|(?<=\s))/toolong-over\s+(\d+)", re.IGNORECASE)
+_CONTEXT_RE = re.compile(r"<conversation_context>.*?</conversation_context>", re.DOTALL)
+
+
+def size_limit(body: dict[str, Any]) -> int | None:
+    """The N of the newest ``/toolong-over N`` in any user message of the request, if any."""
+    limit = None
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            for text in user_texts(message):
+                for match in _TOOLONG_OVER_RE.finditer(text):
+                    limit = int(match.group(1))
+    return limit
+
+
+def request_chars(body: dict[str, Any]) -> int:
+    """The size ``/toolong-over`` measures: ``system`` plus ``messages`` as compact JSON."""
+    payload = {"system": body.get("system"), "messages": body.get("messages")}
+    return len(json.dumps(payload, separators=JSON_SEPARATORS, ensure_ascii=False))
 
 
 @dataclass(frozen=True)
@@ -84,9 +111,25 @@ class Directive:
 
 
 def parse_directive(text: str) -> Directive | None:
-    """Return the first directive in ``text`` (``<system-reminder>`` sections ignored)."""
-    for candidate in (_REMINDER_RE.sub(" ", text), text):
-        match = _DIRECTIVE_RE.search(candidate)
+    """Return the first directive in ``text``, ``<system-reminder>`` sections ignored."""
+    match = _DIRECTIVE_RE.search(_REMINDER_RE.sub(" ", text))
+    return _make_directive(match.group(1).lower(), match.group(2)) if match else None
+
+
+def find_directive(texts: list[str]) -> Directive | None:
+    """The directive of a user message given its text blocks, newest block first.
+
+    The Claude Code CLI prepends ``<system-reminder>`` blocks to the user's text
+    (and they may quote slash commands, e.g. "starts with the slash command
+    /tool"), so reminders are skipped; only if no directive is found outside them
+    is the raw text searched (the CLI also wraps queued user messages in reminders).
+    """
+    for text in reversed(texts):
+        directive = parse_directive(text)
+        if directive is not None:
+            return directive
+    for text in reversed(texts):
+        match = _DIRECTIVE_RE.search(text)
         if match:
             return _make_directive(match.group(1).lower(), match.group(2))
     return None
@@ -127,9 +170,7 @@ def user_texts(message: dict[str, Any] | None) -> list[str]:
     """Text blocks of a user message, in order."""
     if message is None:
         return []
-    return [
-        str(b.get("text", "")) for b in _blocks(message.get("content")) if b.get("type") == "text"
-    ]
+    return [str(b.get("text", "")) for b in _blocks(message.get("content")) if b.get("type") == "text"]
 
 
 def spoken_text(texts: Iterable[str]) -> str:
@@ -145,11 +186,13 @@ def tool_results(message: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def tool_result_text(block: dict[str, Any]) -> str:
+    """The text of a tool_result, without the ``<system-reminder>`` notes the CLI appends."""
     content = block.get("content")
     if isinstance(content, str):
-        return content.strip()
-    texts = [str(b.get("text", "")) for b in _blocks(content) if b.get("type") == "text"]
-    return "\n".join(texts).strip()
+        text = content
+    else:
+        text = "\n".join(str(b.get("text", "")) for b in _blocks(content) if b.get("type") == "text")
+    return _REMINDER_RE.sub("", text).strip()
 
 
 def system_text(body: dict[str, Any]) -> str:
@@ -175,19 +218,19 @@ def output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def is_side_request(body: dict[str, Any]) -> bool:
-    """A request that is not the chat turn itself (session titles, quota probes…).
+    """A request that is not the chat turn itself (e.g. the session title).
 
-    The Claude Code CLI sends helper requests next to the main turn (e.g. a
-    session title with a ``json_schema`` output format). They carry no tools and
-    ask for structured output, a tiny ``max_tokens``, or a title/summary in the
-    system prompt. They get a short plain answer and never act on a directive.
+    The Claude Code CLI sends helper requests next to the main turn (the session
+    title: no tools, a ``json_schema`` output format, a "naming a coding
+    session" system prompt). They carry no tools and ask for structured output
+    or a title/summary in the system prompt. They get a short answer (JSON
+    matching the schema when one is given) and never act on a directive.
+    A small ``max_tokens`` alone does not make a side request: benchmarks send
+    directives with tiny limits.
     """
     if body.get("tools"):
         return False
     if output_schema(body) is not None:
-        return True
-    max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, int) and max_tokens <= SIDE_REQUEST_MAX_TOKENS:
         return True
     return bool(_SIDE_TASK_RE.search(system_text(body)))
 
@@ -270,7 +313,8 @@ class UsageMeter:
 
     @staticmethod
     def count(body: dict[str, Any]) -> int:
-        return estimate_tokens(sum(len(_canonical(u)) for u in prompt_units(body)))
+        units = prompt_units(body)
+        return estimate_tokens(sum(len(_canonical(_without_cache_control(u))) for u in units))
 
     def measure(self, body: dict[str, Any]) -> Usage:
         digest = hashlib.sha256()
@@ -341,9 +385,7 @@ class Plan:
 
     @property
     def delta_count(self) -> int:
-        return sum(len(b.pieces) for b in self.blocks) + sum(
-            1 for b in self.blocks if b.type == "thinking"
-        )
+        return sum(len(b.pieces) for b in self.blocks) + sum(1 for b in self.blocks if b.type == "thinking")
 
 
 def text_block(pieces: list[str]) -> PlannedBlock:
@@ -378,8 +420,10 @@ _ERRORS: dict[int, tuple[str, str]] = {
     401: ("authentication_error", "invalid x-api-key"),
     402: (
         "billing_error",
-        "Your credit balance is too low to access the Anthropic API. "
-        "Please go to Plans & Billing to upgrade or purchase credits.",
+        (
+            "Your credit balance is too low to access the Anthropic API. "
+            "Please go to Plans & Billing to upgrade or purchase credits."
+        ),
     ),
     403: ("permission_error", "Your API key does not have permission to use the specified resource."),
     404: ("not_found_error", "Scripted not found (/error 404)."),
@@ -391,7 +435,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
 
 
 def rate_limit_headers(retry_after: int = 1) -> dict[str, str]:
-    reset = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=retry_after)
+    reset = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=retry_after)
     stamp = reset.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     headers = {"retry-after": str(retry_after)}
     for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
@@ -440,9 +484,7 @@ def sample_for_schema(schema: Any, title: str) -> Any:
     if kind == "object" or "properties" in schema:
         props = schema.get("properties") or {}
         return {name: sample_for_schema(sub, title) for name, sub in props.items()}
-    return {"integer": 0, "number": 0, "boolean": False, "array": [], "null": None}.get(
-        str(kind), title
-    )
+    return {"integer": 0, "number": 0, "boolean": False, "array": [], "null": None}.get(str(kind), title)
 
 
 def side_reply_text(body: dict[str, Any], said: str) -> str:
@@ -464,14 +506,18 @@ class ReplyPlanner:
 
     def plan(self, body: dict[str, Any]) -> Plan:
         message = newest_user_message(body)
-        texts = user_texts(message)
+        texts = [_CONTEXT_RE.sub(" ", t) for t in user_texts(message)]
         said = spoken_text(texts)
         if is_side_request(body):
             return Plan("side", [text_block([side_reply_text(body, said)])])
+        limit = size_limit(body)
+        if limit is not None and request_chars(body) > limit:
+            message = f"prompt is too long: {request_chars(body)} characters > {limit} maximum"
+            return Plan("toolong", error=ApiError(400, "invalid_request_error", message))
         results = tool_results(message)
         if results:
             return self._after_tools(results)
-        directive = next((d for d in map(parse_directive, texts) if d), None)
+        directive = find_directive(texts)
         if directive is None:
             return Plan("echo", [text_block(split_words(echo_text(said)))])
         return self._for_directive(directive, said)
@@ -547,8 +593,8 @@ def sse_event(name: str, payload: dict[str, Any]) -> bytes:
 
 def _delta_prefix(index: int, kind: str, key: str) -> bytes:
     return (
-        'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-        '"delta":{"type":"%s","%s":' % (index, kind, key)
+        f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index},'
+        f'"delta":{{"type":"{kind}","{key}":'
     ).encode()
 
 
@@ -642,84 +688,100 @@ class SSEWriter:
         await self._writer.drain()
 
 
-async def stream_plan(
-    plan: Plan, out: SSEWriter, *, message_id: str, model: str, usage: Usage
-) -> None:
+async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str, usage: Usage) -> None:
     """Stream ``plan`` as Anthropic SSE events into ``out``."""
     output_tokens = max(1, plan.delta_count)
-    await out.event("message_start", {
-        "type": "message_start",
-        "message": message_shell(message_id, model, usage.as_dict(1)),
-    })
+    await out.event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": message_shell(message_id, model, usage.as_dict(1)),
+        },
+    )
     stamp = StampCounter() if plan.stamp else None
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     sent = 0
 
-    async def pace() -> None:
-        nonlocal next_at, sent
+    async def wait_turn() -> None:
+        """Before a delta: keep the ``interval`` schedule (no wait before the first)."""
+        nonlocal next_at
+        if plan.interval > 0 and sent:
+            next_at += plan.interval
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def delta_added() -> None:
+        """After a delta: send it now when paced, cut the stream for ``/drop``."""
+        nonlocal sent
         sent += 1
         if plan.drop_after is not None and sent >= plan.drop_after:
             await out.flush()
             raise DroppedConnection()
         if plan.interval > 0:
             await out.flush()
-            next_at += plan.interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
         else:
             await out.maybe_flush()
 
     for index, block in enumerate(plan.blocks):
-        await out.event("content_block_start", {
-            "type": "content_block_start", "index": index, "content_block": _block_start(block),
-        })
+        await out.event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": _block_start(block),
+            },
+        )
         if index == 0:
             await out.event("ping", {"type": "ping"})
         if block.type == "tool_use":
             for piece in block.pieces:
-                await out.event("content_block_delta", {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": piece},
-                })
-                await pace()
+                await wait_turn()
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                payload = {"type": "content_block_delta", "index": index, "delta": delta}
+                out.add(sse_event("content_block_delta", payload))
+                await delta_added()
         else:
             kind, key = _DELTA_KEYS[block.type]
             prefix = _delta_prefix(index, kind, key)
             for piece in block.pieces:
+                await wait_turn()
                 text = stamp() if stamp is not None and block.type == "text" else piece
                 out.add(prefix + json.dumps(text, ensure_ascii=False).encode() + b"}}\n\n")
-                await pace()
+                await delta_added()
             if block.type == "thinking":
-                await out.event("content_block_delta", {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "signature_delta", "signature": block.signature},
-                })
+                await out.event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "signature_delta", "signature": block.signature},
+                    },
+                )
         await out.event("content_block_stop", {"type": "content_block_stop", "index": index})
-    await out.event("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
-        "usage": usage.as_dict(output_tokens),
-    })
+    await out.event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
+            "usage": usage.as_dict(output_tokens),
+        },
+    )
     await out.event("message_stop", {"type": "message_stop"})
     await out.finish()
 
 
-async def render_message(
-    plan: Plan, *, message_id: str, model: str, usage: Usage
-) -> dict[str, Any]:
+async def render_message(plan: Plan, *, message_id: str, model: str, usage: Usage) -> dict[str, Any]:
     """The non-streaming Message for ``plan`` (delays are honoured)."""
     stamp = StampCounter() if plan.stamp else None
-    content = []
+    content: list[dict[str, Any]] = []
     for block in plan.blocks:
         pieces: list[str] = []
         for piece in block.pieces:
-            pieces.append(stamp() if stamp is not None and block.type == "text" else piece)
-            if plan.interval > 0:
+            if plan.interval > 0 and (pieces or content):
                 await asyncio.sleep(plan.interval)
+            pieces.append(stamp() if stamp is not None and block.type == "text" else piece)
         content.append(_block_final(block, pieces))
     message = message_shell(message_id, model, usage.as_dict(max(1, plan.delta_count)))
     message.update(content=content, stop_reason=plan.stop_reason)
@@ -735,10 +797,20 @@ def error_body(kind: str, message: str, request_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout", 529: "Overloaded",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Overloaded",
 }
 _REDACTED_HEADERS = {"x-api-key", "authorization", "cookie", "proxy-authorization"}
 
@@ -773,9 +845,7 @@ class HttpRequest:
         return connection != "close"
 
 
-async def read_request(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> HttpRequest | None:
+async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> HttpRequest | None:
     """Read one request; ``None`` on a cleanly closed connection."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -861,9 +931,7 @@ async def write_json(
 
 
 def _log_headers(headers: dict[str, str]) -> dict[str, str]:
-    return {
-        k: ("<redacted>" if k in _REDACTED_HEADERS and v else v) for k, v in headers.items()
-    }
+    return {k: ("<redacted>" if k in _REDACTED_HEADERS and v else v) for k, v in headers.items()}
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -883,9 +951,9 @@ class ScriptedModelServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.requests: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=REQUEST_LOG_SIZE
-        )
+        self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_SIZE)
+        #: total number of requests ever logged (``len(requests)`` stops at the maxlen)
+        self.request_count = 0
         self.planner = ReplyPlanner()
         self.usage = UsageMeter()
         self._counter = itertools.count(1)
@@ -944,8 +1012,8 @@ class ScriptedModelServer:
             future = asyncio.run_coroutine_threadsafe(self._close(), loop)
             try:
                 future.result(timeout=5)
-            except Exception:  # noqa: BLE001 - best effort shutdown
-                pass
+            except Exception:
+                logger.warning("scripted model: unclean shutdown", exc_info=True)
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
         self._thread = None
@@ -978,9 +1046,7 @@ class ScriptedModelServer:
 
     # -- connections -------------------------------------------------------
 
-    async def _handle_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
             while True:
@@ -994,6 +1060,9 @@ class ScriptedModelServer:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, DroppedConnection):
             pass
+        except Exception:  # a bug must not take the server down
+            logger.exception("scripted model: request failed")
+            writer.transport.abort()
         finally:
             self._writers.discard(writer)
             if not writer.transport.is_closing():
@@ -1009,6 +1078,7 @@ class ScriptedModelServer:
             "time": time.time(),
         }
         self.requests.append(entry)
+        self.request_count += 1
         return entry
 
     async def _dispatch(self, request: HttpRequest, writer: asyncio.StreamWriter) -> bool:
@@ -1037,11 +1107,13 @@ class ScriptedModelServer:
             return await self._messages(body, entry, writer, request_id, keep_alive)
 
         entry["status"] = 404
-        err = error_body(
-            "not_found_error", f"Not found: {request.method} {request.path}", request_id
-        )
+        err = error_body("not_found_error", f"Not found: {request.method} {request.path}", request_id)
         await write_json(
-            writer, 404, err, keep_alive=keep_alive, extra=common,
+            writer,
+            404,
+            err,
+            keep_alive=keep_alive,
+            extra=common,
             head_only=request.method == "HEAD",
         )
         return keep_alive
@@ -1062,7 +1134,10 @@ class ScriptedModelServer:
             entry["status"] = err.status
             payload = error_body(err.type, err.message, request_id)
             await write_json(
-                writer, err.status, payload, keep_alive=keep_alive,
+                writer,
+                err.status,
+                payload,
+                keep_alive=keep_alive,
                 extra={**common, **err.headers},
             )
             return keep_alive
@@ -1077,18 +1152,21 @@ class ScriptedModelServer:
             message = await render_message(plan, message_id=message_id, model=model, usage=usage)
             await write_json(writer, 200, message, keep_alive=keep_alive, extra=common)
             return keep_alive
-        writer.write(_head(200, {
-            "content-type": "text/event-stream; charset=utf-8",
-            "cache-control": "no-cache",
-            "transfer-encoding": "chunked",
-            "connection": "keep-alive" if keep_alive else "close",
-            "server": "scripted-model",
-            **common,
-        }))
-        try:
-            await stream_plan(
-                plan, SSEWriter(writer), message_id=message_id, model=model, usage=usage
+        writer.write(
+            _head(
+                200,
+                {
+                    "content-type": "text/event-stream; charset=utf-8",
+                    "cache-control": "no-cache",
+                    "transfer-encoding": "chunked",
+                    "connection": "keep-alive" if keep_alive else "close",
+                    "server": "scripted-model",
+                    **common,
+                },
             )
+        )
+        try:
+            await stream_plan(plan, SSEWriter(writer), message_id=message_id, model=model, usage=usage)
         except DroppedConnection:
             _abort(writer)
             return False
