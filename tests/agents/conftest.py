@@ -2,7 +2,7 @@
 
 - ``scripted_model`` (session): a ``ScriptedModelServer`` of its own, with
   ``settings.ANTHROPIC_BASE_URL`` pointing at it and no API key (so ``model_endpoint()`` is the
-  offline one). Use ``requests_since(server, mark)`` / ``len(server.requests)`` to count calls.
+  offline one). Use ``requests_since(server, mark)`` / ``server.request_count`` to count calls.
 - ``fast_retries``: tiny retry delays so the retry matrix is tested in milliseconds.
 - ``workspace``: a fresh per-test session workspace under a temporary AGENT_WORKSPACE_ROOT.
 - ``chunk_types(chunks)``: the chunk type sequence with consecutive deltas collapsed and
@@ -40,8 +40,13 @@ def chunk_types(chunks: list[Chunk]) -> list[str]:
 
 
 def requests_since(server: ScriptedModelServer, mark: int, path: str = "/v1/messages") -> list[dict[str, Any]]:
-    """Requests the server logged after ``mark`` (= ``len(server.requests)`` taken before)."""
-    return [r for r in list(server.requests)[mark:] if r["path"] == path]
+    """Requests the server logged after ``mark`` (= ``server.request_count`` taken before).
+
+    ``request_count`` keeps growing while the log itself is bounded, so this stays right in a
+    long session."""
+    new = server.request_count - mark
+    recent = list(server.requests)[-new:] if new > 0 else []
+    return [r for r in recent if r["path"] == path]
 
 
 async def collect(stream: AsyncIterator[Chunk], *, timeout: float = 30.0) -> list[Chunk]:

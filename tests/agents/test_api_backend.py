@@ -74,7 +74,7 @@ async def test_long(workspace):
 
 
 async def test_tool_bash_sequence(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/tool bash echo hi"))
     assert chunk_types(chunks) == [
         "start",
@@ -113,7 +113,7 @@ async def test_tool_bash_sequence(workspace, scripted_model):
 
 
 async def test_parallel_tools(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/tools 3"))
     types = chunk_types(chunks)
     assert types == (
@@ -155,7 +155,7 @@ async def test_think_passes_reasoning(workspace):
     ],
 )
 async def test_errors_classified_and_retried(workspace, scripted_model, status, kind, attempts):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, f"/error {status}"))
     assert chunk_types(chunks) == ERROR_TURN
     assert sum(c["type"] == "error" for c in chunks) == 1
@@ -168,7 +168,7 @@ async def test_errors_classified_and_retried(workspace, scripted_model, status, 
 
 
 async def test_rate_limited_has_reset_time(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/error 429"))
     assert chunk_types(chunks) == ERROR_TURN
     error = result.error
@@ -179,7 +179,7 @@ async def test_rate_limited_has_reset_time(workspace, scripted_model):
 
 
 async def test_prompt_too_long(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/toolong"))
     assert chunk_types(chunks) == ERROR_TURN
     assert result.error.kind == ErrorKind.PROMPT_TOO_LONG
@@ -187,7 +187,7 @@ async def test_prompt_too_long(workspace, scripted_model):
 
 
 async def test_drop_is_connection_error_without_retry_after_text(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/drop"))
     assert chunk_types(chunks) == ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "error"]
     assert result.error.kind == ErrorKind.CONNECTION
@@ -231,7 +231,7 @@ async def test_step_check_ends_turn_at_boundary(workspace, scripted_model):
         seen.append(Usage(**vars(usage)))
         raise AgentError(ErrorKind.BUDGET, detail="test budget")
 
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/tool bash echo hi", step_check=step_check))
     assert result.error.kind == ErrorKind.BUDGET
     assert chunk_types(chunks)[-2:] == ["data-usage", "error"]
@@ -240,7 +240,7 @@ async def test_step_check_ends_turn_at_boundary(workspace, scripted_model):
 
 
 async def test_request_has_cache_control_and_system_prompt(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     await turn(make_input(workspace, "cache me", system_prompt="You are a test agent."))
     body = requests_since(scripted_model, mark)[0]["body"]
     assert body["system"] == [{"type": "text", "text": "You are a test agent.", "cache_control": {"type": "ephemeral"}}]
@@ -253,7 +253,7 @@ async def test_request_has_cache_control_and_system_prompt(workspace, scripted_m
 
 
 async def test_image_attachment_reaches_request_and_file_is_saved(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     attachments = [
         Attachment(name="dot.png", media_type="image/png", data=PNG_1x1),
         Attachment(name="../../data.csv", media_type="text/csv", data=b"a,b\n1,2\n"),
@@ -269,7 +269,7 @@ async def test_image_attachment_reaches_request_and_file_is_saved(workspace, scr
 
 
 async def test_invalid_attachment_is_invalid_request(workspace, scripted_model):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     bad = [Attachment(name="fake.png", media_type="image/png", data=b"not a png")]
     chunks, result = await turn(make_input(workspace, "look", attachments=bad))
     assert chunk_types(chunks) == ERROR_TURN
@@ -309,7 +309,7 @@ async def test_history_with_tool_parts_is_valid(workspace, scripted_model):
         HistoryMessage("user", [{"type": "text", "text": "and now?"}]),
         HistoryMessage("assistant", [{"type": "tool-Read", "toolCallId": "toolu_c", "state": "input-available", "input": {"file_path": "a"}}]),
     ]
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "thanks", history=history))
     assert result.error is None
     messages = requests_since(scripted_model, mark)[0]["body"]["messages"]

@@ -151,7 +151,7 @@ async def test_stop_interrupts_quickly_and_keeps_partial_text(scripted_model, wo
     [("/error 401", ErrorKind.AUTHENTICATION), ("/error 429", ErrorKind.RATE_LIMITED), ("/toolong", ErrorKind.PROMPT_TOO_LONG)],
 )
 async def test_errors_are_classified(scripted_model, workspace, directive, kind):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     result = TurnResult()
     with pytest.raises(AgentError) as caught:
         await backend_chunks(make_input(workspace, directive), result)
@@ -187,7 +187,7 @@ async def test_next_turn_resumes_the_cli_session(scripted_model, workspace):
     first = TurnResult()
     await backend_chunks(make_input(workspace, "remember the word pineapple"), first)
     assert first.agent_session_id
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     second = TurnResult()
     chunks = await backend_chunks(make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id), second)
     assert 'you said "what was the word?"' in text_of(chunks)
@@ -204,7 +204,7 @@ async def test_next_turn_resumes_the_cli_session(scripted_model, workspace):
 
 @pytest.mark.cli
 async def test_attachments_reach_the_model(scripted_model, workspace):
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     attachments = [
         Attachment(name="dot.png", media_type="image/png", data=PNG_1PX),
         Attachment(name="notes.txt", media_type="text/plain", data=b"attached notes"),

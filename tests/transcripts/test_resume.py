@@ -77,7 +77,7 @@ async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_mode
     assert await TranscriptEntry.objects.filter(transcript=main, data__contains=CODEWORD).aexists()
 
     _wipe(chat_id)  # a different worker: no workspace, no ~/.claude, no local JSONL
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     second, chunks = await _run(_turn(chat_id, "what was the codeword?", store=store, resume=cli_session))
     assert second.agent_session_id == cli_session  # the same CLI session continued
     bodies = _turn_requests(scripted_model, mark, "what was the codeword?")
@@ -92,7 +92,7 @@ async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_mode
 
     # Control: the same wipe without the store loses turn 1 (so the assertions above can fail).
     _wipe(chat_id)
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     third, _ = await _run(_turn(chat_id, "and now, the codeword?", resume=cli_session))
     assert third.agent_session_id != cli_session
     bodies = _turn_requests(scripted_model, mark, "and now, the codeword?")
@@ -110,7 +110,7 @@ async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_mod
 
     settings.AGENT_WORKSPACE_ROOT = tmp_path / "host-b"
     shutil.rmtree(tmp_path / "host-a")
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     second, _ = await _run(_turn(chat_id, "what was the codeword?", store=store, resume=first.agent_session_id))
     assert second.agent_session_id == first.agent_session_id
     bodies = _turn_requests(scripted_model, mark, "what was the codeword?")
@@ -163,7 +163,7 @@ async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp
     assert await Transcript.objects.filter(session_id=session.agent_session_id, subpath="").aexists()
 
     await sync_to_async(lambda: shutil.rmtree(workspace_for(str(session.pk))))()
-    mark = len(scripted_model.requests)
+    mark = scripted_model.request_count
     await turn("what was the codeword?")
     bodies = _turn_requests(scripted_model, mark, "what was the codeword?")
     assert bodies and all(CODEWORD in body for body in bodies)
