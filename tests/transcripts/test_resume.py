@@ -118,26 +118,6 @@ async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_mod
     assert set(await sync_to_async(lambda: list(Transcript.objects.values_list("project_key", flat=True)))()) == {"copilot"}
 
 
-def _chat_turns_wired() -> str | None:
-    """Why the full-stack test cannot run yet (None when it can): the store must be handed to
-    the sdk backend, by chat.turns (TurnInput.session_store) or by the backend itself."""
-    import importlib.util
-    from pathlib import Path
-
-    sources = []
-    for module in ("chat.turns", "agents.backends.sdk"):
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin:
-            sources.append(Path(spec.origin).read_text())
-    if not any("DjangoSessionStore" in source for source in sources):
-        return (
-            "not wired yet: chat.turns.turn_input_build (or the sdk backend) must pass "
-            "transcripts.store.DjangoSessionStore() as TurnInput.session_store"
-        )
-    return None
-
-
-@pytest.mark.skipif(_chat_turns_wired() is not None, reason=str(_chat_turns_wired()))
 async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp_path, user):  # noqa: F811
     """The product path: two chat turns through chat.turns, the workspace wiped in between."""
     from agents.sandbox import workspace_for
@@ -150,10 +130,8 @@ async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp
 
     async def turn(text: str) -> None:
         handle = await turns.turn_start(user=user, chat_id=chat_id, text=text)
-        stream = await turns.turn_subscribe(user=user, chat_id=chat_id)
-        if stream is not None:
-            chunks = [chunk async for _, chunk in stream]
-            assert chunks[-1]["type"] == "finish", chunks[-3:]
+        chunks = [chunk async for _, chunk in turns.turn_listen(handle=handle)]
+        assert chunks[-1]["type"] == "finish", chunks[-3:]
         await turns.turn_wait_idle(timeout=60)
         return handle
 

@@ -1,0 +1,143 @@
+"""``/ws/chat/``: the AI SDK ``WebSocketChatTransport`` protocol (CONTRACT §4, docs/protocol.md).
+
+Thin: parse and validate frames (``chat.protocol``), call ``chat.turns``, serialise. Every
+request's forwarding runs as its own task, so ``receive`` is never blocked by a stream and an
+``abort`` (or another request) on the same socket is handled at once (DESIGN). A bad frame gets
+an ``error`` frame for its request; it never closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from chat import turns
+from chat.protocol import AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
+from chat.streams import StreamLagged
+
+logger = logging.getLogger(__name__)
+
+UNAUTHENTICATED_CLOSE_CODE = 4401
+MAX_REQUESTS_PER_SOCKET = 32
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=UNAUTHENTICATED_CLOSE_CODE)
+            return
+        self.user = user
+        self.requests: dict[str, asyncio.Task] = {}
+        self.request_chats: dict[str, str] = {}
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        # The turns run on (they outlive connections); only this socket's forwarding stops.
+        for task in list(getattr(self, "requests", {}).values()):
+            task.cancel()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = frame_parse(text_data if text_data is not None else bytes_data)
+        except ProtocolError as exc:
+            await self._error(exc.request_id, exc.message)
+            return
+        if isinstance(frame, AbortFrame):
+            await self._abort(frame)
+            return
+        if frame.request_id in self.requests:
+            await self._error(frame.request_id, "A request with this requestId is already running.")
+            return
+        if len(self.requests) >= MAX_REQUESTS_PER_SOCKET:
+            await self._error(frame.request_id, "Too many concurrent requests on this connection.")
+            return
+        self.request_chats[frame.request_id] = frame.chat_id
+        coro = self._send_request(frame) if isinstance(frame, SendFrame) else self._resume_request(frame)
+        task = asyncio.get_running_loop().create_task(coro)
+        self.requests[frame.request_id] = task
+        task.add_done_callback(lambda _t, rid=frame.request_id: self._request_done(rid))
+
+    def _request_done(self, rid: str) -> None:
+        self.requests.pop(rid, None)
+        self.request_chats.pop(rid, None)
+
+    # -- requests -----------------------------------------------------------------------------
+    async def _send_request(self, frame: SendFrame) -> None:
+        rid = frame.request_id
+        message = frame.message
+        try:
+            handle = await turns.turn_start(
+                user=self.user,
+                chat_id=frame.chat_id,
+                text=message.text if message else "",
+                attachments=message.attachments if message else [],
+                trigger=frame.trigger,
+                client_message_id=message.client_message_id if message else None,
+            )
+        except turns.TurnRefused as exc:
+            await self._error(rid, exc.message)
+            return
+        except Exception:  # noqa: BLE001 - never crash the socket
+            logger.exception("starting a turn failed")
+            await self._error(rid, "The server could not start this response.")
+            return
+        await self._forward(rid, turns.turn_listen(handle=handle))
+
+    async def _resume_request(self, frame: ResumeFrame) -> None:
+        rid = frame.request_id
+        after = frame.last_sequence if frame.last_sequence is not None else -1
+        try:
+            chunks = await turns.turn_subscribe(user=self.user, chat_id=frame.chat_id, after_sequence=after)
+        except turns.TurnRefused as exc:
+            await self._error(rid, exc.message)
+            return
+        except Exception:  # noqa: BLE001
+            logger.exception("resuming failed")
+            await self._error(rid, "The server could not resume this chat.")
+            return
+        if chunks is None:
+            await self.send(text_data=_dumps({"type": "no-active", "requestId": rid}))
+            return
+        await self._forward(rid, chunks)
+
+    async def _forward(self, rid: str, chunks: AsyncIterator) -> None:
+        send = self.send
+        try:
+            await send(text_data=_dumps({"type": "start", "requestId": rid}))
+            async for seq, chunk in chunks:
+                await send(text_data=_dumps({"type": "chunk", "requestId": rid, "sequence": seq, "chunk": chunk}))
+            await send(text_data=_dumps({"type": "end", "requestId": rid}))
+        except StreamLagged as exc:
+            await self._error(rid, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception("forwarding request %s failed", rid)
+            await self._error(rid, "The stream failed on the server; resume to continue.")
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def _abort(self, frame: AbortFrame) -> None:
+        chat_id = self.request_chats.get(frame.request_id)
+        if chat_id is None:
+            return  # unknown or long-finished request: nothing to stop
+        try:
+            await turns.turn_stop(user=self.user, chat_id=chat_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("abort failed")
+            await self._error(frame.request_id, "The server could not stop this response.")
+
+    async def _error(self, rid: str | None, text: str) -> None:
+        await self.send(text_data=_dumps({"type": "error", "requestId": rid, "errorText": text}))

@@ -1,0 +1,220 @@
+"""Lease locks: one holder per key, with a TTL the holder refreshes (DESIGN lesson 8).
+
+A lock is taken atomically (``SET NX PX`` on Redis, a dict under a thread lock in-process),
+refreshed by the owner's heartbeat, and released only by the owner's token — a crashed worker's
+lock simply expires. The session lock's key is ``f"session:{session_id}"`` (see ``session_key``).
+
+With ``settings.REDIS_URL`` the locks live in Redis (shared by every daphne process); without it
+they live in this process (the single-process embedded setup).
+
+Async functions (``lock_acquire``, ``lock_refresh``, ``lock_release``) are used by running turns;
+the sync ones (``lock_holder``, ``lock_force_release``) by the admin, commands and selectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+DEFAULT_TTL = 30.0  # seconds; a turn refreshes its lock every TTL/3
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def session_key(session_id: Any) -> str:
+    return f"session:{session_id}"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    key: str
+    token: str
+    worker: str
+    acquired_at: float  # unix seconds
+    expires_at: float  # unix seconds
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"turn_id": ...}
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process backend
+# ---------------------------------------------------------------------------------------------
+
+_local_lock = threading.Lock()
+_local: dict[str, LockInfo] = {}
+
+
+def _local_get(key: str) -> LockInfo | None:
+    info = _local.get(key)
+    if info is not None and info.expires_at <= time.time():
+        del _local[key]
+        return None
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis backend
+# ---------------------------------------------------------------------------------------------
+
+# Compare-and-delete / compare-and-extend: only the token's owner may release or refresh.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_REFRESH = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "redis.call('pexpire', KEYS[1], ARGV[2]); redis.call('pexpire', KEYS[2], ARGV[2]); return 1 "
+    "else return 0 end"
+)
+
+_sync_client = None
+_sync_client_lock = threading.Lock()
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+
+
+def use_redis() -> bool:
+    return bool(settings.REDIS_URL)
+
+
+def redis_key(name: str) -> str:
+    return f"{settings.REDIS_KEY_PREFIX}:{name}"
+
+
+def sync_redis():
+    """A process-wide synchronous Redis client (thread-safe connection pool)."""
+    global _sync_client
+    with _sync_client_lock:
+        if _sync_client is None:
+            import redis
+
+            _sync_client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+        return _sync_client
+
+
+def async_redis():
+    """An asyncio Redis client for the running event loop (clients are bound to their loop)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+        _async_clients[loop] = client
+    return client
+
+
+def _lock_keys(key: str) -> tuple[str, str]:
+    return redis_key(f"lock:{key}"), redis_key(f"lockinfo:{key}")
+
+
+def _info_from_redis(key: str, token: str | None, raw: str | None, pttl: int) -> LockInfo | None:
+    if token is None:
+        return None
+    data = json.loads(raw) if raw else {}
+    now = time.time()
+    return LockInfo(
+        key=key,
+        token=token,
+        worker=data.get("worker", ""),
+        acquired_at=data.get("acquired_at", now),
+        expires_at=now + max(pttl, 0) / 1000.0,
+        meta=data.get("meta", {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# API
+# ---------------------------------------------------------------------------------------------
+
+
+async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
+    """Take the lock; returns the owner token, or None when someone else holds it."""
+    token = secrets.token_hex(16)
+    now = time.time()
+    if not use_redis():
+        with _local_lock:
+            if _local_get(key) is not None:
+                return None
+            _local[key] = LockInfo(key, token, WORKER_ID, now, now + ttl, dict(meta or {}))
+        return token
+    lock_key, info_key = _lock_keys(key)
+    client = async_redis()
+    ms = int(ttl * 1000)
+    if not await client.set(lock_key, token, nx=True, px=ms):
+        return None
+    await client.set(info_key, json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}}), px=ms)
+    return token
+
+
+async def lock_refresh(key: str, token: str, *, ttl: float = DEFAULT_TTL) -> bool:
+    """Extend the lease; False when the token no longer owns the lock (expired or forced)."""
+    if not use_redis():
+        with _local_lock:
+            info = _local_get(key)
+            if info is None or info.token != token:
+                return False
+            _local[key] = LockInfo(info.key, token, info.worker, info.acquired_at, time.time() + ttl, info.meta)
+        return True
+    lock_key, info_key = _lock_keys(key)
+    return bool(await async_redis().eval(_REFRESH, 2, lock_key, info_key, token, int(ttl * 1000)))
+
+
+async def lock_release(key: str, token: str) -> bool:
+    """Release the lock if ``token`` still owns it."""
+    if not use_redis():
+        return _local_release(key, token)
+    lock_key, info_key = _lock_keys(key)
+    client = async_redis()
+    released = bool(await client.eval(_RELEASE, 1, lock_key, token))
+    if released:
+        await client.delete(info_key)
+    return released
+
+
+def _local_release(key: str, token: str | None) -> bool:
+    with _local_lock:
+        info = _local_get(key)
+        if info is None or (token is not None and info.token != token):
+            return False
+        del _local[key]
+        return True
+
+
+def lock_holder(key: str) -> LockInfo | None:
+    """Who holds the lock now (None when free or expired)."""
+    if not use_redis():
+        with _local_lock:
+            return _local_get(key)
+    lock_key, info_key = _lock_keys(key)
+    pipe = sync_redis().pipeline()
+    pipe.get(lock_key)
+    pipe.get(info_key)
+    pipe.pttl(lock_key)
+    token, raw, pttl = pipe.execute()
+    return _info_from_redis(key, token, raw, pttl)
+
+
+async def lock_holder_async(key: str) -> LockInfo | None:
+    if not use_redis():
+        return lock_holder(key)
+    lock_key, info_key = _lock_keys(key)
+    pipe = async_redis().pipeline()
+    pipe.get(lock_key)
+    pipe.get(info_key)
+    pipe.pttl(lock_key)
+    token, raw, pttl = await pipe.execute()
+    return _info_from_redis(key, token, raw, pttl)
+
+
+def lock_force_release(key: str) -> bool:
+    """Operator override: drop the lock whoever holds it. The holder's next refresh fails."""
+    if not use_redis():
+        return _local_release(key, None)
+    lock_key, info_key = _lock_keys(key)
+    return bool(sync_redis().delete(lock_key, info_key))

@@ -1,0 +1,188 @@
+"""Validation of the AI SDK ``WebSocketChatTransport`` client frames (CONTRACT §4) and of the
+user message they carry. Pure functions: the consumer (and the HTTP door, for
+``user_message_parse``) turns ``ProtocolError`` into an ``error`` frame / 400 for that request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.types import Attachment
+
+MAX_FRAME_BYTES = 32 * 1024 * 1024  # 4 files of 5 MiB in base64 plus text fit
+MAX_TEXT_CHARS = 100_000
+MAX_ID_CHARS = 200
+MAX_ATTACHMENTS = 4
+MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+DOCUMENT_TYPES = frozenset({"application/json", "application/pdf", "text/csv"})
+TRIGGERS = frozenset({"submit-message", "regenerate-message"})
+
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)(?:;[\w-]+=[^;,]*)*;base64,(.*)$", re.DOTALL)
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class UserMessage:
+    text: str
+    attachments: list[Attachment] = field(default_factory=list)
+    file_parts: list[dict[str, Any]] = field(default_factory=list)
+    client_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SendFrame:
+    request_id: str
+    chat_id: str
+    trigger: str
+    message_id: str | None  # the message to regenerate (AI SDK ``messageId``)
+    message: UserMessage | None  # None for regenerate-message without a new user message
+
+
+@dataclass(frozen=True)
+class ResumeFrame:
+    request_id: str
+    chat_id: str
+    last_sequence: int | None
+
+
+@dataclass(frozen=True)
+class AbortFrame:
+    request_id: str
+
+
+Frame = SendFrame | ResumeFrame | AbortFrame
+
+
+def allowed_media_type(media_type: str) -> bool:
+    return media_type in IMAGE_TYPES or media_type in DOCUMENT_TYPES or media_type.startswith("text/")
+
+
+def _id(value: Any, name: str, request_id: str | None) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        raise ProtocolError(f"Field '{name}' must be a non-empty string of at most {MAX_ID_CHARS} characters.", request_id=request_id)
+    return value
+
+
+def attachment_from_file_part(part: dict[str, Any]) -> tuple[Attachment, dict[str, Any]]:
+    """An AI SDK ``file`` part with a base64 data URL -> Attachment (raises ProtocolError)."""
+    url = part.get("url")
+    if not isinstance(url, str):
+        raise ProtocolError("A file part needs a data: URL.")
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise ProtocolError("Files must be sent as base64 data: URLs.")
+    media_type = str(part.get("mediaType") or match.group(1)).lower()
+    if not allowed_media_type(media_type):
+        raise ProtocolError(f"Files of type {media_type} are not accepted.")
+    payload = match.group(2)
+    if len(payload) > (MAX_ATTACHMENT_BYTES * 4) // 3 + 8:
+        raise ProtocolError("A file is larger than 5 MiB.")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("A file's data: URL is not valid base64.") from None
+    if len(data) > MAX_ATTACHMENT_BYTES:
+        raise ProtocolError("A file is larger than 5 MiB.")
+    name = str(part.get("filename") or "attachment")[:200]
+    clean = {"type": "file", "mediaType": media_type, "filename": name, "url": url}
+    return Attachment(name=name, media_type=media_type, data=data), clean
+
+
+def user_message_parse(message: Any, *, request_id: str | None = None) -> UserMessage:
+    """A UIMessage (``{id, role: "user", parts: [...]}``) -> text + attachments."""
+    if not isinstance(message, dict) or message.get("role") != "user":
+        raise ProtocolError("The newest message must be a user message.", request_id=request_id)
+    parts = message.get("parts")
+    if not isinstance(parts, list):
+        raise ProtocolError("The user message needs a 'parts' list.", request_id=request_id)
+    texts: list[str] = []
+    attachments: list[Attachment] = []
+    file_parts: list[dict[str, Any]] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise ProtocolError("Message parts must be objects.", request_id=request_id)
+        kind = part.get("type")
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ProtocolError("A text part needs a string 'text'.", request_id=request_id)
+            texts.append(part["text"])
+        elif kind == "file":
+            if len(attachments) >= MAX_ATTACHMENTS:
+                raise ProtocolError(f"At most {MAX_ATTACHMENTS} files per message.", request_id=request_id)
+            try:
+                attachment, clean = attachment_from_file_part(part)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.message, request_id=request_id) from None
+            attachments.append(attachment)
+            file_parts.append(clean)
+        # other part types (step-start, data-*, …) carry nothing for the model: ignored
+    text = "\n\n".join(t for t in texts if t)
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"The message is longer than {MAX_TEXT_CHARS} characters.", request_id=request_id)
+    if not text.strip() and not attachments:
+        raise ProtocolError("The message is empty.", request_id=request_id)
+    client_id = message.get("id")
+    return UserMessage(
+        text=text,
+        attachments=attachments,
+        file_parts=file_parts,
+        client_message_id=client_id if isinstance(client_id, str) and client_id else None,
+    )
+
+
+def frame_parse(raw: str | bytes | None) -> Frame:
+    """Parse and validate one client frame (raises ProtocolError, with request_id when known)."""
+    if raw is None:
+        raise ProtocolError("Empty frame.")
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError("Frame too large.")
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("Frame is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("Frame must be a JSON object.")
+    request_id = obj.get("requestId")
+    request_id = request_id if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS else None
+    kind = obj.get("type")
+    if request_id is None:
+        raise ProtocolError("Field 'requestId' must be a non-empty string.")
+    if kind == "abort":
+        return AbortFrame(request_id=request_id)
+    if kind == "resume":
+        chat_id = _id(obj.get("id"), "id", request_id)
+        last = obj.get("lastSequence")
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < -1):
+            raise ProtocolError("Field 'lastSequence' must be an integer ≥ -1.", request_id=request_id)
+        return ResumeFrame(request_id=request_id, chat_id=chat_id, last_sequence=last)
+    if kind == "send":
+        chat_id = _id(obj.get("id"), "id", request_id)
+        trigger = obj.get("trigger") or "submit-message"
+        if trigger not in TRIGGERS:
+            raise ProtocolError(f"Unknown trigger {str(trigger)[:40]!r}.", request_id=request_id)
+        message_id = obj.get("messageId")
+        message_id = message_id if isinstance(message_id, str) and message_id else None
+        messages = obj.get("messages")
+        if not isinstance(messages, list):
+            raise ProtocolError("Field 'messages' must be a list.", request_id=request_id)
+        newest = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+        if trigger == "regenerate-message":
+            message = None
+        else:
+            if newest is None:
+                raise ProtocolError("The request has no user message.", request_id=request_id)
+            message = user_message_parse(newest, request_id=request_id)
+        return SendFrame(request_id=request_id, chat_id=chat_id, trigger=trigger, message_id=message_id, message=message)
+    raise ProtocolError(f"Unknown frame type {str(kind)[:40]!r}.", request_id=request_id)

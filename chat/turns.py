@@ -1,0 +1,763 @@
+"""The only place a turn starts, is listened to, or stops (both doors and the admin call this).
+
+start  : authorise (owner only; a new chat id creates the caller's session) → budget check →
+         session lease lock (``chat.locks``; refreshed by the turn's heartbeat, released by its
+         token on every exit path) → clear trailing error markers → persist the user message →
+         ``ChatTurn`` row → run ``agents.runtime.run_turn`` as a task that outlives the caller.
+listen : ``turn_listen(handle)`` / ``turn_subscribe(user, chat_id, after_sequence)`` — replay from
+         the per-turn log (``chat.streams``) then live until the terminal chunk.
+stop   : ``inp.stop`` of the running turn is set — directly when it runs in this process, through
+         a Redis pub/sub control channel when another process owns it. The runtime closes open
+         parts and ends with ``finish`` ``{"stopped": true}``; a ``stopped`` marker is persisted.
+
+Chunk path of a running turn (hot path, all synchronous): run_turn → ``_Coalescer`` (merges text
+deltas arriving within ``COALESCE_WINDOW``; the first delta after a quiet period goes out at
+once) → ``MessageFolder`` (in memory; the ``MessageWriter`` task persists at boundaries and every
+2 s) → ``TurnStream.append`` (wakes local listeners, queues the Redis mirror).
+
+The terminal chunk is held back until the final state is persisted and the lock released, so a
+client that sees ``finish`` can reload the history or send the next message immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents import events
+from agents.errors import AgentError, ErrorKind
+from agents.events import DELTA_TYPES, Chunk
+from agents.types import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
+from chat import locks, streams
+from chat.models import ChatMessage, ChatSession, ChatTurn
+from chat.persistence import MessageFolder, MessageWriter
+from chat.services import message_append, session_get_or_create_for_user, session_touch
+from chat.selectors import session_get_for_user
+
+logger = logging.getLogger(__name__)
+
+LOCK_TTL = 30.0  # seconds; refreshed every LOCK_TTL / 3 by the turn's heartbeat
+COALESCE_WINDOW = 0.003  # seconds
+TERMINAL_TYPES = streams.TERMINAL_TYPES
+
+ALREADY_ACTIVE_TEXT = "A response is already being generated in this chat (stream_already_active). Wait for it to finish or stop it first."
+NOT_FOUND_TEXT = "Chat not found."
+
+
+class TurnRefused(Exception):
+    """A turn could not start (or a chat could not be listened to)."""
+
+    def __init__(self, code: str, message: str = "", *, resets_at: dt.datetime | None = None) -> None:
+        self.code = code
+        self.message = message or code
+        self.resets_at = resets_at
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class TurnHandle:
+    session_id: str
+    turn_id: str
+    message_id: str  # the assistant message id (``start.messageId``)
+
+
+@dataclass
+class _Running:
+    """A turn running in this process."""
+
+    turn_id: str
+    session_id: str
+    user: Any
+    session: ChatSession
+    turn: ChatTurn
+    inp: TurnInput
+    stream: streams.TurnStream
+    lock_token: str
+    user_text: str
+    needs_title: bool
+    writer: MessageWriter = field(init=False)
+    coalescer: "_Coalescer" = field(init=False)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.writer = MessageWriter(session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id))
+        self.coalescer = _Coalescer(self.emit)
+
+    def emit(self, chunk: Chunk) -> None:
+        self.writer.feed(chunk)
+        self.stream.append(chunk)
+
+
+# Per process: session id -> running turn, plus strong references to every background task.
+_active: dict[str, _Running] = {}
+_tasks: set[asyncio.Task] = set()
+
+
+def _spawn(coro) -> asyncio.Task:
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+# ---------------------------------------------------------------------------------------------
+# Delta coalescing
+# ---------------------------------------------------------------------------------------------
+
+
+class _Coalescer:
+    """Leading-edge coalescing: a delta after a quiet period is emitted at once and opens a
+    window; deltas arriving inside the window are merged (``agents.events.coalesce``) and
+    emitted when it closes. Any other chunk flushes first, so order is kept."""
+
+    __slots__ = ("emit", "pending", "handle", "window")
+
+    def __init__(self, emit, window: float = COALESCE_WINDOW) -> None:
+        self.emit = emit
+        self.pending: list[Chunk] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.window = window
+
+    def push(self, chunk: Chunk) -> None:
+        if chunk["type"] in DELTA_TYPES:
+            if self.handle is None:
+                self.emit(chunk)
+                self.handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+            else:
+                self.pending.append(chunk)
+            return
+        self.flush()
+        self.emit(chunk)
+
+    def _tick(self) -> None:
+        self.handle = None
+        if self.pending:
+            self.flush()
+            self.handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+
+    def flush(self) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, []
+            for chunk in events.coalesce(pending):
+                self.emit(chunk)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation (one DB thread hop)
+# ---------------------------------------------------------------------------------------------
+
+
+def _clear_stale_markers(session: ChatSession) -> int:
+    """Delete the error markers at the end of the session (lesson 6); stopped markers stay."""
+    stale: list[int] = []
+    for msg in ChatMessage.objects.filter(session=session).order_by("-sequence").only("pk", "kind")[:50]:
+        if msg.kind not in ChatMessage.MARKER_KINDS:
+            break
+        if msg.kind in ChatMessage.ERROR_KINDS:
+            stale.append(msg.pk)
+    if stale:
+        ChatMessage.objects.filter(pk__in=stale).delete()
+    return len(stale)
+
+
+def _attachment_from_part(part: dict[str, Any]) -> Attachment | None:
+    from chat.protocol import ProtocolError, attachment_from_file_part
+
+    try:
+        return attachment_from_file_part(part)[0]
+    except ProtocolError:
+        return None
+
+
+def _file_part(attachment: Attachment) -> dict[str, Any]:
+    return {
+        "type": "file",
+        "mediaType": attachment.media_type,
+        "filename": attachment.name,
+        "url": f"data:{attachment.media_type};base64,{base64.b64encode(attachment.data).decode('ascii')}",
+    }
+
+
+def history_for_turn(*, session: ChatSession, before_sequence: int) -> list[HistoryMessage]:
+    """The conversation before a turn, as the model should see it: normal user/assistant
+    messages only (markers excluded), consecutive messages of one role merged (lesson 4)."""
+    history: list[HistoryMessage] = []
+    rows = (
+        ChatMessage.objects.filter(
+            session=session,
+            sequence__lt=before_sequence,
+            kind=ChatMessage.Kind.NORMAL,
+            role__in=(ChatMessage.Role.USER, ChatMessage.Role.ASSISTANT),
+        )
+        .order_by("sequence")
+        .values_list("role", "parts")
+    )
+    for role, parts in rows:
+        parts = list(parts or [])
+        if not parts:
+            continue
+        if history and history[-1].role == role:
+            history[-1] = HistoryMessage(role=role, parts=history[-1].parts + parts)
+        else:
+            history.append(HistoryMessage(role=role, parts=parts))
+    return history
+
+
+TRANSCRIPT_PROJECT_KEY = "copilot"
+
+
+def turn_input_build(
+    *,
+    session: ChatSession,
+    user: Any,
+    text: str,
+    attachments: list[Attachment],
+    history: list[HistoryMessage],
+    message_id: str,
+) -> TurnInput:
+    """The TurnInput of a turn (runs in the DB thread). The hook for whatever else a turn needs
+    (e.g. the transcripts app's ``session_store``)."""
+    from agents.sandbox import workspace_for
+    from transcripts.store import DjangoSessionStore
+
+    return TurnInput(
+        session_id=str(session.pk),
+        user_text=text,
+        workspace=workspace_for(str(session.pk)),
+        backend=session.backend or settings.AGENT_BACKEND,
+        model=session.model or settings.AGENT_MODEL,
+        system_prompt=settings.AGENT_SYSTEM_PROMPT,
+        attachments=list(attachments),
+        history=history,
+        agent_session_id=session.agent_session_id or None,
+        # The CLI's transcripts live in the database, so any worker can resume the session; the
+        # project is pinned so that resume works even where AGENT_WORKSPACE_ROOT differs.
+        session_store=DjangoSessionStore(project_key=TRANSCRIPT_PROJECT_KEY),
+        message_id=message_id,
+    )
+
+
+@dataclass
+class _Prepared:
+    turn: ChatTurn
+    inp: TurnInput
+    user_text: str
+    needs_title: bool
+
+
+def _prepare(
+    *,
+    session: ChatSession,
+    user: Any,
+    turn_id: str,
+    text: str,
+    attachments: list[Attachment],
+    trigger: str,
+    client_message_id: str | None,
+) -> _Prepared:
+    with transaction.atomic():
+        _clear_stale_markers(session)
+        if trigger == "regenerate-message":
+            last_user = (
+                ChatMessage.objects.filter(session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
+                .order_by("-sequence")
+                .first()
+            )
+            if last_user is None:
+                raise TurnRefused("invalid_request", "There is no message to regenerate.")
+            ChatMessage.objects.filter(session=session, sequence__gt=last_user.sequence).delete()
+            user_msg = last_user
+            text = "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
+            attachments = [a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a]
+        else:
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+            parts += [_file_part(a) for a in attachments]
+            user_msg = message_append(
+                session=session,
+                role=ChatMessage.Role.USER,
+                text=text,
+                parts=parts,
+                metadata={"messageId": client_message_id} if client_message_id else {},
+            )
+        backend = session.backend or settings.AGENT_BACKEND
+        model = session.model or settings.AGENT_MODEL
+        turn = ChatTurn.objects.create(
+            id=turn_id, session=session, trigger=trigger, backend=backend, model=model,
+            worker=locks.WORKER_ID, heartbeat_at=timezone.now(),
+        )
+        if user_msg.turn_id is None:
+            ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
+        history = history_for_turn(session=session, before_sequence=user_msg.sequence)
+        needs_title = not session.title and not any(m.role == "user" for m in history)
+        session_touch(session_id=session.pk)
+    inp = turn_input_build(
+        session=session, user=user, text=text, attachments=attachments, history=history, message_id=f"msg-{turn_id}"
+    )
+    return _Prepared(turn=turn, inp=inp, user_text=text, needs_title=needs_title)
+
+
+# ---------------------------------------------------------------------------------------------
+# Start
+# ---------------------------------------------------------------------------------------------
+
+
+async def turn_start(
+    *,
+    user: Any,
+    chat_id: str,
+    text: str,
+    attachments: list[Attachment] | None = None,
+    trigger: str = "submit-message",
+    client_message_id: str | None = None,
+) -> TurnHandle:
+    """Start a turn in the caller's chat (created when the id is new to them). Raises TurnRefused."""
+    from chat import usage as chat_usage
+
+    attachments = list(attachments or [])
+    if not getattr(user, "is_authenticated", False):
+        raise TurnRefused("not_found", NOT_FOUND_TEXT)
+    if trigger not in ("submit-message", "regenerate-message"):
+        raise TurnRefused("invalid_request", f"Unknown trigger {trigger!r}.")
+    if trigger == "submit-message" and not (text or "").strip() and not attachments:
+        raise TurnRefused("invalid_request", "The message is empty.")
+    if not chat_id or len(chat_id) > 200:
+        raise TurnRefused("invalid_request", "Invalid chat id.")
+
+    session, _created = await database_sync_to_async(session_get_or_create_for_user)(
+        user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
+    )
+    session_id = str(session.pk)
+    model = session.model or settings.AGENT_MODEL
+    key = locks.session_key(session_id)
+    if session_id in _active or await locks.lock_holder_async(key) is not None:
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    try:
+        await database_sync_to_async(chat_usage.budget_check)(user=user, model=model)
+    except AgentError as exc:
+        code = "rate_limited" if exc.kind == ErrorKind.RATE_LIMITED else "budget_exceeded"
+        raise TurnRefused(code, exc.message, resets_at=exc.resets_at) from None
+
+    turn_id = str(uuid.uuid4())
+    token = await locks.lock_acquire(key, ttl=LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk})
+    if token is None:
+        await _budget_release(user)
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    try:
+        if locks.use_redis():
+            await _control_listener_ready()
+        prepared = await database_sync_to_async(_prepare)(
+            session=session, user=user, turn_id=turn_id, text=text, attachments=attachments,
+            trigger=trigger, client_message_id=client_message_id,
+        )
+        inp = prepared.inp
+
+        async def step_check(usage_so_far: Usage) -> None:
+            await database_sync_to_async(chat_usage.budget_step_check)(user=user, model=inp.model, usage_so_far=usage_so_far)
+
+        inp.step_check = step_check
+        running = _Running(
+            turn_id=turn_id, session_id=session_id, user=user, session=session, turn=prepared.turn, inp=inp,
+            stream=streams.stream_open(turn_id=turn_id, session_id=session_id), lock_token=token,
+            user_text=prepared.user_text, needs_title=prepared.needs_title,
+        )
+    except BaseException:
+        await asyncio.shield(locks.lock_release(key, token))
+        await asyncio.shield(_budget_release(user))
+        raise
+    _active[session_id] = running
+    _spawn(_run(running))
+    return TurnHandle(session_id=session_id, turn_id=turn_id, message_id=inp.message_id)
+
+
+async def _budget_release(user: Any) -> None:
+    """Give back the reservation ``budget_check`` made for a turn that did not start."""
+    from chat import usage as chat_usage
+
+    release = getattr(chat_usage, "budget_release", None)
+    if release is None:
+        return
+    try:
+        await database_sync_to_async(release)(user=user)
+    except Exception:  # noqa: BLE001 - reservations expire anyway
+        logger.exception("releasing a budget reservation failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# The running turn
+# ---------------------------------------------------------------------------------------------
+
+
+async def _run(rt: _Running) -> None:
+    result = TurnResult()
+    terminal: Chunk | None = None
+    cancelled = False
+    writer_task = _spawn(rt.writer.run())
+    heartbeat_task = _spawn(_heartbeat(rt))
+    title_task = _spawn(_title(rt)) if rt.needs_title else None
+    try:
+        from agents.runtime import run_turn
+
+        async for chunk in run_turn(rt.inp, result):
+            if terminal is not None:
+                continue  # nothing may follow the terminal chunk
+            if chunk["type"] in TERMINAL_TYPES:
+                terminal = chunk
+                continue
+            rt.coalescer.push(chunk)
+    except asyncio.CancelledError:
+        cancelled = True
+    except Exception as exc:  # noqa: BLE001 - run_turn should never raise; end the turn cleanly anyway
+        logger.exception("turn %s failed outside the runtime", rt.turn_id)
+        result.error = AgentError(ErrorKind.UNKNOWN, detail=f"{type(exc).__name__}: {exc}")
+    finally:
+        heartbeat_task.cancel()
+        fin = asyncio.get_running_loop().create_task(_finish(rt, result, terminal, cancelled, writer_task, title_task))
+        while not fin.done():
+            try:
+                await asyncio.shield(fin)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+
+async def _finish(
+    rt: _Running, result: TurnResult, terminal: Chunk | None, cancelled: bool,
+    writer_task: asyncio.Task, title_task: asyncio.Task | None,
+) -> None:
+    """Flush, persist the final state, record usage, release the lock, then publish the
+    terminal chunk and close the stream. Every step runs even if an earlier one failed."""
+    rt.coalescer.close()
+    if terminal is None:
+        if result.error is None and not result.stopped:
+            result.error = AgentError(
+                ErrorKind.UNKNOWN, detail="interrupted" if cancelled else "stream ended without a terminal chunk"
+            )
+        terminal = events.finish("stop", {"stopped": True}) if result.stopped else events.error(result.error.message)
+    elif terminal["type"] == "error" and result.error is None:
+        result.error = AgentError(ErrorKind.UNKNOWN, message=terminal.get("errorText") or "")
+    rt.writer.feed(terminal)
+    rt.writer.folder.close_open_parts()
+    rt.writer.stop()
+    with contextlib.suppress(Exception):
+        await writer_task
+    try:
+        await rt.writer.flush(final=True)
+    except Exception:  # noqa: BLE001
+        logger.exception("final save of turn %s failed", rt.turn_id)
+    if result.stopped:
+        status = ChatTurn.Status.STOPPED
+    elif terminal["type"] == "error":
+        status = ChatTurn.Status.INTERRUPTED if cancelled else ChatTurn.Status.FAILED
+    else:
+        status = ChatTurn.Status.FINISHED
+    try:
+        await database_sync_to_async(_record_end)(rt=rt, result=result, status=status, chunk_count=rt.stream.next_sequence + 1)
+    except Exception:  # noqa: BLE001
+        logger.exception("recording the end of turn %s failed", rt.turn_id)
+    # A title still being generated lands in the database; its chunk is sent only while the
+    # stream is open (title_task is not awaited: the turn's end never waits for it).
+    try:
+        await locks.lock_release(locks.session_key(rt.session_id), rt.lock_token)
+    except Exception:  # noqa: BLE001 - the TTL frees it anyway
+        logger.exception("releasing the lock of turn %s failed", rt.turn_id)
+    if _active.get(rt.session_id) is rt:
+        del _active[rt.session_id]
+    rt.stream.append(terminal)
+    await rt.stream.aclose()
+    rt.done.set()
+
+
+def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: int) -> None:
+    from chat import usage as chat_usage
+
+    session, turn, error = rt.session, rt.turn, result.error
+    steps = [
+        ("marker", lambda: _persist_marker(rt=rt, result=result)),
+        ("turn", lambda: ChatTurn.objects.filter(pk=turn.pk).update(
+            status=status, finish_reason=result.finish_reason or ("error" if error else ""),
+            error_code=error.code if error is not None and not result.stopped else "",
+            chunk_count=chunk_count, ended_at=timezone.now(),
+        )),
+        ("usage", lambda: chat_usage.usage_record(
+            user=rt.user, session=session, turn=turn, model=result.model or rt.inp.model,
+            backend=rt.inp.backend, usage=result.usage,
+        )),
+        ("session", lambda: _session_after_turn(session=session, agent_session_id=result.agent_session_id)),
+    ]
+    if error is not None and error.kind == ErrorKind.RATE_LIMITED and not result.stopped:
+        steps.append(("rate limit", lambda: chat_usage.rate_limit_record_upstream(
+            user=rt.user, session=session, model=result.model or rt.inp.model, error=error,
+        )))
+    steps.append(("log", lambda: _log_end(rt=rt, result=result)))
+    for name, step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - one failed record must not skip the others
+            logger.exception("turn %s: recording %s failed", turn.pk, name)
+
+
+def _log_end(*, rt: _Running, result: TurnResult) -> None:
+    """The structured per-turn line (and one per error) for operators (chat.logging)."""
+    from chat.logging import log_error, log_turn
+
+    error = None if result.stopped else result.error
+    common = {
+        "session_id": rt.session_id,
+        "turn_id": rt.turn_id,
+        "user_id": rt.user.pk,
+        "backend": rt.inp.backend,
+        "model": result.model or rt.inp.model,
+        "duration_s": (timezone.now() - rt.turn.started_at).total_seconds(),
+    }
+    finish_reason = "stopped" if result.stopped else (result.finish_reason or ("error" if error else ""))
+    log_turn(**common, usage=result.usage, finish_reason=finish_reason, error_code=error.code if error else "")
+    if error is not None:
+        log_error(**common, error_code=error.code, detail=error.detail, retryable=error.user_may_retry)
+
+
+def _persist_marker(*, rt: _Running, result: TurnResult) -> None:
+    if result.stopped:
+        message_append(
+            session=rt.session, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.STOPPED,
+            text="Stopped.", parts=[], metadata={"stopped": True}, turn=rt.turn,
+        )
+    elif result.error is not None:
+        error = result.error
+        message_append(
+            session=rt.session,
+            role=ChatMessage.Role.ASSISTANT,
+            kind=ChatMessage.Kind.RETRYABLE_ERROR if error.user_may_retry else ChatMessage.Kind.ERROR,
+            text=error.message,
+            parts=[],
+            metadata={
+                "code": error.code,
+                "retryable": error.user_may_retry,
+                "resets_at": error.resets_at.isoformat() if error.resets_at else None,
+            },
+            turn=rt.turn,
+        )
+
+
+def _session_after_turn(*, session: ChatSession, agent_session_id: str | None) -> None:
+    now = timezone.now()
+    updates: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
+    if agent_session_id:
+        updates["agent_session_id"] = agent_session_id
+    ChatSession.objects.filter(pk=session.pk).update(**updates)
+
+
+async def _heartbeat(rt: _Running) -> None:
+    """Refresh the lease (and the turn row's heartbeat). A lost lease (expired or force-released
+    by an operator) stops the turn."""
+    key = locks.session_key(rt.session_id)
+    while True:
+        await asyncio.sleep(LOCK_TTL / 3)
+        try:
+            if not await locks.lock_refresh(key, rt.lock_token, ttl=LOCK_TTL):
+                logger.warning("turn %s lost its session lock; stopping it", rt.turn_id)
+                rt.inp.stop.set()
+                return
+            await database_sync_to_async(ChatTurn.objects.filter(pk=rt.turn.pk).update)(heartbeat_at=timezone.now())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception("heartbeat of turn %s failed", rt.turn_id)
+
+
+async def _title(rt: _Running) -> None:
+    """Name the chat from its first message; stored only if it still has no title."""
+    from agents.runtime import generate_title
+    from chat import usage as chat_usage
+
+    try:
+        title, usage = await generate_title(user_text=rt.user_text, model=rt.inp.model)
+        if not title:
+            return
+
+        def store() -> bool:
+            stored = bool(ChatSession.objects.filter(pk=rt.session.pk, title="").update(title=title[:200]))
+            if usage.input_tokens or usage.output_tokens:
+                chat_usage.usage_record(
+                    user=rt.user, session=rt.session, turn=None, model=rt.inp.model, backend=rt.inp.backend,
+                    usage=usage, purpose="title",
+                )
+            return stored
+
+        if await database_sync_to_async(store)() and not rt.stream.closed:
+            rt.coalescer.flush()
+            rt.stream.append(events.session_info({"id": rt.session_id, "title": title}))
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - a title is never worth failing a turn
+        logger.exception("title for session %s failed", rt.session_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listening
+# ---------------------------------------------------------------------------------------------
+
+
+async def _active_turn_id(session_id: str) -> str | None:
+    rt = _active.get(session_id)
+    if rt is not None:
+        return rt.turn_id
+    if locks.use_redis():
+        holder = await locks.lock_holder_async(locks.session_key(session_id))
+        if holder is not None:
+            return holder.meta.get("turn_id")
+    return None
+
+
+def _alive_check(session_id: str, turn_id: str):
+    async def is_alive() -> bool:
+        if await _active_turn_id(session_id) == turn_id:
+            return True
+        return bool(await streams.stream_is_finished(turn_id=turn_id))  # finished: let the reader drain
+
+    return is_alive
+
+
+def turn_listen(*, handle: TurnHandle, after_sequence: int = -1) -> AsyncIterator[tuple[int, Chunk]]:
+    """The chunks of a turn the caller just started (from ``after_sequence + 1``)."""
+    return streams.stream_read(
+        turn_id=handle.turn_id, after_sequence=after_sequence, is_alive=_alive_check(handle.session_id, handle.turn_id)
+    )
+
+
+async def turn_subscribe(
+    *, user: Any, chat_id: str, after_sequence: int = -1
+) -> AsyncIterator[tuple[int, Chunk]] | None:
+    """Replay the chat's active turn from ``after_sequence + 1``, then follow it live until its
+    terminal chunk. None when nothing is active. With ``after_sequence >= 0`` a turn that ended
+    moments ago still delivers the tail the caller missed (its log is retained a while).
+    Raises TurnRefused("not_found") for an unknown or foreign chat."""
+    session = await database_sync_to_async(session_get_for_user)(user=user, chat_id=chat_id)
+    if session is None:
+        raise TurnRefused("not_found", NOT_FOUND_TEXT)
+    session_id = str(session.pk)
+    turn_id = await _active_turn_id(session_id)
+    if turn_id is None and after_sequence >= 0:
+        latest = await streams.stream_latest_turn(session_id=session_id)
+        if latest is not None and await streams.stream_last_sequence(turn_id=latest) > after_sequence:
+            turn_id = latest
+    if turn_id is None:
+        return None
+    return streams.stream_read(turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping (from any process)
+# ---------------------------------------------------------------------------------------------
+
+
+def _control_channel() -> str:
+    return locks.redis_key("turnctl")
+
+
+async def turn_stop(*, user: Any, chat_id: str) -> bool:
+    """Stop the caller's running turn in this chat. False when none runs (or no such chat)."""
+    session = await database_sync_to_async(session_get_for_user)(user=user, chat_id=chat_id)
+    if session is None:
+        return False
+    return await turn_stop_session(session_id=session.pk)
+
+
+async def turn_stop_session(*, session_id: Any) -> bool:
+    """Stop the session's running turn wherever it runs. True when a turn was running."""
+    session_id = str(session_id)
+    rt = _active.get(session_id)
+    if rt is not None:
+        rt.inp.stop.set()
+        return True
+    if locks.use_redis():
+        holder = await locks.lock_holder_async(locks.session_key(session_id))
+        if holder is not None:
+            await locks.async_redis().publish(
+                _control_channel(), json.dumps({"op": "stop", "session_id": session_id, "turn_id": holder.meta.get("turn_id")})
+            )
+            return True
+    return False
+
+
+def turn_is_active(*, session_id: Any) -> bool:
+    """Sync selector (admin): is a turn running in this session (in any process)?"""
+    return str(session_id) in _active or locks.lock_holder(locks.session_key(session_id)) is not None
+
+
+_control_listeners: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+_control_tasks: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+
+
+async def _control_listener_ready() -> None:
+    """Start (once per event loop) the subscriber that delivers remote stop requests."""
+    loop = asyncio.get_running_loop()
+    ready = _control_listeners.get(loop)
+    if ready is None or (ready.done() and ready.exception() is not None):
+        for other in [lp for lp in _control_listeners if lp.is_closed()]:
+            del _control_listeners[other]
+        ready = loop.create_future()
+        _control_listeners[loop] = ready
+        _control_tasks.add(_spawn(_control_listener(ready)))
+    await asyncio.shield(ready)
+
+
+async def _control_listener(ready: asyncio.Future) -> None:
+    pubsub = locks.async_redis().pubsub()
+    try:
+        await pubsub.subscribe(_control_channel())
+        if not ready.done():
+            ready.set_result(None)
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                data = json.loads(message["data"])
+            except (TypeError, ValueError):
+                continue
+            if data.get("op") == "stop":
+                rt = _active.get(str(data.get("session_id")))
+                if rt is not None and (not data.get("turn_id") or data["turn_id"] == rt.turn_id):
+                    rt.inp.stop.set()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - restarted by the next turn_start
+        logger.exception("turn control listener failed")
+        if not ready.done():
+            ready.set_exception(exc)
+        else:
+            _control_listeners.pop(asyncio.get_running_loop(), None)
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+
+
+async def turn_wait_idle(timeout: float = 30.0) -> None:
+    """Wait until this process runs no turn nor background work of one (tests, shutdown)."""
+    loop = asyncio.get_running_loop()
+    pending = [t for t in _tasks if t.get_loop() is loop and not t.done() and t not in _control_tasks]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)

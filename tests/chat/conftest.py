@@ -1,0 +1,158 @@
+"""Fixtures for the streaming-turn tests: the real ASGI app (origin validator + cookie auth),
+WebsocketCommunicator clients, the real run_turn against the scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from tests.agents.conftest import requests_since, scripted_model  # noqa: F401 - fixture re-export
+
+ORIGIN = b"http://127.0.0.1"
+RECV_TIMEOUT = 20.0
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+class WsClient:
+    """A WebsocketCommunicator speaking the WebSocketChatTransport frames."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.comm = communicator
+        self.inbox: dict[str | None, list[dict[str, Any]]] = {}
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.comm.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        return json.loads(await self.comm.receive_from(timeout=timeout))
+
+    async def frames_until_done(self, request_id: str | None, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
+        """Frames of one request until its end / error / no-active (other requests' frames are
+        kept in the inbox)."""
+        out = self.inbox.pop(request_id, [])
+        if out and out[-1]["type"] in ("end", "error", "no-active"):
+            return out
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(timeout=max(0.1, deadline - loop.time()))
+            if frame.get("requestId") != request_id:
+                self.inbox.setdefault(frame.get("requestId"), []).append(frame)
+                continue
+            out.append(frame)
+            if frame["type"] in ("end", "error", "no-active"):
+                return out
+
+    async def frames_until(self, request_id: str, predicate, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
+        """Frames of one request up to (including) the first that satisfies ``predicate``."""
+        out: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(timeout=max(0.1, deadline - loop.time()))
+            if frame.get("requestId") != request_id:
+                self.inbox.setdefault(frame.get("requestId"), []).append(frame)
+                continue
+            out.append(frame)
+            if predicate(frame):
+                return out
+
+    async def close(self) -> None:
+        await self.comm.disconnect()
+
+
+def send_frame(chat_id: str, text: str, *, request_id: str | None = None, trigger: str = "submit-message", files=None):
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] + list(files or [])
+    return {
+        "type": "send",
+        "requestId": request_id or uuid.uuid4().hex,
+        "id": chat_id,
+        "trigger": trigger,
+        "messageId": None,
+        "messages": [{"id": uuid.uuid4().hex, "role": "user", "parts": parts}],
+        "headers": {},
+        "body": {},
+        "metadata": None,
+    }
+
+
+def chunks_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f["chunk"] for f in frames if f["type"] == "chunk"]
+
+
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+
+
+@pytest.fixture
+def backend_api(settings, scripted_model, tmp_path):  # noqa: F811
+    settings.AGENT_BACKEND = "api"
+    settings.AGENT_WORKSPACE_ROOT = tmp_path / "workspaces"
+    settings.AGENT_HEARTBEAT_SECONDS = 10.0
+    return scripted_model
+
+
+@pytest.fixture
+def backend_sdk(settings, scripted_model, tmp_path):  # noqa: F811
+    settings.AGENT_BACKEND = "sdk"
+    settings.AGENT_WORKSPACE_ROOT = tmp_path / "workspaces"
+    return scripted_model
+
+
+@pytest.fixture
+async def connect(user):
+    """``await connect()`` -> an accepted WsClient for ``user`` (or another user / no cookie)."""
+    from copilot_project.asgi import application
+
+    opened: list[WsClient] = []
+
+    async def _connect(as_user=None, *, cookie: bool = True, origin: bytes | None = ORIGIN, expect_ok: bool = True):
+        headers = []
+        if cookie:
+            headers.append((b"cookie", (await _cookie(as_user or user)).encode()))
+        if origin is not None:
+            headers.append((b"origin", origin))
+        comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        connected, code = await comm.connect(timeout=10)
+        client = WsClient(comm)
+        if connected:
+            opened.append(client)
+        if expect_ok:
+            assert connected, f"websocket refused ({code})"
+            return client
+        return connected, code, client
+
+    yield _connect
+    for client in opened:
+        try:
+            await client.close()
+        except Exception:  # noqa: BLE001
+            pass
+    from chat.turns import turn_wait_idle
+
+    await turn_wait_idle(timeout=20)
+
+
+async def _cookie(user) -> str:
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(session_cookie)(user)
+
+
+@pytest.fixture
+def fast_retries_settings(settings):
+    settings.AGENT_MAX_RETRIES = 2
+    settings.AGENT_RETRY_BASE_DELAY = 0.001
+    settings.AGENT_RETRY_MAX_DELAY = 0.01
+    return settings
