@@ -55,3 +55,130 @@ def message_last_sequence(*, session_id: Any) -> int:
     """The highest sequence in use, or -1 for an empty session."""
     top = ChatMessage.objects.filter(session_id=session_id).aggregate(m=Max("sequence"))["m"]
     return -1 if top is None else top
+
+
+# --- Operators (admin, management commands, charts) ----------------------------------------------
+# Appended by the operators issue; everything below is read-only.
+
+import datetime as _dt  # noqa: E402
+
+from django.db.models import Count, Exists, OuterRef, Subquery, Sum  # noqa: E402
+from django.db.models.functions import Coalesce, TruncDate  # noqa: E402
+
+from chat.models import ChatTurn, RateLimitRecord, TokenUsage  # noqa: E402
+
+TRAILING_SCAN_LIMIT = 200
+
+
+def turn_running_queryset() -> QuerySet[ChatTurn]:
+    return ChatTurn.objects.filter(status=ChatTurn.Status.RUNNING)
+
+
+def session_has_active_turn(*, session_id: Any) -> bool:
+    """A ChatTurn of the session is still ``running`` in the database (any process)."""
+    return turn_running_queryset().filter(session_id=session_id).exists()
+
+
+def session_list_for_admin() -> QuerySet[ChatSession]:
+    """Every session, annotated for the admin list (one query, no N+1): ``message_count``,
+    ``has_active_turn``, ``last_kind`` (kind of the newest message) and ``owner`` joined."""
+    last_kind = ChatMessage.objects.filter(session=OuterRef("pk")).order_by("-sequence").values("kind")[:1]
+    message_count = (
+        ChatMessage.objects.filter(session=OuterRef("pk")).order_by().values("session").annotate(c=Count("pk")).values("c")[:1]
+    )
+    return ChatSession.objects.select_related("owner").annotate(
+        message_count=Coalesce(Subquery(message_count), 0),
+        has_active_turn=Exists(turn_running_queryset().filter(session=OuterRef("pk"))),
+        last_kind=Subquery(last_kind),
+    )
+
+
+def message_trailing_error_markers(*, session_id: Any) -> list[ChatMessage]:
+    """The error markers (kind error / retryable_error) at the very end of the session, newest
+    first; a marker followed by any other message is not trailing."""
+    found: list[ChatMessage] = []
+    for message in ChatMessage.objects.filter(session_id=session_id).order_by("-sequence")[:TRAILING_SCAN_LIMIT]:
+        if message.kind not in ChatMessage.ERROR_KINDS:
+            break
+        found.append(message)
+    return found
+
+
+def session_ids_with_trailing_error_marker() -> list[Any]:
+    """Sessions whose newest message is an error marker."""
+    last_kind = ChatMessage.objects.filter(session=OuterRef("pk")).order_by("-sequence").values("kind")[:1]
+    return list(
+        ChatSession.objects.annotate(last_kind=Subquery(last_kind))
+        .filter(last_kind__in=ChatMessage.ERROR_KINDS)
+        .values_list("pk", flat=True)
+    )
+
+
+def turn_list_stale(*, lease_seconds: float, now: _dt.datetime | None = None) -> list[ChatTurn]:
+    """Running turns whose heartbeat (or start, before the first heartbeat) is older than the lease."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    cutoff = (now or timezone.now()) - _dt.timedelta(seconds=lease_seconds)
+    return list(
+        turn_running_queryset()
+        .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
+        .select_related("session")
+        .order_by("started_at")
+    )
+
+
+def usage_per_day(*, since: _dt.datetime) -> list[dict[str, Any]]:
+    """``[{"day": date, "tokens": int, "weighted": int, "cost": Decimal}]`` per UTC day since ``since``."""
+    return list(
+        TokenUsage.objects.filter(created_at__gte=since)
+        .annotate(day=TruncDate("created_at", tzinfo=_dt.UTC))
+        .values("day")
+        .annotate(
+            input=Sum("input_tokens"),
+            output=Sum("output_tokens"),
+            cache_read=Sum("cache_read_tokens"),
+            cache_write=Sum("cache_write_tokens"),
+            weighted=Sum("weighted_tokens"),
+            cost=Sum("cost_usd"),
+        )
+        .order_by("day")
+    )
+
+
+def usage_per_model(*, since: _dt.datetime) -> list[dict[str, Any]]:
+    return list(
+        TokenUsage.objects.filter(created_at__gte=since)
+        .values("model")
+        .annotate(weighted=Sum("weighted_tokens"), cost=Sum("cost_usd"), turns=Count("pk"))
+        .order_by("-weighted", "model")
+    )
+
+
+def usage_top_users(*, since: _dt.datetime, limit: int = 10) -> list[dict[str, Any]]:
+    return list(
+        TokenUsage.objects.filter(created_at__gte=since)
+        .values("user_id", "user__username")
+        .annotate(weighted=Sum("weighted_tokens"), cost=Sum("cost_usd"), turns=Count("pk"))
+        .order_by("-weighted", "user__username")[:limit]
+    )
+
+
+def rate_limit_active_queryset(*, now: _dt.datetime | None = None) -> QuerySet[RateLimitRecord]:
+    from django.utils import timezone
+
+    return RateLimitRecord.objects.filter(resets_at__gt=now or timezone.now())
+
+
+def message_sequence_floor(*, session_id: Any, last: int) -> int | None:
+    """The smallest sequence among the newest ``last`` messages (None when there are fewer)."""
+    return (
+        ChatMessage.objects.filter(session_id=session_id)
+        .order_by("-sequence")
+        .values_list("sequence", flat=True)[last - 1 : last]
+        .first()
+    )
+
+
+def turn_list_recent(*, session_id: Any, limit: int = 10) -> list[ChatTurn]:
+    return list(ChatTurn.objects.filter(session_id=session_id).order_by("-started_at")[:limit])

@@ -89,3 +89,74 @@ def message_append(
             continue
         return message
     raise RuntimeError(f"could not allocate a message sequence for session {session.pk}")
+
+
+# --- Operators (admin actions, management commands) ----------------------------------------------
+# Appended by the operators issue.
+
+import datetime as _dt  # noqa: E402
+
+from chat.models import ChatTurn, RateLimitRecord  # noqa: E402
+
+INTERRUPTED_TEXT = "The server stopped while answering. Please send your message again."
+
+
+def message_clear_trailing_error_markers(*, session_id: Any, allow_active: bool = False) -> int:
+    """Delete the error markers at the end of a session (DESIGN lesson 6); returns how many.
+
+    Never touches a marker followed by another message, and (unless ``allow_active``) does nothing
+    while the session has a running turn (its markers are not stale: the turn may still write)."""
+    from chat.selectors import message_trailing_error_markers, session_has_active_turn
+
+    with transaction.atomic():
+        if not allow_active and session_has_active_turn(session_id=session_id):
+            return 0
+        markers = message_trailing_error_markers(session_id=session_id)
+        if not markers:
+            return 0
+        return ChatMessage.objects.filter(pk__in=[m.pk for m in markers]).delete()[0]
+
+
+def session_archive(*, session_ids: list[Any], archived: bool = True) -> int:
+    return ChatSession.objects.filter(pk__in=session_ids).update(archived=archived, updated_at=timezone.now())
+
+
+def turn_mark_interrupted(*, turn_id: Any, reason: str = "interrupted", text: str = INTERRUPTED_TEXT) -> bool:
+    """A running turn whose worker is gone: status ``interrupted`` and a persisted retryable error
+    marker, so the session shows what happened and is free again. False when the turn was no
+    longer running (it finished meanwhile: nothing is written)."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = ChatTurn.objects.filter(pk=turn_id, status=ChatTurn.Status.RUNNING).update(
+            status=ChatTurn.Status.INTERRUPTED, ended_at=now, error_code=reason[:40], finish_reason="error"
+        )
+        if not updated:
+            return False
+        turn = ChatTurn.objects.select_related("session").get(pk=turn_id)
+        message_append(
+            session=turn.session,
+            role=ChatMessage.Role.ASSISTANT,
+            text=text,
+            parts=[],
+            kind=ChatMessage.Kind.RETRYABLE_ERROR,
+            metadata={"code": reason, "retryable": True, "resets_at": None},
+            turn=turn,
+        )
+    return True
+
+
+def session_purge(*, session_ids: list[Any]) -> int:
+    """Delete sessions (messages and turns cascade; usage rows keep their numbers, unlinked)."""
+    if not session_ids:
+        return 0
+    deleted = ChatSession.objects.filter(pk__in=session_ids).delete()[1]
+    return int(deleted.get("chat.ChatSession", 0))
+
+
+def rate_limit_record_purge(*, created_before: _dt.datetime, now: _dt.datetime | None = None) -> int:
+    """Delete rate-limit records created before ``created_before`` that are no longer active."""
+    from django.db.models import Q
+
+    now = now or timezone.now()
+    qs = RateLimitRecord.objects.filter(created_at__lt=created_before).filter(Q(resets_at__isnull=True) | Q(resets_at__lte=now))
+    return qs.delete()[0]

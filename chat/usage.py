@@ -1,54 +1,273 @@
-"""Token usage, budgets and rate-limit records (the operators issue fills in budgets).
+"""Token usage, budgets and rate-limit records.
 
-chat.turns calls exactly these functions; keep their signatures.
+chat.turns calls exactly these functions (sync: wrap them in ``sync_to_async`` from async code):
+
+- ``budget_check(user=, model=)`` before a turn starts: refuses (``AgentError``) while an upstream
+  rate limit for the model is active, or when the user's daily/weekly budget is used up; otherwise
+  *reserves* ``TURN_RESERVE_TOKENS`` weighted tokens for the turn.
+- ``budget_step_check(user=, model=, usage_so_far=)`` at each step boundary of a running turn: the
+  turn ends once committed usage plus its own usage so far reaches a limit, so a long turn
+  overshoots by at most one step.
+- ``usage_record(...)`` when a turn ends (finished, stopped or failed): the TokenUsage row, and the
+  turn's reservation released. ``budget_release(user=)`` releases a reservation for a turn that
+  passed ``budget_check`` but never ran (e.g. the session was busy).
+- ``rate_limit_record_upstream(...)`` when the model said "rate limited".
+
+Budget units are *weighted tokens*: every token class weighted by its price relative to fresh input
+(settings ``USAGE_WEIGHT_*``). Windows: the UTC day and the ISO week (Monday 00:00 UTC).
+
+Atomicity: the check-and-reserve runs in one transaction holding a row lock on the user
+(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's IMMEDIATE transactions serialise writers), so two
+concurrent turns of one user can never both pass when only one fits.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from typing import Any
 
-from agents.errors import AgentError
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from agents.errors import AgentError, ErrorKind
 from agents.types import Usage
-from chat.models import ChatSession, ChatTurn, RateLimitRecord, TokenUsage
+from chat.models import BudgetReservation, ChatSession, ChatTurn, RateLimitRecord, TokenUsage, UserBudget
+
+logger = logging.getLogger(__name__)
+
+
+# --- Windows and weights --------------------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return timezone.now()
+
+
+def day_window(now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+    """(start, reset) of the UTC day containing ``now``."""
+    now = (now or _now()).astimezone(dt.UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + dt.timedelta(days=1)
+
+
+def week_window(now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+    """(start, reset) of the ISO week (Monday 00:00 UTC) containing ``now``."""
+    day_start, _ = day_window(now)
+    start = day_start - dt.timedelta(days=day_start.weekday())
+    return start, start + dt.timedelta(days=7)
+
+
+def weighted_tokens(usage: Usage) -> int:
+    """Budget units of ``usage``: tokens weighted as providers price them (settings USAGE_WEIGHT_*)."""
+    total = (
+        usage.input_tokens * settings.USAGE_WEIGHT_INPUT
+        + usage.output_tokens * settings.USAGE_WEIGHT_OUTPUT
+        + usage.cache_read_tokens * settings.USAGE_WEIGHT_CACHE_READ
+        + usage.cache_write_tokens * settings.USAGE_WEIGHT_CACHE_WRITE
+    )
+    return max(0, int(round(total)))
+
+
+def budget_limits(*, user: Any) -> tuple[int, int]:
+    """(daily, weekly) limits in weighted tokens: the user's override, else the settings default."""
+    override = UserBudget.objects.filter(user_id=user.pk).values("daily_limit", "weekly_limit").first() or {}
+    daily = override.get("daily_limit")
+    weekly = override.get("weekly_limit")
+    return (
+        settings.USER_TOKEN_BUDGET_DAILY if daily is None else int(daily),
+        settings.USER_TOKEN_BUDGET_WEEKLY if weekly is None else int(weekly),
+    )
+
+
+def _used_since(*, user_id: Any, since: dt.datetime) -> int:
+    return int(TokenUsage.objects.filter(user_id=user_id, created_at__gte=since).aggregate(s=Sum("weighted_tokens"))["s"] or 0)
+
+
+def _reserved(*, user_id: Any, now: dt.datetime) -> int:
+    return int(BudgetReservation.objects.filter(user_id=user_id, expires_at__gt=now).aggregate(s=Sum("tokens"))["s"] or 0)
+
+
+def _fmt(when: dt.datetime) -> str:
+    return f"{when.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+# --- Records -------------------------------------------------------------------------------------
 
 
 def usage_record(
     *, user: Any, session: ChatSession | None, turn: ChatTurn | None, model: str, backend: str, usage: Usage, purpose: str = "turn"
 ) -> TokenUsage:
-    """One TokenUsage row (per turn, even when it failed or was stopped)."""
-    return TokenUsage.objects.create(
-        user=user,
+    """One TokenUsage row (per turn, even when it failed or was stopped); a turn's row also releases
+    the reservation its ``budget_check`` made."""
+    with transaction.atomic():
+        row = TokenUsage.objects.create(
+            user=user,
+            session=session,
+            turn=turn,
+            purpose=purpose,
+            model=model,
+            backend=backend,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            weighted_tokens=weighted_tokens(usage),
+            cost_usd=round(usage.cost_usd, 6),
+        )
+        if purpose == "turn":
+            _release_one(user_id=user.pk)
+    return row
+
+
+def _release_one(*, user_id: Any) -> bool:
+    """Drop one reservation of the user (they are all the same size): the oldest live one."""
+    now = _now()
+    pk = (
+        BudgetReservation.objects.filter(user_id=user_id, expires_at__gt=now)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if pk is None:
+        return False
+    return BudgetReservation.objects.filter(pk=pk).delete()[0] > 0
+
+
+def budget_release(*, user: Any) -> bool:
+    """Release the reservation of a turn that passed ``budget_check`` but did not run."""
+    return _release_one(user_id=user.pk)
+
+
+def rate_limit_record_upstream(*, user: Any, session: ChatSession | None, model: str, error: AgentError) -> RateLimitRecord:
+    """Record an upstream rate limit; while its ``resets_at`` is in the future, ``budget_check``
+    refuses new turns on ``model`` (for every user: the limit belongs to the server's account)."""
+    resets_at = error.resets_at
+    if resets_at is None and error.retry_after:
+        resets_at = _now() + dt.timedelta(seconds=float(error.retry_after))
+    return RateLimitRecord.objects.create(
+        user=user if getattr(user, "pk", None) else None,
         session=session,
-        turn=turn,
-        purpose=purpose,
+        source=RateLimitRecord.Source.UPSTREAM,
         model=model,
-        backend=backend,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        weighted_tokens=usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens,
-        cost_usd=round(usage.cost_usd, 6),
+        resets_at=resets_at,
+        raw_message=(error.detail or error.message)[:2000],
+    )
+
+
+def _record_budget_refusal(*, user: Any, model: str, error: AgentError) -> None:
+    RateLimitRecord.objects.create(
+        user=user, source=RateLimitRecord.Source.BUDGET, model=model, resets_at=error.resets_at, raw_message=error.message[:2000]
+    )
+
+
+# --- Checks --------------------------------------------------------------------------------------
+
+
+def upstream_limit_active(*, model: str, now: dt.datetime | None = None) -> RateLimitRecord | None:
+    """The upstream rate-limit record for ``model`` that resets last, while one is active."""
+    return (
+        RateLimitRecord.objects.filter(source=RateLimitRecord.Source.UPSTREAM, model=model, resets_at__gt=now or _now())
+        .order_by("-resets_at")
+        .first()
+    )
+
+
+def _over_limit(*, used_day: int, used_week: int, daily: int, weekly: int, now: dt.datetime) -> AgentError | None:
+    """The refusal when a window is used up (the one resetting last wins when both are)."""
+    _, day_reset = day_window(now)
+    _, week_reset = week_window(now)
+    over = []
+    if used_day >= daily:
+        over.append(("daily", daily, used_day, day_reset))
+    if used_week >= weekly:
+        over.append(("weekly", weekly, used_week, week_reset))
+    if not over:
+        return None
+    name, limit, used, resets_at = max(over, key=lambda o: o[3])
+    return AgentError(
+        ErrorKind.BUDGET,
+        detail=f"{name} budget: {used} of {limit} weighted tokens used or reserved",
+        message=f"You have used your {name} token budget ({limit:,} tokens). It resets at {_fmt(resets_at)}.",
+        resets_at=resets_at,
     )
 
 
 def budget_check(*, user: Any, model: str) -> None:
     """Raise AgentError (kind BUDGET or RATE_LIMITED, with resets_at) if the user may not start a
-    turn on ``model`` now; records the refusal as a RateLimitRecord."""
-    return None
+    turn on ``model`` now; records a budget refusal as a RateLimitRecord. When the turn may start,
+    reserves ``TURN_RESERVE_TOKENS`` for it (atomically with the check)."""
+    now = _now()
+    upstream = upstream_limit_active(model=model, now=now)
+    if upstream is not None:
+        raise AgentError(
+            ErrorKind.RATE_LIMITED,
+            detail=f"upstream rate limit recorded for {model} until {upstream.resets_at.isoformat()}",
+            message=f"The model is rate limited right now. It resets at {_fmt(upstream.resets_at)}.",
+            resets_at=upstream.resets_at,
+        )
+    daily, weekly = budget_limits(user=user)
+    day_start, _ = day_window(now)
+    week_start, _ = week_window(now)
+    refusal: AgentError | None = None
+    with transaction.atomic():
+        # The per-user serialisation point: concurrent checks of one user queue here.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+        reserved = _reserved(user_id=user.pk, now=now)
+        used_day = _used_since(user_id=user.pk, since=day_start) + reserved
+        used_week = _used_since(user_id=user.pk, since=week_start) + reserved
+        refusal = _over_limit(used_day=used_day, used_week=used_week, daily=daily, weekly=weekly, now=now)
+        if refusal is None and settings.TURN_RESERVE_TOKENS > 0:
+            BudgetReservation.objects.create(
+                user_id=user.pk,
+                tokens=settings.TURN_RESERVE_TOKENS,
+                expires_at=now + dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS),
+            )
+    if refusal is not None:
+        _record_budget_refusal(user=user, model=model, error=refusal)
+        raise refusal
 
 
 def budget_step_check(*, user: Any, model: str, usage_so_far: Usage) -> None:
-    """Called at each step boundary of a running turn; raises like ``budget_check``."""
-    return None
-
-
-def rate_limit_record_upstream(*, user: Any, session: ChatSession | None, model: str, error: AgentError) -> RateLimitRecord:
-    return RateLimitRecord.objects.create(
-        user=user,
-        session=session,
-        source=RateLimitRecord.Source.UPSTREAM,
-        model=model,
-        resets_at=error.resets_at,
-        raw_message=error.detail[:2000],
+    """Called at each step boundary of a running turn; raises like ``budget_check`` once committed
+    usage plus this turn's usage so far reaches a limit. (Other turns' reservations are not counted:
+    each running turn can overshoot by at most its current step.)"""
+    now = _now()
+    daily, weekly = budget_limits(user=user)
+    day_start, _ = day_window(now)
+    week_start, _ = week_window(now)
+    running = weighted_tokens(usage_so_far)
+    refusal = _over_limit(
+        used_day=_used_since(user_id=user.pk, since=day_start) + running,
+        used_week=_used_since(user_id=user.pk, since=week_start) + running,
+        daily=daily,
+        weekly=weekly,
+        now=now,
     )
+    if refusal is not None:
+        _record_budget_refusal(user=user, model=model, error=refusal)
+        raise refusal
+
+
+def budget_status(*, user: Any) -> dict[str, Any]:
+    """The user's budget for the HTTP API and the admin:
+    ``{"day": {"used", "reserved", "limit", "remaining", "resets_at"}, "week": {...}, "unit": ...}``
+    (``used`` committed weighted tokens; ``remaining`` = limit - used - reserved, never negative;
+    ``resets_at`` an aware UTC datetime)."""
+    now = _now()
+    daily, weekly = budget_limits(user=user)
+    reserved = _reserved(user_id=user.pk, now=now)
+    out: dict[str, Any] = {"unit": "weighted_tokens"}
+    for name, (start, reset), limit in (("day", day_window(now), daily), ("week", week_window(now), weekly)):
+        used = _used_since(user_id=user.pk, since=start)
+        out[name] = {
+            "used": used,
+            "reserved": reserved,
+            "limit": limit,
+            "remaining": max(0, limit - used - reserved),
+            "resets_at": reset,
+        }
+    return out
