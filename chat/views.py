@@ -1,9 +1,39 @@
 """Browser pages. Thin: authorise, call selectors/services, render."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import get_token
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET
+
+from chat.selectors import session_get_for_user
+
+# What the offline scripted model understands (CONTRACT §3), shown on the page for discoverability.
+SCRIPTED_MODEL_DIRECTIVES: list[dict[str, str]] = [
+    {"example": "/tool bash ls", "effect": "runs a Bash tool call, then quotes its result"},
+    {"example": "/tools 3", "effect": "runs N parallel Bash tool calls, then summarises"},
+    {"example": "/long 50", "effect": "streams N words"},
+    {"example": "/slow 200", "effect": "streams words MS milliseconds apart (try Stop or refresh)"},
+    {"example": "/stamp 10 50", "effect": "N timestamped deltas MS ms apart (latency benchmarks)"},
+    {"example": "/think", "effect": "a reasoning block before the answer"},
+    {"example": "/error 500", "effect": "that HTTP error (429, 401, 400, 500, 529)"},
+    {"example": "/toolong", "effect": "a 'prompt is too long' error"},
+    {"example": "/drop", "effect": "a stream cut off mid-message"},
+]
+
+# Attachment limits (CONTRACT: agreed interfaces); the server enforces them too.
+ATTACHMENT_LIMITS: dict[str, Any] = {
+    "maxFiles": 4,
+    "maxBytes": 5 * 1024 * 1024,
+    "imageTypes": ["image/png", "image/jpeg", "image/gif", "image/webp"],
+    "fileTypes": ["text/*", "application/json", "application/pdf", "text/csv"],
+}
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -12,6 +42,47 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def _offline_model() -> bool:
+    try:
+        from agents.config import model_endpoint
+
+        return model_endpoint().offline
+    except Exception:  # noqa: BLE001 - the banner is cosmetic; never break the page over it
+        return not settings.ANTHROPIC_API_KEY
+
+
+def _page_config(request: HttpRequest, *, chat_id: str | None) -> dict[str, Any]:
+    offline = _offline_model()
+    return {
+        "wsPath": "/ws/chat/",
+        "apiBase": "/api/v1/",
+        "chatId": chat_id,
+        "user": {"username": request.user.get_username()},
+        "csrfToken": get_token(request),
+        "model": settings.AGENT_MODEL,
+        "backend": settings.AGENT_BACKEND,
+        "offline": offline,
+        "directives": SCRIPTED_MODEL_DIRECTIVES if offline else [],
+        "limits": ATTACHMENT_LIMITS,
+    }
+
+
+@require_GET
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/index.html")
+    return render(request, "chat/index.html", {"page_config": _page_config(request, chat_id=None)})
+
+
+@require_GET
+@login_required
+def chat_page(request: HttpRequest, chat_id: Any) -> HttpResponse:
+    session = session_get_for_user(user=request.user, chat_id=str(chat_id))
+    if session is None:
+        raise Http404("No such chat.")
+    if str(session.pk) != str(chat_id):  # reached through the client-chosen id: canonical URL
+        return redirect("chat", chat_id=session.pk)
+    return render(
+        request,
+        "chat/index.html",
+        {"page_config": _page_config(request, chat_id=str(session.pk)), "session": session},
+    )
