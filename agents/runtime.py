@@ -9,6 +9,9 @@
   ``async def stream(inp, result) -> AsyncIterator[Chunk]``: content chunks only, ``AgentError``
   (or any exception, classified here) on failure, ``inp.stop`` watched by the backend itself.
 - Retries (agents.retry) happen only while no content chunk has been yielded (lesson 5).
+- "Prompt is too long" before any content climbs the context-size recovery ladder
+  (agents.recovery: compacted history, then the newest DB messages only; a ``data-status`` per
+  rung; one ``error`` suggesting a new chat when nothing fits).
 - Heartbeats never cancel the backend iterator's ``__anext__`` (lesson 1): the pending
   ``__anext__`` is a task that is ``asyncio.wait``-ed with a timeout and kept across timeouts.
 - Stop: ``inp.stop`` set → the backend ends early; if it does not within a grace period the
@@ -28,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agents import events
+from agents import events, recovery
 from agents.adapter import ChunkTracker
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
@@ -147,9 +150,25 @@ async def _sleep_or_stop(inp: TurnInput, delay: float) -> bool:
     return inp.stop.is_set()
 
 
+async def _until_stopped(inp: TurnInput, coro: Any) -> Any:
+    """Await ``coro`` unless ``inp.stop`` is set first (then cancel it and return None)."""
+    task = asyncio.ensure_future(coro)
+    stop_wait = asyncio.ensure_future(inp.stop.wait())
+    try:
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    return task.result() if task.done() and not task.cancelled() else None
+
+
 async def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
     """One turn as chunks (see the module docstring). Never raises except CancelledError."""
     tracker = ChunkTracker()
+    recovery_usage = Usage()
     result.model = result.model or inp.model
     error: AgentError | None = None
     yield events.start(inp.message_id)
@@ -158,9 +177,12 @@ async def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
     try:
         backend = get_backend(inp.backend)
         attempt = 0
+        current = inp  # the input of the current recovery rung (agents.recovery)
+        rungs = list(recovery.LADDER)
+        tried: list[str] = []
         while not inp.stop.is_set():
             try:
-                async with contextlib.aclosing(_silence_aware(backend.stream(inp, result), inp, interval)) as chunks:
+                async with contextlib.aclosing(_silence_aware(backend.stream(current, result), inp, interval)) as chunks:
                     async for chunk in chunks:
                         if chunk.get("type", "").startswith("data-"):
                             yield chunk
@@ -176,6 +198,28 @@ async def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
                     log.warning("agent turn failed: %s", failure.detail)
                 if inp.stop.is_set():
                     break
+                if failure.kind == ErrorKind.PROMPT_TOO_LONG and not tracker.has_content:
+                    # The context-size recovery ladder (DESIGN lesson 5; agents/recovery.py).
+                    for out in tracker.close_open():
+                        yield out
+                    nxt: TurnInput | None = None
+                    while rungs and nxt is None and not inp.stop.is_set():
+                        rung = rungs.pop(0)
+                        if not recovery.applies(rung, inp):
+                            continue
+                        tried.append(rung.name)
+                        yield events.status(rung.status_code, rung.message)
+                        nxt = await _until_stopped(inp, recovery.rung_input(rung, inp, usage=recovery_usage))
+                    if inp.stop.is_set():
+                        break
+                    if nxt is None:
+                        error = recovery.final_error(failure, tried=tried)
+                        if tried:  # keep the chat on its own CLI session, not a failed fresh one
+                            result.agent_session_id = inp.agent_session_id
+                        break
+                    log.info("prompt too long; retrying with the %s context", tried[-1])
+                    current = nxt
+                    continue
                 delay = None if tracker.has_content else retry_delay(failure, attempt)
                 if delay is None:
                     error = failure
@@ -201,6 +245,11 @@ async def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
         yield out
     if not result.usage.cost_usd:
         result.usage.cost_usd = cost_usd(result.model or inp.model, result.usage)
+    if recovery_usage.input_tokens or recovery_usage.output_tokens:  # the compaction summary call
+        extra = cost_usd(inp.model, recovery_usage)
+        recovery_usage.cost_usd = 0.0
+        result.usage.add(recovery_usage)
+        result.usage.cost_usd += extra
     yield events.usage(
         input_tokens=result.usage.input_tokens,
         output_tokens=result.usage.output_tokens,

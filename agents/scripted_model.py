@@ -64,7 +64,7 @@ JSON_SEPARATORS = (",", ":")
 # --------------------------------------------------------------------------
 
 _DIRECTIVE_RE = re.compile(
-    r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|drop|think)(?![\w/-])([^\n]*)",
+    r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|droptool|drop|think|stall|flaky)(?![\w/-])([^\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
@@ -381,6 +381,8 @@ class Plan:
     interval: float = 0.0  # seconds between deltas
     stamp: bool = False  # text deltas are generated at send time: "<i>:<ns> "
     drop_after: int | None = None  # cut the connection after this many deltas
+    stall_after: int | None = None  # reliability extension: go silent after this many deltas…
+    stall_seconds: float = 0.0  # …for this long (``/stall MS``), then finish normally
     error: ApiError | None = None
 
     @property
@@ -500,6 +502,8 @@ class ReplyPlanner:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
+        self._flaky: dict[str, int] = {}  # ``/flaky``: requests seen per user text
+        self._flaky_lock = threading.Lock()
 
     def _tool_id(self, kind: str, index: int = 0) -> str:
         return f"toolu_{kind}_{next(self._ids):06d}_{index}"
@@ -568,6 +572,24 @@ class ReplyPlanner:
         if d.name == "drop":
             words = split_words("This reply will be cut off in the middle of a sentence", 2)
             return Plan("drop", [text_block(words)], drop_after=3)
+        # Fault directives (extension of CONTRACT §3 for the reliability tests, docs/scripted_model.md).
+        if d.name == "stall":
+            stall_ms = d.number(0, 30_000, hi=3_600_000)
+            words = split_words("This reply stalls after its first words and then resumes much later", 2)
+            return Plan("stall", [text_block(words)], stall_after=1, stall_seconds=stall_ms / 1000)
+        if d.name == "droptool":
+            block = tool_use_block(self._tool_id("bash"), "echo never-runs", "Run echo never-runs")
+            intro = text_block(["I'll run that ", "command."])
+            return Plan("droptool", [intro, block], stop_reason="tool_use", drop_after=3)
+        if d.name == "flaky":
+            status = d.number(0, 529, hi=999)
+            failures = d.number(1, 2, hi=1000)
+            with self._flaky_lock:
+                seen = self._flaky[said] = self._flaky.get(said, 0) + 1
+            if seen <= failures:
+                return Plan("flaky", error=error_for_status(status))
+            text = f"Recovered after {failures} failed attempts (status {status})."
+            return Plan("flaky", [text_block(split_words(text))])
         if d.name == "think":
             thoughts = split_words(
                 f"The user wrote: {said[:120]}. This is the offline scripted model, "
@@ -719,6 +741,9 @@ async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str
         if plan.drop_after is not None and sent >= plan.drop_after:
             await out.flush()
             raise DroppedConnection()
+        if plan.stall_after is not None and sent == plan.stall_after:
+            await out.flush()
+            await asyncio.sleep(plan.stall_seconds)
         if plan.interval > 0:
             await out.flush()
         else:

@@ -25,6 +25,9 @@ class HistoryMessage:
 
     role: Literal["user", "assistant"]
     parts: list[dict[str, Any]]
+    # ChatMessage.kind: "normal", or a marker ("error", "retryable_error", "stopped", "system")
+    # that the backends never send to the model as a turn of its own.
+    kind: str = "normal"
 
 
 @dataclass

@@ -164,6 +164,8 @@ def history_to_messages(history: list[HistoryMessage]) -> list[dict[str, Any]]:
     """Persisted UI messages → valid Messages API messages (DESIGN lesson 4)."""
     messages: list[dict[str, Any]] = []
     for item in history:
+        if (item.kind or "normal") != "normal":
+            continue  # error / stopped markers are notes for the user, not turns for the model
         if item.role == "user":
             messages.append({"role": "user", "content": _user_content(item.parts)})
         elif item.role == "assistant":

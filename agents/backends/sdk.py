@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -39,7 +40,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher, ResultMessage
 from claude_agent_sdk._errors import CLIConnectionError, CLIJSONDecodeError, CLINotFoundError, ClaudeSDKError, ProcessError
 from django.conf import settings
 
@@ -124,6 +125,9 @@ def cli_env(workspace: Path) -> dict[str, str]:
             "CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1",
         }
     )
+    # Operator/test knobs for the CLI (e.g. {"DISABLE_COMPACT": "1"} or
+    # {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "100000"}); secrets never belong here.
+    env.update({str(k): str(v) for k, v in (getattr(settings, "AGENT_SDK_EXTRA_ENV", None) or {}).items()})
     return env
 
 
@@ -147,12 +151,106 @@ def history_context(history: list[HistoryMessage]) -> str:
     return text
 
 
-def build_options(inp: TurnInput, workspace: Path, policy: ToolPolicy, *, resume: str | None) -> ClaudeAgentOptions:
+CONTEXT_TAG = "conversation_context"
+FRESH_NOTE = "Earlier messages of this conversation (for context; answer the message that follows):"
+GAP_NOTE = (
+    "Messages of this conversation that happened after the last one you remember (they were "
+    "handled elsewhere); take them into account and answer the message that follows:"
+)
+
+
+def context_block(history: list[HistoryMessage], note: str) -> str:
+    """Earlier messages as a ``<conversation_context>`` text block for the prompt ("" if none).
+
+    It goes into the user message (not the system prompt) so it is part of the CLI transcript and
+    survives the next turn's resume."""
+    earlier = history_context(history)
+    if not earlier:
+        return ""
+    return f"<{CONTEXT_TAG}>\n{note}\n\n{earlier}\n</{CONTEXT_TAG}>"
+
+
+def _without_new_message(inp: TurnInput) -> list[HistoryMessage]:
+    """inp.history without markers and without the new user message (if it was included)."""
+    history = [m for m in inp.history if (m.kind or "normal") == "normal" and m.parts]
+    if history and history[-1].role == "user" and _text(history[-1]) == (inp.user_text or "").strip():
+        history = history[:-1]
+    return history
+
+
+def _text(message: HistoryMessage) -> str:
+    return "".join(str(p.get("text", "")) for p in message.parts if p.get("type") == "text").strip()
+
+
+def transcript_gap(history: list[HistoryMessage], transcript_user_texts: list[str]) -> list[HistoryMessage]:
+    """The DB messages the resumed transcript does not cover (the gap rule, docs/agents.md).
+
+    The transcript covers the DB history up to the newest DB user message whose text is one of the
+    transcript's user text blocks (exactly, or followed by the attachment note) and that message's
+    answer. Everything after it is missing — turns that ran on the api backend, or a transcript
+    mirror that lost a batch. No DB user message found at all: the whole history is missing."""
+    blocks = [t.strip() for t in transcript_user_texts if t and t.strip()]
+    last = -1
+    for index, message in enumerate(history):
+        text = _text(message)
+        if message.role == "user" and text and any(b == text or b.startswith(text + "\n\n") for b in blocks):
+            last = index
+    if last < 0:
+        return list(history)
+    rest = history[last + 1 :]
+    if rest and rest[0].role == "assistant":
+        rest = rest[1:]
+    return rest
+
+
+def _entry_user_texts(entries: list[dict[str, Any]]) -> list[str]:
+    texts: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("type") != "user" or entry.get("isMeta") or entry.get("isCompactSummary"):
+            continue
+        content = (entry.get("message") or {}).get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"]
+    return texts
+
+
+async def transcript_user_texts(inp: TurnInput, workspace: Path) -> list[str] | None:
+    """The user texts of the CLI session ``inp.agent_session_id`` (from the session store when
+    there is one, else the local JSONL under the workspace); None when it cannot be read."""
+    from claude_agent_sdk import project_key_for_directory
+
+    session_id = inp.agent_session_id
+    if not session_id:
+        return None
+    project_key = project_key_for_directory(workspace)
+    entries: list[dict[str, Any]] | None = None
+    if inp.session_store is not None:
+        try:
+            entries = await inp.session_store.load({"project_key": project_key, "session_id": session_id})
+        except Exception as exc:  # noqa: BLE001 - a gap check must never fail the turn
+            log.info("cannot read transcript %s from the store: %s", session_id, scrub(str(exc))[:200])
+    if not entries:
+        path = workspace / "home" / ".claude" / "projects" / project_key / f"{session_id}.jsonl"
+        try:
+            lines = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except OSError:
+            return None
+        entries = []
+        for line in lines.splitlines():
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+    return _entry_user_texts(entries or [])
+
+
+def build_options(
+    inp: TurnInput, workspace: Path, policy: ToolPolicy, *, resume: str | None, on_compact: Any = None
+) -> ClaudeAgentOptions:
     system_prompt = inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", "")
-    if not resume and inp.history:
-        earlier = history_context(inp.history)
-        if earlier:
-            system_prompt = f"{system_prompt}\n\n<earlier_messages>\n{earlier}\n</earlier_messages>"
+    hooks = policy.hooks()
+    if on_compact is not None:
+        hooks["PreCompact"] = [HookMatcher(matcher=None, hooks=[on_compact])]
     return ClaudeAgentOptions(
         model=inp.model or settings.AGENT_MODEL,
         system_prompt=system_prompt,
@@ -161,7 +259,7 @@ def build_options(inp: TurnInput, workspace: Path, policy: ToolPolicy, *, resume
         tools=list(SDK_TOOLS),
         allowed_tools=list(SDK_ALLOWED_TOOLS),
         disallowed_tools=list(SDK_DISALLOWED_TOOLS),
-        hooks=policy.hooks(),
+        hooks=hooks,
         can_use_tool=policy.can_use_tool,
         include_partial_messages=True,
         max_buffer_size=int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
@@ -198,8 +296,9 @@ def classify_sdk_exception(exc: BaseException) -> AgentError:
     return classify_exception(exc)
 
 
-async def _prompt_messages(text: str, blocks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": text or " "}, *blocks]
+async def _prompt_messages(text: str, blocks: list[dict[str, Any]], context: str = "") -> AsyncIterator[dict[str, Any]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": context}] if context else []
+    content += [{"type": "text", "text": text or " "}, *blocks]
     yield {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
 
 
@@ -245,17 +344,35 @@ async def _open(options: ClaudeAgentOptions) -> ClaudeSDKClient:
     return client
 
 
-async def _connect(inp: TurnInput, workspace: Path, policy: ToolPolicy) -> ClaudeSDKClient:
+async def _connect(inp: TurnInput, workspace: Path, policy: ToolPolicy, on_compact: Any = None) -> tuple[ClaudeSDKClient, bool]:
+    """(connected client, whether it resumed ``inp.agent_session_id``)."""
     resume = inp.agent_session_id or None
     try:
-        return await _open(build_options(inp, workspace, policy, resume=resume))
+        return await _open(build_options(inp, workspace, policy, resume=resume, on_compact=on_compact)), bool(resume)
     except Exception as exc:
         if not resume:
             raise
         # The transcript to resume is gone (workspace wiped, other host): start afresh with the
-        # history from the database in the system prompt instead.
+        # history from the database as context in the prompt instead.
         log.info("cannot resume CLI session %s (%s); starting a new one", resume, scrub(str(exc))[:200])
-    return await _open(build_options(inp, workspace, policy, resume=None))
+    return await _open(build_options(inp, workspace, policy, resume=None, on_compact=on_compact)), False
+
+
+async def _prompt_context(inp: TurnInput, workspace: Path, resumed: bool) -> str:
+    """The ``<conversation_context>`` block this turn's prompt starts with ("" for none): the DB
+    history for a fresh CLI session, the missing turns (gap) for a resumed one."""
+    history = _without_new_message(inp)
+    if not history:
+        return ""
+    if not resumed:
+        return context_block(history, FRESH_NOTE)
+    texts = await transcript_user_texts(inp, workspace)
+    if texts is None:
+        return ""
+    gap = transcript_gap(history, texts)
+    if gap:
+        log.info("CLI session %s misses %d of %d messages; adding them as context", inp.agent_session_id, len(gap), len(history))
+    return context_block(gap, GAP_NOTE)
 
 
 async def _disconnect(client: ClaudeSDKClient) -> None:
@@ -281,7 +398,13 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
         result.stopped = True
         return
 
-    client = await _connect(inp, workspace, policy)
+    async def on_compact(input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        # The CLI compacts its own context (PreCompact hook): tell the user, nothing else.
+        for chunk in translator.compaction_started():
+            emit(chunk)
+        return {}
+
+    client, resumed = await _connect(inp, workspace, policy, on_compact)
     loop = asyncio.get_running_loop()
     stop_wait = asyncio.ensure_future(inp.stop.wait())
     pending: asyncio.Future[Any] | None = None
@@ -290,8 +413,9 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
     got_result = False
     checked_steps = 0
     try:
-        if blocks:
-            await client.query(_prompt_messages(text, blocks))
+        context = await _prompt_context(inp, workspace, resumed)
+        if blocks or context:
+            await client.query(_prompt_messages(text, blocks, context))
         else:
             await client.query(text)
         messages = client.receive_messages().__aiter__()

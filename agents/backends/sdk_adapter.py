@@ -23,6 +23,10 @@ events (``StreamEvent``) *and* sends an ``AssistantMessage`` per finished conten
 - steps: ``message_start`` → ``start-step``; ``message_stop`` → ``finish-step`` (deferred as
   above).
 - messages of sub-agents (``parent_tool_use_id`` set) are not shown as the turn's own parts.
+- the CLI's own compaction (PreCompact hook, ``status: compacting`` system message,
+  ``compact_boundary``) becomes transient ``data-status`` chunks ("Compacting conversation…",
+  "Conversation compacted.") and nothing else: its summary request and the summary user message
+  never produce text chunks, so they stay out of the persisted/replayed answer.
 """
 
 from __future__ import annotations
@@ -174,6 +178,8 @@ class SdkTranslator:
         self._assistant_error: tuple[str, str] | None = None  # (error code, text)
         self._rate_limit_error: AgentError | None = None
         self._last_text = ""  # text the model streamed in the latest model call
+        self._compacting = False  # a CLI compaction was announced and has not ended yet
+        self.compactions = 0  # compact boundaries seen (CLI-side compaction)
 
     # -- public ------------------------------------------------------------------------------
     def feed(self, message: Any) -> list[Chunk]:
@@ -204,8 +210,24 @@ class SdkTranslator:
         if isinstance(message, SystemMessage):
             if message.subtype == "init":
                 self.session_id = message.data.get("session_id") or self.session_id
+            elif message.subtype == "status" and message.data.get("status") == "compacting":
+                return self.compaction_started()
+            elif message.subtype == "status" and message.data.get("compact_result"):
+                self._compacting = False  # finished (a failed compaction has no boundary)
+            elif message.subtype == "compact_boundary":
+                self._compacting = False
+                self.compactions += 1
+                return [events.status("compacted", "Conversation compacted. Continuing…")]
             return []
         return []
+
+    def compaction_started(self) -> list[Chunk]:
+        """The CLI started compacting its context (PreCompact hook or a ``compacting`` status):
+        one ``data-status`` per compaction, never text (nothing of it is part of the answer)."""
+        if self._compacting:
+            return []
+        self._compacting = True
+        return [events.status("compacting", "Compacting conversation…")]
 
     def finish(self) -> list[Chunk]:
         """Close what is still open at the end of the stream (every open tool call included)."""
