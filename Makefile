@@ -42,5 +42,10 @@ check: install
 	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
 	DEBUG=true $(PY) manage.py check
 
+# Benchmarks (issue 9, docs/performance.md): a few minutes; needs PostgreSQL + Redis on 127.0.0.1
+# for the scale-out run (skipped with a note otherwise). BENCH_ARGS="--quick" for a smoke run.
+bench: install-test
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache

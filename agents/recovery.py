@@ -5,8 +5,8 @@ that fails with ``PROMPT_TOO_LONG`` *before any content chunk reached the client
 
 1. **full** — what the backend sends by default (sdk: the resumed CLI transcript; api: every
    message of ``inp.history``);
-2. **compacted** — the older history summarised through the model (``summarise``: the anthropic
-   client against ``agents.config.model_endpoint()``, a "summarise this conversation for
+2. **compacted** — the older history summarised through the model (``summarise``: the shared
+   anthropic client (agents.model_client) against ``agents.config.model_endpoint()``, a "summarise this conversation for
    continuation" prompt, input bounded to ``AGENT_COMPACT_SUMMARY_INPUT_CHARS``), followed by the
    newest messages within ``AGENT_COMPACT_KEEP_CHARS``; when summarising fails, the truncation
    alone (newest messages within the budget). The sdk backend starts a *fresh* CLI session with it;
@@ -174,21 +174,17 @@ def render_transcript(history: list[HistoryMessage], *, max_chars: int) -> str:
 
 async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, Usage]:
     """A summary of ``history`` written by the model; raises on any failure or an empty answer."""
-    import anthropic
-
-    from agents.config import model_endpoint
+    from agents.model_client import model_client
 
     transcript = render_transcript(history, max_chars=_setting("AGENT_COMPACT_SUMMARY_INPUT_CHARS", 60_000))
     if not transcript.strip():
         raise ValueError("nothing to summarise")
-    endpoint = model_endpoint()
-    async with anthropic.AsyncAnthropic(api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=120.0) as client:
-        message = await client.messages.create(
-            model=model,
-            max_tokens=_setting("AGENT_COMPACT_SUMMARY_MAX_TOKENS", 1024),
-            system=SUMMARY_SYSTEM_PROMPT,
-            messages=[{"role": "user", "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation."}],
-        )
+    message = await model_client().with_options(timeout=120.0).messages.create(
+        model=model,
+        max_tokens=_setting("AGENT_COMPACT_SUMMARY_MAX_TOKENS", 1024),
+        system=SUMMARY_SYSTEM_PROMPT,
+        messages=[{"role": "user", "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation."}],
+    )
     u = message.usage
     usage = Usage(
         input_tokens=u.input_tokens or 0,

@@ -12,8 +12,8 @@
 - "Prompt is too long" before any content climbs the context-size recovery ladder
   (agents.recovery: compacted history, then the newest DB messages only; a ``data-status`` per
   rung; one ``error`` suggesting a new chat when nothing fits).
-- Heartbeats never cancel the backend iterator's ``__anext__`` (lesson 1): the pending
-  ``__anext__`` is a task that is ``asyncio.wait``-ed with a timeout and kept across timeouts.
+- Heartbeats never cancel the backend iterator's ``__anext__`` (lesson 1): one long-lived pump
+  task reads the backend into a buffer, a single re-armed timer marks silences (``_silence_aware``).
 - Stop: ``inp.stop`` set → the backend ends early; if it does not within a grace period the
   runtime closes it. Open parts are closed, ``result.stopped`` is set and the stream ends with
   ``finish`` carrying ``{"stopped": true}``.
@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib
 import logging
@@ -94,47 +95,124 @@ def get_backend(name: str) -> Any:
     return getattr(module, class_name)()
 
 
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+PUMP_HIGH_WATER = 1024  # chunks buffered ahead of the consumer before the pump waits
+
+
 async def _silence_aware(stream: AsyncIterator[Chunk], inp: TurnInput, interval: float) -> AsyncIterator[Chunk]:
     """Yield the backend's chunks plus heartbeats while it is silent, without ever cancelling a
     pending ``__anext__`` (DESIGN lesson 1). After ``inp.stop`` the backend gets a grace period
-    to end by itself, then it is closed."""
-    it = stream.__aiter__()
-    pending: asyncio.Future[Chunk] | None = None
-    stop_wait = asyncio.ensure_future(inp.stop.wait())
-    stop_deadline: float | None = None
+    to end by itself, then it is closed.
+
+    One long-lived *pump* task reads the backend into a buffer; the consumer pops from it. The hot
+    path per chunk is an append, a ``loop.time()`` and (only when the consumer is waiting) one
+    future: no task, no ``asyncio.wait`` and no timer per chunk (docs/performance.md, cause C).
+    Heartbeats come from one timer re-armed at most once per ``interval``; stop from one callback.
+    """
     loop = asyncio.get_running_loop()
+    it = stream.__aiter__()
+    buf: collections.deque[Any] = collections.deque()
+    state = {"last": loop.time(), "beat": False, "stopped": False, "expired": False}
+    waiter: list[asyncio.Future[None] | None] = [None]  # the consumer's, while the buffer is empty
+    space: list[asyncio.Future[None] | None] = [None]  # the pump's, while the buffer is full
+    timers: list[asyncio.TimerHandle | None] = [None, None]  # heartbeat, stop grace
+
+    def wake() -> None:
+        fut = waiter[0]
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def pump() -> None:
+        anext = it.__anext__
+        push = buf.append
+        try:
+            while True:
+                try:
+                    chunk = await anext()
+                except StopAsyncIteration:
+                    push(_END)
+                    break
+                push(chunk)
+                state["last"] = loop.time()
+                wake()
+                if len(buf) >= PUMP_HIGH_WATER:
+                    space[0] = loop.create_future()
+                    await space[0]
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            push(_Failure(exc))
+        wake()
+
+    def beat() -> None:
+        due = state["last"] + interval
+        now = loop.time()
+        if now >= due:
+            if not state["stopped"]:
+                state["beat"] = True
+                state["last"] = now
+                wake()
+            due = now + interval
+        timers[0] = loop.call_at(due, beat)
+
+    def expire() -> None:
+        state["expired"] = True
+        wake()
+
+    def on_stop(_: Any) -> None:
+        if not state["stopped"] and inp.stop.is_set():
+            state["stopped"] = True
+            timers[1] = loop.call_later(STOP_GRACE_SECONDS, expire)
+            wake()
+
+    task = loop.create_task(pump())
+    stop_wait = asyncio.ensure_future(inp.stop.wait())
+    stop_wait.add_done_callback(on_stop)
+    timers[0] = loop.call_later(interval, beat)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(it.__anext__())
-            timeout = interval
-            if stop_deadline is not None:
-                timeout = min(timeout, max(0.0, stop_deadline - loop.time()))
-            waiting = {pending} if stop_wait.done() else {pending, stop_wait}
-            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if pending in done:
-                task, pending = pending, None
-                try:
-                    chunk = task.result()
-                except StopAsyncIteration:
+            if buf:
+                item = buf.popleft()
+                if space[0] is not None and len(buf) < PUMP_HIGH_WATER // 2:
+                    if not space[0].done():
+                        space[0].set_result(None)
+                    space[0] = None
+                if item is _END:
                     return
-                yield chunk
+                if type(item) is _Failure:
+                    raise item.exc
+                yield item
                 continue
-            if stop_wait.done():
-                if stop_deadline is None:
-                    stop_deadline = loop.time() + STOP_GRACE_SECONDS
-                    continue
-                if loop.time() >= stop_deadline:
-                    log.info("backend did not end %.1fs after stop; closing it", STOP_GRACE_SECONDS)
-                    return
+            if state["expired"]:
+                log.info("backend did not end %.1fs after stop; closing it", STOP_GRACE_SECONDS)
+                return
+            if state["beat"]:
+                state["beat"] = False
+                yield events.heartbeat(time.time())
                 continue
-            yield events.heartbeat(time.time())
+            if task.done():  # the pump was cancelled from outside: nothing more will come
+                return
+            waiter[0] = loop.create_future()
+            try:
+                await waiter[0]
+            finally:
+                waiter[0] = None
     finally:
+        for handle in timers:
+            if handle is not None:
+                handle.cancel()
         stop_wait.cancel()
-        if pending is not None and not pending.done():
-            pending.cancel()
+        if not task.done():
+            task.cancel()
             with contextlib.suppress(BaseException):
-                await pending
+                await task
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(Exception):
@@ -289,22 +367,16 @@ def _fallback_title(user_text: str) -> str:
 
 async def generate_title(*, user_text: str, model: str) -> tuple[str, Usage]:
     """A short title for a chat from its first user message (falls back to the text itself)."""
-    import anthropic
-
-    from agents.config import model_endpoint
+    from agents.model_client import model_client
 
     usage = Usage()
     try:
-        endpoint = model_endpoint()
-        async with anthropic.AsyncAnthropic(
-            api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=30.0
-        ) as client:
-            message = await client.messages.create(
-                model=model,
-                max_tokens=20,
-                system=TITLE_SYSTEM_PROMPT,
-                messages=[{"role": "user", "content": (user_text or "")[:2000] or "(empty)"}],
-            )
+        message = await model_client().with_options(timeout=30.0).messages.create(
+            model=model,
+            max_tokens=20,
+            system=TITLE_SYSTEM_PROMPT,
+            messages=[{"role": "user", "content": (user_text or "")[:2000] or "(empty)"}],
+        )
         u = message.usage
         usage = Usage(
             input_tokens=u.input_tokens or 0,

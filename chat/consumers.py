@@ -4,6 +4,12 @@ Thin: parse and validate frames (``chat.protocol``), call ``chat.turns``, serial
 request's forwarding runs as its own task, so ``receive`` is never blocked by a stream and an
 ``abort`` (or another request) on the same socket is handled at once (DESIGN). A bad frame gets
 an ``error`` frame for its request; it never closes the socket.
+
+Hardening (docs/security.md): frames are rate-limited per connection by a token bucket
+(``WS_FRAME_RATE``/``WS_FRAME_BURST``) charged *before* parsing; an excess frame gets an
+``error`` frame with ``code: "rate_limited"`` and is dropped, the socket stays open. Error frames
+carry a machine-readable ``code`` next to ``errorText`` (additive to the AI SDK protocol). No
+exception from a frame escapes ``receive`` (an escaping one would close the socket).
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from chat import turns
-from chat.protocol import AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
+from chat.protocol import MAX_ID_CHARS, AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
+from chat.ratelimit import TokenBucket
 from chat.streams import StreamLagged
 
 logger = logging.getLogger(__name__)
@@ -24,7 +33,21 @@ logger = logging.getLogger(__name__)
 UNAUTHENTICATED_CLOSE_CODE = 4401
 MAX_REQUESTS_PER_SOCKET = 32
 
+RATE_LIMITED_TEXT = "Too many frames on this connection; slow down (this frame was ignored)."
+# Cheap look at a frame's requestId without parsing it (for the rate-limit error frame).
+_REQUEST_ID_RE = re.compile(r'"requestId"\s*:\s*"([^"\\]{1,%d})"' % MAX_ID_CHARS)
+
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _peek_request_id(raw: str | bytes | None) -> str | None:
+    if raw is None:
+        return None
+    head = raw[:1024]
+    if isinstance(head, (bytes, bytearray)):
+        head = head.decode("utf-8", "replace")
+    match = _REQUEST_ID_RE.search(head)
+    return match.group(1) if match else None
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -36,6 +59,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         self.requests: dict[str, asyncio.Task] = {}
         self.request_chats: dict[str, str] = {}
+        self.bucket = TokenBucket(
+            rate=float(getattr(settings, "WS_FRAME_RATE", 10.0)), burst=float(getattr(settings, "WS_FRAME_BURST", 40))
+        )
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -44,19 +70,30 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             task.cancel()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        raw = text_data if text_data is not None else bytes_data
+        if not self.bucket.take():
+            await self._error(_peek_request_id(raw), RATE_LIMITED_TEXT, code="rate_limited")
+            return
         try:
-            frame = frame_parse(text_data if text_data is not None else bytes_data)
+            await self._receive_frame(raw)
+        except Exception:  # noqa: BLE001 - a frame must never take the socket down
+            logger.exception("handling a websocket frame failed")
+            await self._error(None, "The server could not handle this frame.", code="server_error")
+
+    async def _receive_frame(self, raw: str | bytes | None) -> None:
+        try:
+            frame = frame_parse(raw)
         except ProtocolError as exc:
-            await self._error(exc.request_id, exc.message)
+            await self._error(exc.request_id, exc.message, code=exc.code)
             return
         if isinstance(frame, AbortFrame):
             await self._abort(frame)
             return
         if frame.request_id in self.requests:
-            await self._error(frame.request_id, "A request with this requestId is already running.")
+            await self._error(frame.request_id, "A request with this requestId is already running.", code="invalid_request")
             return
         if len(self.requests) >= MAX_REQUESTS_PER_SOCKET:
-            await self._error(frame.request_id, "Too many concurrent requests on this connection.")
+            await self._error(frame.request_id, "Too many concurrent requests on this connection.", code="rate_limited")
             return
         self.request_chats[frame.request_id] = frame.chat_id
         coro = self._send_request(frame) if isinstance(frame, SendFrame) else self._resume_request(frame)
@@ -82,11 +119,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 client_message_id=message.client_message_id if message else None,
             )
         except turns.TurnRefused as exc:
-            await self._error(rid, exc.message)
+            await self._error(rid, exc.message, code=exc.code)
             return
         except Exception:  # noqa: BLE001 - never crash the socket
             logger.exception("starting a turn failed")
-            await self._error(rid, "The server could not start this response.")
+            await self._error(rid, "The server could not start this response.", code="server_error")
             return
         await self._forward(rid, turns.turn_listen(handle=handle))
 
@@ -96,11 +133,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             chunks = await turns.turn_subscribe(user=self.user, chat_id=frame.chat_id, after_sequence=after)
         except turns.TurnRefused as exc:
-            await self._error(rid, exc.message)
+            await self._error(rid, exc.message, code=exc.code)
             return
         except Exception:  # noqa: BLE001
             logger.exception("resuming failed")
-            await self._error(rid, "The server could not resume this chat.")
+            await self._error(rid, "The server could not resume this chat.", code="server_error")
             return
         if chunks is None:
             await self.send(text_data=_dumps({"type": "no-active", "requestId": rid}))
@@ -115,12 +152,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await send(text_data=_dumps({"type": "chunk", "requestId": rid, "sequence": seq, "chunk": chunk}))
             await send(text_data=_dumps({"type": "end", "requestId": rid}))
         except StreamLagged as exc:
-            await self._error(rid, exc.message)
+            await self._error(rid, exc.message, code="stream_lagged")
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001
             logger.exception("forwarding request %s failed", rid)
-            await self._error(rid, "The stream failed on the server; resume to continue.")
+            await self._error(rid, "The stream failed on the server; resume to continue.", code="server_error")
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -137,7 +174,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await turns.turn_stop(user=self.user, chat_id=chat_id)
         except Exception:  # noqa: BLE001
             logger.exception("abort failed")
-            await self._error(frame.request_id, "The server could not stop this response.")
+            await self._error(frame.request_id, "The server could not stop this response.", code="server_error")
 
-    async def _error(self, rid: str | None, text: str) -> None:
-        await self.send(text_data=_dumps({"type": "error", "requestId": rid, "errorText": text}))
+    async def _error(self, rid: str | None, text: str, *, code: str = "invalid_request") -> None:
+        await self.send(text_data=_dumps({"type": "error", "requestId": rid, "errorText": text, "code": code}))

@@ -177,6 +177,33 @@ async def lock_release(key: str, token: str) -> bool:
     return released
 
 
+FORCED_TOMBSTONE_SECONDS = 300  # a force-released token may not re-take its lock for this long
+
+
+def _forced_key(token: str) -> str:
+    return redis_key(f"lockforced:{token}")
+
+
+async def lock_reclaim(key: str, token: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> bool:
+    """Take the lock back with the same token after it vanished without being released (Redis
+    restarted without its data). False when someone else holds it or an operator force-released
+    this token (``lock_force_release``: the holder must stop). In-process locks never vanish
+    that way, so there it is just "still ours?"."""
+    if not use_redis():
+        with _local_lock:
+            info = _local_get(key)
+            return info is not None and info.token == token
+    lock_key, info_key = _lock_keys(key)
+    client = async_redis()
+    if await client.exists(_forced_key(token)):
+        return False
+    ms = int(ttl * 1000)
+    if not await client.set(lock_key, token, nx=True, px=ms):
+        return await client.get(lock_key) == token
+    await client.set(info_key, json.dumps({"worker": WORKER_ID, "acquired_at": time.time(), "meta": meta or {}}), px=ms)
+    return True
+
+
 def _local_release(key: str, token: str | None) -> bool:
     with _local_lock:
         info = _local_get(key)
@@ -217,4 +244,8 @@ def lock_force_release(key: str) -> bool:
     if not use_redis():
         return _local_release(key, None)
     lock_key, info_key = _lock_keys(key)
-    return bool(sync_redis().delete(lock_key, info_key))
+    client = sync_redis()
+    token = client.get(lock_key)
+    if token:
+        client.set(_forced_key(token), "1", ex=FORCED_TOMBSTONE_SECONDS)
+    return bool(client.delete(lock_key, info_key))

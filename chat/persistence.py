@@ -120,6 +120,11 @@ class MessageFolder:
             self.parts.append(part)
         return part
 
+    def tools_running(self) -> bool:
+        """Whether a tool call has its input but not yet its output (the model is not expected
+        to speak meanwhile)."""
+        return any(part["state"] == "input-available" for part in self._tools.values())
+
     def close_open_parts(self) -> None:
         """End of turn: no part may stay streaming, no tool call may stay without a result."""
         for part in self._open.values():
@@ -141,7 +146,16 @@ class MessageFolder:
 def assistant_message_save(
     *, session: ChatSession, turn: ChatTurn, message_pk: int | None, parts: list, text: str, metadata: dict
 ) -> int:
-    """Create (first call) or update the turn's assistant row; returns its pk."""
+    """Create (first call) or update the turn's assistant row; returns its pk.
+
+    Idempotent: a first write whose commit succeeded but whose answer was lost (connection cut)
+    is found again by its turn instead of being inserted twice."""
+    if message_pk is None:
+        message_pk = (
+            ChatMessage.objects.filter(turn=turn, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.NORMAL)
+            .values_list("pk", flat=True)
+            .first()
+        )
     if message_pk is None:
         return message_append(
             session=session, role=ChatMessage.Role.ASSISTANT, text=text, parts=parts, metadata=metadata, turn=turn

@@ -27,10 +27,13 @@ _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)(?:;[\w-]+=[^;,]*)*;base64,(.*
 
 
 class ProtocolError(Exception):
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+    """An invalid frame. ``code``: "invalid_request", or "frame_too_large" for an oversized frame."""
+
+    def __init__(self, message: str, *, request_id: str | None = None, code: str = "invalid_request") -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -142,16 +145,31 @@ def user_message_parse(message: Any, *, request_id: str | None = None) -> UserMe
     )
 
 
+def _size_text(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def frame_size(raw: str | bytes) -> int:
+    """The frame's size in bytes (UTF-8 for text; encoded only when it could matter)."""
+    if isinstance(raw, (bytes, bytearray)) or len(raw) * 4 <= MAX_FRAME_BYTES or len(raw) > MAX_FRAME_BYTES:
+        return len(raw)
+    return len(raw.encode("utf-8", "surrogatepass"))
+
+
 def frame_parse(raw: str | bytes | None) -> Frame:
     """Parse and validate one client frame (raises ProtocolError, with request_id when known)."""
     if raw is None:
         raise ProtocolError("Empty frame.")
-    if len(raw) > MAX_FRAME_BYTES:
-        raise ProtocolError("Frame too large.")
+    if frame_size(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            f"Frame too large: at most {_size_text(MAX_FRAME_BYTES)} per frame.", code="frame_too_large"
+        )
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("Frame is not valid JSON.") from None
+    except RecursionError:  # absurdly deep nesting
+        raise ProtocolError("Frame is nested too deeply.") from None
     if not isinstance(obj, dict):
         raise ProtocolError("Frame must be a JSON object.")
     request_id = obj.get("requestId")
@@ -170,7 +188,7 @@ def frame_parse(raw: str | bytes | None) -> Frame:
     if kind == "send":
         chat_id = _id(obj.get("id"), "id", request_id)
         trigger = obj.get("trigger") or "submit-message"
-        if trigger not in TRIGGERS:
+        if not isinstance(trigger, str) or trigger not in TRIGGERS:
             raise ProtocolError(f"Unknown trigger {str(trigger)[:40]!r}.", request_id=request_id)
         message_id = obj.get("messageId")
         message_id = message_id if isinstance(message_id, str) and message_id else None

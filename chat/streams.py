@@ -131,6 +131,7 @@ class TurnStream:
         key = _log_key(self.turn_id)
         session_key = _session_turn_key(self.session_id)
         first = True
+        failing = False
         while True:
             await self._redis_wake.wait()
             self._redis_wake.clear()
@@ -150,8 +151,15 @@ class TurnStream:
                 pipe.expire(key, ttl)
                 try:
                     await pipe.execute()
-                except Exception:  # noqa: BLE001 - remote listeners lose live data; local ones do not
-                    logger.exception("redis mirror of turn %s failed", self.turn_id)
+                except Exception as exc:  # noqa: BLE001 - remote listeners lose live data; local ones do not
+                    # Logged once per outage (Redis down: every batch fails until it is back).
+                    if not failing:
+                        logger.warning("redis mirror of turn %s failed: %s: %s", self.turn_id, type(exc).__name__, exc)
+                    failing = True
+                else:
+                    if failing:
+                        logger.warning("redis mirror of turn %s works again (a remote listener may have missed chunks)", self.turn_id)
+                    failing = False
             if final:
                 return
 

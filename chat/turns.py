@@ -53,6 +53,9 @@ from chat.selectors import session_get_for_user
 logger = logging.getLogger(__name__)
 
 LOCK_TTL = 30.0  # seconds; refreshed every LOCK_TTL / 3 by the turn's heartbeat
+DEFAULT_IDLE_TIMEOUT = 90.0  # seconds without a model chunk (tools running excepted); AGENT_STREAM_IDLE_TIMEOUT
+FINAL_SAVE_DEADLINE = 15.0  # seconds the end-of-turn writes are retried (database briefly unavailable)
+FINAL_SAVE_BACKOFF = 0.25  # seconds, doubled per attempt, at most 1 s
 COALESCE_WINDOW = 0.003  # seconds
 TERMINAL_TYPES = streams.TERMINAL_TYPES
 
@@ -94,6 +97,12 @@ class _Running:
     writer: MessageWriter = field(init=False)
     coalescer: "_Coalescer" = field(init=False)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # A fault this process detected around the turn (stalled upstream, server shutdown): the turn
+    # is stopped through ``inp.stop`` and then ends with this error instead of a stopped finish.
+    fault: AgentError | None = None
+    fault_code: str = ""
+    fault_status: str = ChatTurn.Status.FAILED
+    last_activity: float = 0.0  # loop time of the last chunk that was not a heartbeat
 
     def __post_init__(self) -> None:
         self.writer = MessageWriter(session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id))
@@ -102,6 +111,12 @@ class _Running:
     def emit(self, chunk: Chunk) -> None:
         self.writer.feed(chunk)
         self.stream.append(chunk)
+
+    def interrupt(self, error: AgentError, *, code: str, status: str) -> None:
+        """End the turn because of a fault: stop it, then let ``_finish`` report ``error``."""
+        if self.fault is None and not self.done.is_set():
+            self.fault, self.fault_code, self.fault_status = error, code, status
+            self.inp.stop.set()
 
 
 # Per process: session id -> running turn, plus strong references to every background task.
@@ -180,6 +195,15 @@ def _clear_stale_markers(session: ChatSession) -> int:
     if stale:
         ChatMessage.objects.filter(pk__in=stale).delete()
     return len(stale)
+
+
+def _interrupt_dead_turns(session: ChatSession) -> int:
+    """Turns of this session still marked running belong to a dead worker: the caller holds the
+    session lock, so no live turn can exist. Mark them interrupted (their marker would be cleared
+    by this new turn anyway, lesson 6), so a session never shows two running turns."""
+    return ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).update(
+        status=ChatTurn.Status.INTERRUPTED, error_code="interrupted", finish_reason="error", ended_at=timezone.now()
+    )
 
 
 def _attachment_from_part(part: dict[str, Any]) -> Attachment | None:
@@ -278,6 +302,7 @@ def _prepare(
     client_message_id: str | None,
 ) -> _Prepared:
     with transaction.atomic():
+        _interrupt_dead_turns(session)
         _clear_stale_markers(session)
         if trigger == "regenerate-message":
             last_user = (
@@ -344,6 +369,11 @@ async def turn_start(
         raise TurnRefused("invalid_request", "The message is empty.")
     if not chat_id or len(chat_id) > 200:
         raise TurnRefused("invalid_request", "Invalid chat id.")
+    from chat import shutdown
+
+    if shutdown.shutting_down():
+        raise TurnRefused("unavailable", shutdown.SHUTDOWN_REFUSED_TEXT)
+    shutdown.install()
 
     session, _created = await database_sync_to_async(session_get_or_create_for_user)(
         user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
@@ -416,12 +446,17 @@ async def _run(rt: _Running) -> None:
     writer_task = _spawn(rt.writer.run())
     heartbeat_task = _spawn(_heartbeat(rt))
     title_task = _spawn(_title(rt)) if rt.needs_title else None
+    loop = asyncio.get_running_loop()
+    rt.last_activity = loop.time()
+    watchdog_task = _spawn(_idle_watchdog(rt))
     try:
         from agents.runtime import run_turn
 
         async for chunk in run_turn(rt.inp, result):
             if terminal is not None:
                 continue  # nothing may follow the terminal chunk
+            if chunk["type"] != "data-heartbeat":
+                rt.last_activity = loop.time()
             if chunk["type"] in TERMINAL_TYPES:
                 terminal = chunk
                 continue
@@ -433,6 +468,7 @@ async def _run(rt: _Running) -> None:
         result.error = AgentError(ErrorKind.UNKNOWN, detail=f"{type(exc).__name__}: {exc}")
     finally:
         heartbeat_task.cancel()
+        watchdog_task.cancel()
         fin = asyncio.get_running_loop().create_task(_finish(rt, result, terminal, cancelled, writer_task, title_task))
         while not fin.done():
             try:
@@ -450,6 +486,12 @@ async def _finish(
     """Flush, persist the final state, record usage, release the lock, then publish the
     terminal chunk and close the stream. Every step runs even if an earlier one failed."""
     rt.coalescer.close()
+    if rt.fault is not None and (terminal is None or result.stopped):
+        # Stopped by us because of a fault: the client gets an error, the turn a retryable marker.
+        result.stopped = False
+        result.error = rt.fault
+        result.finish_reason = "error"
+        terminal = events.error(rt.fault.message)
     if terminal is None:
         if result.error is None and not result.stopped:
             result.error = AgentError(
@@ -463,20 +505,40 @@ async def _finish(
     rt.writer.stop()
     with contextlib.suppress(Exception):
         await writer_task
-    try:
-        await rt.writer.flush(final=True)
-    except Exception:  # noqa: BLE001
-        logger.exception("final save of turn %s failed", rt.turn_id)
     if result.stopped:
         status = ChatTurn.Status.STOPPED
+    elif rt.fault is not None and result.error is rt.fault:
+        status = rt.fault_status
     elif terminal["type"] == "error":
         status = ChatTurn.Status.INTERRUPTED if cancelled else ChatTurn.Status.FAILED
     else:
         status = ChatTurn.Status.FINISHED
-    try:
-        await database_sync_to_async(_record_end)(rt=rt, result=result, status=status, chunk_count=rt.stream.next_sequence + 1)
-    except Exception:  # noqa: BLE001
-        logger.exception("recording the end of turn %s failed", rt.turn_id)
+    # The final writes are retried for a few seconds (a database restart, a locked SQLite file,
+    # a terminated PostgreSQL connection): the output produced so far must not be lost.
+    done_steps: set[str] = set()
+    saved = False
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + FINAL_SAVE_DEADLINE
+    attempt = 0
+    while True:
+        if attempt:
+            if loop.time() >= give_up_at:
+                logger.error("turn %s: final save gave up after %d attempts", rt.turn_id, attempt)
+                break
+            await asyncio.sleep(min(1.0, FINAL_SAVE_BACKOFF * 2 ** (attempt - 1)))
+        attempt += 1
+        try:
+            if not saved:
+                await rt.writer.flush(final=True)
+                saved = True
+            failed = await database_sync_to_async(_record_end)(
+                rt=rt, result=result, status=status, chunk_count=rt.stream.next_sequence + 1, skip=done_steps
+            )
+        except Exception:  # noqa: BLE001
+            logger.warning("final save of turn %s failed (attempt %d)", rt.turn_id, attempt, exc_info=attempt == 1)
+            continue
+        if not failed:
+            break
     # A title still being generated lands in the database; its chunk is sent only while the
     # stream is open (title_task is not awaited: the turn's end never waits for it).
     try:
@@ -490,7 +552,9 @@ async def _finish(
     rt.done.set()
 
 
-def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: int) -> None:
+def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: int, skip: set[str] | None = None) -> list[str]:
+    """Record the end of a turn; returns the steps that failed (``skip`` collects those done, so
+    a retry redoes only the failed ones)."""
     from chat import usage as chat_usage
 
     session, turn, error = rt.session, rt.turn, result.error
@@ -498,7 +562,7 @@ def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: i
         ("marker", lambda: _persist_marker(rt=rt, result=result)),
         ("turn", lambda: ChatTurn.objects.filter(pk=turn.pk).update(
             status=status, finish_reason=result.finish_reason or ("error" if error else ""),
-            error_code=error.code if error is not None and not result.stopped else "",
+            error_code=(rt.fault_code if error is rt.fault else error.code) if error is not None and not result.stopped else "",
             chunk_count=chunk_count, ended_at=timezone.now(),
         )),
         ("usage", lambda: chat_usage.usage_record(
@@ -512,11 +576,30 @@ def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: i
             user=rt.user, session=session, model=result.model or rt.inp.model, error=error,
         )))
     steps.append(("log", lambda: _log_end(rt=rt, result=result)))
+    skip = set() if skip is None else skip
+    failed: list[str] = []
     for name, step in steps:
+        if name in skip:
+            continue
         try:
             step()
         except Exception:  # noqa: BLE001 - one failed record must not skip the others
             logger.exception("turn %s: recording %s failed", turn.pk, name)
+            failed.append(name)
+            if name != "log":
+                _reset_connection_if_broken()
+        else:
+            skip.add(name)
+    return failed
+
+
+def _reset_connection_if_broken() -> None:
+    from django.db import connection
+
+    with contextlib.suppress(Exception):
+        if connection.in_atomic_block:
+            return
+        connection.close_if_unusable_or_obsolete()
 
 
 def _log_end(*, rt: _Running, result: TurnResult) -> None:
@@ -553,7 +636,7 @@ def _persist_marker(*, rt: _Running, result: TurnResult) -> None:
             text=error.message,
             parts=[],
             metadata={
-                "code": error.code,
+                "code": rt.fault_code if error is rt.fault else error.code,
                 "retryable": error.user_may_retry,
                 "resets_at": error.resets_at.isoformat() if error.resets_at else None,
             },
@@ -577,6 +660,12 @@ async def _heartbeat(rt: _Running) -> None:
         await asyncio.sleep(LOCK_TTL / 3)
         try:
             if not await locks.lock_refresh(key, rt.lock_token, ttl=LOCK_TTL):
+                # Redis restarted without its data: the lease is simply gone. Take it back unless
+                # an operator force-released it or another turn holds the session now.
+                meta = {"turn_id": rt.turn_id, "user_id": getattr(rt.user, "pk", None)}
+                if await locks.lock_reclaim(key, rt.lock_token, ttl=LOCK_TTL, meta=meta):
+                    logger.warning("turn %s: its session lock vanished (Redis restart?); re-took it", rt.turn_id)
+                    continue
                 logger.warning("turn %s lost its session lock; stopping it", rt.turn_id)
                 rt.inp.stop.set()
                 return
@@ -585,6 +674,40 @@ async def _heartbeat(rt: _Running) -> None:
             raise
         except Exception:  # noqa: BLE001
             logger.exception("heartbeat of turn %s failed", rt.turn_id)
+
+
+def idle_timeout() -> float:
+    return float(getattr(settings, "AGENT_STREAM_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT) or 0.0)
+
+
+async def _idle_watchdog(rt: _Running) -> None:
+    """A stalled upstream (no bytes, only our own heartbeats) ends the turn with a retryable
+    error after ``AGENT_STREAM_IDLE_TIMEOUT`` seconds. Time spent running tools does not count."""
+    from agents.errors import AgentError, ErrorKind
+
+    timeout = idle_timeout()
+    if timeout <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    while not rt.done.is_set():
+        await asyncio.sleep(max(0.05, min(timeout / 4, rt.last_activity + timeout - loop.time())))
+        if rt.inp.stop.is_set():
+            return
+        if rt.writer.folder.tools_running():
+            rt.last_activity = loop.time()
+            continue
+        if loop.time() - rt.last_activity >= timeout:
+            logger.warning("turn %s: no data from the model for %.0fs; ending it", rt.turn_id, timeout)
+            rt.interrupt(
+                AgentError(
+                    ErrorKind.CONNECTION,
+                    detail=f"upstream stalled for {timeout:g}s",
+                    message=f"The model stopped responding (nothing for {timeout:g} seconds). Please try again.",
+                ),
+                code="upstream_stalled",
+                status=ChatTurn.Status.FAILED,
+            )
+            return
 
 
 async def _title(rt: _Running) -> None:

@@ -9,15 +9,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "copilot_project.settings")
 # Django must be set up before anything imports models (consumers, auth middleware).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from chat.api.auth import websocket_auth_stack  # noqa: E402
 
 from copilot_project.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "http": ASGIStaticFilesHandler(django_asgi_app),  # serves /static/ in-process, DEBUG or not
+        # Origin check (skipped only for Bearer handshakes without Origin) → session cookie → Bearer key.
+        "websocket": websocket_auth_stack(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "chat",
     "agents",
@@ -55,6 +56,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chat.security.content_security_policy_middleware",  # CSP header on the app's HTML pages
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,9 +104,6 @@ if env.str("DATABASE_URL", default=""):
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}{_TEST_DB_SUFFIX}"}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         DATABASES["default"].setdefault("OPTIONS", {}).update(_SQLITE_OPTIONS)
-    else:
-        DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
@@ -115,6 +114,11 @@ else:
             "TEST": {"NAME": VAR_DIR / f"test-db{_TEST_DB_SUFFIX}.sqlite3"},
         }
     }
+# Persistent connections for every engine (SQLite too: opening one runs the WAL PRAGMAs and closing
+# the last one checkpoints the WAL, which cost a third of the server's CPU when every
+# database_sync_to_async hop did both — docs/performance.md, cause A). One per thread, health-checked.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -144,6 +148,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# ModelBackend + login throttling (chat.ratelimit): LOGIN_FAILURE_LIMIT failed sign-ins per
+# (username, client IP) within LOGIN_FAILURE_WINDOW seconds lock that pair until the window ends.
+AUTHENTICATION_BACKENDS = ["chat.security.ThrottledModelBackend"]
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_FAILURE_WINDOW = env.int("LOGIN_FAILURE_WINDOW", default=15 * 60)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -173,18 +182,65 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 
+# Websocket limits (chat.consumers / docs/security.md). Frames per connection: a token bucket of
+# WS_FRAME_BURST frames refilled at WS_FRAME_RATE per second; excess frames get an error frame
+# with code "rate_limited" (the socket stays open). daphne's own message/frame caps (autobahn;
+# read by `manage.py runserver`, pass --websocket-max-message-size/--websocket-max-frame-size to
+# the daphne command) sit just above the application's 32 MiB frame limit (chat.protocol), so
+# an oversized-but-plausible frame gets a clear error frame and anything bigger is cut by daphne
+# (close 1009) before it is buffered whole.
+WS_FRAME_RATE = env.float("WS_FRAME_RATE", default=10.0)
+WS_FRAME_BURST = env.int("WS_FRAME_BURST", default=40)
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = env.int("DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE", default=33 * 1024 * 1024)
+DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = env.int("DAPHNE_WEBSOCKET_MAX_FRAME_SIZE", default=33 * 1024 * 1024)
+
 # --- REST API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Bearer first: an unauthenticated request gets 401 + WWW-Authenticate (not 403).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "chat.api.auth.BearerKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "chat.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["chat.api.throttles.WriteRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "chat": env.str("API_THROTTLE_CHAT", default="30/min"),
+        "writes": env.str("API_THROTTLE_WRITES", default="120/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Copilot Server API",
-    "DESCRIPTION": "Chat sessions, messages, usage and an AI SDK compatible streaming chat endpoint.",
+    "DESCRIPTION": "Chat sessions, messages, usage and an AI SDK compatible streaming chat endpoint. "
+    "Authenticate with `Authorization: Bearer <api key>` (create keys at `/api/v1/keys/`). See docs/api.md.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The docs page works offline: Swagger UI / Redoc assets come from drf-spectacular-sidecar.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+# The SSE chat body carries attachments as data: URLs (4 files x 5 MiB, base64).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=32 * 1024 * 1024)
+API_SSE_HEARTBEAT_SECONDS = env.float("API_SSE_HEARTBEAT_SECONDS", default=15.0)
+API_KEY_TOUCH_INTERVAL = env.float("API_KEY_TOUCH_INTERVAL", default=60.0)  # seconds between last_used writes
+# Throttle counters are shared by every process when Redis is configured.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}:cache",
+        }
+    }
+else:
+    # Per process: fine for the single-process embedded setup (scale-out requires REDIS_URL).
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "copilot"}}
 
 # --- Agent ---------------------------------------------------------------------------------------
 AGENT_BACKEND = env.str("AGENT_BACKEND", default="sdk")
@@ -194,7 +250,7 @@ ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 # Empty means: Anthropic's endpoint with a key, the in-process scripted model without one
 # (agents.apps starts it and fills this in).
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
-AGENT_MODEL = env.str("AGENT_MODEL", default="claude-sonnet-4-5")
+AGENT_MODEL = env.str("AGENT_MODEL", default="claude-sonnet-5-5")
 AGENT_WORKSPACE_ROOT = Path(env.str("AGENT_WORKSPACE_ROOT", default=str(VAR_DIR / "workspaces"))).resolve()
 AGENT_SYSTEM_PROMPT = env.str(
     "AGENT_SYSTEM_PROMPT",
@@ -202,9 +258,47 @@ AGENT_SYSTEM_PROMPT = env.str(
 )
 AGENT_MAX_TURNS = env.int("AGENT_MAX_TURNS", default=40)
 AGENT_HEARTBEAT_SECONDS = env.float("AGENT_HEARTBEAT_SECONDS", default=10.0)
+# Reliability (docs/reliability.md): a turn whose model sends nothing (heartbeats aside, tools
+# running excepted) for this long ends with a retryable error; 0 disables. On SIGTERM, daphne
+# gives running turns this long to be stopped and recorded as interrupted.
+AGENT_STREAM_IDLE_TIMEOUT = env.float("AGENT_STREAM_IDLE_TIMEOUT", default=90.0)
+TURN_SHUTDOWN_GRACE_SECONDS = env.float("TURN_SHUTDOWN_GRACE_SECONDS", default=10.0)
+# Agent runtime (agents.runtime / agents.retry / agents.sandbox / agents.tools).
+AGENT_MAX_RETRIES = env.int("AGENT_MAX_RETRIES", default=3)
+AGENT_RETRY_BASE_DELAY = env.float("AGENT_RETRY_BASE_DELAY", default=1.0)  # seconds, doubled per attempt
+AGENT_RETRY_MAX_DELAY = env.float("AGENT_RETRY_MAX_DELAY", default=60.0)  # cap, also on retry-after
+AGENT_EMPTY_TOOL_INPUT_LIMIT = env.int("AGENT_EMPTY_TOOL_INPUT_LIMIT", default=3)
+AGENT_MAX_SUBAGENTS = env.int("AGENT_MAX_SUBAGENTS", default=2)
+AGENT_TOOL_TIMEOUT_SECONDS = env.float("AGENT_TOOL_TIMEOUT_SECONDS", default=120.0)
+AGENT_TOOL_OUTPUT_LIMIT = env.int("AGENT_TOOL_OUTPUT_LIMIT", default=30_000)  # characters
+AGENT_MAX_OUTPUT_TOKENS = env.int("AGENT_MAX_OUTPUT_TOKENS", default=8192)
+AGENT_THINKING_BUDGET = env.int("AGENT_THINKING_BUDGET", default=0)  # api backend; 0 = thinking off
+# USD per million tokens by model family: {"family": [input, output, cache_read, cache_write]}.
+AGENT_PRICES = env.json("AGENT_PRICES", default={})
+# sdk backend: the CLI's own API retries (0: the runtime's retry matrix is the only one) and the
+# largest stdout line (JSON message) accepted from the CLI.
+AGENT_SDK_CLI_MAX_RETRIES = env.int("AGENT_SDK_CLI_MAX_RETRIES", default=0)
+AGENT_SDK_MAX_BUFFER_SIZE = env.int("AGENT_SDK_MAX_BUFFER_SIZE", default=16 * 1024 * 1024)
+# sdk backend: a session's connected CLI is kept alive this long after its turn, so the session's
+# next turn on this worker skips the CLI start-up (0 disables), at most this many per worker (LRU).
+# Each idle CLI costs one Node process (see docs/performance.md for its RSS).
+AGENT_SDK_IDLE_SECONDS = env.float("AGENT_SDK_IDLE_SECONDS", default=300.0)
+AGENT_SDK_MAX_IDLE_CLIENTS = env.int("AGENT_SDK_MAX_IDLE_CLIENTS", default=8)
 
 USER_TOKEN_BUDGET_DAILY = env.int("USER_TOKEN_BUDGET_DAILY", default=2_000_000)
 USER_TOKEN_BUDGET_WEEKLY = env.int("USER_TOKEN_BUDGET_WEEKLY", default=10_000_000)
+# Budget units ("weighted tokens"): each token class weighted by its price relative to fresh input
+# tokens (Anthropic prices output at 5x input, cache reads at 0.1x, 5-minute cache writes at 1.25x).
+USAGE_WEIGHT_INPUT = env.float("USAGE_WEIGHT_INPUT", default=1.0)
+USAGE_WEIGHT_OUTPUT = env.float("USAGE_WEIGHT_OUTPUT", default=5.0)
+USAGE_WEIGHT_CACHE_READ = env.float("USAGE_WEIGHT_CACHE_READ", default=0.1)
+USAGE_WEIGHT_CACHE_WRITE = env.float("USAGE_WEIGHT_CACHE_WRITE", default=1.25)
+# Weighted tokens reserved when a turn starts (replaced by its real usage when it ends; a reservation
+# whose turn never reports expires after TURN_RESERVE_TTL_SECONDS).
+TURN_RESERVE_TOKENS = env.int("TURN_RESERVE_TOKENS", default=20_000)
+TURN_RESERVE_TTL_SECONDS = env.int("TURN_RESERVE_TTL_SECONDS", default=3600)
+# Log message text in the copilot.turns log lines (debugging only: it is user content).
+LOG_MESSAGE_CONTENT = env.bool("LOG_MESSAGE_CONTENT", default=False)
 
 # --- Logging -------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

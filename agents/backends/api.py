@@ -12,7 +12,9 @@ chunk belong to ``agents.runtime.run_turn``.
 - Prompt caching: ``cache_control`` on the last tool, the system prompt and the newest message.
 - Parallel tool_use blocks run concurrently; their results go back in one user message.
 - Usage is summed over every model call of the turn into ``result.usage``.
-- ``inp.stop`` is raced against every stream event and against running tools.
+- ``inp.stop`` is raced against every stream event (``_StopGuard``) and against running tools.
+- One shared ``AsyncAnthropic`` per event loop and endpoint (``agents.model_client``); the
+  stream's raw server-sent events are parsed with ``json.loads`` (no typed model per delta).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from django.conf import settings
 from agents import events
 from agents.adapter import new_part_id
 from agents.attachments import prepare_attachments
-from agents.config import model_endpoint
 from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
+from agents.model_client import model_client
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter
 from agents.tools import TOOL_SCHEMAS, ToolOutcome, run_tool
 from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
@@ -234,14 +236,13 @@ class ApiBackend:
         return params
 
     async def stream(self, inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
-        endpoint = model_endpoint()
         messages = self.build_messages(inp)
         max_steps = int(getattr(settings, "AGENT_MAX_TURNS", 40))
         breaker = EmptyInputBreaker()
         limiter = SubagentLimiter()
         result.model = inp.model
         stop_task = asyncio.ensure_future(inp.stop.wait())
-        client = anthropic.AsyncAnthropic(api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, timeout=600.0)
+        client = model_client()  # shared per loop + endpoint (agents.model_client)
         try:
             for step in range(max_steps):
                 if step > 0 and inp.step_check is not None:
@@ -294,8 +295,6 @@ class ApiBackend:
             )
         finally:
             stop_task.cancel()
-            with contextlib.suppress(Exception):
-                await client.close()
 
     async def _run_tools(
         self, inp: TurnInput, tool_uses: list[dict[str, Any]], limiter: SubagentLimiter, stop_task: asyncio.Future[Any]
@@ -325,7 +324,12 @@ class ApiBackend:
         stop_task: asyncio.Future[Any],
     ) -> AsyncIterator[Chunk]:
         """One streamed model call: yields its chunks, fills ``content`` (the assistant blocks)
-        and ``state`` (stop_reason, stopped), adds its usage to ``result.usage``."""
+        and ``state`` (stop_reason, stopped), adds its usage to ``result.usage``.
+
+        The hot path reads the raw server-sent events (``json.loads`` of each ``data:``) instead
+        of the SDK's typed events, which built pydantic models per delta (a quarter of the relay's
+        CPU, docs/performance.md cause C); error events raise exactly as the SDK's iterator does.
+        Stop is raced without a task per event: ``_StopGuard`` cancels the read in flight."""
         usage = Usage()
         create = asyncio.ensure_future(client.messages.create(stream=True, **self.request_params(inp, messages)))
         done, _ = await asyncio.wait({create, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -341,69 +345,87 @@ class ApiBackend:
         part_ids: dict[int, str] = {}
         json_buf: dict[int, list[str]] = {}
         finished = False
-        it = stream.__aiter__()
+        sse_events = _raw_events(stream)
+        guard = _StopGuard(stop_task)
+        stop_is_set = inp.stop.is_set
+        loads = json.loads
+        text_delta = events.text_delta
         try:
             while True:
-                nxt = asyncio.ensure_future(it.__anext__())
-                done, _ = await asyncio.wait({nxt, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-                if stop_task in done:  # stop wins even over an event that is already there
-                    nxt.cancel()
-                    with contextlib.suppress(BaseException):
-                        await nxt
+                if stop_is_set():  # stop wins even over an event that is already there
                     state["stopped"] = True
                     return
+                guard.armed = True
                 try:
-                    event = nxt.result()
+                    sse = await sse_events.__anext__()
                 except StopAsyncIteration:
                     break
-                kind = event.type
-                if kind == "message_start":
-                    u = event.message.usage
-                    usage.input_tokens = u.input_tokens or 0
-                    usage.cache_read_tokens = getattr(u, "cache_read_input_tokens", 0) or 0
-                    usage.cache_write_tokens = getattr(u, "cache_creation_input_tokens", 0) or 0
-                    usage.output_tokens = u.output_tokens or 0
-                    yield events.start_step()
-                elif kind == "content_block_start":
-                    block = event.content_block
-                    index = event.index
-                    if block.type == "text":
-                        blocks[index] = {"type": "text", "text": ""}
-                        part_ids[index] = new_part_id("text")
-                        yield events.text_start(part_ids[index])
-                        if block.text:
-                            blocks[index]["text"] += block.text
-                            yield events.text_delta(part_ids[index], block.text)
-                    elif block.type == "thinking":
-                        blocks[index] = {"type": "thinking", "thinking": "", "signature": ""}
-                        part_ids[index] = new_part_id("reasoning")
-                        yield events.reasoning_start(part_ids[index])
-                    elif block.type == "redacted_thinking":
-                        blocks[index] = {"type": "redacted_thinking", "data": block.data}
-                    elif block.type == "tool_use":
-                        blocks[index] = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
-                        json_buf[index] = []
-                        yield events.tool_input_start(block.id, block.name)
-                elif kind == "content_block_delta":
-                    index = event.index
-                    delta = event.delta
+                except asyncio.CancelledError:
+                    if guard.fired and guard.task is not None and guard.task.uncancel() == 0:
+                        state["stopped"] = True
+                        return
+                    raise
+                finally:
+                    guard.armed = False
+                kind = sse.event
+                if kind is None or kind == "ping" or not sse.data:
+                    continue
+                if kind == "error":
+                    _raise_error_event(stream, sse)
+                event = loads(sse.data)
+                kind = event.get("type", kind)
+                if kind == "content_block_delta":
+                    index = event["index"]
+                    delta = event["delta"]
                     block = blocks.get(index)
                     if block is None:
                         continue
-                    if delta.type == "text_delta":
-                        block["text"] += delta.text
-                        yield events.text_delta(part_ids[index], delta.text)
-                    elif delta.type == "thinking_delta":
-                        block["thinking"] += delta.thinking
-                        yield events.reasoning_delta(part_ids[index], delta.thinking)
-                    elif delta.type == "signature_delta":
-                        block["signature"] = delta.signature
-                    elif delta.type == "input_json_delta":
-                        json_buf[index].append(delta.partial_json)
-                        if delta.partial_json:
-                            yield events.tool_input_delta(block["id"], delta.partial_json)
+                    delta_type = delta.get("type")
+                    if delta_type == "text_delta":
+                        text = delta.get("text") or ""
+                        block["text"] += text
+                        yield text_delta(part_ids[index], text)
+                    elif delta_type == "thinking_delta":
+                        thinking = delta.get("thinking") or ""
+                        block["thinking"] += thinking
+                        yield events.reasoning_delta(part_ids[index], thinking)
+                    elif delta_type == "signature_delta":
+                        block["signature"] = delta.get("signature") or ""
+                    elif delta_type == "input_json_delta":
+                        partial = delta.get("partial_json") or ""
+                        json_buf[index].append(partial)
+                        if partial:
+                            yield events.tool_input_delta(block["id"], partial)
+                elif kind == "message_start":
+                    u = (event.get("message") or {}).get("usage") or {}
+                    usage.input_tokens = u.get("input_tokens") or 0
+                    usage.cache_read_tokens = u.get("cache_read_input_tokens") or 0
+                    usage.cache_write_tokens = u.get("cache_creation_input_tokens") or 0
+                    usage.output_tokens = u.get("output_tokens") or 0
+                    yield events.start_step()
+                elif kind == "content_block_start":
+                    block = event.get("content_block") or {}
+                    index = event["index"]
+                    block_type = block.get("type")
+                    if block_type == "text":
+                        blocks[index] = {"type": "text", "text": ""}
+                        part_ids[index] = new_part_id("text")
+                        yield events.text_start(part_ids[index])
+                        if block.get("text"):
+                            blocks[index]["text"] += block["text"]
+                            yield events.text_delta(part_ids[index], block["text"])
+                    elif block_type == "thinking":
+                        blocks[index] = {"type": "thinking", "thinking": "", "signature": ""}
+                        part_ids[index] = new_part_id("reasoning")
+                        yield events.reasoning_start(part_ids[index])
+                    elif block_type == "redacted_thinking":
+                        blocks[index] = {"type": "redacted_thinking", "data": block.get("data", "")}
+                    elif block_type == "tool_use":
+                        blocks[index] = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+                        json_buf[index] = []
+                        yield events.tool_input_start(block["id"], block["name"])
                 elif kind == "content_block_stop":
-                    index = event.index
+                    index = event["index"]
                     block = blocks.get(index)
                     if block is None:
                         continue
@@ -420,26 +442,71 @@ class ApiBackend:
                             log.warning("tool_use %s had invalid JSON input", block["id"])
                         yield events.tool_input_available(block["id"], block["name"], block["input"])
                 elif kind == "message_delta":
-                    state["stop_reason"] = event.delta.stop_reason
-                    u = event.usage
-                    if u is not None:
-                        usage.output_tokens = u.output_tokens or usage.output_tokens
-                        if getattr(u, "input_tokens", None):
-                            usage.input_tokens = u.input_tokens
-                        if getattr(u, "cache_read_input_tokens", None):
-                            usage.cache_read_tokens = u.cache_read_input_tokens
-                        if getattr(u, "cache_creation_input_tokens", None):
-                            usage.cache_write_tokens = u.cache_creation_input_tokens
+                    state["stop_reason"] = (event.get("delta") or {}).get("stop_reason")
+                    u = event.get("usage")
+                    if u:
+                        usage.output_tokens = u.get("output_tokens") or usage.output_tokens
+                        if u.get("input_tokens"):
+                            usage.input_tokens = u["input_tokens"]
+                        if u.get("cache_read_input_tokens"):
+                            usage.cache_read_tokens = u["cache_read_input_tokens"]
+                        if u.get("cache_creation_input_tokens"):
+                            usage.cache_write_tokens = u["cache_creation_input_tokens"]
                 elif kind == "message_stop":
                     finished = True
             if not finished:
                 raise AgentError(ErrorKind.CONNECTION, detail="the model stream ended before message_stop")
         finally:
+            guard.close()
             result.usage.add(usage)
             content.extend(
                 {k: v for k, v in b.items() if not (b["type"] == "text" and not b["text"])}
                 for _, b in sorted(blocks.items())
                 if not (b["type"] == "text" and not b["text"])
             )
+            with contextlib.suppress(BaseException):
+                await sse_events.aclose()
             with contextlib.suppress(Exception):
                 await stream.close()
+
+
+class _StopGuard:
+    """Cancels the current task's read in flight when ``stop_task`` completes while ``armed``
+    (the ``asyncio.timeout`` pattern: the reader tells its own cancel apart with ``uncancel()``).
+    One callback per model call instead of a task + ``asyncio.wait`` per stream event."""
+
+    __slots__ = ("task", "stop_task", "armed", "fired")
+
+    def __init__(self, stop_task: asyncio.Future[Any]) -> None:
+        self.task = asyncio.current_task()
+        self.stop_task = stop_task
+        self.armed = False
+        self.fired = False
+        stop_task.add_done_callback(self._fire)
+
+    def _fire(self, _: Any) -> None:
+        if self.armed and not self.fired and self.task is not None and not self.task.done():
+            self.fired = True
+            self.task.cancel()
+
+    def close(self) -> None:
+        self.stop_task.remove_done_callback(self._fire)
+
+
+def _raw_events(stream: Any) -> AsyncIterator[Any]:
+    """The stream's server-sent events before the SDK parses them into typed models."""
+    iter_events = getattr(stream, "_iter_events", None)
+    if iter_events is not None:
+        return iter_events()
+    return anthropic.AsyncStream.raw_events(stream.response)
+
+
+def _raise_error_event(stream: Any, sse: Any) -> None:
+    """An ``event: error`` mid-stream raises the same APIStatusError the SDK's iterator would."""
+    body: Any = sse.data
+    try:
+        body = sse.json()
+        err_msg = f"{body}"
+    except Exception:  # noqa: BLE001 - as the SDK does
+        err_msg = sse.data or f"Error code: {stream.response.status_code}"
+    raise stream._client._make_status_error(err_msg, body=body, response=stream.response)

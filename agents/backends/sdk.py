@@ -7,12 +7,12 @@ finish/error, heartbeats and retries), raises ``AgentError`` on failure and hono
 
 Structure:
 
-- A *driver task* owns the ``ClaudeSDKClient`` for the whole turn: it connects, sends the prompt,
-  reads messages, interrupts on stop and disconnects — all in that one task, because the SDK
+- An *owner task* owns the ``ClaudeSDKClient`` from connect to disconnect: it connects, sends the
+  prompt(s), reads messages, interrupts on stop and disconnects — all in that one task, because the SDK
   keeps an anyio task group open from ``connect()`` to ``disconnect()`` and tearing it down from
   another task raises "cancel scope in a different task" (DESIGN lesson 10). ``stream()`` only
-  reads a queue the driver fills, so whoever iterates it (the runtime wraps each ``__anext__`` in
-  a task for heartbeats, lesson 1) can do so from any task, and the driver never has its own
+  reads a queue the owner fills, so whoever iterates it (the runtime wraps each ``__anext__`` in
+  a task for heartbeats, lesson 1) can do so from any task, and the owner never has its own
   ``__anext__`` cancelled: it waits on it as a task with ``asyncio.wait``.
 - ``agents.backends.sdk_adapter.SdkTranslator`` turns SDK messages into chunks and classifies the
   CLI's failures; ``agents.hooks.ToolPolicy`` is the PreToolUse hook / ``can_use_tool``.
@@ -21,21 +21,30 @@ Structure:
   process blanked in its environment, non-essential traffic off, and its own API retries off
   (``CLAUDE_CODE_MAX_RETRIES=0`` by default): the runtime's retry matrix is the one place that
   retries, with backoff, status chunks for the user and never after content was sent.
-- Keeping a session's CLI alive between turns (the performance follow-up) fits here: the driver
-  would park its connected client in a pool keyed by session id with an idle expiry and accept the
-  next turn's prompt instead of disconnecting. Today every turn starts one CLI process (~0.3-1 s)
-  and resumes the session from its transcript (``resume=inp.agent_session_id``).
+- A session's CLI is kept alive between its turns (docs/agents.md): after a clean turn the owner
+  task *parks* its connected client in a per-event-loop LRU pool (``AGENT_SDK_MAX_IDLE_CLIENTS``,
+  default 8) for ``AGENT_SDK_IDLE_SECONDS`` (default 300; 0 disables). The session's next turn on
+  this worker hands its prompt to that same task (``client.query()`` on the same process: no CLI
+  start-up, no ``resume``, no transcript read) if the session id, workspace, model, options and
+  CLI session id all match; otherwise (another worker, evicted, expired) a new CLI resumes the
+  session from its transcript (``resume=inp.agent_session_id``, the session store) as before.
+  A client serves one turn at a time (it leaves the pool while busy); a stopped or failed turn,
+  a dead CLI, eviction, idle expiry and loop shutdown (its tasks are cancelled) close it; the
+  SDK's atexit hook terminates any CLI left at process exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import os
 import re
+import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +89,9 @@ INTERRUPT_TIMEOUT_SECONDS = 5.0
 STOP_DRAIN_SECONDS = 5.0
 HISTORY_MAX_MESSAGES = 30
 HISTORY_MAX_CHARS = 24_000
+# Kept-alive CLI clients (settings AGENT_SDK_IDLE_SECONDS / AGENT_SDK_MAX_IDLE_CLIENTS; 0 disables).
+DEFAULT_IDLE_SECONDS = 300.0
+DEFAULT_MAX_IDLE_CLIENTS = 8
 
 # Environment variables of this process that must not reach the CLI (and so its Bash tool).
 _SECRET_ENV_RE = re.compile(
@@ -302,38 +314,6 @@ async def _prompt_messages(text: str, blocks: list[dict[str, Any]], context: str
     yield {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
 
 
-class SdkBackend:
-    async def stream(self, inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        driver = asyncio.create_task(_drive(inp, result, queue), name=f"sdk-turn-{inp.session_id}")
-        try:
-            while True:
-                kind, payload = await queue.get()
-                if kind == "chunk":
-                    yield payload
-                elif kind == "error":
-                    raise payload
-                else:
-                    return
-        finally:
-            if not driver.done():
-                driver.cancel()
-            # The driver disconnects the CLI in its own finally; give it a moment, never hang.
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({driver}, timeout=10)
-
-
-async def _drive(inp: TurnInput, result: TurnResult, queue: asyncio.Queue[tuple[str, Any]]) -> None:
-    try:
-        await _run_turn(inp, result, lambda chunk: queue.put_nowait(("chunk", chunk)))
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - handed to stream(), which raises it
-        queue.put_nowait(("error", exc if isinstance(exc, AgentError) else classify_sdk_exception(exc)))
-    else:
-        queue.put_nowait(("done", None))
-
-
 async def _open(options: ClaudeAgentOptions) -> ClaudeSDKClient:
     client = ClaudeSDKClient(options)
     with warnings.catch_warnings():
@@ -344,7 +324,256 @@ async def _open(options: ClaudeAgentOptions) -> ClaudeSDKClient:
     return client
 
 
-async def _connect(inp: TurnInput, workspace: Path, policy: ToolPolicy, on_compact: Any = None) -> tuple[ClaudeSDKClient, bool]:
+# ------------------------------------------------------------------------------------------------
+# Kept-alive CLI clients (docs/agents.md "Keeping the CLI alive between turns")
+# ------------------------------------------------------------------------------------------------
+
+
+def idle_seconds() -> float:
+    return float(getattr(settings, "AGENT_SDK_IDLE_SECONDS", DEFAULT_IDLE_SECONDS) or 0)
+
+
+def max_idle_clients() -> int:
+    return int(getattr(settings, "AGENT_SDK_MAX_IDLE_CLIENTS", DEFAULT_MAX_IDLE_CLIENTS) or 0)
+
+
+class _Router:
+    """The callbacks a CLI client was connected with (hooks, ``can_use_tool``, PreCompact),
+    routed to the turn the client serves now: each turn gets its own ``ToolPolicy`` (and
+    sub-agent limiter) and its own translator, while the CLI process stays the same."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.policy = ToolPolicy(workspace, limiter=SubagentLimiter())
+        self.compaction_sink: Any = None  # () -> None, the current turn's "compaction started"
+
+    async def pre_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        return await self.policy.pre_tool_use(input_data, tool_use_id, context)
+
+    async def post_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        return await self.policy.post_tool_use(input_data, tool_use_id, context)
+
+    async def can_use_tool(self, tool_name: str, tool_input: dict[str, Any], context: Any) -> Any:
+        return await self.policy.can_use_tool(tool_name, tool_input, context)
+
+    async def on_compact(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        # The CLI compacts its own context (PreCompact hook): tell the user, nothing else.
+        sink = self.compaction_sink
+        if sink is not None:
+            sink()
+        return {}
+
+    def hooks(self) -> dict[str, list[HookMatcher]]:
+        return {
+            "PreToolUse": [HookMatcher(matcher=None, hooks=[self.pre_tool_use])],
+            "PostToolUse": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
+            "PostToolUseFailure": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
+        }
+
+
+class _Job:
+    """One turn handed to a client's owner task."""
+
+    __slots__ = ("inp", "result", "queue", "finished")
+
+    def __init__(self, inp: TurnInput, result: TurnResult) -> None:
+        self.inp = inp
+        self.result = result
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.finished = False
+
+
+class _Kept:
+    """One CLI client and the task that owns it from ``connect()`` to ``disconnect()``."""
+
+    def __init__(self, key: tuple[Any, ...] | None, workspace: Path, session_id: str) -> None:
+        self.key = key
+        self.session_id = session_id
+        self.router = _Router(workspace)
+        self.client: ClaudeSDKClient | None = None
+        self.messages: Any = None  # the client's one receive_messages() iterator
+        self.cli_session_id: str | None = None
+        self.user_texts: list[str] = []  # user texts the CLI session has seen (the gap rule)
+        self.next_job: asyncio.Future[_Job | None] | None = None  # set while parked
+        self.owner: asyncio.Task[None] | None = None
+        self.pid: int | None = None
+        self.turns = 0
+        self.idle_since = 0.0
+
+    def alive(self) -> bool:
+        process = getattr(getattr(self.client, "_transport", None), "_process", None)
+        return self.client is not None and process is not None and process.returncode is None
+
+
+class _Pool:
+    """The idle (parked) clients of one event loop, least recently used first."""
+
+    def __init__(self) -> None:
+        self.idle: collections.OrderedDict[tuple[Any, ...], _Kept] = collections.OrderedDict()
+        self.owners: set[asyncio.Task[None]] = set()
+
+    def take(self, key: tuple[Any, ...], agent_session_id: str | None) -> _Kept | None:
+        kept = self.idle.get(key)
+        if kept is None:
+            return None
+        if not agent_session_id or kept.cli_session_id != agent_session_id or not kept.alive():
+            # Another CLI session (a recovery rung starting afresh, a chat moved on elsewhere) or
+            # a dead process: never reuse it.
+            self.evict(kept)
+            return None
+        del self.idle[key]
+        return kept
+
+    def park(self, kept: _Kept) -> bool:
+        if kept.key is None or idle_seconds() <= 0 or max_idle_clients() <= 0 or not kept.alive():
+            return False
+        other = self.idle.pop(kept.key, None)
+        if other is not None and other is not kept:
+            self.evict(other)
+        kept.next_job = asyncio.get_running_loop().create_future()
+        kept.idle_since = time.monotonic()
+        self.idle[kept.key] = kept
+        while len(self.idle) > max_idle_clients():
+            self.evict(next(iter(self.idle.values())))
+        return True
+
+    def evict(self, kept: _Kept) -> None:
+        """Tell a parked client's owner to close it (no-op for a busy one)."""
+        if kept.key is not None and self.idle.get(kept.key) is kept:
+            del self.idle[kept.key]
+        if kept.next_job is not None and not kept.next_job.done():
+            kept.next_job.set_result(None)
+
+
+_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool]" = weakref.WeakKeyDictionary()
+
+
+def _pool() -> _Pool:
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = _Pool()
+    return pool
+
+
+def kept_clients() -> list[dict[str, Any]]:
+    """The running loop's parked CLI clients (tests, benchmarks, diagnostics)."""
+    pool = _pools.get(asyncio.get_running_loop())
+    if pool is None:
+        return []
+    return [
+        {"session_id": k.session_id, "pid": k.pid, "cli_session_id": k.cli_session_id, "turns": k.turns, "idle_since": k.idle_since}
+        for k in pool.idle.values()
+    ]
+
+
+async def close_idle_clients(timeout: float = 20.0) -> int:
+    """Close every parked CLI client of the running loop (shutdown hooks, tests that simulate
+    another worker). Returns how many were closed."""
+    pool = _pools.get(asyncio.get_running_loop())
+    if pool is None:
+        return 0
+    parked = list(pool.idle.values())
+    for kept in parked:
+        pool.evict(kept)
+    owners = {k.owner for k in parked if k.owner is not None and not k.owner.done()}
+    if owners:
+        await asyncio.wait(owners, timeout=timeout)
+    return len(parked)
+
+
+def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
+    """What a kept client must match to serve a turn: the session, its workspace, the model and
+    every option the CLI was started with (system prompt, environment, transcript store, limits)."""
+    store = inp.session_store
+    store_id = None if store is None else (type(store).__module__, type(store).__qualname__, getattr(store, "project_key", None))
+    return (
+        inp.session_id,
+        str(workspace),
+        inp.model or settings.AGENT_MODEL,
+        inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", ""),
+        tuple(sorted(cli_env(workspace).items())),
+        store_id,
+        int(getattr(settings, "AGENT_MAX_TURNS", 40)),
+        int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
+    )
+
+
+class SdkBackend:
+    async def stream(self, inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
+        workspace = Path(inp.workspace) if inp.workspace else workspace_for(inp.session_id)
+        workspace.mkdir(parents=True, exist_ok=True)
+        pool = _pool()
+        keep = idle_seconds() > 0 and max_idle_clients() > 0
+        key = client_key(inp, workspace) if keep else None
+        job = _Job(inp, result)
+        kept = pool.take(key, inp.agent_session_id) if key is not None else None
+        if kept is not None and kept.next_job is not None and not kept.next_job.done():
+            kept.next_job.set_result(job)  # its owner task serves this turn on the same CLI
+        else:
+            kept = _Kept(key, workspace, inp.session_id)
+            kept.owner = asyncio.create_task(_own(kept, job, pool), name=f"sdk-cli-{inp.session_id}")
+            pool.owners.add(kept.owner)
+            kept.owner.add_done_callback(pool.owners.discard)
+        owner = kept.owner
+        assert owner is not None
+        try:
+            while True:
+                kind, payload = await job.queue.get()
+                if kind == "chunk":
+                    yield payload
+                elif kind == "error":
+                    raise payload
+                else:
+                    return
+        finally:
+            if not job.finished and not owner.done():
+                # Left before the turn ended (stopped past the grace period, cancelled): the
+                # owner disconnects the CLI in its own finally; give it a moment, never hang.
+                owner.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({owner}, timeout=10)
+
+
+async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
+    """The owner task of one CLI client: serves turns (this one, then the ones handed to it while
+    parked) and disconnects — all in this one task (DESIGN lesson 10)."""
+    try:
+        while job is not None:
+            reusable = await _serve(kept, job)
+            if not reusable or not pool.park(kept):
+                break
+            waiting = kept.next_job
+            assert waiting is not None
+            await asyncio.wait({waiting}, timeout=idle_seconds())
+            if not waiting.done():  # idle expiry
+                log.debug("closing CLI of session %s after %.0fs idle", kept.session_id, idle_seconds())
+                pool.evict(kept)
+            job = waiting.result()
+            kept.next_job = None
+    finally:
+        pool.evict(kept)
+        if kept.client is not None:
+            client, kept.client = kept.client, None
+            await _disconnect(client)
+
+
+async def _serve(kept: _Kept, job: _Job) -> bool:
+    """Run one turn, report its end to the job's reader; True when the client may be kept."""
+    try:
+        reusable = await _run_turn(kept, job.inp, job.result, lambda chunk: job.queue.put_nowait(("chunk", chunk)))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - handed to stream(), which raises it
+        job.finished = True
+        job.queue.put_nowait(("error", exc if isinstance(exc, AgentError) else classify_sdk_exception(exc)))
+        return False
+    job.finished = True
+    job.queue.put_nowait(("done", None))
+    kept.turns += 1
+    return reusable
+
+
+async def _connect(inp: TurnInput, workspace: Path, policy: Any, on_compact: Any = None) -> tuple[ClaudeSDKClient, bool]:
     """(connected client, whether it resumed ``inp.agent_session_id``)."""
     resume = inp.agent_session_id or None
     try:
@@ -361,14 +590,22 @@ async def _connect(inp: TurnInput, workspace: Path, policy: ToolPolicy, on_compa
 async def _prompt_context(inp: TurnInput, workspace: Path, resumed: bool) -> str:
     """The ``<conversation_context>`` block this turn's prompt starts with ("" for none): the DB
     history for a fresh CLI session, the missing turns (gap) for a resumed one."""
+    context, _texts = await _context_and_texts(inp, workspace, resumed)
+    return context
+
+
+async def _context_and_texts(inp: TurnInput, workspace: Path, resumed: bool) -> tuple[str, list[str]]:
+    """(context block, the user texts the CLI session already holds)."""
     history = _without_new_message(inp)
-    if not history:
-        return ""
     if not resumed:
-        return context_block(history, FRESH_NOTE)
+        return (context_block(history, FRESH_NOTE) if history else ""), []
     texts = await transcript_user_texts(inp, workspace)
-    if texts is None:
-        return ""
+    if texts is None or not history:
+        return "", texts or []
+    return _gap_context(inp, history, texts), texts
+
+
+def _gap_context(inp: TurnInput, history: list[HistoryMessage], texts: list[str]) -> str:
     gap = transcript_gap(history, texts)
     if gap:
         log.info("CLI session %s misses %d of %d messages; adding them as context", inp.agent_session_id, len(gap), len(history))
@@ -387,7 +624,21 @@ async def _disconnect(client: ClaudeSDKClient) -> None:
         log.log(level, "CLI teardown error ignored: %s: %s", type(exc).__name__, scrub(str(exc))[:300])
 
 
-async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
+def _pid(client: ClaudeSDKClient) -> int | None:
+    process = getattr(getattr(client, "_transport", None), "_process", None)
+    return getattr(process, "pid", None)
+
+
+async def _send(client: ClaudeSDKClient, text: str, blocks: list[dict[str, Any]], context: str) -> None:
+    if blocks or context:
+        await client.query(_prompt_messages(text, blocks, context))
+    else:
+        await client.query(text)
+
+
+async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) -> bool:
+    """One turn on ``kept``'s CLI (connecting it first when it has none). Returns whether the
+    client may serve the session's next turn: only after a clean, complete turn."""
     workspace = Path(inp.workspace) if inp.workspace else workspace_for(inp.session_id)
     workspace.mkdir(parents=True, exist_ok=True)
     blocks, note = prepare_attachments(workspace, list(inp.attachments)) if inp.attachments else ([], "")
@@ -396,15 +647,36 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
     translator = SdkTranslator(breaker=EmptyInputBreaker(), on_tool_finished=policy.finished)
     if inp.stop.is_set():
         result.stopped = True
-        return
+        return kept.client is not None
 
-    async def on_compact(input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
-        # The CLI compacts its own context (PreCompact hook): tell the user, nothing else.
+    def compaction_started() -> None:
         for chunk in translator.compaction_started():
             emit(chunk)
-        return {}
 
-    client, resumed = await _connect(inp, workspace, policy, on_compact)
+    kept.router.policy = policy
+    kept.router.compaction_sink = compaction_started
+    client = kept.client
+    if client is not None:
+        # A follow-up on the same CLI process and session: no resume, no transcript read; the
+        # gap (turns handled elsewhere meanwhile) comes from what this client has seen.
+        history = _without_new_message(inp)
+        context = _gap_context(inp, history, kept.user_texts) if history else ""
+        try:
+            await _send(client, text, blocks, context)
+        except Exception as exc:  # noqa: BLE001 - the CLI died while parked: start a new one
+            log.info("kept CLI of session %s unusable (%s); reconnecting", inp.session_id, scrub(str(exc))[:200])
+            kept.client = None
+            await _disconnect(client)
+            client = None
+    if client is None:
+        client, resumed = await _connect(inp, workspace, kept.router, kept.router.on_compact)
+        kept.client = client
+        kept.messages = client.receive_messages().__aiter__()
+        kept.pid = _pid(client)
+        context, kept.user_texts = await _context_and_texts(inp, workspace, resumed)
+        await _send(client, text, blocks, context)
+    kept.user_texts.append(text or " ")
+    messages = kept.messages
     loop = asyncio.get_running_loop()
     stop_wait = asyncio.ensure_future(inp.stop.wait())
     pending: asyncio.Future[Any] | None = None
@@ -413,12 +685,6 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
     got_result = False
     checked_steps = 0
     try:
-        context = await _prompt_context(inp, workspace, resumed)
-        if blocks or context:
-            await client.query(_prompt_messages(text, blocks, context))
-        else:
-            await client.query(text)
-        messages = client.receive_messages().__aiter__()
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(messages.__anext__())
@@ -455,7 +721,7 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
                 drain_deadline = loop.time() + STOP_DRAIN_SECONDS
                 try:
                     await asyncio.wait_for(client.interrupt(), timeout=INTERRUPT_TIMEOUT_SECONDS)
-                except Exception as exc:  # noqa: BLE001 - the disconnect below ends it anyway
+                except Exception as exc:  # noqa: BLE001 - the disconnect ends it anyway
                     log.debug("CLI interrupt failed: %s", exc)
                     break
                 continue
@@ -465,17 +731,22 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
     finally:
         stop_wait.cancel()
         if pending is not None and not pending.done():
+            # Only on the way out of a turn whose client is then closed (an exception, a stop
+            # that did not drain): a clean turn ends right after its ResultMessage.
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-        await _disconnect(client)
+        kept.router.compaction_sink = None
 
     for chunk in translator.finish():
         emit(chunk)
     _fill_result(result, translator)
+    kept.cli_session_id = result.agent_session_id or kept.cli_session_id
     if interrupted or inp.stop.is_set():
+        # A stopped turn closes its CLI (the interrupt's leftovers must not reach the next turn);
+        # the next turn resumes the session from its transcript.
         result.stopped = True
-        return
+        return False
     error = translator.error()
     if error is not None:
         raise error
@@ -484,6 +755,7 @@ async def _run_turn(inp: TurnInput, result: TurnResult, emit: Any) -> None:
         raise AgentError(ErrorKind.MAX_OUTPUT_TOKENS, detail="stop_reason max_tokens")
     if not got_result:
         raise AgentError(ErrorKind.CONNECTION, detail="the Claude Code CLI ended without a result")
+    return kept.alive()
 
 
 def _copy_usage(usage: Any) -> Any:

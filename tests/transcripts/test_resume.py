@@ -16,7 +16,7 @@ import uuid
 import pytest
 from asgiref.sync import sync_to_async
 
-from agents.backends.sdk import SdkBackend
+from agents.backends.sdk import SdkBackend, close_idle_clients
 from agents.types import TurnInput, TurnResult
 from tests.agents.conftest import collect, requests_since, scripted_model  # noqa: F401 - fixture
 from transcripts.models import Transcript, TranscriptEntry
@@ -49,8 +49,10 @@ async def _run(inp: TurnInput) -> tuple[TurnResult, list]:
     return result, chunks
 
 
-def _wipe(session_id: str) -> None:
+async def _wipe(session_id: str) -> None:
     from agents.sandbox import workspace_for
+
+    await close_idle_clients()  # this worker's kept-alive CLI goes too: only the database survives
 
     workspace = workspace_for(session_id)
     shutil.rmtree(workspace)
@@ -76,7 +78,7 @@ async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_mode
     assert stored_after_first > 0
     assert await TranscriptEntry.objects.filter(transcript=main, data__contains=CODEWORD).aexists()
 
-    _wipe(chat_id)  # a different worker: no workspace, no ~/.claude, no local JSONL
+    await _wipe(chat_id)  # a different worker: no workspace, no ~/.claude, no local JSONL
     mark = scripted_model.request_count
     second, chunks = await _run(_turn(chat_id, "what was the codeword?", store=store, resume=cli_session))
     assert second.agent_session_id == cli_session  # the same CLI session continued
@@ -91,7 +93,7 @@ async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_mode
     assert [e.get("uuid") for e in loaded if e.get("uuid")] == uuids or len(loaded) == main.entry_count
 
     # Control: the same wipe without the store loses turn 1 (so the assertions above can fail).
-    _wipe(chat_id)
+    await _wipe(chat_id)
     mark = scripted_model.request_count
     third, _ = await _run(_turn(chat_id, "and now, the codeword?", resume=cli_session))
     assert third.agent_session_id != cli_session
@@ -109,6 +111,7 @@ async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_mod
     assert await Transcript.objects.filter(project_key="copilot", session_id=first.agent_session_id).aexists()
 
     settings.AGENT_WORKSPACE_ROOT = tmp_path / "host-b"
+    await close_idle_clients()
     shutil.rmtree(tmp_path / "host-a")
     mark = scripted_model.request_count
     second, _ = await _run(_turn(chat_id, "what was the codeword?", store=store, resume=first.agent_session_id))
@@ -140,6 +143,7 @@ async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp
     assert session.agent_session_id
     assert await Transcript.objects.filter(session_id=session.agent_session_id, subpath="").aexists()
 
+    await close_idle_clients()  # another worker: no kept-alive CLI, no workspace
     await sync_to_async(lambda: shutil.rmtree(workspace_for(str(session.pk))))()
     mark = scripted_model.request_count
     await turn("what was the codeword?")

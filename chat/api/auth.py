@@ -1,0 +1,112 @@
+"""Bearer API-key authentication for DRF and for the websocket handshake.
+
+HTTP: ``BearerKeyAuthentication`` (listed first, so an unauthenticated request gets 401 with
+``WWW-Authenticate: Bearer``) and DRF's SessionAuthentication (browser; CSRF enforced on writes).
+
+Websocket: ``websocket_auth_stack(inner)`` = origin check → cookie session → Bearer key. A
+handshake carrying ``Authorization: Bearer <key>`` and no ``Origin`` is a non-browser client
+(browsers always send Origin and cannot set Authorization) and skips the origin check; every
+other handshake (cookie auth, or Bearer with an Origin) must come from an allowed origin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.middleware import BaseMiddleware
+from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from chat.apikeys import api_key_authenticate
+from chat.models import ApiKey
+
+BEARER = "bearer"
+
+
+def bearer_token(header_value: str | bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value; "" if Bearer but empty;
+    None if the header is absent or uses another scheme."""
+    if not header_value:
+        return None
+    if isinstance(header_value, bytes):
+        header_value = header_value.decode("latin-1")
+    scheme, _, token = header_value.strip().partition(" ")
+    if scheme.lower() != BEARER:
+        return None
+    return token.strip()
+
+
+class BearerKeyAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer cps_…``. Sets ``request.user`` to the key's owner and
+    ``request.auth`` to the ApiKey. Unknown, malformed or revoked keys → 401."""
+
+    def authenticate(self, request: Any) -> tuple[Any, ApiKey] | None:
+        token = bearer_token(request.META.get("HTTP_AUTHORIZATION"))
+        if token is None:
+            return None
+        if not token:
+            raise exceptions.AuthenticationFailed("Empty bearer token.")
+        api_key = api_key_authenticate(raw_key=token)
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        return api_key.owner, api_key
+
+    def authenticate_header(self, request: Any) -> str:
+        return 'Bearer realm="api"'
+
+
+class BearerKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "chat.api.auth.BearerKeyAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer cps_…`"}
+
+
+# --- websocket ----------------------------------------------------------------------------------
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value
+    return None
+
+
+class BearerAuthMiddleware(BaseMiddleware):
+    """Authenticates a websocket handshake by its Bearer header (overrides the cookie user).
+
+    A Bearer header with a bad or revoked key is refused at the handshake (403)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("type") == "websocket":
+            token = bearer_token(_header(scope, b"authorization"))
+            if token is not None:
+                api_key = await database_sync_to_async(api_key_authenticate)(raw_key=token) if token else None
+                if api_key is None:
+                    return await WebsocketDenier.as_asgi()(scope, receive, send)
+                scope = dict(scope, user=api_key.owner, api_key=api_key, auth_method="bearer")
+        return await super().__call__(scope, receive, send)
+
+
+class BearerAwareOriginValidator:
+    """AllowedHostsOriginValidator, except for Bearer handshakes that send no Origin at all."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+        self.validated = AllowedHostsOriginValidator(application)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if (
+            scope.get("type") == "websocket"
+            and _header(scope, b"origin") is None
+            and bearer_token(_header(scope, b"authorization")) is not None
+        ):
+            return await self.application(scope, receive, send)
+        return await self.validated(scope, receive, send)
+
+
+def websocket_auth_stack(inner: Any) -> Any:
+    return BearerAwareOriginValidator(AuthMiddlewareStack(BearerAuthMiddleware(inner)))

@@ -1,0 +1,128 @@
+"""One error body for every API failure: ``{"error": {"code", "message", "details"?}}``.
+
+``api_exception_handler`` is DRF's EXCEPTION_HANDLER; ``error_response`` builds the same body
+for plain Django paths (the SSE views before streaming starts, unknown URLs under /api/v1/).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from django.utils import timezone
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+NOT_FOUND_MESSAGE = "Not found."
+
+
+class ApiError(exceptions.APIException):
+    """An API error with an explicit code; ``retry_after`` (seconds) adds a Retry-After header."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_request"
+    default_detail = "Invalid request."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None, status_code: int | None = None,
+                 retry_after: float | None = None, details: Any = None) -> None:
+        super().__init__(message or self.default_detail, code or self.default_code)
+        if status_code is not None:
+            self.status_code = status_code
+        self.error_code = code or self.default_code
+        self.message = str(message or self.default_detail)
+        self.retry_after = retry_after
+        self.details = details
+
+
+class NotFoundError(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_code = "not_found"
+    default_detail = NOT_FOUND_MESSAGE
+
+
+class ConflictError(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "stream_already_active"
+    default_detail = "A turn is already running in this session."
+
+
+def retry_after_seconds(resets_at: dt.datetime | None, default: float = 60.0) -> int:
+    if resets_at is None:
+        return int(default)
+    return max(1, math.ceil((resets_at - timezone.now()).total_seconds()))
+
+
+# DRF exception class -> our code (DRF's own ``default_code`` where it is already good).
+_CODES: dict[type[exceptions.APIException], str] = {
+    exceptions.ValidationError: "invalid_request",
+    exceptions.ParseError: "parse_error",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "throttled",
+}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_response(code: str, message: str, status_code: int, *, details: Any = None,
+                   retry_after: float | None = None) -> JsonResponse:
+    """A plain Django response with the API error body (for non-DRF code paths)."""
+    response = JsonResponse(error_body(code, message, details), status=status_code)
+    if retry_after is not None:
+        response["Retry-After"] = str(int(math.ceil(retry_after)))
+    return response
+
+
+def _code_for(exc: exceptions.APIException) -> str:
+    for cls in type(exc).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    return getattr(exc, "default_code", None) or "error"
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    if isinstance(exc, Http404):
+        exc = NotFoundError()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)  # sets WWW-Authenticate, Retry-After, rollback
+    if response is None:
+        logger.exception("unhandled API error", exc_info=exc)
+        return Response(error_body("server_error", "Internal server error."), status=500)
+
+    if isinstance(exc, ApiError):
+        body = error_body(exc.error_code, exc.message, exc.details)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(int(math.ceil(exc.retry_after)))
+    elif isinstance(exc, exceptions.ValidationError):
+        body = error_body("invalid_request", "The request is invalid; see details.", exc.detail)
+    elif isinstance(exc, exceptions.NotFound):
+        body = error_body("not_found", NOT_FOUND_MESSAGE)
+    elif isinstance(exc, exceptions.Throttled):
+        wait = exc.wait
+        message = "Too many requests." + (f" Retry in {math.ceil(wait)} s." if wait is not None else "")
+        body = error_body("throttled", message)
+        if wait is not None:
+            response["Retry-After"] = str(max(1, math.ceil(wait)))
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        body = error_body(_code_for(exc), str(detail))
+    response.data = body
+    return response

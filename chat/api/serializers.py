@@ -1,0 +1,67 @@
+"""Serializers shared by several API views (each view keeps its own nested Input/Output
+serializers; these are the common shapes) and the OpenAPI error responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from rest_framework import serializers
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Machine-readable error code, e.g. `not_found`, `stream_already_active`.")
+    message = serializers.CharField(help_text="Human-readable explanation.")
+    details = serializers.JSONField(required=False, help_text="Field errors for `invalid_request`.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+_ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("invalid_request", "The request is invalid; see details.", "Validation failed (field errors under `error.details`)."),
+    401: ("not_authenticated", "Authentication credentials were not provided.", "Missing, invalid or revoked credentials."),
+    403: ("permission_denied", "CSRF Failed: CSRF token missing.", "Session-authenticated write without a CSRF token."),
+    404: ("not_found", "Not found.", "No such object for this user (another user's object looks the same)."),
+    405: ("method_not_allowed", 'Method "PUT" not allowed.', "Method not allowed."),
+    409: ("stream_already_active", "A turn is already running in this session.", "A turn is already running."),
+    429: ("throttled", "Too many requests. Retry in 12 s.", "Throttled or over budget; see the `Retry-After` header."),
+}
+
+
+def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
+    out = {}
+    for status in statuses:
+        code, message, description = _ERRORS[status]
+        out[status] = OpenApiResponse(
+            ErrorSerializer,
+            description=description,
+            examples=[OpenApiExample(code, value={"error": {"code": code, "message": message}}, status_codes=[str(status)])],
+        )
+    return out
+
+
+def with_errors(responses: dict[int, Any], *statuses: int) -> dict[int, Any]:
+    return {**responses, **error_responses(401, 405, *statuses)}
+
+
+class SessionSerializer(serializers.Serializer):
+    id = serializers.UUIDField(help_text="The session UUID (also accepted wherever a chat id is).")
+    client_id = serializers.CharField(help_text="The chat id the client chose (equals `id` for server-created sessions).")
+    title = serializers.CharField(allow_blank=True)
+    archived = serializers.BooleanField()
+    active = serializers.BooleanField(help_text="A turn is running in this session.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    last_activity_at = serializers.DateTimeField()
+
+
+class MessageSerializer(serializers.Serializer):
+    sequence = serializers.IntegerField(help_text="Per-session order: 0, 1, 2, …")
+    role = serializers.CharField()
+    kind = serializers.CharField(help_text="normal | error | retryable_error | stopped | system")
+    text = serializers.CharField(allow_blank=True)
+    parts = serializers.ListField(child=serializers.DictField(), help_text="AI SDK UI message parts.")
+    metadata = serializers.DictField()
+    created_at = serializers.DateTimeField()

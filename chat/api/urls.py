@@ -1,0 +1,52 @@
+"""/api/v1/ routes (CONTRACT §4)."""
+
+from django.urls import path, re_path
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from chat.api.views.chat import ChatApi, ChatStreamApi
+from chat.api.views.keys import KeyDetailApi, KeyListApi
+from chat.api.views.misc import ApiNotFound
+from chat.api.views.sessions import MessageListApi, SessionCancelApi, SessionDetailApi, SessionListApi
+from chat.api.views.usage import UsageApi
+
+app_name = "api"
+
+
+class _NotInSchema(AutoSchema):
+    """Aliases stay out of the schema. (Not ``@extend_schema(exclude=True)``: on a class it wraps
+    the handlers in sync functions, which would turn these async views into sync ones.)"""
+
+    def is_excluded(self) -> bool:
+        return True
+
+
+class ChatApiNoSlash(ChatApi):
+    """``/api/v1/chat`` — what an AI SDK client posts to with ``api: "/api/v1/chat"``."""
+
+    schema = _NotInSchema()
+
+
+class ChatStreamApiNoSlash(ChatStreamApi):
+    """``/api/v1/chat/<id>/stream`` — the AI SDK's default reconnect URL."""
+
+    schema = _NotInSchema()
+
+
+urlpatterns = [
+    path("sessions/", SessionListApi.as_view(), name="sessions"),
+    path("sessions/<str:chat_id>/", SessionDetailApi.as_view(), name="session"),
+    path("sessions/<str:chat_id>/messages/", MessageListApi.as_view(), name="session-messages"),
+    path("sessions/<str:chat_id>/cancel/", SessionCancelApi.as_view(), name="session-cancel"),
+    path("chat/", ChatApi.as_view(), name="chat"),
+    path("chat", ChatApiNoSlash.as_view()),
+    path("chat/<str:chat_id>/stream/", ChatStreamApi.as_view(), name="chat-stream"),
+    path("chat/<str:chat_id>/stream", ChatStreamApiNoSlash.as_view()),
+    path("usage/", UsageApi.as_view(), name="usage"),
+    path("keys/", KeyListApi.as_view(), name="keys"),
+    path("keys/<int:key_id>/", KeyDetailApi.as_view(), name="key"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
+    re_path(r"^.*$", ApiNotFound.as_view()),
+]

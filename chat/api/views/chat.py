@@ -1,0 +1,164 @@
+"""The AI SDK compatible streaming chat: POST /api/v1/chat/ and GET /api/v1/chat/<id>/stream/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from chat.api.base import AsyncAPIView
+from chat.api.errors import ApiError, retry_after_seconds
+from chat.api.serializers import with_errors
+from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
+from chat.protocol import ProtocolError, UserMessage, user_message_parse
+from chat.turns import TurnRefused, turn_listen, turn_start, turn_subscribe
+
+SSE_DESCRIPTION = (
+    "`text/event-stream` in the AI SDK UI message stream format (header "
+    f"`{UI_STREAM_HEADER}: v1`): one event per chunk, `id: <sequence>` and `data: <chunk JSON>` "
+    "(chunk types: start, start-step, text-start/-delta/-end, reasoning-*, tool-input-*, "
+    "tool-output-available/-error, finish-step, finish, error, data-usage, data-status, "
+    "data-heartbeat, data-session), `: ping` comments while idle, and `data: [DONE]` last."
+)
+SSE_RESPONSE = OpenApiResponse(
+    response={"type": "string", "description": "Server-sent events"}, description=SSE_DESCRIPTION
+)
+REFUSAL_STATUS = {
+    "stream_already_active": status.HTTP_409_CONFLICT,
+    "not_found": status.HTTP_404_NOT_FOUND,
+    "budget_exceeded": status.HTTP_429_TOO_MANY_REQUESTS,
+    "rate_limited": status.HTTP_429_TOO_MANY_REQUESTS,
+    "invalid_request": status.HTTP_400_BAD_REQUEST,
+}
+
+
+def refusal_error(exc: Any) -> ApiError:
+    """A chat.turns.TurnRefused as an API error (409, 429 with Retry-After, 404, 400)."""
+    code = getattr(exc, "code", "invalid_request")
+    http_status = REFUSAL_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
+    retry_after = None
+    if http_status == status.HTTP_429_TOO_MANY_REQUESTS:
+        retry_after = retry_after_seconds(getattr(exc, "resets_at", None))
+    if code == "not_found":
+        return ApiError("Not found.", code="not_found", status_code=http_status)
+    return ApiError(getattr(exc, "message", str(exc)), code=code, status_code=http_status, retry_after=retry_after)
+
+
+class StreamNegotiation(BaseContentNegotiation):
+    """The streaming endpoints answer text/event-stream (not rendered by DRF) or a JSON error,
+    whatever the Accept header says (SSE clients send ``Accept: text/event-stream``)."""
+
+    def select_parser(self, request: Any, parsers: list) -> Any:
+        return DefaultContentNegotiation().select_parser(request, parsers)
+
+    def select_renderer(self, request: Any, renderers: list, format_suffix: str | None = None) -> tuple[Any, str]:
+        renderer = JSONRenderer()
+        return renderer, renderer.media_type
+
+
+def parse_chat_request(*, messages: list[dict[str, Any]], trigger: str) -> UserMessage | None:
+    """The newest user message (parsed like the websocket's ``send``); None for a regenerate."""
+    if trigger == "regenerate-message":
+        return None
+    newest = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+    if newest is None:
+        raise ApiError("The request has no user message.", details={"messages": ["no user message"]})
+    try:
+        return user_message_parse(newest)
+    except ProtocolError as exc:
+        raise ApiError(exc.message, details={"messages": [exc.message]}) from None
+
+
+class ChatApi(AsyncAPIView):
+    throttle_scope = "chat"
+    content_negotiation_class = StreamNegotiation
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ChatRequest"
+
+        id = serializers.CharField(max_length=200, help_text="Chat id: a session UUID, or a new id of yours (creates a session).")
+        messages = serializers.ListField(
+            child=serializers.DictField(), help_text="AI SDK UI messages; only the newest user message is used."
+        )
+        trigger = serializers.ChoiceField(choices=["submit-message", "regenerate-message"], default="submit-message")
+        messageId = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+
+    @extend_schema(
+        operation_id="chat_create",
+        summary="Send a message and stream the answer (AI SDK DefaultChatTransport)",
+        description="Starts a turn and streams it. " + SSE_DESCRIPTION + " The turn keeps running if the "
+        "client disconnects; resume it with `GET /api/v1/chat/{chat_id}/stream/`.",
+        request=InputSerializer,
+        examples=[
+            OpenApiExample(
+                "Send a message",
+                request_only=True,
+                value={
+                    "id": "my-chat-1",
+                    "messages": [{"id": "msg-1", "role": "user", "parts": [{"type": "text", "text": "Hello!"}]}],
+                    "trigger": "submit-message",
+                    "messageId": None,
+                },
+            )
+        ],
+        responses=with_errors({(200, "text/event-stream"): SSE_RESPONSE}, 400, 403, 409, 429),
+    )
+    async def post(self, request: Request) -> Any:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        chat_id, trigger = data.validated_data["id"], data.validated_data["trigger"]
+        message = parse_chat_request(messages=data.validated_data["messages"], trigger=trigger)
+        try:
+            handle = await turn_start(
+                user=request.user,
+                chat_id=chat_id,
+                text=message.text if message else "",
+                attachments=message.attachments if message else [],
+                trigger=trigger,
+                client_message_id=message.client_message_id if message else None,
+            )
+        except TurnRefused as exc:
+            raise refusal_error(exc) from exc
+        return sse_response(sse_stream(turn_listen(handle=handle)))
+
+
+class ChatStreamApi(AsyncAPIView):
+    content_negotiation_class = StreamNegotiation
+    @extend_schema(
+        operation_id="chat_stream_resume",
+        summary="Resume the running turn's stream",
+        description="Replays the active turn from the chunk after `Last-Event-ID` (from the first chunk "
+        "without it), then continues live. " + SSE_DESCRIPTION + " 204 when no turn is running.",
+        parameters=[
+            OpenApiParameter("chat_id", str, OpenApiParameter.PATH, description="Session UUID or your chat id."),
+            OpenApiParameter("Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, required=False,
+                             description="Sequence of the last chunk received."),
+        ],
+        responses=with_errors(
+            {(200, "text/event-stream"): SSE_RESPONSE, 204: OpenApiResponse(description="No active turn.")}, 400, 404
+        ),
+    )
+    async def get(self, request: Request, chat_id: str) -> Any:
+        raw = request.headers.get("Last-Event-ID")
+        after = -1
+        if raw not in (None, ""):
+            try:
+                after = int(raw)
+            except ValueError:
+                raise ApiError("Last-Event-ID must be an integer sequence.", details={"Last-Event-ID": ["not an integer"]})
+            if after < -1:
+                raise ApiError("Last-Event-ID must be >= -1.", details={"Last-Event-ID": ["must be >= -1"]})
+        try:
+            subscription = await turn_subscribe(user=request.user, chat_id=chat_id, after_sequence=after)
+        except TurnRefused as exc:
+            raise refusal_error(exc) from exc
+        if subscription is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return sse_response(sse_stream(subscription))

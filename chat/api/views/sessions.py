@@ -1,0 +1,200 @@
+"""Sessions and their messages as resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.utils.http import urlencode
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chat.api.base import AsyncAPIView
+from chat.api.errors import ConflictError
+from chat.api.selectors import message_page, session_active_ids, session_list_filtered
+from chat.api.serializers import MessageSerializer, SessionSerializer, with_errors
+from chat.api.services import session_delete, session_update
+from chat.api.views.common import get_session_or_404
+from chat.selectors import session_get_for_user
+from chat.services import session_create
+from chat.turns import turn_stop_session
+
+MESSAGES_DEFAULT_LIMIT = 50
+MESSAGES_MAX_LIMIT = 200
+CHAT_ID = OpenApiParameter("chat_id", str, OpenApiParameter.PATH, description="Session UUID or the client's chat id.")
+
+
+class SessionPagination(PageNumberPagination):
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+def _with_active(sessions: list[Any]) -> list[Any]:
+    active = session_active_ids(session_ids=[s.pk for s in sessions])
+    for s in sessions:
+        s.active = s.pk in active
+    return sessions
+
+
+class SessionListApi(APIView):
+    throttle_scope = "writes"
+
+    class FilterSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SessionFilter"
+        search = serializers.CharField(required=False, allow_blank=True, max_length=200, help_text="Substring of the title.")
+        archived = serializers.ChoiceField(choices=["false", "true", "all"], required=False, default="false")
+        page = serializers.IntegerField(required=False, min_value=1)
+        page_size = serializers.IntegerField(required=False, min_value=1, max_value=SessionPagination.max_page_size)
+
+    class ListOutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SessionPage"
+
+        count = serializers.IntegerField()
+        next = serializers.URLField(allow_null=True)
+        previous = serializers.URLField(allow_null=True)
+        results = SessionSerializer(many=True)
+
+    class CreateInputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SessionCreate"
+
+        title = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+        client_id = serializers.CharField(
+            required=False, max_length=200, help_text="Your own chat id for this session (default: the new UUID)."
+        )
+
+    @extend_schema(
+        operation_id="sessions_list",
+        summary="List your sessions",
+        parameters=[FilterSerializer],
+        responses=with_errors({200: ListOutputSerializer}, 400),
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        qs = session_list_filtered(
+            user=request.user, archived=filters.validated_data["archived"], search=filters.validated_data.get("search", "")
+        )
+        paginator = SessionPagination()
+        page = _with_active(paginator.paginate_queryset(qs, request, view=self) or [])
+        return paginator.get_paginated_response(SessionSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="sessions_create",
+        summary="Create a session",
+        request=CreateInputSerializer,
+        responses=with_errors({201: SessionSerializer}, 400, 403, 409, 429),
+    )
+    def post(self, request: Request) -> Response:
+        data = self.CreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        client_id = data.validated_data.get("client_id")
+        if client_id and session_get_for_user(user=request.user, chat_id=client_id) is not None:
+            raise ConflictError("You already have a session with this id.", code="session_exists")
+        session = session_create(owner=request.user, client_id=client_id, title=data.validated_data["title"])
+        session.active = False
+        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class SessionDetailApi(APIView):
+    throttle_scope = "writes"
+
+    class UpdateInputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SessionUpdate"
+
+        title = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        archived = serializers.BooleanField(required=False)
+
+    @extend_schema(operation_id="sessions_retrieve", summary="Get a session", parameters=[CHAT_ID],
+                   responses=with_errors({200: SessionSerializer}, 404))
+    def get(self, request: Request, chat_id: str) -> Response:
+        session = _with_active([get_session_or_404(user=request.user, chat_id=chat_id)])[0]
+        return Response(SessionSerializer(session).data)
+
+    @extend_schema(operation_id="sessions_update", summary="Rename or (un)archive a session", parameters=[CHAT_ID],
+                   request=UpdateInputSerializer, responses=with_errors({200: SessionSerializer}, 400, 403, 404, 429))
+    def patch(self, request: Request, chat_id: str) -> Response:
+        session = get_session_or_404(user=request.user, chat_id=chat_id)
+        data = self.UpdateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session = session_update(session=session, **data.validated_data)
+        return Response(SessionSerializer(_with_active([session])[0]).data)
+
+    @extend_schema(operation_id="sessions_destroy", summary="Delete a session and its messages", parameters=[CHAT_ID],
+                   responses=with_errors({204: None}, 403, 404, 409, 429))
+    def delete(self, request: Request, chat_id: str) -> Response:
+        session = get_session_or_404(user=request.user, chat_id=chat_id)
+        if session_active_ids(session_ids=[session.pk]):
+            raise ConflictError("A turn is running in this session; cancel it first.")
+        session_delete(session=session)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MessageListApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MessageFilter"
+        after = serializers.IntegerField(required=False, min_value=-1, help_text="Only messages with a greater sequence.")
+        before = serializers.IntegerField(required=False, min_value=0, help_text="Only messages with a smaller sequence.")
+        limit = serializers.IntegerField(required=False, min_value=1, max_value=MESSAGES_MAX_LIMIT, default=MESSAGES_DEFAULT_LIMIT)
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MessagePage"
+        results = MessageSerializer(many=True)
+        next = serializers.CharField(allow_null=True, help_text="URL of the following page (`after=` the last sequence).")
+        prev = serializers.CharField(allow_null=True, help_text="URL of the preceding page (`before=` the first sequence).")
+
+    @extend_schema(
+        operation_id="sessions_messages_list",
+        summary="List a session's messages by sequence",
+        description="Oldest first. With only `before`, the newest `limit` messages before it. "
+        f"`limit` defaults to {MESSAGES_DEFAULT_LIMIT}, at most {MESSAGES_MAX_LIMIT}.",
+        parameters=[CHAT_ID, FilterSerializer],
+        responses=with_errors({200: OutputSerializer}, 400, 404),
+    )
+    def get(self, request: Request, chat_id: str) -> Response:
+        session = get_session_or_404(user=request.user, chat_id=chat_id)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        after, before, limit = (filters.validated_data.get(k) for k in ("after", "before", "limit"))
+        page = message_page(session=session, after=after, before=before, limit=limit)
+        base = request.build_absolute_uri(request.path)
+
+        def link(**params: int) -> str:
+            return f"{base}?{urlencode({**params, 'limit': limit})}"
+
+        nxt = prev = None
+        if page.messages:
+            if page.has_next:
+                nxt = link(after=page.messages[-1].sequence)
+            if page.has_prev:
+                prev = link(before=page.messages[0].sequence)
+        return Response(self.OutputSerializer({"results": page.messages, "next": nxt, "prev": prev}).data)
+
+
+class SessionCancelApi(AsyncAPIView):
+    throttle_scope = "writes"
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CancelResult"
+        stopped = serializers.BooleanField(help_text="A running turn was told to stop (false: nothing was running).")
+
+    @extend_schema(operation_id="sessions_cancel", summary="Stop the running turn", parameters=[CHAT_ID],
+                   request=None, responses=with_errors({200: OutputSerializer}, 403, 404, 429))
+    async def post(self, request: Request, chat_id: str) -> Response:
+        session = await sync_to_async(get_session_or_404)(user=request.user, chat_id=chat_id)
+        stopped = await turn_stop_session(session_id=session.pk)
+        return Response(self.OutputSerializer({"stopped": bool(stopped)}).data)
+
+
+__all__ = ["SessionListApi", "SessionDetailApi", "MessageListApi", "SessionCancelApi"]

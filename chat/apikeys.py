@@ -1,0 +1,110 @@
+"""API keys: services and selectors (keyword-only, ``api_key_<action>``).
+
+A key looks like ``cps_<prefix>_<secret>``. Only the prefix (a public lookup handle), a random
+salt and ``sha256(salt + secret)`` are stored; the full key is returned once, by
+``api_key_create``. Verification looks the row up by prefix and compares digests in constant
+time. ``last_used_at`` is written at most once per ``API_KEY_TOUCH_INTERVAL`` seconds per key,
+by a conditional UPDATE, never once per request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from chat.models import ApiKey
+
+KEY_SCHEME = "cps"
+PREFIX_BYTES = 6  # 12 hex characters
+SECRET_BYTES = 32
+DEFAULT_TOUCH_INTERVAL = 60.0  # seconds
+
+
+def api_key_hash(*, secret: str, salt: str) -> str:
+    return hashlib.sha256(f"{salt}{secret}".encode()).hexdigest()
+
+
+def api_key_parse(raw_key: str) -> tuple[str, str] | None:
+    """``(prefix, secret)`` of a well-formed key, else None."""
+    parts = (raw_key or "").strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
+        return None
+    prefix, secret = parts[1], parts[2]
+    if len(prefix) != PREFIX_BYTES * 2 or len(secret) > 200:
+        return None
+    return prefix, secret
+
+
+def api_key_create(*, owner: Any, name: str) -> tuple[ApiKey, str]:
+    """A new key for ``owner``. Returns the row and the full key (shown once, never stored)."""
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    salt = secrets.token_hex(16)
+    while True:
+        prefix = secrets.token_hex(PREFIX_BYTES)
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    api_key = ApiKey.objects.create(
+        owner=owner, name=name[:100], prefix=prefix, salt=salt, hashed_key=api_key_hash(secret=secret, salt=salt)
+    )
+    return api_key, f"{KEY_SCHEME}_{prefix}_{secret}"
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
+    return api_key
+
+
+def api_key_list_for_user(*, user: Any) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(owner=user).order_by("-created_at", "-pk")
+
+
+def api_key_get_for_user(*, user: Any, key_id: Any) -> ApiKey | None:
+    try:
+        return ApiKey.objects.filter(owner=user, pk=int(key_id)).first()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
+    """The active key matching ``raw_key`` (its owner active), or None. Touches last_used_at."""
+    parsed = api_key_parse(raw_key)
+    if parsed is None:
+        return None
+    prefix, secret = parsed
+    api_key = ApiKey.objects.select_related("owner").filter(prefix=prefix).first()
+    if api_key is None:
+        # Spend the same hashing work as a real check so timing does not reveal prefixes.
+        hmac.compare_digest(api_key_hash(secret=secret, salt="0" * 32), "0" * 64)
+        return None
+    if not hmac.compare_digest(api_key_hash(secret=secret, salt=api_key.salt), api_key.hashed_key):
+        return None
+    if api_key.revoked_at is not None or not api_key.owner.is_active:
+        return None
+    api_key_touch(api_key=api_key)
+    return api_key
+
+
+def api_key_touch(*, api_key: ApiKey, now: dt.datetime | None = None) -> bool:
+    """Record use, at most once per interval per key (across processes). True if it wrote."""
+    now = now or timezone.now()
+    interval = dt.timedelta(seconds=getattr(settings, "API_KEY_TOUCH_INTERVAL", DEFAULT_TOUCH_INTERVAL))
+    cutoff = now - interval
+    if api_key.last_used_at is not None and api_key.last_used_at > cutoff:
+        return False
+    written = (
+        ApiKey.objects.filter(pk=api_key.pk)
+        .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=cutoff))
+        .update(last_used_at=now)
+    )
+    if written:
+        api_key.last_used_at = now
+    return bool(written)

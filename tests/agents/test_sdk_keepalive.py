@@ -1,0 +1,168 @@
+"""Keeping a session's Claude Code CLI alive between its turns (agents.backends.sdk, docs/agents.md):
+the real CLI against the scripted model. A follow-up turn of the same session reuses the process,
+another session does not, the pool is bounded (LRU) and expires idle clients, a stopped turn
+closes its client, and a loop that shuts down takes its clients with it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agents.backends import sdk
+from agents.backends.sdk import SdkBackend
+from agents.sandbox import workspace_for
+from agents.types import TurnInput, TurnResult
+from tests.agents.conftest import collect, requests_since
+
+pytestmark = pytest.mark.cli
+
+
+def make_input(workspace: Path, text: str, **extra) -> TurnInput:
+    return TurnInput(
+        session_id=workspace.name,
+        user_text=text,
+        workspace=workspace,
+        backend="sdk",
+        model="claude-sonnet-4-5",
+        message_id="msg-test",
+        **extra,
+    )
+
+
+async def run(inp: TurnInput) -> tuple[TurnResult, str]:
+    result = TurnResult()
+    chunks = await collect(SdkBackend().stream(inp, result), timeout=60)
+    assert result.error is None
+    return result, "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+
+
+def parked() -> dict[str, int]:
+    return {k["session_id"]: k["pid"] for k in sdk.kept_clients()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+async def wait_gone(pid: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        assert time.monotonic() < deadline, f"CLI {pid} still running"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def keep_alive(settings):
+    settings.AGENT_SDK_IDLE_SECONDS = 300
+    settings.AGENT_SDK_MAX_IDLE_CLIENTS = 8
+    return settings
+
+
+async def test_follow_up_turn_reuses_the_process_and_another_session_does_not(scripted_model, workspace):
+    first, _ = await run(make_input(workspace, "remember the word pineapple"))
+    pid = parked()[workspace.name]
+    assert alive(pid)
+
+    mark = scripted_model.request_count
+    second, text = await run(make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id))
+    assert 'you said "what was the word?"' in text
+    assert second.agent_session_id == first.agent_session_id
+    assert parked()[workspace.name] == pid  # the same CLI process served the follow-up
+    [request] = requests_since(scripted_model, mark)
+    assert "pineapple" in json.dumps(request["body"]["messages"])  # same CLI session, no resume needed
+
+    other = workspace_for(str(uuid.uuid4()))
+    await run(make_input(other, "hello from another chat"))
+    assert parked()[other.name] != pid
+    assert parked()[workspace.name] == pid
+
+    # A turn that asks for another CLI session (e.g. a recovery rung starting afresh) never gets it.
+    third, _ = await run(make_input(workspace, "fresh start", agent_session_id=None))
+    assert third.agent_session_id != first.agent_session_id
+    await wait_gone(pid)
+    assert parked()[workspace.name] != pid
+    assert await sdk.close_idle_clients() == 2
+    assert parked() == {}
+
+
+async def test_pool_is_bounded_and_idle_clients_expire(scripted_model, workspace, settings):
+    settings.AGENT_SDK_MAX_IDLE_CLIENTS = 1
+    await run(make_input(workspace, "one"))
+    first_pid = parked()[workspace.name]
+    other = workspace_for(str(uuid.uuid4()))
+    await run(make_input(other, "two"))
+    assert list(parked()) == [other.name]  # least recently used evicted...
+    await wait_gone(first_pid)  # ...and its process closed
+
+    settings.AGENT_SDK_IDLE_SECONDS = 0.3
+    third = workspace_for(str(uuid.uuid4()))
+    await run(make_input(third, "three"))
+    pid = parked()[third.name]
+    await wait_gone(pid)  # idle expiry
+    assert third.name not in parked()
+
+
+async def test_stopped_turn_closes_its_client_and_the_next_turn_resumes(scripted_model, workspace):
+    first, _ = await run(make_input(workspace, "remember the word mango"))
+    pid = parked()[workspace.name]
+    inp = make_input(workspace, "/slow 100", agent_session_id=first.agent_session_id)
+    result = TurnResult()
+    async with asyncio.timeout(30):
+        async for chunk in SdkBackend().stream(inp, result):
+            if chunk["type"] == "text-delta":
+                inp.stop.set()
+    assert result.stopped
+    await wait_gone(pid)  # the stopped turn ran on the kept process, which is then closed
+    assert workspace.name not in parked()
+
+    mark = scripted_model.request_count
+    after, text = await run(make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id))
+    assert 'you said "what was the word?"' in text
+    assert after.agent_session_id == first.agent_session_id  # resumed from the transcript
+    assert parked()[workspace.name] != pid
+    assert any("mango" in json.dumps(r["body"]["messages"]) for r in requests_since(scripted_model, mark))
+
+
+async def test_a_busy_client_is_never_shared(scripted_model, workspace):
+    first, _ = await run(make_input(workspace, "hello"))
+    pid = parked()[workspace.name]
+    a = make_input(workspace, "/slow 6", agent_session_id=first.agent_session_id)
+    b = make_input(workspace, "/slow 6", agent_session_id=first.agent_session_id)
+    pids: list[int | None] = []
+
+    async def turn(inp: TurnInput) -> None:
+        await run(inp)
+
+    task_a = asyncio.create_task(turn(a))
+    await asyncio.sleep(0)  # a takes the parked client
+    assert workspace.name not in parked()
+    await asyncio.gather(task_a, turn(b))
+    pids.append(parked()[workspace.name])
+    assert len(sdk.kept_clients()) == 1  # one per session parked; the other one was closed
+    assert pids[0] in (pid,) or alive(pid) is False
+
+
+def test_loop_shutdown_closes_its_clients(scripted_model, workspace_root):
+    ws = workspace_for(str(uuid.uuid4()))
+    with asyncio.Runner() as runner:
+        runner.run(run(make_input(ws, "hello")))
+        pid = runner.run(_parked_pid(ws.name))
+        assert alive(pid)
+    deadline = time.monotonic() + 15
+    while alive(pid):
+        assert time.monotonic() < deadline, "the CLI outlived its event loop"
+        time.sleep(0.05)
+
+
+async def _parked_pid(session_id: str) -> int:
+    return parked()[session_id]
