@@ -136,20 +136,19 @@ async def test_stopped_turn_closes_its_client_and_the_next_turn_resumes(scripted
 async def test_a_busy_client_is_never_shared(scripted_model, workspace):
     first, _ = await run(make_input(workspace, "hello"))
     pid = parked()[workspace.name]
-    a = make_input(workspace, "/slow 6", agent_session_id=first.agent_session_id)
-    b = make_input(workspace, "/slow 6", agent_session_id=first.agent_session_id)
-    pids: list[int | None] = []
+    a = make_input(workspace, "/slow 20", agent_session_id=first.agent_session_id)
+    result_a = TurnResult()
+    stream_a = SdkBackend().stream(a, result_a)
+    await asyncio.wait_for(stream_a.__anext__(), 30)  # turn a runs on the parked client...
+    assert workspace.name not in parked()  # ...which left the pool while busy
 
-    async def turn(inp: TurnInput) -> None:
-        await run(inp)
-
-    task_a = asyncio.create_task(turn(a))
-    await asyncio.sleep(0)  # a takes the parked client
-    assert workspace.name not in parked()
-    await asyncio.gather(task_a, turn(b))
-    pids.append(parked()[workspace.name])
-    assert len(sdk.kept_clients()) == 1  # one per session parked; the other one was closed
-    assert pids[0] in (pid,) or alive(pid) is False
+    await run(make_input(workspace, "meanwhile", agent_session_id=first.agent_session_id))
+    pid_b = parked()[workspace.name]
+    assert pid_b != pid  # the concurrent turn got a CLI of its own
+    await collect(stream_a)
+    assert result_a.error is None and not result_a.stopped
+    assert parked()[workspace.name] == pid  # the newest turn's client is kept, one per session
+    await wait_gone(pid_b)
 
 
 def test_loop_shutdown_closes_its_clients(scripted_model, workspace_root):
