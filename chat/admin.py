@@ -14,7 +14,10 @@ import json
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -604,8 +607,8 @@ def _api_key_revoke(api_key: ApiKey) -> None:
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys are created by their owners (the full key is shown to them once); here they can only be
-    inspected and revoked. ``salt`` and ``hashed_key`` are never displayed."""
+    """Keys are created by their owners through the API, or here for them; the full key is shown
+    once. ``salt`` and ``hashed_key`` are never displayed."""
 
     list_display = ("name", "owner", "prefix", "created_at", "last_used_at", "revoked_at", "is_active")
     list_filter = (ApiKeyActiveFilter, ("created_at", DateFieldListFilter))
@@ -616,8 +619,27 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["revoke_keys"]
 
-    def has_add_permission(self, request):
-        return False
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        """Create a key for a user through chat.apikeys; the full key is rendered once on the
+        response (never stored, never put in a message cookie)."""
+        from chat.apikeys import api_key_create
+
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ApiKeyCreateForm(request.POST or None)
+        raw_key = None
+        if request.method == "POST" and form.is_valid():
+            api_key, raw_key = api_key_create(owner=form.cleaned_data["owner"], name=form.cleaned_data["name"])
+            self.log_addition(request, api_key, [{"added": {}}])
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Create an API key",
+            "form": form,
+            "raw_key": raw_key,
+        }
+        # The admin site wraps this view in never_cache (Cache-Control: no-store).
+        return TemplateResponse(request, "admin/chat/apikey/create.html", context)
 
     @admin.display(description="active", boolean=True)
     def is_active(self, obj: ApiKey) -> bool:
@@ -630,6 +652,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
             _api_key_revoke(api_key)
             count += 1
         self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
+
+
+class ApiKeyCreateForm(forms.Form):
+    owner = forms.ModelChoiceField(queryset=get_user_model().objects.filter(is_active=True).order_by("username"))
+    name = forms.CharField(max_length=100)
 
 
 @admin.register(UserBudget)

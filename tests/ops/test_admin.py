@@ -302,3 +302,22 @@ def test_messages_and_turns_are_read_only(user, staff_client):
     assert staff_client.get(f"/admin/chat/chatturn/{turn.pk}/delete/").status_code == 403
     message.refresh_from_db()
     assert message.text == "normal 0" and message.sequence == 0
+
+
+@pytest.mark.django_db
+def test_api_key_created_from_the_admin_is_shown_once_and_works(user, staff_client, user_client):
+    from chat.apikeys import api_key_authenticate
+
+    assert staff_client.get("/admin/chat/apikey/add/").status_code == 200
+    response = staff_client.post("/admin/chat/apikey/add/", {"owner": user.pk, "name": "from admin"})
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    raw_key = response.context["raw_key"]
+    assert raw_key and raw_key in response.content.decode()
+    key = ApiKey.objects.get(name="from admin")
+    assert key.owner == user and raw_key not in (key.hashed_key, key.salt)
+    assert api_key_authenticate(raw_key=raw_key) == key
+    # Listing and change pages never show it again.
+    assert raw_key not in staff_client.get(f"/admin/chat/apikey/{key.pk}/change/").content.decode()
+    # Not for non-staff users.
+    assert user_client.post("/admin/chat/apikey/add/", {"owner": user.pk, "name": "x"}).status_code == 302
+    assert ApiKey.objects.filter(name="x").count() == 0
