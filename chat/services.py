@@ -63,14 +63,17 @@ def message_append(
 ) -> ChatMessage:
     """Append a message at ``MAX(sequence)+1``.
 
-    Concurrent writers race for the same number: the unique (session, sequence) constraint
-    rejects all but one, and the losers retry at the new maximum (DESIGN lesson 7). Each attempt
-    runs in its own savepoint so a caller's surrounding transaction stays usable.
+    Writers of one session are serialised inside the transaction that reads the maximum: a row
+    lock on the session on PostgreSQL, the write lock SQLite's IMMEDIATE transactions take at
+    BEGIN. The unique (session, sequence) constraint stays the safety net: a writer that still
+    collides (e.g. a row inserted outside this function) retries at the new maximum (DESIGN
+    lesson 7). Each attempt runs in its own savepoint so a caller's transaction stays usable.
     """
     for attempt in range(SEQUENCE_RETRIES):
-        sequence = message_last_sequence(session_id=session.pk) + 1
         try:
             with transaction.atomic():
+                ChatSession.objects.select_for_update().filter(pk=session.pk).values_list("pk", flat=True).first()
+                sequence = message_last_sequence(session_id=session.pk) + 1
                 message = ChatMessage.objects.create(
                     session=session,
                     sequence=sequence,
@@ -84,7 +87,7 @@ def message_append(
         except IntegrityError as exc:
             if "sequence" not in str(exc):
                 raise
-            logger.debug("sequence %s of session %s taken, retrying", sequence, session.pk)
+            logger.debug("a message sequence of session %s was taken, retrying", session.pk)
             time.sleep(0.001 * (attempt + 1))
             continue
         return message

@@ -69,3 +69,4 @@ def test_concurrent_writers_get_unique_sequences(user):
     assert [seq for seq, _ in rows] == list(range(WRITERS * PER_WRITER)), "sequences must be 0..N-1 without gaps"
     assert sorted(text for _, text in rows) == sorted(f"w{n}-{i}" for n in range(WRITERS) for i in range(PER_WRITER))
     assert connection.vendor in {"sqlite", "postgresql"}
+
