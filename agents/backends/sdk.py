@@ -587,15 +587,10 @@ async def _connect(inp: TurnInput, workspace: Path, policy: Any, on_compact: Any
     return await _open(build_options(inp, workspace, policy, resume=None, on_compact=on_compact)), False
 
 
-async def _prompt_context(inp: TurnInput, workspace: Path, resumed: bool) -> str:
-    """The ``<conversation_context>`` block this turn's prompt starts with ("" for none): the DB
-    history for a fresh CLI session, the missing turns (gap) for a resumed one."""
-    context, _texts = await _context_and_texts(inp, workspace, resumed)
-    return context
-
-
 async def _context_and_texts(inp: TurnInput, workspace: Path, resumed: bool) -> tuple[str, list[str]]:
-    """(context block, the user texts the CLI session already holds)."""
+    """(the ``<conversation_context>`` block this turn's prompt starts with, "" for none; the user
+    texts the CLI session already holds). The DB history for a fresh CLI session, the missing
+    turns (gap) for a resumed one."""
     history = _without_new_message(inp)
     if not resumed:
         return (context_block(history, FRESH_NOTE) if history else ""), []
