@@ -47,5 +47,11 @@ check: install
 bench: install-test
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Chaos run (issue 10, docs/reliability.md): 300 randomised sessions against two daphne processes
+# + PostgreSQL + Redis on 127.0.0.1 (database copilot_chaos), then the invariant checker.
+# CHAOS_ARGS="--sessions 30" for a short run; skipped with a message when PG/Redis are absent.
+chaos: install-test
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache

@@ -143,6 +143,24 @@ class MessageFolder:
         return parts, text, dict(self.metadata)
 
 
+def db_connection_reset_if_broken() -> None:
+    """Drop this thread's database connection when it is known to be dead (a restarted or
+    terminated PostgreSQL backend), so the next query reconnects instead of failing with "the
+    connection is closed" until the connection's max age. Never inside a transaction."""
+    from django.db import connection
+
+    try:
+        if connection.in_atomic_block:
+            return
+        raw = connection.connection
+        if raw is not None and getattr(raw, "closed", False):
+            connection.close()
+        elif connection.errors_occurred:
+            connection.close_if_unusable_or_obsolete()
+    except Exception:  # noqa: BLE001 - best effort: the query that follows reports real trouble
+        logger.debug("resetting the database connection failed", exc_info=True)
+
+
 def assistant_message_save(
     *, session: ChatSession, turn: ChatTurn, message_pk: int | None, parts: list, text: str, metadata: dict
 ) -> int:
@@ -150,6 +168,7 @@ def assistant_message_save(
 
     Idempotent: a first write whose commit succeeded but whose answer was lost (connection cut)
     is found again by its turn instead of being inserted twice."""
+    db_connection_reset_if_broken()
     if message_pk is None:
         message_pk = (
             ChatMessage.objects.filter(turn=turn, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.NORMAL)

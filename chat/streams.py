@@ -216,13 +216,20 @@ def stream_get_local(turn_id: str) -> TurnStream | None:
 
 
 async def stream_latest_turn(*, session_id: str) -> str | None:
-    """The newest turn of a session whose log is still retained (local first, then Redis)."""
+    """The newest turn of a session whose log is still retained.
+
+    A turn running in this process is the newest. Otherwise, with Redis, the shared pointer is
+    authoritative: this process's own latest turn of the session may be older than one another
+    process ran since (found by the chaos run: a resume from a sequence replayed the tail of a
+    stale turn)."""
     turn_id = _session_latest.get(session_id)
     if turn_id is not None:
-        return turn_id
+        stream = _streams.get(turn_id)
+        if not use_redis() or (stream is not None and not stream.closed):
+            return turn_id
     if use_redis():
-        return await async_redis().get(_session_turn_key(session_id))
-    return None
+        return await async_redis().get(_session_turn_key(session_id)) or turn_id
+    return turn_id
 
 
 async def stream_is_finished(*, turn_id: str) -> bool | None:

@@ -577,6 +577,7 @@ def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: i
         )))
     steps.append(("log", lambda: _log_end(rt=rt, result=result)))
     skip = set() if skip is None else skip
+    _reset_connection_if_broken()
     failed: list[str] = []
     for name, step in steps:
         if name in skip:
@@ -594,12 +595,9 @@ def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: i
 
 
 def _reset_connection_if_broken() -> None:
-    from django.db import connection
+    from chat.persistence import db_connection_reset_if_broken
 
-    with contextlib.suppress(Exception):
-        if connection.in_atomic_block:
-            return
-        connection.close_if_unusable_or_obsolete()
+    db_connection_reset_if_broken()
 
 
 def _log_end(*, rt: _Running, result: TurnResult) -> None:

@@ -254,3 +254,19 @@ async def test_database_briefly_unavailable(backend_api, connect, user, main_pg_
     session, _msgs, turn_list = await turn_rows(chat_id, user)
     assert turn_list[0].status == ChatTurn.Status.FINISHED
     assert await ChatMessage.objects.filter(session=session, turn=turn_list[0], role="assistant").acount() == 1
+
+
+async def test_latest_turn_prefers_the_shared_pointer(private_redis):
+    """Found by the chaos run: a resume from a sequence, on a process that ran an *older* turn of
+    the chat, replayed that stale turn's tail instead of the newest turn's (run elsewhere)."""
+    from chat import streams
+
+    session_id = str(uuid.uuid4())
+    old = streams.stream_open(turn_id=str(uuid.uuid4()), session_id=session_id)
+    old.append({"type": "start"})
+    old.append({"type": "finish", "finishReason": "stop"})
+    await old.aclose()
+    assert await streams.stream_latest_turn(session_id=session_id) == old.turn_id
+    newer = str(uuid.uuid4())  # started on another process: only the shared pointer knows it
+    await locks.async_redis().set(locks.redis_key(f"session:{session_id}:turn"), newer, ex=60)
+    assert await streams.stream_latest_turn(session_id=session_id) == newer

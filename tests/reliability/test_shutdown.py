@@ -151,3 +151,31 @@ async def test_daphne_killed_mid_turn_then_restarted(daphne_factory, user):
         assert (await ws_recv_until(ws, "r", lambda f: False))[-1]["type"] == "no-active"
     await _next_turn_works(port2, user, chat_id)
     assert await ChatMessage.objects.filter(session=session, kind="retryable_error").acount() == 0  # cleared (lesson 6)
+
+
+@pytest.mark.cli
+async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
+    """The same shutdown path without daphne, through the sdk backend (the CLI is interrupted)."""
+    from chat import shutdown, turns
+    from tests.reliability.conftest import chunks_of, text_of
+
+    ws = await connect()
+    chat_id = str(uuid.uuid4())
+    frame = send_frame(chat_id, "/slow 100 300")
+    await ws.send(frame)
+    frames = await ws.frames_until(frame["requestId"], deltas(3), timeout=60)
+    try:
+        assert await shutdown.turns_interrupt_all(grace=10) == 1
+        with pytest.raises(turns.TurnRefused) as refused:
+            await turns.turn_start(user=user, chat_id=chat_id, text="during shutdown")
+        assert refused.value.code == "unavailable"
+    finally:
+        shutdown.shutdown_reset()
+    frames += await ws.frames_until_done(frame["requestId"], timeout=15)
+    chunks = chunks_of(frames)
+    assert chunks[-1] == {"type": "error", "errorText": SHUTDOWN_ERROR_TEXT}
+    session, msgs, turn_list = await turn_rows(chat_id, user)
+    assert [(t.status, t.error_code) for t in turn_list] == [(ChatTurn.Status.INTERRUPTED, "server_shutdown")]
+    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
+    assert msgs[1].text == text_of(chunks)
+    assert await _lock_free(session.pk)
