@@ -27,6 +27,8 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     405: ("method_not_allowed", 'Method "PUT" not allowed.', "Method not allowed."),
     409: ("stream_already_active", "A turn is already running in this session.", "A turn is already running."),
     429: ("throttled", "Too many requests. Retry in 12 s.", "Throttled or over budget; see the `Retry-After` header."),
+    503: ("unavailable", "The server is restarting. Please try again in a moment.",
+          "This worker is shutting down; retry after `Retry-After` seconds."),
 }
 
 

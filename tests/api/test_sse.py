@@ -232,3 +232,25 @@ def test_ai_sdk_default_urls_without_trailing_slash(http, user):
     assert text_of([c for _, c in first + rest]) == "".join(f"w{i} " for i in range(10))
     wait_turn_done(chat_id, user)
     assert http.get(f"/api/v1/chat/{chat_id}/stream").status_code == 204
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_chat_during_shutdown_is_503_with_retry_after(user):
+    """A worker that is shutting down refuses new turns with 503 + Retry-After (clients retry,
+    and the load balancer sends them to another worker)."""
+    from django.test import AsyncClient
+
+    from chat import shutdown
+
+    client = AsyncClient()
+    await client.aforce_login(user)
+    await shutdown.turns_interrupt_all()
+    try:
+        resp = await client.post("/api/v1/chat/", chat_body(str(uuid.uuid4()), "hello"), content_type="application/json")
+    finally:
+        shutdown.shutdown_reset()
+    assert resp.status_code == 503
+    assert int(resp["Retry-After"]) >= 1
+    assert json.loads(resp.content)["error"]["code"] == "unavailable"
+    assert not await ChatSession.objects.filter(owner=user).aexists()  # refused before anything was written
+    assert not await ChatTurn.objects.aexists()

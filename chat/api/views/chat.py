@@ -35,16 +35,20 @@ REFUSAL_STATUS = {
     "budget_exceeded": status.HTTP_429_TOO_MANY_REQUESTS,
     "rate_limited": status.HTTP_429_TOO_MANY_REQUESTS,
     "invalid_request": status.HTTP_400_BAD_REQUEST,
+    "unavailable": status.HTTP_503_SERVICE_UNAVAILABLE,  # this worker is shutting down
 }
+SHUTDOWN_RETRY_AFTER = 5  # seconds: another worker (or this one, restarted) takes the turn
 
 
 def refusal_error(exc: Any) -> ApiError:
-    """A chat.turns.TurnRefused as an API error (409, 429 with Retry-After, 404, 400)."""
+    """A chat.turns.TurnRefused as an API error (409, 429 / 503 with Retry-After, 404, 400)."""
     code = getattr(exc, "code", "invalid_request")
     http_status = REFUSAL_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
     retry_after = None
     if http_status == status.HTTP_429_TOO_MANY_REQUESTS:
         retry_after = retry_after_seconds(getattr(exc, "resets_at", None))
+    elif http_status == status.HTTP_503_SERVICE_UNAVAILABLE:
+        retry_after = SHUTDOWN_RETRY_AFTER
     if code == "not_found":
         return ApiError("Not found.", code="not_found", status_code=http_status)
     return ApiError(getattr(exc, "message", str(exc)), code=code, status_code=http_status, retry_after=retry_after)
@@ -108,7 +112,7 @@ class ChatApi(AsyncAPIView):
                 },
             )
         ],
-        responses=with_errors({(200, "text/event-stream"): SSE_RESPONSE}, 400, 403, 409, 429),
+        responses=with_errors({(200, "text/event-stream"): SSE_RESPONSE}, 400, 403, 409, 429, 503),
     )
     async def post(self, request: Request) -> Any:
         data = self.InputSerializer(data=request.data)
