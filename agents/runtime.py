@@ -37,6 +37,7 @@ from agents.adapter import ChunkTracker
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
 from agents.retry import retry_delay
+from agents.secrets import StreamScrubber
 from agents.types import TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
@@ -243,8 +244,29 @@ async def _until_stopped(inp: TurnInput, coro: Any) -> Any:
     return task.result() if task.done() and not task.cancelled() else None
 
 
-async def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
-    """One turn as chunks (see the module docstring). Never raises except CancelledError."""
+def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
+    """One turn as chunks (see the module docstring). Never raises except CancelledError.
+
+    Every chunk passes the turn's ``StreamScrubber`` (agents/secrets.py): configured secrets and
+    key-shaped strings become "[redacted]", also across delta boundaries. Without a configured
+    secret (the offline default) there is no scrubber and no extra generator layer."""
+    scrubber = StreamScrubber.for_turn()
+    if scrubber is None:
+        return _run_turn(inp, result)
+    return _scrubbed(_run_turn(inp, result), scrubber)
+
+
+async def _scrubbed(chunks: AsyncIterator[Chunk], scrubber: StreamScrubber) -> AsyncIterator[Chunk]:
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        feed = scrubber.feed
+        async for chunk in chunks:
+            for out in feed(chunk):
+                yield out
+    for out in scrubber.flush_all():  # normally nothing: the terminal chunk flushed every part
+        yield out
+
+
+async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
     tracker = ChunkTracker()
     recovery_usage = Usage()
     result.model = result.model or inp.model
@@ -386,7 +408,7 @@ async def generate_title(*, user_text: str, model: str) -> tuple[str, Usage]:
         )
         usage.cost_usd = cost_usd(model, usage)
         text = "".join(getattr(block, "text", "") for block in message.content).strip()
-        title = " ".join(text.split()).strip("\"'`*# ").rstrip(".")
+        title = " ".join(scrub(text).split()).strip("\"'`*# ").rstrip(".")
         if not title:
             return _fallback_title(user_text), usage
         return (title if len(title) <= 80 else title[:77].rstrip() + "…"), usage

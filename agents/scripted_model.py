@@ -959,6 +959,13 @@ def _log_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: ("<redacted>" if k in _REDACTED_HEADERS and v else v) for k, v in headers.items()}
 
 
+def _auth_hash(headers: dict[str, str]) -> str | None:
+    value = headers.get("x-api-key") or ""
+    if not value and headers.get("authorization", "").lower().startswith("bearer "):
+        value = headers["authorization"][7:].strip()
+    return hashlib.sha256(value.encode()).hexdigest() if value else None
+
+
 def _abort(writer: asyncio.StreamWriter) -> None:
     """Cut the TCP connection abruptly (RST)."""
     sock = writer.get_extra_info("socket")
@@ -1099,6 +1106,9 @@ class ScriptedModelServer:
             "path": request.path,
             "query": request.query,
             "headers": _log_headers(request.headers),
+            # sha256 hex of the credential sent (x-api-key, else the bearer token): lets tests
+            # check which key arrived without the log holding it.
+            "auth_sha256": _auth_hash(request.headers),
             "body": body,
             "time": time.time(),
         }

@@ -18,7 +18,9 @@ Structure:
   CLI's failures; ``agents.hooks.ToolPolicy`` is the PreToolUse hook / ``can_use_tool``.
 - The CLI runs with ``cwd`` = the session workspace and ``HOME``, ``CLAUDE_CONFIG_DIR``,
   ``CLAUDE_CODE_TMPDIR``, ``TMPDIR`` and the XDG dirs inside it (lesson 3), secrets of this
-  process blanked in its environment, non-essential traffic off, and its own API retries off
+  process blanked in its environment, the model reached through the loopback credential proxy
+  with a per-CLI grant token instead of the real key (``cli_credential``, agents/secrets.py:
+  suspended while parked, revoked when the CLI closes), non-essential traffic off, and its own API retries off
   (``CLAUDE_CODE_MAX_RETRIES=0`` by default): the runtime's retry matrix is the one place that
   retries, with backoff, status chunks for the user and never after content was sent.
 - A session's CLI is kept alive between its turns (docs/agents.md): after a clean turn the owner
@@ -60,6 +62,7 @@ from agents.errors import AgentError, ErrorKind, classify_text, scrub
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
+from agents.secrets import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.types import HistoryMessage, TurnInput, TurnResult
 
 log = logging.getLogger(__name__)
@@ -101,9 +104,30 @@ _SECRET_ENV_RE = re.compile(
 _TEARDOWN_NOISE = ("cancel scope", "different task", "contextvar", "token", "was created in a different context", "event loop is closed")
 
 
-def cli_env(workspace: Path) -> dict[str, str]:
-    """The CLI's environment overrides (merged by the SDK over this process's environment)."""
+def use_credential_proxy() -> bool:
+    """Whether CLIs get a grant token of the loopback credential proxy instead of the real key
+    (always, with a real key, unless ``AGENT_SDK_CREDENTIAL_PROXY`` is off; docs/security.md)."""
+    return not model_endpoint().offline and bool(getattr(settings, "AGENT_SDK_CREDENTIAL_PROXY", True))
+
+
+def cli_credential() -> Credential:
+    """The model endpoint and key a new CLI process gets: a fresh credential-proxy grant (revoke it
+    when the CLI closes) when ``use_credential_proxy()``, else the endpoint itself (the offline
+    scripted model's placeholder key, or the real key when the proxy is switched off)."""
     endpoint = model_endpoint()
+    if use_credential_proxy():
+        return credential_proxy().grant(upstream=endpoint.base_url, api_key=endpoint.api_key)
+    return Credential(base_url=endpoint.base_url, api_key=endpoint.api_key)
+
+
+def cli_env(workspace: Path, credential: Credential | None = None) -> dict[str, str]:
+    """The CLI's environment overrides (merged by the SDK over this process's environment).
+
+    ``credential``: what ``cli_credential()`` returned for this CLI; without it, the endpoint's
+    own (only right offline or with the proxy switched off)."""
+    if credential is None:
+        endpoint = model_endpoint()
+        credential = Credential(base_url=endpoint.base_url, api_key=endpoint.api_key)
     home = workspace / "home"
     tmp = workspace / "tmp"
     for path in (home, tmp, home / ".claude"):
@@ -111,8 +135,8 @@ def cli_env(workspace: Path) -> dict[str, str]:
     env = {key: "" for key in os.environ if _SECRET_ENV_RE.search(key)}
     env.update(
         {
-            "ANTHROPIC_BASE_URL": endpoint.base_url,
-            "ANTHROPIC_API_KEY": endpoint.api_key,
+            "ANTHROPIC_BASE_URL": credential.base_url,
+            "ANTHROPIC_API_KEY": credential.api_key,
             "ANTHROPIC_AUTH_TOKEN": "",
             "CLAUDE_CODE_OAUTH_TOKEN": "",
             "HOME": str(home),
@@ -257,7 +281,13 @@ async def transcript_user_texts(inp: TurnInput, workspace: Path) -> list[str] | 
 
 
 def build_options(
-    inp: TurnInput, workspace: Path, policy: ToolPolicy, *, resume: str | None, on_compact: Any = None
+    inp: TurnInput,
+    workspace: Path,
+    policy: ToolPolicy,
+    *,
+    resume: str | None,
+    on_compact: Any = None,
+    credential: Credential | None = None,
 ) -> ClaudeAgentOptions:
     system_prompt = inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", "")
     hooks = policy.hooks()
@@ -267,7 +297,7 @@ def build_options(
         model=inp.model or settings.AGENT_MODEL,
         system_prompt=system_prompt,
         cwd=str(workspace),
-        env=cli_env(workspace),
+        env=cli_env(workspace, credential),
         tools=list(SDK_TOOLS),
         allowed_tools=list(SDK_ALLOWED_TOOLS),
         disallowed_tools=list(SDK_DISALLOWED_TOOLS),
@@ -398,6 +428,19 @@ class _Kept:
         self.pid: int | None = None
         self.turns = 0
         self.idle_since = 0.0
+        self.credential: Credential | None = None  # the CLI's credential-proxy grant (or the endpoint's)
+
+    def set_credential(self, credential: Credential | None) -> None:
+        """Replace the CLI's credential, revoking the previous grant token."""
+        old, self.credential = self.credential, credential
+        if old is not None and old.api_key.startswith(TOKEN_PREFIX):
+            credential_proxy().revoke(old.api_key)
+
+    def grant_active(self, active: bool) -> None:
+        """Suspend the grant while parked (no turn runs, nothing may use it), resume it for a turn."""
+        cred = self.credential
+        if cred is not None and cred.api_key.startswith(TOKEN_PREFIX):
+            (credential_proxy().resume if active else credential_proxy().suspend)(cred.api_key)
 
     def alive(self) -> bool:
         process = getattr(getattr(self.client, "_transport", None), "_process", None)
@@ -491,7 +534,11 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         str(workspace),
         inp.model or settings.AGENT_MODEL,
         inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", ""),
-        tuple(sorted(cli_env(workspace).items())),
+        # The environment without the credential, plus the real endpoint (a rotated key or another
+        # upstream needs a new CLI); the key only as a fingerprint.
+        tuple(sorted((k, v) for k, v in cli_env(workspace).items() if k != "ANTHROPIC_API_KEY")),
+        key_fingerprint(model_endpoint().api_key),
+        use_credential_proxy(),
         store_id,
         int(getattr(settings, "AGENT_MAX_TURNS", 40)),
         int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
@@ -539,7 +586,9 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
     parked) and disconnects — all in this one task (DESIGN lesson 10)."""
     try:
         while job is not None:
+            kept.grant_active(True)
             reusable = await _serve(kept, job)
+            kept.grant_active(False)
             if not reusable or not pool.park(kept):
                 break
             waiting = kept.next_job
@@ -552,9 +601,12 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
             kept.next_job = None
     finally:
         pool.evict(kept)
-        if kept.client is not None:
-            client, kept.client = kept.client, None
-            await _disconnect(client)
+        try:
+            if kept.client is not None:
+                client, kept.client = kept.client, None
+                await _disconnect(client)
+        finally:
+            kept.set_credential(None)  # the grant token dies with its CLI
 
 
 async def _serve(kept: _Kept, job: _Job) -> bool:
@@ -573,18 +625,21 @@ async def _serve(kept: _Kept, job: _Job) -> bool:
     return reusable
 
 
-async def _connect(inp: TurnInput, workspace: Path, policy: Any, on_compact: Any = None) -> tuple[ClaudeSDKClient, bool]:
+async def _connect(
+    inp: TurnInput, workspace: Path, policy: Any, on_compact: Any = None, credential: Credential | None = None
+) -> tuple[ClaudeSDKClient, bool]:
     """(connected client, whether it resumed ``inp.agent_session_id``)."""
     resume = inp.agent_session_id or None
     try:
-        return await _open(build_options(inp, workspace, policy, resume=resume, on_compact=on_compact)), bool(resume)
+        options = build_options(inp, workspace, policy, resume=resume, on_compact=on_compact, credential=credential)
+        return await _open(options), bool(resume)
     except Exception as exc:
         if not resume:
             raise
         # The transcript to resume is gone (workspace wiped, other host): start afresh with the
         # history from the database as context in the prompt instead.
         log.info("cannot resume CLI session %s (%s); starting a new one", resume, scrub(str(exc))[:200])
-    return await _open(build_options(inp, workspace, policy, resume=None, on_compact=on_compact)), False
+    return await _open(build_options(inp, workspace, policy, resume=None, on_compact=on_compact, credential=credential)), False
 
 
 async def _context_and_texts(inp: TurnInput, workspace: Path, resumed: bool) -> tuple[str, list[str]]:
@@ -664,7 +719,8 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
             await _disconnect(client)
             client = None
     if client is None:
-        client, resumed = await _connect(inp, workspace, kept.router, kept.router.on_compact)
+        kept.set_credential(cli_credential())  # a new CLI process gets a new grant token
+        client, resumed = await _connect(inp, workspace, kept.router, kept.router.on_compact, kept.credential)
         kept.client = client
         kept.messages = client.receive_messages().__aiter__()
         kept.pid = _pid(client)

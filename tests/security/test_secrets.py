@@ -8,17 +8,30 @@ The unit-level policy tests live in tests/agents/test_sandbox.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import random
 import secrets
 import uuid
+from pathlib import Path
+
+import anthropic
+import httpx
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
+from agents import events, runtime
+from agents.backends import sdk
+from agents.backends.sdk import SdkBackend
+from agents.sandbox import workspace_for
+from agents.secrets import TOKEN_PREFIX, StreamScrubber, credential_proxy
+from agents.types import TurnInput, TurnResult
 from chat.models import ChatMessage, ChatSession
-from tests.chat.conftest import chunks_of, send_frame
+from tests.agents.conftest import collect
+from tests.chat.conftest import chunks_of, requests_since, send_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -124,22 +137,187 @@ async def test_sdk_backend_turns_never_leak_the_key(canary, connect, caplog, dja
     assert sum(c["type"] in ("tool-output-available", "tool-output-error") for c in chunks) == len(commands)
     session = await ChatSession.objects.aget(client_id=chat_id)
     assert session.agent_session_id, "the sdk turn must have stored its transcript"
-    tool_chunks = [c for c in chunks if c["type"].startswith("tool-")]
+    chat_admin = await sync_to_async(_admin_views)(django_user_model, chat_id, transcripts=False)
     _assert_no_canary(
         canary,
-        tool_chunks=json.dumps(tool_chunks),
+        frames=json.dumps(frames),
+        messages=await sync_to_async(_persisted)(chat_id),
         logs=caplog.text,
+        admin=chat_admin,
         transcript_viewer=await sync_to_async(_admin_views)(django_user_model, chat_id, chat_admin=False),
     )
-    # The model's own text: the CLI hands the model the raw tool output and the model may quote
-    # it. Known leak (report to the agent-runtime owners), tracked here until fixed.
-    chat_admin = await sync_to_async(_admin_views)(django_user_model, chat_id, transcripts=False)
-    text_leak = any(canary in text for text in (json.dumps(frames), await sync_to_async(_persisted)(chat_id), chat_admin))
-    if text_leak:
-        pytest.xfail(
-            "agents/backends/sdk*: the CLI's Bash tool inherits ANTHROPIC_API_KEY (cli_env), so "
-            "`python3 -c 'print(os.environ)'` reaches the model unscrubbed and the model's text quoting it "
-            "streams the key in text-delta chunks and persists it in ChatMessage.text, shown by the chat admin "
-            "(tool-output chunks, logs and the transcript viewer/download are scrubbed). Fix: keep the key out of the CLI's tool "
-            "environment (e.g. a loopback proxy that adds the key, or apiKeyHelper) and/or scrub text deltas."
-        )
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# The interpreter dump: not visible to the lexical Bash check, so it runs and its output (the CLI's
+# environment as its Bash tool sees it) goes to the model raw, and the model quotes it back.
+ENV_DUMP = LEAKY_COMMANDS[0]
+
+
+@pytest.mark.cli
+async def test_sdk_cli_holds_only_a_revocable_grant_token(canary, backend_api, settings):
+    """Layer 1 (agents.secrets.CredentialProxy): the CLI process — so its Bash tool, its
+    /proc/<pid>/environ and whatever it sends the model — holds a per-CLI grant token, never the
+    key; the proxy swaps the real key in; the token is dead while the CLI is parked and after."""
+    settings.AGENT_SDK_IDLE_SECONDS = 60
+    settings.AGENT_SDK_MAX_IDLE_CLIENTS = 2
+    workspace = workspace_for(f"grant-{uuid.uuid4().hex[:8]}")
+    mark = backend_api.request_count
+    inp = TurnInput(session_id=workspace.name, user_text=f"/tool bash {ENV_DUMP}", workspace=workspace,
+                    backend="sdk", model="claude-sonnet-4-5", message_id="msg-grant")
+    result = TurnResult()
+    chunks = await collect(SdkBackend().stream(inp, result), timeout=60)
+    assert result.error is None
+    assert any(c["type"] == "tool-output-available" for c in chunks)
+    proxy = credential_proxy()
+    try:
+        [kept] = [k for k in sdk.kept_clients() if k["session_id"] == workspace.name]
+        environ = Path(f"/proc/{kept['pid']}/environ").read_bytes().decode(errors="replace")
+        assert canary not in environ, "the CLI process holds the real key"
+        env = dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
+        token = env["ANTHROPIC_API_KEY"]
+        assert token.startswith(TOKEN_PREFIX) and env["ANTHROPIC_BASE_URL"] == proxy.url
+        requests = requests_since(backend_api, mark)
+        assert requests and all(r["auth_sha256"] == _sha(canary) for r in requests), "the proxy must add the real key"
+        bodies = json.dumps([r["body"] for r in requests])
+        assert token in bodies, "the env dump (the token) reached the model as the tool result"
+        assert canary not in bodies
+        async with httpx.AsyncClient(timeout=10) as client:
+            parked = await client.post(f"{proxy.url}/v1/messages", headers={"x-api-key": token}, json={})
+            assert parked.status_code == 401 and parked.json()["error"]["type"] == "authentication_error"
+            assert await sdk.close_idle_clients() == 1
+            revoked = await client.post(f"{proxy.url}/v1/messages", headers={"authorization": f"Bearer {token}"}, json={})
+            assert revoked.status_code == 401
+    finally:
+        await sdk.close_idle_clients()
+
+
+async def test_credential_proxy_streams_unchanged_and_refuses_unknown_tokens(canary, backend_api):
+    """The proxy with the real anthropic client: a live token streams the scripted model's reply
+    through unchanged with the real key added; unknown, revoked and non-API requests are refused."""
+    proxy = credential_proxy()
+    grant = proxy.grant(upstream=backend_api.url, api_key=canary)
+    mark = backend_api.request_count
+    client = anthropic.AsyncAnthropic(api_key=grant.api_key, base_url=grant.base_url, max_retries=0)
+    try:
+        async with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100,
+                                          messages=[{"role": "user", "content": "/long 30"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+        assert text.split() == [f"w{i}" for i in range(30)]
+        [request] = requests_since(backend_api, mark)
+        assert request["auth_sha256"] == _sha(canary)
+        with pytest.raises(anthropic.AuthenticationError):
+            await client.with_options(api_key=TOKEN_PREFIX + "0" * 48).messages.create(
+                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{proxy.url}/admin/", headers={"x-api-key": grant.api_key})).status_code == 404
+        proxy.revoke(grant.api_key)
+        with pytest.raises(anthropic.AuthenticationError):
+            await client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        assert len(requests_since(backend_api, mark)) == 1  # refused requests never went upstream
+    finally:
+        proxy.revoke(grant.api_key)
+        await client.close()
+
+
+@pytest.mark.cli
+async def test_scrubber_alone_redacts_a_key_the_model_quotes(canary, connect, django_user_model, settings, backend_api):
+    """Layer 2 on its own (the proxy switched off, so the CLI holds the real key and the model
+    really receives and quotes it): the runtime's StreamScrubber keeps it out of every chunk, the
+    persisted messages and the chat admin."""
+    settings.AGENT_BACKEND = "sdk"
+    settings.AGENT_SDK_CREDENTIAL_PROXY = False
+    chat_id = f"leak-scrub-{uuid.uuid4().hex[:8]}"
+    mark = backend_api.request_count
+    frames = await _run_turns(connect, chat_id, [f"/tool bash {ENV_DUMP}"])
+    await sdk.close_idle_clients()  # the CLI holding the real key: gone
+    bodies = json.dumps([r["body"] for r in requests_since(backend_api, mark)])
+    assert canary in bodies, "without the proxy the key reaches the model (else this test proves nothing)"
+    text = "".join(c["delta"] for c in chunks_of(frames) if c["type"] == "text-delta")
+    assert "[redacted]" in text
+    _assert_no_canary(
+        canary,
+        frames=json.dumps(frames),
+        messages=await sync_to_async(_persisted)(chat_id),
+        admin=await sync_to_async(_admin_views)(django_user_model, chat_id, transcripts=False),
+    )
+
+
+@pytest.mark.cli
+async def test_proxy_alone_keeps_the_key_from_the_model(canary, connect, settings, backend_api, monkeypatch):
+    """Layer 1 on its own (no stream scrubber): nothing the CLI can read holds the key, so neither
+    the model's requests nor the chunks do."""
+    monkeypatch.setattr(runtime.StreamScrubber, "for_turn", classmethod(lambda cls: None))
+    settings.AGENT_BACKEND = "sdk"
+    chat_id = f"leak-proxy-{uuid.uuid4().hex[:8]}"
+    mark = backend_api.request_count
+    frames = await _run_turns(connect, chat_id, [f"/tool bash {ENV_DUMP}"])
+    await sdk.close_idle_clients()
+    requests = requests_since(backend_api, mark)
+    assert requests and all(r["auth_sha256"] == _sha(canary) for r in requests)
+    assert TOKEN_PREFIX in json.dumps([r["body"] for r in requests])  # the model saw (only) the token
+    _assert_no_canary(canary, frames=json.dumps(frames), model_requests=json.dumps([r["body"] for r in requests]),
+                      messages=await sync_to_async(_persisted)(chat_id))
+
+
+# -- StreamScrubber units -------------------------------------------------------------------------
+
+SECRET = "sk-ant-canary-" + "0123456789abcdef" * 3
+OTHER = "operator-secret-value-XYZ123456"
+TEXT = f"key={SECRET}; also {OTHER}, sk-{'A1' * 12} and a partial sk-ant-pr- then ssk-ant- words s"
+
+
+def _feed_all(scrubber: StreamScrubber, chunks: list[dict]) -> list[dict]:
+    return [out for chunk in chunks for out in scrubber.feed(chunk)]
+
+
+def test_stream_scrubber_redacts_secrets_across_any_delta_split():
+    rng = random.Random(7)
+    expected = f"key=[redacted]; also [redacted], [redacted] and a partial sk-ant-pr- then ssk-ant- words s"
+    for _ in range(500):
+        cuts = sorted(rng.sample(range(1, len(TEXT)), rng.randint(1, 30)))
+        pieces = [TEXT[a:b] for a, b in zip([0, *cuts], [*cuts, len(TEXT)])]
+        chunks = [events.text_delta("t1", p) for p in pieces] + [events.text_end("t1")]
+        out = _feed_all(StreamScrubber([SECRET, OTHER]), chunks)
+        assert out[-1] == events.text_end("t1")
+        assert all(c["type"] == "text-delta" and c["id"] == "t1" and c["delta"] for c in out[:-1])
+        assert "".join(c["delta"] for c in out[:-1]) == expected, pieces
+
+
+def test_stream_scrubber_covers_every_text_like_chunk():
+    s = StreamScrubber([SECRET])
+    head, tail = SECRET[:20], SECRET[20:]
+    out = _feed_all(s, [
+        events.start("m"), events.start_step(),
+        events.reasoning_delta("r1", "think " + head), events.reasoning_delta("r1", tail), events.reasoning_end("r1"),
+        events.tool_input_start("c1", "Bash"), events.tool_input_delta("c1", '{"command": "echo ' + head),
+        events.tool_input_delta("c1", tail + '"}'),
+        events.tool_input_available("c1", "Bash", {"command": f"echo {SECRET}"}),
+        events.tool_output_available("c1", {"stdout": SECRET, "nested": [SECRET]}),
+        events.tool_output_error("c2", f"failed: {SECRET}"),
+        events.status("retrying", f"because {SECRET}"),
+        events.text_delta("t1", "dangling " + head),
+        events.error(f"boom {SECRET}"),
+    ])
+    dumped = json.dumps(out)
+    assert SECRET not in dumped and "canary" not in dumped
+    assert dumped.count("[redacted]") == 9
+    # the held "dangling" text was flushed (without the secret prefix made whole) before the error
+    assert [c["type"] for c in out[-2:]] == ["text-delta", "error"]
+    assert "".join(c.get("delta", "") for c in out if c["type"] == "reasoning-delta") == "think [redacted]"
+
+
+def test_stream_scrubber_passes_clean_chunks_through_untouched(settings):
+    s = StreamScrubber([SECRET])
+    for chunk in (events.text_delta("t", "hello world "), events.usage(input_tokens=1, output_tokens=2, cache_read_tokens=0,
+                                                                        cache_write_tokens=0, cost_usd=0.0, model="m")):
+        assert s.feed(chunk)[0] is chunk
+    # offline default (no key, the public development SECRET_KEY): no scrubber at all
+    settings.ANTHROPIC_API_KEY = ""
+    settings.SECRET_KEY = "django-insecure-dev-only-key-never-use-in-production"
+    assert StreamScrubber.for_turn() is None
+    settings.SECRET_KEY = "a-real-production-secret-key-1234567890"
+    assert StreamScrubber.for_turn() is not None

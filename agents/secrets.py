@@ -1,0 +1,451 @@
+"""Keeping secrets out of everything a turn produces (docs/security.md "Secrets").
+
+Two layers:
+
+- ``CredentialProxy``: the Claude Code CLI (and so its Bash tool, which inherits the CLI's
+  environment and can read ``/proc/<cli>/environ``) never holds the real API key. It gets
+  ``ANTHROPIC_BASE_URL=http://127.0.0.1:<proxy>`` and ``ANTHROPIC_API_KEY=<a random grant token>``;
+  this loopback proxy (a daemon thread with its own event loop in the worker process) accepts only
+  live grant tokens, swaps in the real key and streams the upstream response back unchanged.
+  Grants are suspended while their CLI is parked between turns and revoked when it closes, so a
+  token quoted by the model is worthless.
+- ``StreamScrubber``: the runtime passes every chunk a turn yields through it. Each configured
+  secret (``agents.config.secrets_to_scrub()``) and anything shaped like an Anthropic/OpenAI key
+  becomes ``[redacted]``, also across delta boundaries: a delta's trailing characters that could
+  start a secret (or a key-shaped run that may continue) are held back until the next delta of the
+  same part, or flushed at the part's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http
+import json
+import logging
+import re
+import secrets as _random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from agents.events import Chunk
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+# Anything shaped like an Anthropic or OpenAI API key (also our own grant tokens).
+KEY_RE = re.compile(r"\b(?:sk-ant-[A-Za-z0-9_\-]{6,}|sk-[A-Za-z0-9]{20,})")
+# A key-shaped run (or the start of one) at the very end of a text: it may continue in the next delta.
+_KEY_TAIL_RE = re.compile(r"(?<![A-Za-z0-9_])s(?:k(?:-[A-Za-z0-9_\-]*)?)?\Z")
+_HOLD_CAP = 4096  # a held key-shaped run longer than this is flushed (redacted) anyway
+# Public, documented development defaults: never worth a scrubbing pass.
+_PUBLIC_PREFIXES = ("django-insecure-",)
+
+
+def configured_secrets() -> list[str]:
+    """The secrets to scrub, longest first (public development defaults left out)."""
+    try:
+        from agents.config import secrets_to_scrub
+
+        values = secrets_to_scrub()
+    except Exception:  # noqa: BLE001 - settings not configured (pure unit use)
+        values = []
+    values = [v for v in values if not v.startswith(_PUBLIC_PREFIXES)]
+    return sorted(set(values), key=len, reverse=True)
+
+
+def scrub_with(text: str, secrets: list[str]) -> str:
+    """``text`` with each of ``secrets`` (longest first) and every key-shaped run redacted."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "sk-" in text:
+        text = KEY_RE.sub(REDACTED, text)
+    return text
+
+
+def _deep(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return scrub_with(value, secrets)
+    if isinstance(value, dict):
+        return {(scrub_with(k, secrets) if isinstance(k, str) else k): _deep(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_deep(v, secrets) for v in value]
+    return value
+
+
+# Chunks with nothing to scrub (structure, ids, numbers).
+_PLAIN = frozenset(
+    {"start", "start-step", "finish-step", "text-start", "reasoning-start", "tool-input-start", "data-heartbeat", "data-usage", "finish", "abort"}
+)
+_DELTA_FIELD = {"text-delta": "delta", "reasoning-delta": "delta", "tool-input-delta": "inputTextDelta"}
+_FLUSH_ALL = frozenset({"finish-step", "finish", "error", "abort"})
+
+
+class StreamScrubber:
+    """Redacts secrets in one turn's chunk stream (see the module docstring).
+
+    ``feed(chunk)`` returns the chunks to emit instead (usually one; none while a whole delta is
+    held back; a flushed delta before a part's end). Chunks that need no change are passed through
+    as they are; changed ones are copies."""
+
+    __slots__ = ("secrets", "_tails")
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._tails: dict[tuple[str, str], str] = {}  # (delta type, part id) -> held text
+
+    @classmethod
+    def for_turn(cls) -> StreamScrubber | None:
+        """A scrubber for a new turn; None when no secret is configured (offline default)."""
+        secrets = configured_secrets()
+        return cls(secrets) if secrets else None
+
+    # -- the hot path -----------------------------------------------------------------------
+    def feed(self, chunk: Chunk) -> list[Chunk]:
+        kind = chunk.get("type")
+        field = _DELTA_FIELD.get(kind)  # type: ignore[arg-type]
+        if field is not None:
+            pid = chunk["toolCallId"] if kind == "tool-input-delta" else chunk["id"]
+            text = chunk[field]
+            out = self._piece((kind, pid), text)  # type: ignore[arg-type]
+            if out is text:
+                return [chunk]
+            return [{**chunk, field: out}] if out else []
+        if kind in _PLAIN:
+            if kind in _FLUSH_ALL and self._tails:
+                return [*self.flush_all(), chunk]
+            return [chunk]
+        # Part ends flush their held text first; everything else is scrubbed as a whole.
+        before: list[Chunk] = []
+        if self._tails:
+            if kind in ("text-end", "reasoning-end"):
+                before = self._flush((kind.replace("-end", "-delta"), chunk["id"]))
+            elif kind == "tool-input-available":
+                before = self._flush(("tool-input-delta", chunk["toolCallId"]))
+            elif kind in _FLUSH_ALL:
+                before = self.flush_all()
+        if kind in ("text-end", "reasoning-end"):
+            return [*before, chunk]
+        scrubbed = _deep(chunk, self.secrets)
+        return [*before, scrubbed]
+
+    def _piece(self, key: tuple[str, str], delta: str) -> str:
+        """The part of ``held + delta`` that is safe to emit now (secrets redacted); the rest is held."""
+        tail = self._tails.pop(key, None)
+        text = tail + delta if tail else delta
+        changed = tail is not None
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+                changed = True
+        n = len(text)
+        cut = n
+        # Hold back a trailing proper prefix of a secret (it may complete in the next delta).
+        for secret in self.secrets:
+            first = secret[0]
+            i = text.find(first, max(0, n - len(secret) + 1))
+            while i != -1 and i < cut:
+                if secret.startswith(text[i:]):
+                    cut = i
+                    break
+                i = text.find(first, i + 1)
+        # Hold back a trailing key-shaped run (or "s", "sk", "sk-…" that may become one).
+        if "s" in text[-_HOLD_CAP:]:
+            match = _KEY_TAIL_RE.search(text, max(0, n - _HOLD_CAP))
+            if match is not None and match.start() < cut:
+                cut = match.start()
+        if cut < n:
+            self._tails[key] = text[cut:]
+            text = text[:cut]
+            changed = True
+        if "sk-" in text:
+            redacted = KEY_RE.sub(REDACTED, text)
+            if redacted != text:
+                return redacted
+        return text if changed else delta
+
+    # -- flushing ---------------------------------------------------------------------------
+    def _flush(self, key: tuple[str, str]) -> list[Chunk]:
+        held = self._tails.pop(key, None)
+        if not held:
+            return []
+        text = scrub_with(held, self.secrets)
+        kind, pid = key
+        if kind == "tool-input-delta":
+            return [{"type": kind, "toolCallId": pid, "inputTextDelta": text}]
+        return [{"type": kind, "id": pid, "delta": text}]
+
+    def flush_all(self) -> list[Chunk]:
+        """Chunks carrying every held text (call before the stream ends)."""
+        out: list[Chunk] = []
+        for key in list(self._tails):
+            out += self._flush(key)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The loopback credential proxy
+# ------------------------------------------------------------------------------------------------
+
+TOKEN_PREFIX = "sk-ant-proxy-"  # key-shaped on purpose: KEY_RE scrubs it from logs and outputs
+_HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+        "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    }
+)
+_CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
+
+
+def key_fingerprint(value: str) -> str:
+    """A short, non-reversible name for a key (for logs and tests)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Grant:
+    upstream: str  # base URL, no trailing slash
+    api_key: str
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a CLI gets instead of the real key."""
+
+    base_url: str
+    api_key: str  # the grant token
+
+
+class CredentialProxy:
+    """A loopback HTTP reverse proxy that adds the real API key to requests carrying a live grant
+    token. ``start()`` listens in a daemon thread; ``grant``/``suspend``/``resume``/``revoke`` are
+    thread-safe and cheap (no I/O)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._grants: dict[str, _Grant] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._client: Any = None  # httpx.AsyncClient, created in the proxy's loop
+        self.denied = 0  # requests refused for a missing / unknown / inactive token
+        self.forwarded = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- grants -----------------------------------------------------------------------------
+    def grant(self, *, upstream: str, api_key: str) -> Credential:
+        token = TOKEN_PREFIX + _random.token_hex(24)
+        with self._lock:
+            self._grants[token] = _Grant(upstream.rstrip("/"), api_key)
+        return Credential(base_url=self.url, api_key=token)
+
+    def suspend(self, token: str) -> None:
+        with self._lock:
+            grant = self._grants.get(token)
+            if grant is not None:
+                grant.active = False
+
+    def resume(self, token: str) -> None:
+        with self._lock:
+            grant = self._grants.get(token)
+            if grant is not None:
+                grant.active = True
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._grants.pop(token, None)
+
+    def live_grants(self) -> int:
+        with self._lock:
+            return sum(1 for g in self._grants.values() if g.active)
+
+    def _lookup(self, token: str | None) -> _Grant | None:
+        if not token:
+            return None
+        with self._lock:
+            grant = self._grants.get(token)
+            return grant if grant is not None and grant.active else None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> CredentialProxy:
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._listen())
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="credential-proxy", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._close(), loop)
+            with contextlib.suppress(Exception):
+                future.result(timeout=5)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        self._thread = None
+        self._loop = None
+
+    async def _listen(self) -> None:
+        import httpx
+
+        from agents.scripted_model import MAX_HEADER_BYTES
+
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=15.0),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
+        )
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=512, limit=MAX_HEADER_BYTES)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- requests ---------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from agents.scripted_model import HttpError, read_request
+
+        try:
+            while True:
+                try:
+                    request = await read_request(reader, writer)
+                except HttpError as exc:
+                    await _write_error(writer, exc.status, "invalid_request_error", str(exc), keep_alive=False)
+                    break
+                if request is None or not await self._forward(request, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:  # noqa: BLE001 - a bug must not take the proxy down
+            log.exception("credential proxy: request failed")
+            writer.transport.abort()
+        finally:
+            if not writer.transport.is_closing():
+                writer.close()
+
+    async def _forward(self, request: Any, writer: asyncio.StreamWriter) -> bool:
+        """Relay one request; True when the client connection stays open."""
+        headers: dict[str, str] = request.headers
+        token = headers.get("x-api-key")
+        if not token:
+            auth = headers.get("authorization", "")
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        grant = self._lookup(token)
+        if grant is None:
+            self.denied += 1
+            log.info("credential proxy: refused %s %s (no live grant)", request.method, request.path)
+            await _write_error(writer, 401, "authentication_error", "invalid x-api-key", keep_alive=request.keep_alive)
+            return request.keep_alive
+        if not request.path.startswith("/v1/") or request.method not in ("GET", "POST", "HEAD"):
+            await _write_error(writer, 404, "not_found_error", "not found", keep_alive=request.keep_alive)
+            return request.keep_alive
+        out_headers = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP and k not in _CREDENTIAL_HEADERS}
+        out_headers["x-api-key"] = grant.api_key
+        client = self._client
+        upstream = client.build_request(request.method, grant.upstream + request.target, headers=out_headers, content=request.body)
+        try:
+            response = await client.send(upstream, stream=True)
+        except Exception as exc:  # noqa: BLE001 - the CLI sees a dropped connection, as without the proxy
+            log.info("credential proxy: upstream unreachable: %s", type(exc).__name__)
+            writer.transport.abort()
+            return False
+        self.forwarded += 1
+        try:
+            head = [f"HTTP/1.1 {response.status_code} {_reason(response.status_code)}"]
+            for name, value in response.headers.multi_items():
+                if name.lower() not in _HOP_BY_HOP:
+                    head.append(f"{name}: {value}")
+            bodyless = request.method == "HEAD" or response.status_code in (204, 304)
+            if not bodyless:
+                head.append("transfer-encoding: chunked")
+            head.append("connection: " + ("keep-alive" if request.keep_alive else "close"))
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            if not bodyless:
+                async for data in response.aiter_raw():
+                    if data:
+                        writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+                        await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - upstream broke mid-stream: drop the client too
+            log.info("credential proxy: upstream stream failed: %s", type(exc).__name__)
+            writer.transport.abort()
+            return False
+        finally:
+            await response.aclose()
+        return request.keep_alive
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+async def _write_error(writer: asyncio.StreamWriter, status: int, kind: str, message: str, *, keep_alive: bool) -> None:
+    """An Anthropic-shaped JSON error (what the CLI expects from the API)."""
+    body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+
+
+_proxy: CredentialProxy | None = None
+_proxy_lock = threading.Lock()
+
+
+def credential_proxy() -> CredentialProxy:
+    """The process's credential proxy (started on first use)."""
+    global _proxy
+    with _proxy_lock:
+        if _proxy is None:
+            _proxy = CredentialProxy().start()
+        return _proxy
+
