@@ -35,6 +35,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.loopserver import LoopThreadServer
+
 __all__ = [
     "ApiError",
     "Directive",
@@ -977,79 +979,23 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class ScriptedModelServer:
+class ScriptedModelServer(LoopThreadServer):
     """The scripted Anthropic Messages API server (see module docstring)."""
 
+    thread_name = "scripted-model"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_SIZE)
         #: total number of requests ever logged (``len(requests)`` stops at the maxlen)
         self.request_count = 0
         self.planner = ReplyPlanner()
         self.usage = UsageMeter()
         self._counter = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    # -- lifecycle ---------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def start(self) -> ScriptedModelServer:
-        """Listen in a daemon thread with its own event loop; return once listening."""
-        if self._thread is not None:
-            return self
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._listen())
-            except BaseException as exc:  # noqa: BLE001 - reported to start()
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="scripted-model", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self._close(), loop)
-            try:
-                future.result(timeout=5)
-            except Exception:
-                logger.warning("scripted model: unclean shutdown", exc_info=True)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        self._thread = None
-        self._loop = None
+    # -- lifecycle (start/stop/url: LoopThreadServer) ----------------------
 
     def serve_forever(self) -> None:
         """Serve in the foreground until Ctrl-C (starts the server if needed)."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.events import Chunk
+from agents.loopserver import LoopThreadServer
 
 log = logging.getLogger(__name__)
 
@@ -220,26 +221,21 @@ class Credential:
     api_key: str  # the grant token
 
 
-class CredentialProxy:
+class CredentialProxy(LoopThreadServer):
     """A loopback HTTP reverse proxy that adds the real API key to requests carrying a live grant
     token. ``start()`` listens in a daemon thread; ``grant``/``suspend``/``resume``/``revoke`` are
     thread-safe and cheap (no I/O)."""
 
+    thread_name = "credential-proxy"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self._grants: dict[str, _Grant] = {}
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._client: Any = None  # httpx.AsyncClient, created in the proxy's loop
         self.denied = 0  # requests refused for a missing / unknown / inactive token
         self.forwarded = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- grants -----------------------------------------------------------------------------
     def grant(self, *, upstream: str, api_key: str) -> Credential:
@@ -275,52 +271,7 @@ class CredentialProxy:
             grant = self._grants.get(token)
             return grant if grant is not None and grant.active else None
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> CredentialProxy:
-        if self._thread is not None:
-            return self
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._listen())
-            except BaseException as exc:  # noqa: BLE001 - reported to start()
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="credential-proxy", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self._close(), loop)
-            with contextlib.suppress(Exception):
-                future.result(timeout=5)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        self._thread = None
-        self._loop = None
-
+    # -- lifecycle (start/stop: LoopThreadServer) -------------------------------------------
     async def _listen(self) -> None:
         import httpx
 
