@@ -185,13 +185,7 @@ async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, 
         system=SUMMARY_SYSTEM_PROMPT,
         messages=[{"role": "user", "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation."}],
     )
-    u = message.usage
-    usage = Usage(
-        input_tokens=u.input_tokens or 0,
-        output_tokens=u.output_tokens or 0,
-        cache_read_tokens=getattr(u, "cache_read_input_tokens", 0) or 0,
-        cache_write_tokens=getattr(u, "cache_creation_input_tokens", 0) or 0,
-    )
+    usage = Usage.from_api(message.usage)
     text = "".join(getattr(block, "text", "") for block in message.content).strip()
     if not text:
         raise ValueError("the model returned an empty summary")

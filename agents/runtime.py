@@ -399,13 +399,7 @@ async def generate_title(*, user_text: str, model: str) -> tuple[str, Usage]:
             system=TITLE_SYSTEM_PROMPT,
             messages=[{"role": "user", "content": (user_text or "")[:2000] or "(empty)"}],
         )
-        u = message.usage
-        usage = Usage(
-            input_tokens=u.input_tokens or 0,
-            output_tokens=u.output_tokens or 0,
-            cache_read_tokens=getattr(u, "cache_read_input_tokens", 0) or 0,
-            cache_write_tokens=getattr(u, "cache_creation_input_tokens", 0) or 0,
-        )
+        usage = Usage.from_api(message.usage)
         usage.cost_usd = cost_usd(model, usage)
         text = "".join(getattr(block, "text", "") for block in message.content).strip()
         title = " ".join(scrub(text).split()).strip("\"'`*# ").rstrip(".")

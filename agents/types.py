@@ -38,6 +38,24 @@ class Usage:
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
 
+    @classmethod
+    def from_api(cls, usage: Any, *, cost_usd: float | None = None) -> "Usage":
+        """From a Messages API ``usage`` (the SDK's object or a plain dict; the Claude Code CLI
+        reports the same field names)."""
+        if usage is None:
+            data: dict[str, Any] = {}
+        elif isinstance(usage, dict):
+            data = usage
+        else:
+            data = usage.model_dump() if hasattr(usage, "model_dump") else vars(usage)
+        return cls(
+            input_tokens=int(data.get("input_tokens") or 0),
+            output_tokens=int(data.get("output_tokens") or 0),
+            cache_read_tokens=int(data.get("cache_read_input_tokens") or 0),
+            cache_write_tokens=int(data.get("cache_creation_input_tokens") or 0),
+            cost_usd=float(cost_usd or 0.0),
+        )
+
     def add(self, other: "Usage") -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens

@@ -63,7 +63,7 @@ from agents.events import Chunk
 from agents.hooks import ToolPolicy
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.secrets import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
-from agents.types import HistoryMessage, TurnInput, TurnResult
+from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 
@@ -816,10 +816,9 @@ def _copy_usage(usage: Any) -> Any:
 
 
 def _fill_result(result: TurnResult, translator: SdkTranslator) -> None:
-    from agents.backends.sdk_adapter import usage_from
 
     final = translator.result
-    reported = usage_from(final.usage, final.total_cost_usd) if final is not None and final.usage else None
+    reported = Usage.from_api(final.usage, cost_usd=final.total_cost_usd) if final is not None and final.usage else None
     if reported is not None and (reported.input_tokens or reported.output_tokens or reported.cache_read_tokens or reported.cache_write_tokens):
         result.usage = reported
     else:

@@ -123,17 +123,6 @@ def tool_result_text(content: Any) -> str:
     return str(content)
 
 
-def usage_from(data: dict[str, Any] | None, cost_usd: float | None = None) -> Usage:
-    data = data or {}
-    return Usage(
-        input_tokens=int(data.get("input_tokens") or 0),
-        output_tokens=int(data.get("output_tokens") or 0),
-        cache_read_tokens=int(data.get("cache_read_input_tokens") or 0),
-        cache_write_tokens=int(data.get("cache_creation_input_tokens") or 0),
-        cost_usd=float(cost_usd or 0.0),
-    )
-
-
 def error_from_rate_limit(event: RateLimitEvent) -> AgentError | None:
     info = event.rate_limit_info
     if info.status != "rejected":
@@ -233,7 +222,7 @@ class SdkTranslator:
         """Close what is still open at the end of the stream (every open tool call included)."""
         out = self._close_blocks()
         if self._msg_usage:  # a model call cut short (stop, drop): count what it reported
-            self.usage.add(usage_from(self._msg_usage))
+            self.usage.add(Usage.from_api(self._msg_usage))
             self._msg_usage = {}
         for tid in list(self._tool_started | self._tool_available):
             if tid not in self._tool_done:
@@ -334,7 +323,7 @@ class SdkTranslator:
             return []
         if kind == "message_stop":
             out = self._close_blocks()
-            step_usage = usage_from(self._msg_usage)
+            step_usage = Usage.from_api(self._msg_usage)
             self.usage.add(step_usage)
             self._msg_usage = {}
             self.step_boundaries += 1
