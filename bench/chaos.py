@@ -32,7 +32,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The process helpers the tests use too (plain library code: no pytest, no Django).
+from tests.servers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"
@@ -59,25 +61,6 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Services and processes
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 def services_missing() -> list[str]:
@@ -150,7 +133,7 @@ class Processes:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         try:
-            wait_port(port, proc)
+            wait_port(port, proc, timeout=60)
         except Exception:
             log(f"{name} failed to start; last log lines:\n{(self.workdir / f'{name}.log').read_text()[-3000:]}")
             raise

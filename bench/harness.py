@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The process helpers the tests use too (plain library code: no pytest, no Django).
+from tests.servers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"
@@ -43,25 +45,6 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
 def cpu_seconds(pid: int, *, children: bool = True) -> float:
@@ -178,18 +161,25 @@ def profile_stop(spy: subprocess.Popen | None) -> None:
         spy.wait(5)
 
 
+def raw_samples(raw_path: Path) -> list[tuple[str, int]]:
+    """(stack, sample count) of every line of a py-spy ``raw`` (collapsed) profile; [] if unreadable."""
+    out: list[tuple[str, int]] = []
+    with contextlib.suppress(OSError):
+        for line in raw_path.read_text().splitlines():
+            stack, _, num = line.rpartition(" ")
+            if num.isdigit():
+                out.append((stack, int(num)))
+    return out
+
+
 def top_frames(raw_path: Path, n: int = 15) -> list[tuple[str, float]]:
     """Self-time share of the hottest leaf functions in a py-spy ``raw`` (collapsed) profile."""
     counts: dict[str, int] = {}
     total = 0
-    with contextlib.suppress(OSError):
-        for line in raw_path.read_text().splitlines():
-            stack, _, num = line.rpartition(" ")
-            if not num.isdigit():
-                continue
-            leaf = stack.split(";")[-1]
-            counts[leaf] = counts.get(leaf, 0) + int(num)
-            total += int(num)
+    for stack, num in raw_samples(raw_path):
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + num
+        total += num
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
     return [(k, round(v / total, 3)) for k, v in ranked] if total else []
 
@@ -212,16 +202,12 @@ def breakdown(raw_path: Path) -> dict[str, float]:
     """Disjoint share of samples per component: each sample goes to the first matching row."""
     hits: dict[str, int] = {}
     total = 0
-    with contextlib.suppress(OSError):
-        for line in raw_path.read_text().splitlines():
-            stack, _, num = line.rpartition(" ")
-            if not num.isdigit():
-                continue
-            total += int(num)
-            for label, needles in BREAKDOWN:
-                if any(n in stack for n in needles):
-                    hits[label] = hits.get(label, 0) + int(num)
-                    break
+    for stack, num in raw_samples(raw_path):
+        total += num
+        for label, needles in BREAKDOWN:
+            if any(n in stack for n in needles):
+                hits[label] = hits.get(label, 0) + num
+                break
     return {k: round(v / total, 3) for k, v in sorted(hits.items(), key=lambda kv: -kv[1])} if total else {}
 
 
@@ -230,15 +216,11 @@ def inclusive_frames(raw_path: Path, needles: Iterable[str]) -> dict[str, float]
     needles = list(needles)
     hits = dict.fromkeys(needles, 0)
     total = 0
-    with contextlib.suppress(OSError):
-        for line in raw_path.read_text().splitlines():
-            stack, _, num = line.rpartition(" ")
-            if not num.isdigit():
-                continue
-            total += int(num)
-            for needle in needles:
-                if needle in stack:
-                    hits[needle] += int(num)
+    for stack, num in raw_samples(raw_path):
+        total += num
+        for needle in needles:
+            if needle in stack:
+                hits[needle] += num
     return {k: round(v / total, 3) for k, v in hits.items()} if total else {}
 
 
@@ -331,7 +313,7 @@ class Stack:
             port = free_port()
             model = Proc("scripted_model", [PY, "manage.py", "scripted_model", "--port", str(port)], self.env(), self.tmp)
             self.procs.append(model)
-            wait_port(port, model.popen)
+            wait_port(port, model.popen, timeout=60)
             self.model = model
             self.model_url = f"http://127.0.0.1:{port}"
             for i in range(self.daphnes):
@@ -352,7 +334,7 @@ class Stack:
         )
         self.procs.append(proc)
         try:
-            wait_port(port, proc.popen)
+            wait_port(port, proc.popen, timeout=60)
         except Exception:
             raise RuntimeError(f"daphne did not start:\n{proc.tail()}") from None
         self.daphne.append(proc)
@@ -581,5 +563,5 @@ def sync_bare_server(mode: str, env: dict[str, str] | None = None, logdir: Path 
         argv += [f"--{k.replace('_', '-')}", str(v)]
     logdir = logdir or Path(tempfile.mkdtemp(prefix="copilot-bench-bare-"))
     proc = Proc(f"bare_{mode}", argv, env or dict(os.environ), logdir)
-    wait_port(port, proc.popen)
+    wait_port(port, proc.popen, timeout=60)
     return proc, port

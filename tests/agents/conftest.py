@@ -7,6 +7,8 @@
 - ``workspace``: a fresh per-test session workspace under a temporary AGENT_WORKSPACE_ROOT.
 - ``chunk_types(chunks)``: the chunk type sequence with consecutive deltas collapsed and
   heartbeats/status notes dropped (for exact sequence assertions, reused by the conformance test).
+- ``turn_input(workspace, text, ...)``: a TurnInput on the test model; ``run_turn_chunks(inp)``:
+  run it through ``run_turn`` -> (chunks, result); ``text_of(chunks)``: the streamed text.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from django.conf import settings as django_settings
 
 from agents.events import DELTA_TYPES, Chunk
 from agents.scripted_model import ScriptedModelServer
+from agents.types import TurnInput, TurnResult
 
 IGNORED_TYPES = frozenset({"data-heartbeat", "data-status"})
 
@@ -56,6 +60,42 @@ async def collect(stream: AsyncIterator[Chunk], *, timeout: float = 30.0) -> lis
     return await asyncio.wait_for(run(), timeout)
 
 
+def turn_input(
+    workspace: Path,
+    text: str,
+    *,
+    backend: str = "api",
+    session_id: str | None = None,
+    message_id: str | None = None,
+    **extra: Any,
+) -> TurnInput:
+    """A TurnInput for ``workspace`` on the test model: session id = the workspace's name and a
+    fresh ``msg-…`` message id unless given."""
+    return TurnInput(
+        session_id=session_id or workspace.name,
+        user_text=text,
+        workspace=workspace,
+        backend=backend,  # type: ignore[arg-type]
+        model="claude-sonnet-4-5",
+        message_id=message_id or f"msg-{uuid.uuid4().hex[:8]}",
+        **extra,
+    )
+
+
+async def run_turn_chunks(inp: TurnInput, timeout: float = 30.0) -> tuple[list[Chunk], TurnResult]:
+    """``agents.runtime.run_turn`` to its end: (every chunk, the filled TurnResult)."""
+    from agents.runtime import run_turn
+
+    result = TurnResult()
+    chunks = await collect(run_turn(inp, result), timeout=timeout)
+    return chunks, result
+
+
+def text_of(chunks: list[Chunk]) -> str:
+    """The streamed text: every ``text-delta`` joined."""
+    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+
+
 @pytest.fixture(scope="session")
 def scripted_model():
     server = ScriptedModelServer(host="127.0.0.1", port=0).start()
@@ -69,12 +109,17 @@ def scripted_model():
         server.stop()
 
 
-@pytest.fixture
-def fast_retries(settings):
-    settings.AGENT_MAX_RETRIES = 3
+def use_fast_retries(settings, *, max_retries: int):
+    """Millisecond retry delays (and ``max_retries``) on pytest-django's ``settings``."""
+    settings.AGENT_MAX_RETRIES = max_retries
     settings.AGENT_RETRY_BASE_DELAY = 0.001
     settings.AGENT_RETRY_MAX_DELAY = 0.01
     return settings
+
+
+@pytest.fixture
+def fast_retries(settings):
+    return use_fast_retries(settings, max_retries=3)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from agents.errors import AgentError, ErrorKind
 from agents.runtime import cost_usd, generate_title, run_turn
 from agents.types import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
 
-from .conftest import chunk_types, collect, requests_since
+from .conftest import chunk_types, requests_since, text_of, turn_input
+from .conftest import run_turn_chunks as turn
 
 PNG_1x1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -26,25 +27,7 @@ ERROR_TURN = ["start", "data-usage", "error"]
 
 
 def make_input(workspace, text: str, **kwargs) -> TurnInput:
-    return TurnInput(
-        session_id=str(uuid.uuid4()),
-        user_text=text,
-        workspace=workspace,
-        backend="api",
-        model="claude-sonnet-4-5",
-        message_id=f"msg-{uuid.uuid4().hex[:8]}",
-        **kwargs,
-    )
-
-
-async def turn(inp: TurnInput, timeout: float = 30.0) -> tuple[list[dict], TurnResult]:
-    result = TurnResult()
-    chunks = await collect(run_turn(inp, result), timeout=timeout)
-    return chunks, result
-
-
-def text_of(chunks: list[dict]) -> str:
-    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+    return turn_input(workspace, text, session_id=str(uuid.uuid4()), **kwargs)
 
 
 def usage_chunk(chunks: list[dict]) -> dict:

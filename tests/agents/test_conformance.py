@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 import pytest
 
@@ -35,7 +34,7 @@ from agents.errors import ErrorKind
 from agents.events import Chunk
 from agents.runtime import run_turn
 from agents.types import TurnInput, TurnResult
-from tests.agents.conftest import chunk_types, collect
+from tests.agents.conftest import chunk_types, collect, turn_input
 
 BACKENDS = [pytest.param("api", id="api"), pytest.param("sdk", id="sdk", marks=pytest.mark.cli)]
 
@@ -99,14 +98,7 @@ def normalised_text(chunks: list[Chunk]) -> str:
 
 
 def make_input(workspace, backend: str, text: str) -> TurnInput:
-    return TurnInput(
-        session_id=workspace.name,
-        user_text=text,
-        workspace=workspace,
-        backend=backend,
-        model="claude-sonnet-4-5",
-        message_id=f"msg-{uuid.uuid4().hex[:8]}",
-    )
+    return turn_input(workspace, text, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock
@@ -22,35 +20,19 @@ from agents.backends.api import ApiBackend, history_to_messages
 from agents.backends.sdk import classify_sdk_exception, transcript_gap
 from agents.backends.sdk_adapter import SdkTranslator
 from agents.errors import ErrorKind
-from agents.runtime import run_turn
 from agents.scripted_model import request_chars
 from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
 
-from .conftest import chunk_types, collect, requests_since
+from .conftest import chunk_types, requests_since, run_turn_chunks, text_of, turn_input
 
 pytestmark = pytest.mark.usefixtures("scripted_model", "fast_retries")
 
 
-def make_input(workspace: Path, text: str, *, backend: str = "api", **extra) -> TurnInput:
-    return TurnInput(
-        session_id=workspace.name,
-        user_text=text,
-        workspace=workspace,
-        backend=backend,  # type: ignore[arg-type]
-        model="claude-sonnet-4-5",
-        message_id=f"msg-{uuid.uuid4().hex[:8]}",
-        **extra,
-    )
+make_input = turn_input
 
 
 async def turn(inp: TurnInput, timeout: float = 60.0) -> tuple[list[dict], TurnResult]:
-    result = TurnResult()
-    chunks = await collect(run_turn(inp, result), timeout=timeout)
-    return chunks, result
-
-
-def text_of(chunks: list[dict]) -> str:
-    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+    return await run_turn_chunks(inp, timeout)
 
 
 def statuses(chunks: list[dict]) -> list[str]:

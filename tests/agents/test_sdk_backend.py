@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock, ToolResultBlock, ToolUseBlock, UserMessage
@@ -23,7 +23,7 @@ from agents.hooks import ToolPolicy
 from agents.runtime import run_turn
 from agents.sandbox import SubagentLimiter
 from agents.types import Attachment, TurnInput, TurnResult
-from tests.agents.conftest import chunk_types, collect, requests_since
+from tests.agents.conftest import chunk_types, collect, requests_since, text_of, turn_input
 
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -31,24 +31,11 @@ PNG_1PX = bytes.fromhex(
 )
 
 
-def make_input(workspace: Path, text: str, **extra) -> TurnInput:
-    return TurnInput(
-        session_id=workspace.name,
-        user_text=text,
-        workspace=workspace,
-        backend="sdk",
-        model="claude-sonnet-4-5",
-        message_id="msg-test",
-        **extra,
-    )
+make_input = functools.partial(turn_input, backend="sdk", message_id="msg-test")
 
 
 async def backend_chunks(inp: TurnInput, result: TurnResult, *, timeout: float = 40.0) -> list[Chunk]:
     return await collect(SdkBackend().stream(inp, result), timeout=timeout)
-
-
-def text_of(chunks: list[Chunk]) -> str:
-    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
 
 
 # ---------------------------------------------------------------------------------------------

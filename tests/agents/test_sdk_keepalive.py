@@ -6,10 +6,10 @@ closes its client, and a loop that shuts down takes its clients with it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -17,21 +17,12 @@ from agents.backends import sdk
 from agents.backends.sdk import SdkBackend
 from agents.sandbox import workspace_for
 from agents.types import TurnInput, TurnResult
-from tests.agents.conftest import collect, requests_since
+from tests.agents.conftest import collect, requests_since, turn_input
 
 pytestmark = pytest.mark.cli
 
 
-def make_input(workspace: Path, text: str, **extra) -> TurnInput:
-    return TurnInput(
-        session_id=workspace.name,
-        user_text=text,
-        workspace=workspace,
-        backend="sdk",
-        model="claude-sonnet-4-5",
-        message_id="msg-test",
-        **extra,
-    )
+make_input = functools.partial(turn_input, backend="sdk", message_id="msg-test")
 
 
 async def run(inp: TurnInput) -> tuple[TurnResult, str]:

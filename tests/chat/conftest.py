@@ -12,10 +12,11 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from tests.agents.conftest import requests_since, scripted_model  # noqa: F401 - fixture re-export
+from tests.agents.conftest import requests_since, scripted_model, use_fast_retries  # noqa: F401 - fixture re-export
 
 ORIGIN = b"http://127.0.0.1"
 RECV_TIMEOUT = 20.0
+DONE_TYPES = ("end", "error", "no-active")  # the frames that end a request
 
 
 def session_cookie(user) -> str:
@@ -41,18 +42,9 @@ class WsClient:
         """Frames of one request until its end / error / no-active (other requests' frames are
         kept in the inbox)."""
         out = self.inbox.pop(request_id, [])
-        if out and out[-1]["type"] in ("end", "error", "no-active"):
+        if out and out[-1]["type"] in DONE_TYPES:
             return out
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            frame = await self.recv(timeout=max(0.1, deadline - loop.time()))
-            if frame.get("requestId") != request_id:
-                self.inbox.setdefault(frame.get("requestId"), []).append(frame)
-                continue
-            out.append(frame)
-            if frame["type"] in ("end", "error", "no-active"):
-                return out
+        return out + await self.frames_until(request_id, lambda f: f["type"] in DONE_TYPES, timeout)
 
     async def frames_until(self, request_id: str, predicate, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
         """Frames of one request up to (including) the first that satisfies ``predicate``."""
@@ -85,6 +77,20 @@ def send_frame(chat_id: str, text: str, *, request_id: str | None = None, trigge
         "body": {},
         "metadata": None,
     }
+
+
+async def ws_recv_until(ws, request_id: str, pred, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Frames of one request from a ``websockets`` client (a real server) until ``pred`` or the
+    request's end; other requests' frames are dropped."""
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame.get("requestId") != request_id:
+                continue
+            out.append(frame)
+            if pred(frame) or frame["type"] in DONE_TYPES:
+                return out
 
 
 def chunks_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,7 +158,4 @@ async def _cookie(user) -> str:
 
 @pytest.fixture
 def fast_retries_settings(settings):
-    settings.AGENT_MAX_RETRIES = 2
-    settings.AGENT_RETRY_BASE_DELAY = 0.001
-    settings.AGENT_RETRY_MAX_DELAY = 0.01
-    return settings
+    return use_fast_retries(settings, max_retries=2)

@@ -3,100 +3,33 @@ resumed (and stopped) through the other."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from tests.chat.conftest import send_frame, session_cookie
+from tests.chat.conftest import ws_recv_until as recv_until
 from tests.conftest import require_services
+from tests.servers import DaphneServer, daphne_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daphne exited early with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"daphne on port {port} did not start")
 
 
 @pytest.fixture
 def daphnes(scripted_model, tmp_path):
     require_services(postgres=True, redis=True)
-    db = settings.DATABASES["default"]
-    url = f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{connection.settings_dict['NAME']}"
-    env = {
-        **os.environ,
-        "DEBUG": "true",
-        "DATABASE_URL": url,
-        "REDIS_URL": settings.REDIS_URL,
-        "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
-        "ANTHROPIC_BASE_URL": scripted_model.url,
-        "ANTHROPIC_API_KEY": "",
-        "AGENT_BACKEND": "api",
-        "AGENT_WORKSPACE_ROOT": str(tmp_path / "ws"),
-        "DJANGO_SETTINGS_MODULE": "copilot_project.settings",
-        "LOG_LEVEL": "WARNING",
-    }
-    daphne = str(Path(sys.executable).parent / "daphne")
-    procs, ports = [], []
+    env = daphne_env(workspaces=tmp_path / "ws", scripted_url=scripted_model.url)
+    servers = [DaphneServer(env, name="multiprocess") for _ in range(2)]
     try:
-        for _ in range(2):
-            port = free_port()
-            proc = subprocess.Popen(
-                [daphne, "-b", "127.0.0.1", "-p", str(port), "copilot_project.asgi:application"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
-            procs.append(proc)
-            ports.append(port)
-        for port, proc in zip(ports, procs):
-            wait_listening(port, proc)
-        yield ports
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.wait_ready()
+        yield [server.port for server in servers]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def recv_until(ws, request_id: str, pred, timeout: float = 30.0) -> list[dict]:
-    out = []
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame.get("requestId") != request_id:
-                continue
-            out.append(frame)
-            if pred(frame) or frame["type"] in ("end", "error", "no-active"):
-                return out
+        for server in servers:
+            server.stop()
 
 
 def is_delta(frame) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from chat.models import ChatMessage
 from chat.services import message_append, session_create
 from chat.selectors import message_list
+from tests.conftest import run_threads
 
 WRITERS = 8
 PER_WRITER = 15
@@ -45,24 +46,14 @@ def test_next_sequence_follows_max_not_count(user):
 def test_concurrent_writers_get_unique_sequences(user):
     """Real threads with their own connections race on one session: no duplicate, nothing lost."""
     session = session_create(owner=user)
-    errors: list[BaseException] = []
     barrier = threading.Barrier(WRITERS)
 
     def writer(n: int) -> None:
-        try:
-            barrier.wait()
-            for i in range(PER_WRITER):
-                message_append(session=session, role="user", text=f"w{n}-{i}")
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        barrier.wait()
+        for i in range(PER_WRITER):
+            message_append(session=session, role="user", text=f"w{n}-{i}")
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_threads(writer, WRITERS)
 
     assert not errors, errors
     rows = list(ChatMessage.objects.filter(session=session).order_by("sequence").values_list("sequence", "text"))

@@ -7,7 +7,6 @@ import datetime as dt
 import threading
 
 import pytest
-from django.db import connections
 
 from agents.errors import AgentError, ErrorKind
 from agents.types import Usage
@@ -22,6 +21,7 @@ from chat.usage import (
     usage_record,
     week_window,
 )
+from tests.conftest import run_threads
 from tests.ops.conftest import seed_usage
 
 MODEL = "claude-test"
@@ -181,25 +181,16 @@ def test_concurrent_turns_of_one_user_race_the_budget(budgets, user):
     barrier = threading.Barrier(THREADS)
     passed: list[int] = []
     refused: list[ErrorKind] = []
-    errors: list[BaseException] = []
 
     def turn(n: int) -> None:
+        barrier.wait(timeout=30)
         try:
-            barrier.wait(timeout=30)
             budget_check(user=user, model=MODEL)
             passed.append(n)
         except AgentError as exc:
             refused.append(exc.kind)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
-        finally:
-            connections.close_all()
 
-    threads = [threading.Thread(target=turn, args=(n,)) for n in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_threads(turn, THREADS)
     assert not errors, errors
     assert len(passed) == 2, (passed, refused)
     assert refused == [ErrorKind.BUDGET] * (THREADS - 2)

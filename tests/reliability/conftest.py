@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.chat.conftest import (  # noqa: F401 - fixture re-exports
     backend_api,
@@ -31,38 +24,7 @@ from tests.chat.conftest import (  # noqa: F401 - fixture re-exports
     text_of,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 FAULT_TIMEOUT = 30.0  # every faulty turn must end well within this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace")[-3000:] if proc.stderr else ""
-            raise RuntimeError(f"process exited early with {proc.returncode}: {err}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def child_pids(pid: int) -> list[int]:
@@ -167,69 +129,3 @@ async def run_ws_turn(ws, chat_id: str, text: str, *, timeout: float = FAULT_TIM
     await ws.send(frame)
     frames = await ws.frames_until_done(frame["requestId"], timeout=timeout)
     return frames, chunks_of(frames), time.monotonic() - start
-
-
-def daphne_env(*, scripted_url: str, database_url: str, redis_url: str, prefix: str, workspaces: Path, **extra: str) -> dict:
-    env = {
-        **os.environ,
-        "DEBUG": "true",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "ANTHROPIC_BASE_URL": scripted_url,
-        "ANTHROPIC_API_KEY": "",
-        "AGENT_BACKEND": "api",
-        "AGENT_WORKSPACE_ROOT": str(workspaces),
-        "DJANGO_SETTINGS_MODULE": "copilot_project.settings",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.update(extra)
-    return env
-
-
-def test_database_url() -> str:
-    """A DATABASE_URL for subprocesses that points at the test database pytest-django made."""
-    from django.conf import settings
-    from django.db import connection
-
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{connection.settings_dict['NAME']}"
-    return (
-        f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
-        f"{connection.settings_dict['NAME']}"
-    )
-
-
-test_database_url.__test__ = False  # not a test
-
-
-def start_daphne(port: int, env: dict, log: Path) -> subprocess.Popen:
-    daphne = str(Path(sys.executable).parent / "daphne")
-    fh = open(log, "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [daphne, "-b", "127.0.0.1", "-p", str(port), "copilot_project.asgi:application"],
-        cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-    )
-    proc.log_path = log  # type: ignore[attr-defined]
-    try:
-        wait_port(port, proc)
-    except Exception:
-        stop_process(proc, signal.SIGKILL)
-        raise RuntimeError(f"daphne did not start: {log.read_text()[-3000:]}") from None
-    return proc
-
-
-async def ws_recv_until(ws, request_id: str, pred, timeout: float = FAULT_TIMEOUT) -> list[dict]:
-    """Frames of one request from a ``websockets`` client until ``pred`` or the request's end."""
-    import json
-
-    out: list[dict] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame.get("requestId") != request_id:
-                continue
-            out.append(frame)
-            if pred(frame) or frame["type"] in ("end", "error", "no-active"):
-                return out

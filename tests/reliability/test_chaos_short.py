@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import require_services
-from tests.reliability.conftest import ROOT
+from tests.servers import ROOT
 
 pytestmark = [pytest.mark.services]
 

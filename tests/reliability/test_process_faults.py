@@ -26,13 +26,12 @@ from tests.reliability.conftest import (
     child_pids,
     cmdline,
     deltas,
-    free_port,
     sequences_ok,
     text_of,
     turn_rows,
-    wait_port,
 )
 from tests.chat.conftest import chunks_of, send_frame
+from tests.servers import free_port, wait_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

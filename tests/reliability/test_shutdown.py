@@ -12,48 +12,30 @@ import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.management import call_command
 
 from chat.models import ChatMessage, ChatTurn
 from chat.shutdown import SHUTDOWN_ERROR_TEXT
-from tests.chat.conftest import session_cookie
-from tests.reliability.conftest import (
-    daphne_env,
-    deltas,
-    free_port,
-    send_frame,
-    start_daphne,
-    stop_process,
-    test_database_url,
-    turn_rows,
-    ws_recv_until,
-)
+from tests.chat.conftest import session_cookie, ws_recv_until
+from tests.reliability.conftest import deltas, send_frame, turn_rows
+from tests.servers import DaphneServer, daphne_env
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def daphne_factory(scripted_model, tmp_path):
-    procs = []
-    env = daphne_env(
-        scripted_url=scripted_model.url,
-        database_url=test_database_url(),
-        redis_url=settings.REDIS_URL,
-        prefix=settings.REDIS_KEY_PREFIX,
-        workspaces=tmp_path / "ws",
-        TURN_SHUTDOWN_GRACE_SECONDS="5",
-    )
+    servers = []
+    env = daphne_env(workspaces=tmp_path / "ws", scripted_url=scripted_model.url, TURN_SHUTDOWN_GRACE_SECONDS="5")
 
     def start(port: int | None = None):
-        port = port or free_port()
-        proc = start_daphne(port, env, tmp_path / f"daphne-{len(procs)}.log")
-        procs.append(proc)
-        return proc, port
+        server = DaphneServer(env, port=port, name="shutdown").start()
+        servers.append(server)
+        return server.proc, server.port
 
     yield start
-    for proc in procs:
-        stop_process(proc, signal.SIGKILL)
+    for server in servers:
+        server.stop(signal.SIGKILL)
 
 
 async def _connect(port: int, user):

@@ -52,7 +52,10 @@ async def test_drop_mid_text(backend, connect, user):
     if backend == "api":
         assert seen.startswith("This reply ")  # content reached the client: never retried (lesson 5)
     else:
-        assert seen == ""  # the CLI drops a broken message whole (and it may be retried)
+        # The CLI usually drops a broken message whole (and it may then be retried); under load it
+        # sometimes passes the partial text on first, exactly as the api backend does. Either way
+        # what the client saw is what is persisted, once (assert_recovered).
+        assert seen == "" or seen.startswith("This reply "), seen
     msgs = await assert_recovered(ws, chat_id, user, seen_text=seen)
     kinds = [("user", "normal")] + ([("assistant", "normal")] if seen else []) + [("assistant", "retryable_error")]
     assert [(m.role, m.kind) for m in msgs] == kinds
