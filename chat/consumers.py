@@ -21,6 +21,7 @@ import re
 from collections.abc import AsyncIterator
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 
 from chat import turns
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 UNAUTHENTICATED_CLOSE_CODE = 4401
 MAX_REQUESTS_PER_SOCKET = 32
+REPLAY_YIELD_EVERY = 256  # frames sent back to back before yielding to the event loop
 
 RATE_LIMITED_TEXT = "Too many frames on this connection; slow down (this frame was ignored)."
 # Cheap look at a frame's requestId without parsing it (for the rate-limit error frame).
@@ -125,13 +127,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.exception("starting a turn failed")
             await self._error(rid, "The server could not start this response.", code="server_error")
             return
-        await self._forward(rid, turns.turn_listen(handle=handle))
+        await self._forward(rid, turns.turn_listen_raw(handle=handle))
 
     async def _resume_request(self, frame: ResumeFrame) -> None:
         rid = frame.request_id
         after = frame.last_sequence if frame.last_sequence is not None else -1
         try:
-            chunks = await turns.turn_subscribe(user=self.user, chat_id=frame.chat_id, after_sequence=after)
+            chunks = await turns.turn_subscribe_raw(user=self.user, chat_id=frame.chat_id, after_sequence=after)
         except turns.TurnRefused as exc:
             await self._error(rid, exc.message, code=exc.code)
             return
@@ -144,13 +146,34 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         await self._forward(rid, chunks)
 
+    def _frame_send(self):
+        """The ASGI send for outgoing text frames, past channels' session wrapper: that wrapper
+        only acts on ``http.response.start`` but loads and inspects the session for *every*
+        message (``SessionBase.is_empty``), a per-frame cost on the hot path."""
+        send = self.base_send
+        owner = getattr(send, "__self__", None)
+        while isinstance(owner, InstanceSessionWrapper):
+            send = owner.real_send
+            owner = getattr(send, "__self__", None)
+        return send
+
     async def _forward(self, rid: str, chunks: AsyncIterator) -> None:
-        send = self.send
+        """Forward ``(sequence, chunk JSON, is_terminal)``: each frame is built by concatenation
+        around the chunk's JSON (encoded once, by the stream) and sent straight to the server.
+        A backlog (replay) is sent as a burst, yielding to the loop every ``REPLAY_YIELD_EVERY``
+        frames so the transport flushes and other streams run."""
+        send = self._frame_send()
+        prefix = '{"type":"chunk","requestId":' + _dumps(rid) + ',"sequence":'
+        n = 0
         try:
-            await send(text_data=_dumps({"type": "start", "requestId": rid}))
-            async for seq, chunk in chunks:
-                await send(text_data=_dumps({"type": "chunk", "requestId": rid, "sequence": seq, "chunk": chunk}))
-            await send(text_data=_dumps({"type": "end", "requestId": rid}))
+            await send({"type": "websocket.send", "text": _dumps({"type": "start", "requestId": rid})})
+            async for seq, raw, _terminal in chunks:
+                await send({"type": "websocket.send", "text": f'{prefix}{seq},"chunk":{raw}}}'})
+                n += 1
+                if n >= REPLAY_YIELD_EVERY:
+                    n = 0
+                    await asyncio.sleep(0)
+            await send({"type": "websocket.send", "text": _dumps({"type": "end", "requestId": rid})})
         except StreamLagged as exc:
             await self._error(rid, exc.message, code="stream_lagged")
         except asyncio.CancelledError:

@@ -67,6 +67,11 @@ def _local_get(key: str) -> LockInfo | None:
 
 # Compare-and-delete / compare-and-extend: only the token's owner may release or refresh.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# Take the lock and write its info in one round trip.
+_ACQUIRE = (
+    "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+    "redis.call('set', KEYS[2], ARGV[3], 'PX', ARGV[2]); return 1 else return 0 end"
+)
 _REFRESH = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "redis.call('pexpire', KEYS[1], ARGV[2]); redis.call('pexpire', KEYS[2], ARGV[2]); return 1 "
@@ -86,27 +91,77 @@ def redis_key(name: str) -> str:
     return f"{settings.REDIS_KEY_PREFIX}:{name}"
 
 
+# Connection pools (docs/performance.md, G). Short commands (locks, heartbeats, the stream mirror,
+# pub/sub publishes) share one *bounded, blocking* pool per process and event loop: when every
+# connection is busy a command waits for one (up to REDIS_POOL_TIMEOUT) instead of failing with
+# "Too many connections". Commands that park a connection (``XREAD BLOCK`` of remote listeners,
+# pub/sub subscriptions) use a second pool, so they can never starve the short ones. Transient
+# connection errors are retried with a short exponential backoff.
+REDIS_POOL_SIZE = 32  # settings.REDIS_POOL_SIZE overrides
+REDIS_BLOCKING_POOL_SIZE = 2048  # settings.REDIS_BLOCKING_POOL_SIZE overrides
+REDIS_POOL_TIMEOUT = 10.0  # seconds a command waits for a free connection
+REDIS_RETRIES = 3
+
+_async_blocking_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+
+
+def _retry_kwargs(retry_cls) -> dict[str, Any]:
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return {
+        "retry": retry_cls(ExponentialBackoff(cap=0.5, base=0.02), REDIS_RETRIES),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def _pool_size(name: str, default: int) -> int:
+    return int(getattr(settings, name, default) or default)
+
+
 def sync_redis():
-    """A process-wide synchronous Redis client (thread-safe connection pool)."""
+    """A process-wide synchronous Redis client (thread-safe, bounded blocking connection pool)."""
     global _sync_client
     with _sync_client_lock:
         if _sync_client is None:
             import redis
 
-            _sync_client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+            pool = redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, decode_responses=True,
+                max_connections=_pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE), timeout=REDIS_POOL_TIMEOUT,
+            )
+            from redis.retry import Retry
+
+            _sync_client = redis.Redis(connection_pool=pool, **_retry_kwargs(Retry))
         return _sync_client
 
 
-def async_redis():
-    """An asyncio Redis client for the running event loop (clients are bound to their loop)."""
+def _async_client(registry, size: int):
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
+    client = registry.get(loop)
     if client is None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
 
-        client = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-        _async_clients[loop] = client
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, decode_responses=True, max_connections=size, timeout=REDIS_POOL_TIMEOUT,
+        )
+        client = aioredis.Redis(connection_pool=pool, **_retry_kwargs(Retry))
+        registry[loop] = client
     return client
+
+
+def async_redis():
+    """The asyncio Redis client for short commands on the running event loop (clients are bound
+    to their loop; one bounded blocking pool per loop)."""
+    return _async_client(_async_clients, _pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE))
+
+
+def async_redis_blocking():
+    """The asyncio Redis client for commands that hold a connection for long (``XREAD BLOCK``,
+    pub/sub subscriptions): its own pool, so they never starve ``async_redis()``."""
+    return _async_client(_async_blocking_clients, _pool_size("REDIS_BLOCKING_POOL_SIZE", REDIS_BLOCKING_POOL_SIZE))
 
 
 def _lock_keys(key: str) -> tuple[str, str]:
@@ -145,11 +200,44 @@ async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, An
         return token
     lock_key, info_key = _lock_keys(key)
     client = async_redis()
-    ms = int(ttl * 1000)
-    if not await client.set(lock_key, token, nx=True, px=ms):
-        return None
-    await client.set(info_key, json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}}), px=ms)
+    info = json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}})
+    if not await client.eval(_ACQUIRE, 2, lock_key, info_key, token, int(ttl * 1000), info):
+        # A retried call whose first attempt went through reads as "taken": check the owner.
+        if await client.get(lock_key) != token:
+            return None
     return token
+
+
+def lock_acquire_sync(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
+    """``lock_acquire`` for sync code (``chat.turns`` takes the session lock inside its single
+    database hop at turn start). Thread-safe; with Redis it uses the process's sync client."""
+    token = secrets.token_hex(16)
+    now = time.time()
+    if not use_redis():
+        with _local_lock:
+            if _local_get(key) is not None:
+                return None
+            _local[key] = LockInfo(key, token, WORKER_ID, now, now + ttl, dict(meta or {}))
+        return token
+    lock_key, info_key = _lock_keys(key)
+    client = sync_redis()
+    info = json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}})
+    if not client.eval(_ACQUIRE, 2, lock_key, info_key, token, int(ttl * 1000), info):
+        # A retried call whose first attempt went through reads as "taken": check the owner.
+        if client.get(lock_key) != token:
+            return None
+    return token
+
+
+def lock_release_sync(key: str, token: str) -> bool:
+    if not use_redis():
+        return _local_release(key, token)
+    lock_key, info_key = _lock_keys(key)
+    client = sync_redis()
+    released = bool(client.eval(_RELEASE, 1, lock_key, token))
+    if released:
+        client.delete(info_key)
+    return released
 
 
 async def lock_refresh(key: str, token: str, *, ttl: float = DEFAULT_TTL) -> bool:

@@ -61,6 +61,10 @@ class ChatTurn(models.Model):
     finish_reason = models.CharField(max_length=30, blank=True, default="")
     error_code = models.CharField(max_length=40, blank=True, default="")
     chunk_count = models.PositiveIntegerField(default=0)
+    # Weighted tokens set aside by ``chat.usage.budget_check`` while the turn runs (counted against
+    # the owner's budget while status is running, for at most TURN_RESERVE_TTL_SECONDS); zeroed
+    # when the turn ends, in the same write that records its end.
+    reserved_tokens = models.PositiveBigIntegerField(default=0)
     started_at = models.DateTimeField(auto_now_add=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -8,6 +8,8 @@ needs to rebuild tool_use / tool_result pairs from history.
 ``MessageFolder.feed`` is synchronous and in-memory (called for every chunk). ``MessageWriter``
 writes snapshots of the folder to the same row: at boundaries (a tool call finished, a step
 finished) and on a timer while text streams (``FLUSH_INTERVAL``), never per delta (lesson 11).
+The row is first inserted by the timer or at the end of the turn (not at a boundary), so a turn
+shorter than ``FLUSH_INTERVAL`` writes its assistant message once.
 The final write happens in ``chat.turns`` (shielded from cancellation).
 """
 
@@ -162,14 +164,16 @@ def db_connection_reset_if_broken() -> None:
 
 
 def assistant_message_save(
-    *, session: ChatSession, turn: ChatTurn, message_pk: int | None, parts: list, text: str, metadata: dict
+    *, session: ChatSession, turn: ChatTurn, message_pk: int | None, parts: list, text: str, metadata: dict,
+    lookup: bool = True,
 ) -> int:
     """Create (first call) or update the turn's assistant row; returns its pk.
 
     Idempotent: a first write whose commit succeeded but whose answer was lost (connection cut)
-    is found again by its turn instead of being inserted twice."""
+    is found again by its turn instead of being inserted twice (``lookup``; a caller that knows
+    it never tried before passes False and saves that query)."""
     db_connection_reset_if_broken()
-    if message_pk is None:
+    if message_pk is None and lookup:
         message_pk = (
             ChatMessage.objects.filter(turn=turn, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.NORMAL)
             .values_list("pk", flat=True)
@@ -197,6 +201,7 @@ class MessageWriter:
         self._boundary = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
+        self._attempted = False  # a write was tried (it may have committed without us knowing)
 
     def feed(self, chunk: Chunk) -> None:
         if self.folder.feed(chunk):
@@ -212,11 +217,21 @@ class MessageWriter:
             if self._closing:
                 return
             deadline = loop.time() + self.interval
-            if not self._boundary.is_set():
+            # A boundary writes at once, but only once the row exists: the row's first write
+            # (its INSERT) waits for the timer or the end of the turn, so a turn shorter than the
+            # interval writes its assistant message exactly once (docs/performance.md, E).
+            while not self._closing:
+                if self._boundary.is_set():
+                    if self.message_pk is not None:
+                        break
+                    self._boundary.clear()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
                 try:
-                    await asyncio.wait_for(self._boundary.wait(), timeout=max(0.0, deadline - loop.time()))
+                    await asyncio.wait_for(self._boundary.wait(), timeout=remaining)
                 except TimeoutError:
-                    pass
+                    break
             if self._closing:
                 return
             self._dirty.clear()
@@ -241,7 +256,23 @@ class MessageWriter:
                 return
             version = self.folder.version
             parts, text, metadata = self.folder.snapshot()
+            lookup, self._attempted = self._attempted, True
             self.message_pk = await database_sync_to_async(assistant_message_save)(
-                session=self.session, turn=self.turn, message_pk=self.message_pk, parts=parts, text=text, metadata=metadata
+                session=self.session, turn=self.turn, message_pk=self.message_pk, parts=parts, text=text, metadata=metadata,
+                lookup=lookup,
             )
             self._written_version = version
+
+    def flush_final_sync(self) -> None:
+        """The final write, from the database thread, as part of the turn's end-of-turn hop
+        (``chat.turns``). Only after ``run()`` has ended: nothing else writes or folds by then."""
+        if not self.folder.has_content and self.message_pk is None:
+            return
+        version = self.folder.version
+        parts, text, metadata = self.folder.snapshot()
+        lookup, self._attempted = self._attempted, True
+        self.message_pk = assistant_message_save(
+            session=self.session, turn=self.turn, message_pk=self.message_pk, parts=parts, text=text, metadata=metadata,
+            lookup=lookup,
+        )
+        self._written_version = version

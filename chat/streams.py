@@ -6,9 +6,15 @@ sender itself) *pulls* from the list at its own position: there is no per-listen
 slow listener costs no memory — the log is shared and bounded (``MAX_LOG_CHUNKS``; a listener
 that falls behind the trimmed head gets ``StreamLagged``, a resumable error).
 
+Each chunk is JSON-encoded once, when appended (``TurnStream.encoded``); listeners that only
+forward it (the websocket consumer, the Redis mirror) reuse that text instead of re-encoding it
+per listener and per replay (``stream_read_raw``).
+
 With ``settings.REDIS_URL`` the owner also mirrors the log into a Redis Stream per turn
-(``XADD`` with explicit ids ``0-<sequence+1>``, batched in one pipeline per wake-up, ``EXPIRE``
-for retention). A listener in *another* process reads that stream directly with ``XREAD BLOCK``
+(``XADD`` with explicit ids ``0-<sequence+1>``, ``EXPIRE`` for retention). One mirror task per
+process and event loop writes the pending chunks of *every* turn in one pipeline, with one
+pipeline in flight at a time (so batches grow with load instead of the number of round trips),
+and retries a failed batch a few times before giving up on it (docs/performance.md, G). A listener in *another* process reads that stream directly with ``XREAD BLOCK``
 from its position — Redis Streams are durable and ordered, so there are no gaps to repair (the
 channel layer, which is at-most-once with Redis pub/sub, is used only for control messages).
 
@@ -26,15 +32,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from agents.events import Chunk
-from chat.locks import async_redis, redis_key, use_redis
+from chat.locks import async_redis, async_redis_blocking, redis_key, use_redis
 
 logger = logging.getLogger(__name__)
 
 TERMINAL_TYPES = frozenset({"finish", "error", "abort"})
 RETENTION_SECONDS = 600.0
-RUNNING_TTL_SECONDS = 6 * 3600  # Redis keys of a running turn (refreshed on every write batch)
+RUNNING_TTL_SECONDS = 6 * 3600  # Redis keys of a running turn (refreshed every TTL_REFRESH_SECONDS)
+TTL_REFRESH_SECONDS = 60.0
 MAX_LOG_CHUNKS = 50_000  # per turn, in memory and in Redis (approximate MAXLEN)
 REMOTE_BLOCK_MS = 5000  # a remote listener re-checks that the turn is alive this often
+MIRROR_ATTEMPTS = 4  # a failed mirror batch is retried this often (backoff 50, 100, 200 ms)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class StreamLagged(Exception):
@@ -62,29 +72,39 @@ class TurnStream:
         "turn_id",
         "session_id",
         "chunks",
+        "encoded",
         "base",
         "closed",
         "closed_at",
         "_waiter",
         "_redis_pending",
-        "_redis_wake",
-        "_redis_task",
+        "_mirror",
+        "_mirror_first",
+        "_mirror_failing",
+        "_mirror_done",
+        "_flush_waiters",
+        "_mirror_ttl_at",
     )
 
     def __init__(self, *, turn_id: str, session_id: str) -> None:
         self.turn_id = turn_id
         self.session_id = session_id
         self.chunks: list[Chunk] = []
+        self.encoded: list[str] = []  # the JSON text of each chunk, encoded once
         self.base = 0  # sequence of chunks[0] once the head was trimmed
         self.closed = False
         self.closed_at = 0.0
         self._waiter: asyncio.Future | None = None
-        self._redis_pending: list[tuple[int, Chunk]] = []
-        self._redis_wake: asyncio.Event | None = None
-        self._redis_task: asyncio.Task | None = None
+        self._redis_pending: list[tuple[int, str, str]] = []  # (sequence, json, type)
+        self._mirror: _Mirror | None = None
+        self._mirror_first = True
+        self._mirror_failing = False
+        self._mirror_done: asyncio.Future | None = None
+        self._flush_waiters: list[asyncio.Future] = []
+        self._mirror_ttl_at = 0.0  # monotonic time of the last TTL refresh of its Redis keys
         if use_redis():
-            self._redis_wake = asyncio.Event()
-            self._redis_task = asyncio.get_running_loop().create_task(self._redis_pump())
+            self._mirror = _Mirror.for_loop()
+            self._mirror.mark(self)  # the session -> turn pointer goes out at once
 
     # -- producer ---------------------------------------------------------------------------
     @property
@@ -95,20 +115,37 @@ class TurnStream:
         if self.closed:
             raise RuntimeError("append to a closed stream")
         seq = self.base + len(self.chunks)
+        raw = _dumps(chunk)
         self.chunks.append(chunk)
+        self.encoded.append(raw)
         if len(self.chunks) > MAX_LOG_CHUNKS:
             drop = len(self.chunks) - MAX_LOG_CHUNKS // 2
             del self.chunks[:drop]
+            del self.encoded[:drop]
             self.base += drop
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        if self._redis_wake is not None:
-            self._redis_pending.append((seq, chunk))
-            self._redis_wake.set()
+        if self._mirror is not None:
+            self._redis_pending.append((seq, raw, chunk["type"]))
+            self._mirror.mark(self)
         return seq
+
+    async def mirror_flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything appended so far is in the Redis mirror (no-op without Redis).
+        ``chat.turns`` calls it before releasing a finished turn's lock, so a resume through
+        another process that finds the lock gone also finds the log complete up to the end."""
+        if self._mirror is None or self.closed:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(fut)
+        self._mirror.mark(self)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except (TimeoutError, Exception):  # noqa: BLE001 - best effort: the terminal flush follows
+            pass
 
     async def aclose(self) -> None:
         """Mark the log finished (after the terminal chunk) and flush the Redis mirror."""
@@ -119,49 +156,13 @@ class TurnStream:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self._redis_task is not None:
-            self._redis_wake.set()
+        if self._mirror is not None:
+            self._mirror_done = asyncio.get_running_loop().create_future()
+            self._mirror.mark(self)
             try:
-                await asyncio.shield(self._redis_task)
-            except Exception:  # noqa: BLE001 - logged in the pump
+                await asyncio.shield(self._mirror_done)
+            except Exception:  # noqa: BLE001 - logged by the mirror
                 pass
-
-    async def _redis_pump(self) -> None:
-        client = async_redis()
-        key = _log_key(self.turn_id)
-        session_key = _session_turn_key(self.session_id)
-        first = True
-        failing = False
-        while True:
-            await self._redis_wake.wait()
-            self._redis_wake.clear()
-            batch, self._redis_pending = self._redis_pending, []
-            final = self.closed
-            if batch or first or final:
-                pipe = client.pipeline(transaction=False)
-                for seq, chunk in batch:
-                    pipe.xadd(key, {"c": json.dumps(chunk, separators=(",", ":"))}, id=f"0-{seq + 1}",
-                              maxlen=MAX_LOG_CHUNKS, approximate=True)
-                ttl = int(RETENTION_SECONDS) if final else RUNNING_TTL_SECONDS
-                if first:
-                    pipe.set(session_key, self.turn_id, ex=ttl)
-                    first = False
-                else:
-                    pipe.expire(session_key, ttl)
-                pipe.expire(key, ttl)
-                try:
-                    await pipe.execute()
-                except Exception as exc:  # noqa: BLE001 - remote listeners lose live data; local ones do not
-                    # Logged once per outage (Redis down: every batch fails until it is back).
-                    if not failing:
-                        logger.warning("redis mirror of turn %s failed: %s: %s", self.turn_id, type(exc).__name__, exc)
-                    failing = True
-                else:
-                    if failing:
-                        logger.warning("redis mirror of turn %s works again (a remote listener may have missed chunks)", self.turn_id)
-                    failing = False
-            if final:
-                return
 
     # -- local listeners --------------------------------------------------------------------
     def _wait(self) -> asyncio.Future:
@@ -187,6 +188,137 @@ class TurnStream:
             # Shielded: the future is shared by every listener, and cancelling one listener
             # must not cancel it for the others.
             await asyncio.shield(self._wait())
+
+    async def read_raw(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
+        """Like ``read`` but yields ``(sequence, chunk JSON, is_terminal)``: no encoding per
+        listener. Everything already in the log is yielded without suspending (a replay is one
+        burst; the caller decides when to yield to the loop)."""
+        pos = after_sequence + 1
+        while True:
+            if pos < self.base:
+                raise StreamLagged()
+            while pos < self.base + len(self.chunks):
+                if pos < self.base:
+                    raise StreamLagged()
+                i = pos - self.base
+                terminal = self.chunks[i]["type"] in TERMINAL_TYPES
+                yield pos, self.encoded[i], terminal
+                pos += 1
+                if terminal:
+                    return
+            if self.closed:
+                return
+            await asyncio.shield(self._wait())
+
+
+class _Mirror:
+    """Per event loop: writes the pending chunks of every turn of this process to Redis, one
+    pipeline per round, one round in flight at a time."""
+
+    _by_loop: "dict[asyncio.AbstractEventLoop, _Mirror]" = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: dict[TurnStream, None] = {}
+        self.open = 0  # streams not yet fully written; the task ends when none is left
+        self.wake = asyncio.Event()
+        self.task = loop.create_task(self._run())
+
+    @classmethod
+    def for_loop(cls) -> "_Mirror":
+        loop = asyncio.get_running_loop()
+        mirror = cls._by_loop.get(loop)
+        if mirror is None or mirror.task.done():
+            for other in [lp for lp in cls._by_loop if lp.is_closed()]:
+                del cls._by_loop[other]
+            mirror = cls._by_loop[loop] = cls(loop)
+        mirror.open += 1
+        return mirror
+
+    def mark(self, stream: TurnStream) -> None:
+        self.dirty[stream] = None
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            if self.open <= 0 and not self.dirty:
+                return  # idle: the next stream starts a new task (for_loop)
+            await self.wake.wait()
+            self.wake.clear()
+            streams, self.dirty = list(self.dirty), {}
+            try:
+                await self._write(streams)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - never let the mirror die
+                logger.exception("redis mirror round failed")
+                for stream in streams:
+                    for waiter in stream._flush_waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+                    stream._flush_waiters = []
+                    fut = stream._mirror_done
+                    if stream.closed and fut is not None and not fut.done():
+                        fut.set_result(None)
+                        self.open -= 1
+
+    async def _write(self, streams: list[TurnStream]) -> None:
+        client = async_redis()
+        work = []
+        cmds: list[tuple[str, tuple, dict]] = []
+        for stream in streams:
+            batch, stream._redis_pending = stream._redis_pending, []
+            flushed, stream._flush_waiters = stream._flush_waiters, []
+            final = stream.closed and stream._mirror_done is not None
+            key = _log_key(stream.turn_id)
+            for seq, raw, kind in batch:
+                cmds.append(("xadd", (key, {"c": raw, "t": kind}), {"id": f"0-{seq + 1}", "maxlen": MAX_LOG_CHUNKS, "approximate": True}))
+            ttl = int(RETENTION_SECONDS) if final else RUNNING_TTL_SECONDS
+            session_key = _session_turn_key(stream.session_id)
+            now = time.monotonic()
+            first, stream._mirror_first = stream._mirror_first, False
+            if first:
+                cmds.append(("set", (session_key, stream.turn_id), {"ex": ttl}))
+            # TTLs are refreshed once a minute (and at the end), not on every round.
+            if (final or now - stream._mirror_ttl_at >= TTL_REFRESH_SECONDS) and (batch or final):
+                if not first:
+                    cmds.append(("expire", (session_key, ttl), {}))
+                cmds.append(("expire", (key, ttl), {}))
+                stream._mirror_ttl_at = now
+            work.append((stream, final, flushed))
+        if not work:
+            return
+        error: Exception | None = None
+        for attempt in range(MIRROR_ATTEMPTS if cmds else 0):
+            if attempt:
+                await asyncio.sleep(0.05 * 2 ** (attempt - 1))
+            pipe = client.pipeline(transaction=False)  # execute() resets a pipeline: rebuild it
+            for name, args, kwargs in cmds:
+                getattr(pipe, name)(*args, **kwargs)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # noqa: BLE001 - retried (the pipeline keeps its commands)
+                error = exc
+                continue
+            # An XADD retried after its first attempt went through fails with "equal or smaller":
+            # the entry is there, which is all that matters.
+            bad = [r for r in results if isinstance(r, Exception) and "equal or smaller" not in str(r)]
+            error = bad[0] if bad else None
+            break
+        for stream, final, flushed in work:
+            for fut in flushed:
+                if not fut.done():
+                    fut.set_result(None)
+            if error is not None:
+                if not stream._mirror_failing:  # once per turn and outage
+                    logger.warning("redis mirror of turn %s failed: %s: %s", stream.turn_id, type(error).__name__, error)
+                stream._mirror_failing = True
+            elif stream._mirror_failing:
+                logger.warning("redis mirror of turn %s works again (a remote listener may have missed chunks)", stream.turn_id)
+                stream._mirror_failing = False
+            if final and not stream._mirror_done.done():
+                stream._mirror_done.set_result(None)
+                self.open -= 1
 
 
 # Streams owned or retained by this process: turn id -> stream; session id -> latest turn id.
@@ -275,10 +407,36 @@ async def stream_read(
         yield item
 
 
+async def stream_read_raw(
+    *, turn_id: str, after_sequence: int = -1, is_alive: Callable[[], Awaitable[bool]] | None = None
+) -> AsyncIterator[tuple[int, str, bool]]:
+    """``stream_read`` as ``(sequence, chunk JSON, is_terminal)``: the chunk's text as encoded
+    once by its producer (for doors that forward it verbatim)."""
+    stream = _streams.get(turn_id)
+    if stream is not None:
+        async for item in stream.read_raw(after_sequence):
+            yield item
+        return
+    if not use_redis():
+        return
+    async for seq, raw, terminal in _read_redis_raw(turn_id, after_sequence, is_alive):
+        yield seq, raw, terminal
+
+
 async def _read_redis(
     turn_id: str, after_sequence: int, is_alive: Callable[[], Awaitable[bool]] | None
 ) -> AsyncIterator[tuple[int, Chunk]]:
-    client = async_redis()
+    async for seq, raw, _terminal in _read_redis_raw(turn_id, after_sequence, is_alive):
+        yield seq, json.loads(raw)
+
+
+_INTERRUPTED_RAW = _dumps({"type": "error", "errorText": "The turn was interrupted on the server."})
+
+
+async def _read_redis_raw(
+    turn_id: str, after_sequence: int, is_alive: Callable[[], Awaitable[bool]] | None
+) -> AsyncIterator[tuple[int, str, bool]]:
+    client = async_redis_blocking()  # XREAD BLOCK parks a connection: not from the short pool
     key = _log_key(turn_id)
     expected = after_sequence + 1
     last_id = f"0-{after_sequence + 1}"
@@ -289,7 +447,7 @@ async def _read_redis(
                 # The owner may have finished between our read and the check: read once more.
                 resp = await client.xread({key: last_id}, count=1000)
                 if not resp:
-                    yield expected, {"type": "error", "errorText": "The turn was interrupted on the server."}
+                    yield expected, _INTERRUPTED_RAW, True
                     return
             else:
                 continue
@@ -297,9 +455,11 @@ async def _read_redis(
             seq = int(entry_id.split("-")[1]) - 1
             if seq != expected:
                 raise StreamLagged()
-            chunk = json.loads(fields["c"])
-            yield seq, chunk
+            raw = fields["c"]
+            kind = fields.get("t")
+            terminal = (kind if kind is not None else json.loads(raw)["type"]) in TERMINAL_TYPES
+            yield seq, raw, terminal
             expected = seq + 1
             last_id = entry_id
-            if chunk["type"] in TERMINAL_TYPES:
+            if terminal:
                 return

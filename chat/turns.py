@@ -1,9 +1,11 @@
 """The only place a turn starts, is listened to, or stops (both doors and the admin call this).
 
-start  : authorise (owner only; a new chat id creates the caller's session) → budget check →
+start  : ONE database hop (``_start_sync``): the caller's session (a new chat id creates it) →
          session lease lock (``chat.locks``; refreshed by the turn's heartbeat, released by its
-         token on every exit path) → clear trailing error markers → persist the user message →
-         ``ChatTurn`` row → run ``agents.runtime.run_turn`` as a task that outlives the caller.
+         token on every exit path) → budget check + the ``ChatTurn`` row holding the reservation
+         (one short transaction under the user's lock) → clear trailing error markers → the user
+         message (with its turn id) → history; then ``agents.runtime.run_turn`` runs as a task
+         that outlives the caller. The session row is written once, at the end.
 listen : ``turn_listen(handle)`` / ``turn_subscribe(user, chat_id, after_sequence)`` — replay from
          the per-turn log (``chat.streams``) then live until the terminal chunk.
 stop   : ``inp.stop`` of the running turn is set — directly when it runs in this process, through
@@ -11,7 +13,7 @@ stop   : ``inp.stop`` of the running turn is set — directly when it runs in th
          parts and ends with ``finish`` ``{"stopped": true}``; a ``stopped`` marker is persisted.
 
 Chunk path of a running turn (hot path, all synchronous): run_turn → ``_Coalescer`` (merges text
-deltas arriving within ``COALESCE_WINDOW``; the first delta after a quiet period goes out at
+deltas arriving within one event-loop pass; the first delta after a quiet period goes out at
 once) → ``MessageFolder`` (in memory; the ``MessageWriter`` task persists at boundaries and every
 2 s) → ``TurnStream.append`` (wakes local listeners, queues the Redis mirror).
 
@@ -47,7 +49,7 @@ from agents.types import Attachment, HistoryMessage, TurnInput, TurnResult, Usag
 from chat import locks, streams
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from chat.persistence import MessageFolder, MessageWriter
-from chat.services import message_append, session_get_or_create_for_user, session_touch
+from chat.services import message_append, session_get_or_create_for_user
 from chat.selectors import session_get_for_user
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,10 @@ LOCK_TTL = 30.0  # seconds; refreshed every LOCK_TTL / 3 by the turn's heartbeat
 DEFAULT_IDLE_TIMEOUT = 90.0  # seconds without a model chunk (tools running excepted); AGENT_STREAM_IDLE_TIMEOUT
 FINAL_SAVE_DEADLINE = 15.0  # seconds the end-of-turn writes are retried (database briefly unavailable)
 FINAL_SAVE_BACKOFF = 0.25  # seconds, doubled per attempt, at most 1 s
-COALESCE_WINDOW = 0.003  # seconds
+# seconds; 0: merge what arrives within one event-loop pass (``call_soon``, no timer per window).
+# Measured against the former 3 ms timer window: less daphne CPU per paced delta and lower p50 at
+# 100 streams (docs/performance.md, "Chat side").
+COALESCE_WINDOW = 0.0
 TERMINAL_TYPES = streams.TERMINAL_TYPES
 
 ALREADY_ACTIVE_TEXT = "A response is already being generated in this chat (stream_already_active). Wait for it to finish or stop it first."
@@ -103,6 +108,10 @@ class _Running:
     fault_code: str = ""
     fault_status: str = ChatTurn.Status.FAILED
     last_activity: float = 0.0  # loop time of the last chunk that was not a heartbeat
+    # The chat's title once generated, until someone claims it: ``_finish`` (written with the
+    # turn's end: no writes of its own) or ``_title`` itself when the turn runs on for longer.
+    title_pending: tuple[str, Usage] | None = None
+    finishing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.writer = MessageWriter(session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id))
@@ -139,21 +148,27 @@ def _spawn(coro) -> asyncio.Task:
 class _Coalescer:
     """Leading-edge coalescing: a delta after a quiet period is emitted at once and opens a
     window; deltas arriving inside the window are merged (``agents.events.coalesce``) and
-    emitted when it closes. Any other chunk flushes first, so order is kept."""
+    emitted when it closes. Any other chunk flushes first, so order is kept.
+
+    With ``window == 0`` (the default) the window is the rest of the current event-loop pass
+    (``call_soon``, no timer): the runtime hands over everything its reader has buffered in one
+    pass, so a burst is merged — however large the backlog under load — and a paced delta goes
+    out at once with no added latency."""
 
     __slots__ = ("emit", "pending", "handle", "window")
 
     def __init__(self, emit, window: float = COALESCE_WINDOW) -> None:
         self.emit = emit
         self.pending: list[Chunk] = []
-        self.handle: asyncio.TimerHandle | None = None
+        self.handle: asyncio.Handle | None = None
         self.window = window
 
     def push(self, chunk: Chunk) -> None:
         if chunk["type"] in DELTA_TYPES:
             if self.handle is None:
                 self.emit(chunk)
-                self.handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+                loop = asyncio.get_running_loop()
+                self.handle = loop.call_soon(self._tick) if self.window <= 0 else loop.call_later(self.window, self._tick)
             else:
                 self.pending.append(chunk)
             return
@@ -164,7 +179,8 @@ class _Coalescer:
         self.handle = None
         if self.pending:
             self.flush()
-            self.handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+            if self.window > 0:
+                self.handle = asyncio.get_running_loop().call_later(self.window, self._tick)
 
     def flush(self) -> None:
         if self.pending:
@@ -197,12 +213,19 @@ def _clear_stale_markers(session: ChatSession) -> int:
     return len(stale)
 
 
-def _interrupt_dead_turns(session: ChatSession) -> int:
+def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
     """Turns of this session still marked running belong to a dead worker: the caller holds the
     session lock, so no live turn can exist. Mark them interrupted (their marker would be cleared
-    by this new turn anyway, lesson 6), so a session never shows two running turns."""
-    return ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).update(
-        status=ChatTurn.Status.INTERRUPTED, error_code="interrupted", finish_reason="error", ended_at=timezone.now()
+    by this new turn anyway, lesson 6), so a session never shows two running turns. (A read
+    first: the write is only issued in the rare case there is one.)"""
+    dead = list(
+        ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).exclude(pk=exclude).values_list("pk", flat=True)
+    )
+    if not dead:
+        return 0
+    return ChatTurn.objects.filter(pk__in=dead, status=ChatTurn.Status.RUNNING).update(
+        status=ChatTurn.Status.INTERRUPTED, error_code="interrupted", finish_reason="error", ended_at=timezone.now(),
+        reserved_tokens=0,
     )
 
 
@@ -285,10 +308,52 @@ def turn_input_build(
 
 @dataclass
 class _Prepared:
+    session: ChatSession
     turn: ChatTurn
     inp: TurnInput
     user_text: str
     needs_title: bool
+    lock_token: str
+
+
+def _start_sync(
+    *,
+    user: Any,
+    chat_id: str,
+    turn_id: str,
+    text: str,
+    attachments: list[Attachment],
+    trigger: str,
+    client_message_id: str | None,
+) -> _Prepared:
+    """Everything a turn needs before its model call, in ONE database hop (docs/performance.md, A
+    and E): the caller's session (created when new) → the session lease lock → in one
+    transaction: budget check + reservation (held by the ``ChatTurn`` row) → stale markers → turn
+    row → user message (with its turn id) → history. The lock is released again when anything
+    after it fails."""
+    session, created = session_get_or_create_for_user(
+        user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
+    )
+    session_id = str(session.pk)
+    key = locks.session_key(session_id)
+    if session_id in _active:
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    token = locks.lock_acquire_sync(key, ttl=LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk})
+    if token is None:
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    try:
+        prepared = _prepare(
+            session=session, user=user, turn_id=turn_id, text=text, attachments=attachments,
+            trigger=trigger, client_message_id=client_message_id, new_session=created,
+        )
+    except BaseException:
+        try:
+            locks.lock_release_sync(key, token)
+        except Exception:  # noqa: BLE001 - the TTL frees it anyway
+            logger.exception("releasing the lock of a refused turn failed")
+        raise
+    prepared.lock_token = token
+    return prepared
 
 
 def _prepare(
@@ -300,47 +365,87 @@ def _prepare(
     attachments: list[Attachment],
     trigger: str,
     client_message_id: str | None,
+    new_session: bool = False,
 ) -> _Prepared:
+    from chat import usage as chat_usage
+
+    backend = session.backend or settings.AGENT_BACKEND
+    model = session.model or settings.AGENT_MODEL
+    refusal: AgentError | None = None
+    reserved: list[int] = []
     with transaction.atomic():
-        _interrupt_dead_turns(session)
+        # Check and reserve under the user's lock; the reservation is the turn row's
+        # ``reserved_tokens``, written in this same transaction (atomic across processes). Only
+        # that: the user's lock serialises all of a user's turn starts (in every process), so
+        # it is held for as short as possible.
+        try:
+            chat_usage.budget_check(user=user, model=model, reserve=reserved.append)
+        except AgentError as exc:
+            refusal = exc  # the refusal record budget_check wrote commits with this block
+        if refusal is None:
+            turn = ChatTurn.objects.create(
+                id=turn_id, session=session, trigger=trigger, backend=backend, model=model,
+                worker=locks.WORKER_ID, heartbeat_at=timezone.now(), reserved_tokens=sum(reserved),
+            )
+    if refusal is not None:
+        code = "rate_limited" if refusal.kind == ErrorKind.RATE_LIMITED else "budget_exceeded"
+        raise TurnRefused(code, refusal.message, resets_at=refusal.resets_at)
+    try:
+        with transaction.atomic():
+            return _prepare_in_transaction(
+                session=session, user=user, turn=turn, text=text, attachments=attachments, trigger=trigger,
+                client_message_id=client_message_id, new_session=new_session,
+            )
+    except BaseException:
+        # Nothing refers to the turn row yet (that transaction rolled back): drop it, and with
+        # it the reservation.
+        try:
+            ChatTurn.objects.filter(pk=turn.pk).delete()
+        except Exception:  # noqa: BLE001 - the reservation expires anyway
+            logger.exception("dropping turn %s after a failed start failed", turn.pk)
+        raise
+
+
+def _prepare_in_transaction(
+    *, session: ChatSession, user: Any, turn: ChatTurn, text: str, attachments: list[Attachment], trigger: str,
+    client_message_id: str | None, new_session: bool = False,
+) -> _Prepared:
+    turn_id = str(turn.pk)
+    if not new_session:  # a session created in this hop has no turns nor messages yet
+        _interrupt_dead_turns(session, exclude=turn.pk)
         _clear_stale_markers(session)
-        if trigger == "regenerate-message":
-            last_user = (
-                ChatMessage.objects.filter(session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
-                .order_by("-sequence")
-                .first()
-            )
-            if last_user is None:
-                raise TurnRefused("invalid_request", "There is no message to regenerate.")
-            ChatMessage.objects.filter(session=session, sequence__gt=last_user.sequence).delete()
-            user_msg = last_user
-            text = "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
-            attachments = [a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a]
-        else:
-            parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-            parts += [_file_part(a) for a in attachments]
-            user_msg = message_append(
-                session=session,
-                role=ChatMessage.Role.USER,
-                text=text,
-                parts=parts,
-                metadata={"messageId": client_message_id} if client_message_id else {},
-            )
-        backend = session.backend or settings.AGENT_BACKEND
-        model = session.model or settings.AGENT_MODEL
-        turn = ChatTurn.objects.create(
-            id=turn_id, session=session, trigger=trigger, backend=backend, model=model,
-            worker=locks.WORKER_ID, heartbeat_at=timezone.now(),
+    if trigger == "regenerate-message":
+        last_user = (
+            ChatMessage.objects.filter(session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
+            .order_by("-sequence")
+            .first()
         )
-        if user_msg.turn_id is None:
-            ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
-        history = history_for_turn(session=session, before_sequence=user_msg.sequence)
-        needs_title = not session.title and not any(m.role == "user" for m in history)
-        session_touch(session_id=session.pk)
+        if last_user is None:
+            raise TurnRefused("invalid_request", "There is no message to regenerate.")
+        ChatMessage.objects.filter(session=session, sequence__gt=last_user.sequence).delete()
+        user_msg = last_user
+        text = "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
+        attachments = [a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a]
+    if trigger != "regenerate-message":
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        parts += [_file_part(a) for a in attachments]
+        user_msg = message_append(
+            session=session,
+            role=ChatMessage.Role.USER,
+            text=text,
+            parts=parts,
+            metadata={"messageId": client_message_id} if client_message_id else {},
+            turn=turn,  # inserted with its turn: no second write (docs/performance.md, E)
+        )
+    elif user_msg.turn_id is None:
+        ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
+    history = history_for_turn(session=session, before_sequence=user_msg.sequence)
+    needs_title = not session.title and not any(m.role == "user" for m in history)
+    # The session row is touched once, when the turn ends (``_session_after_turn``).
     inp = turn_input_build(
         session=session, user=user, text=text, attachments=attachments, history=history, message_id=f"msg-{turn_id}"
     )
-    return _Prepared(turn=turn, inp=inp, user_text=text, needs_title=needs_title)
+    return _Prepared(session=session, turn=turn, inp=inp, user_text=text, needs_title=needs_title, lock_token="")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,32 +480,23 @@ async def turn_start(
         raise TurnRefused("unavailable", shutdown.SHUTDOWN_REFUSED_TEXT)
     shutdown.install()
 
-    session, _created = await database_sync_to_async(session_get_or_create_for_user)(
-        user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
-    )
-    session_id = str(session.pk)
-    model = session.model or settings.AGENT_MODEL
-    key = locks.session_key(session_id)
-    if session_id in _active or await locks.lock_holder_async(key) is not None:
-        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
-    try:
-        await database_sync_to_async(chat_usage.budget_check)(user=user, model=model)
-    except AgentError as exc:
-        code = "rate_limited" if exc.kind == ErrorKind.RATE_LIMITED else "budget_exceeded"
-        raise TurnRefused(code, exc.message, resets_at=exc.resets_at) from None
-
+    if locks.use_redis():
+        await _control_listener_ready()
     turn_id = str(uuid.uuid4())
-    token = await locks.lock_acquire(key, ttl=LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk})
-    if token is None:
-        await _budget_release(user)
+    # One database hop for the whole start (session, lock, budget, rows, history): the model
+    # call starts right after it (docs/performance.md, A/E).
+    prepared = await database_sync_to_async(_start_sync)(
+        user=user, chat_id=chat_id, turn_id=turn_id, text=text, attachments=attachments,
+        trigger=trigger, client_message_id=client_message_id,
+    )
+    session = prepared.session
+    session_id = str(session.pk)
+    key = locks.session_key(session_id)
+    token = prepared.lock_token
+    if session_id in _active:  # a same-process start raced us between the hop and here
+        await asyncio.shield(locks.lock_release(key, token))
         raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
     try:
-        if locks.use_redis():
-            await _control_listener_ready()
-        prepared = await database_sync_to_async(_prepare)(
-            session=session, user=user, turn_id=turn_id, text=text, attachments=attachments,
-            trigger=trigger, client_message_id=client_message_id,
-        )
         inp = prepared.inp
 
         async def step_check(usage_so_far: Usage) -> None:
@@ -414,24 +510,27 @@ async def turn_start(
         )
     except BaseException:
         await asyncio.shield(locks.lock_release(key, token))
-        await asyncio.shield(_budget_release(user))
+        await asyncio.shield(_turn_abandon(prepared.turn))
         raise
     _active[session_id] = running
     _spawn(_run(running))
     return TurnHandle(session_id=session_id, turn_id=turn_id, message_id=inp.message_id)
 
 
-async def _budget_release(user: Any) -> None:
-    """Give back the reservation ``budget_check`` made for a turn that did not start."""
-    from chat import usage as chat_usage
+async def _turn_abandon(turn: ChatTurn) -> None:
+    """A turn whose rows were written but that could not be started: mark it failed and give
+    back its budget reservation (it would expire anyway)."""
 
-    release = getattr(chat_usage, "budget_release", None)
-    if release is None:
-        return
+    def abandon() -> None:
+        ChatTurn.objects.filter(pk=turn.pk, status=ChatTurn.Status.RUNNING).update(
+            status=ChatTurn.Status.FAILED, error_code="not_started", finish_reason="error",
+            ended_at=timezone.now(), reserved_tokens=0,
+        )
+
     try:
-        await database_sync_to_async(release)(user=user)
+        await database_sync_to_async(abandon)()
     except Exception:  # noqa: BLE001 - reservations expire anyway
-        logger.exception("releasing a budget reservation failed")
+        logger.exception("abandoning turn %s failed", turn.pk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +614,9 @@ async def _finish(
         status = ChatTurn.Status.FINISHED
     # The final writes are retried for a few seconds (a database restart, a locked SQLite file,
     # a terminated PostgreSQL connection): the output produced so far must not be lost.
+    title = rt.title_pending
+    rt.title_pending = None
+    rt.finishing.set()
     done_steps: set[str] = set()
     saved = False
     loop = asyncio.get_running_loop()
@@ -528,12 +630,17 @@ async def _finish(
             await asyncio.sleep(min(1.0, FINAL_SAVE_BACKOFF * 2 ** (attempt - 1)))
         attempt += 1
         try:
-            if not saved:
-                await rt.writer.flush(final=True)
-                saved = True
-            failed = await database_sync_to_async(_record_end)(
-                rt=rt, result=result, status=status, chunk_count=rt.stream.next_sequence + 1, skip=done_steps
-            )
+            # One database hop: the assistant row's final write, then the end records.
+            def end_writes(saved: bool = saved) -> list[str]:
+                if not saved:
+                    rt.writer.flush_final_sync()
+                return _record_end(
+                    rt=rt, result=result, status=status, chunk_count=rt.stream.next_sequence + (2 if title else 1),
+                    skip=done_steps, title=title,
+                )
+
+            failed = await database_sync_to_async(end_writes)()
+            saved = True
         except Exception:  # noqa: BLE001
             logger.warning("final save of turn %s failed (attempt %d)", rt.turn_id, attempt, exc_info=attempt == 1)
             continue
@@ -541,35 +648,48 @@ async def _finish(
             break
     # A title still being generated lands in the database; its chunk is sent only while the
     # stream is open (title_task is not awaited: the turn's end never waits for it).
+    # With Redis: the log is complete in the mirror (all but the terminal) before the lock goes,
+    # so a resume through another process never finds "no turn" and a log that lags behind.
+    await rt.stream.mirror_flush()
     try:
         await locks.lock_release(locks.session_key(rt.session_id), rt.lock_token)
     except Exception:  # noqa: BLE001 - the TTL frees it anyway
         logger.exception("releasing the lock of turn %s failed", rt.turn_id)
     if _active.get(rt.session_id) is rt:
         del _active[rt.session_id]
+    if title is not None and "session" in done_steps:
+        rt.stream.append(events.session_info({"id": rt.session_id, "title": title[0]}))
     rt.stream.append(terminal)
     await rt.stream.aclose()
     rt.done.set()
 
 
-def _record_end(*, rt: _Running, result: TurnResult, status: str, chunk_count: int, skip: set[str] | None = None) -> list[str]:
+def _record_end(
+    *, rt: _Running, result: TurnResult, status: str, chunk_count: int, skip: set[str] | None = None,
+    title: tuple[str, Usage] | None = None,
+) -> list[str]:
     """Record the end of a turn; returns the steps that failed (``skip`` collects those done, so
-    a retry redoes only the failed ones)."""
+    a retry redoes only the failed ones). One write per step: the turn row (status and the
+    release of its budget reservation), the usage rows (the turn's and its title's, one INSERT),
+    the session row (activity, agent session id, title)."""
     from chat import usage as chat_usage
 
     session, turn, error = rt.session, rt.turn, result.error
+    model = result.model or rt.inp.model
+    usages = [(turn, "turn", model, rt.inp.backend, result.usage)]
+    if title is not None and (title[1].input_tokens or title[1].output_tokens):
+        usages.append((None, "title", rt.inp.model, rt.inp.backend, title[1]))
     steps = [
         ("marker", lambda: _persist_marker(rt=rt, result=result)),
         ("turn", lambda: ChatTurn.objects.filter(pk=turn.pk).update(
             status=status, finish_reason=result.finish_reason or ("error" if error else ""),
             error_code=(rt.fault_code if error is rt.fault else error.code) if error is not None and not result.stopped else "",
-            chunk_count=chunk_count, ended_at=timezone.now(),
+            chunk_count=chunk_count, ended_at=timezone.now(), reserved_tokens=0,
         )),
-        ("usage", lambda: chat_usage.usage_record(
-            user=rt.user, session=session, turn=turn, model=result.model or rt.inp.model,
-            backend=rt.inp.backend, usage=result.usage,
+        ("usage", lambda: chat_usage.usage_records_create(user=rt.user, session=session, records=usages)),
+        ("session", lambda: _session_after_turn(
+            session=session, agent_session_id=result.agent_session_id, title=title[0] if title else None,
         )),
-        ("session", lambda: _session_after_turn(session=session, agent_session_id=result.agent_session_id)),
     ]
     if error is not None and error.kind == ErrorKind.RATE_LIMITED and not result.stopped:
         steps.append(("rate limit", lambda: chat_usage.rate_limit_record_upstream(
@@ -642,11 +762,15 @@ def _persist_marker(*, rt: _Running, result: TurnResult) -> None:
         )
 
 
-def _session_after_turn(*, session: ChatSession, agent_session_id: str | None) -> None:
+def _session_after_turn(*, session: ChatSession, agent_session_id: str | None, title: str | None = None) -> None:
+    from django.db.models import Case, F, Value, When
+
     now = timezone.now()
     updates: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
     if agent_session_id:
         updates["agent_session_id"] = agent_session_id
+    if title:  # only where the chat still has no title (a rename meanwhile wins)
+        updates["title"] = Case(When(title="", then=Value(title[:200])), default=F("title"))
     ChatSession.objects.filter(pk=session.pk).update(**updates)
 
 
@@ -717,6 +841,18 @@ async def _title(rt: _Running) -> None:
         title, usage = await generate_title(user_text=rt.user_text, model=rt.inp.model)
         if not title:
             return
+        # Hand the title to the turn's end (written with it: no extra writes) unless the turn
+        # runs on past the flush interval: then it is stored (and shown) now.
+        rt.title_pending = (title, usage)
+        from chat.persistence import FLUSH_INTERVAL
+
+        remaining = rt.turn.started_at.timestamp() + FLUSH_INTERVAL - time.time()
+        if remaining > 0 and not rt.finishing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.finishing.wait(), timeout=remaining)
+        if rt.title_pending is None:
+            return  # claimed by _finish
+        rt.title_pending = None
 
         def store() -> bool:
             stored = bool(ChatSession.objects.filter(pk=rt.session.pk, title="").update(title=title[:200]))
@@ -768,13 +904,25 @@ def turn_listen(*, handle: TurnHandle, after_sequence: int = -1) -> AsyncIterato
     )
 
 
-async def turn_subscribe(
+def turn_listen_raw(*, handle: TurnHandle, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
+    """``turn_listen`` as ``(sequence, chunk JSON, is_terminal)`` (``streams.stream_read_raw``)."""
+    return streams.stream_read_raw(
+        turn_id=handle.turn_id, after_sequence=after_sequence, is_alive=_alive_check(handle.session_id, handle.turn_id)
+    )
+
+
+async def turn_subscribe_raw(
     *, user: Any, chat_id: str, after_sequence: int = -1
-) -> AsyncIterator[tuple[int, Chunk]] | None:
-    """Replay the chat's active turn from ``after_sequence + 1``, then follow it live until its
-    terminal chunk. None when nothing is active. With ``after_sequence >= 0`` a turn that ended
-    moments ago still delivers the tail the caller missed (its log is retained a while).
-    Raises TurnRefused("not_found") for an unknown or foreign chat."""
+) -> AsyncIterator[tuple[int, str, bool]] | None:
+    """``turn_subscribe`` as ``(sequence, chunk JSON, is_terminal)``."""
+    found = await _subscribe_target(user=user, chat_id=chat_id, after_sequence=after_sequence)
+    if found is None:
+        return None
+    session_id, turn_id = found
+    return streams.stream_read_raw(turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id))
+
+
+async def _subscribe_target(*, user: Any, chat_id: str, after_sequence: int) -> tuple[str, str] | None:
     session = await database_sync_to_async(session_get_for_user)(user=user, chat_id=chat_id)
     if session is None:
         raise TurnRefused("not_found", NOT_FOUND_TEXT)
@@ -782,10 +930,26 @@ async def turn_subscribe(
     turn_id = await _active_turn_id(session_id)
     if turn_id is None and after_sequence >= 0:
         latest = await streams.stream_latest_turn(session_id=session_id)
-        if latest is not None and await streams.stream_last_sequence(turn_id=latest) > after_sequence:
+        if latest is not None and (
+            await streams.stream_last_sequence(turn_id=latest) > after_sequence
+            # Ended moments ago, its terminal chunk not yet mirrored: read on, it arrives.
+            or await streams.stream_is_finished(turn_id=latest) is False
+        ):
             turn_id = latest
-    if turn_id is None:
+    return None if turn_id is None else (session_id, turn_id)
+
+
+async def turn_subscribe(
+    *, user: Any, chat_id: str, after_sequence: int = -1
+) -> AsyncIterator[tuple[int, Chunk]] | None:
+    """Replay the chat's active turn from ``after_sequence + 1``, then follow it live until its
+    terminal chunk. None when nothing is active. With ``after_sequence >= 0`` a turn that ended
+    moments ago still delivers the tail the caller missed (its log is retained a while).
+    Raises TurnRefused("not_found") for an unknown or foreign chat."""
+    found = await _subscribe_target(user=user, chat_id=chat_id, after_sequence=after_sequence)
+    if found is None:
         return None
+    session_id, turn_id = found
     return streams.stream_read(turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id))
 
 
@@ -846,7 +1010,7 @@ async def _control_listener_ready() -> None:
 
 
 async def _control_listener(ready: asyncio.Future) -> None:
-    pubsub = locks.async_redis().pubsub()
+    pubsub = locks.async_redis_blocking().pubsub()  # parks a connection: not from the short pool
     try:
         await pubsub.subscribe(_control_channel())
         if not ready.done():

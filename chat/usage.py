@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -88,7 +89,72 @@ def _used_since(*, user_id: Any, since: dt.datetime) -> int:
 
 
 def _reserved(*, user_id: Any, now: dt.datetime) -> int:
-    return int(BudgetReservation.objects.filter(user_id=user_id, expires_at__gt=now).aggregate(s=Sum("tokens"))["s"] or 0)
+    """Live reservations: standalone rows (``budget_check`` without ``reserve``) plus the
+    ``reserved_tokens`` of the user's running turns (at most TURN_RESERVE_TTL_SECONDS old: a turn
+    whose worker died stops counting, like an expired reservation row)."""
+    rows = BudgetReservation.objects.filter(user_id=user_id, expires_at__gt=now).aggregate(s=Sum("tokens"))["s"] or 0
+    turns = ChatTurn.objects.filter(
+        status=ChatTurn.Status.RUNNING,
+        session__owner_id=user_id,
+        reserved_tokens__gt=0,
+        started_at__gt=now - dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS),
+    ).aggregate(s=Sum("reserved_tokens"))["s"] or 0
+    return int(rows) + int(turns)
+
+
+def _totals(*, user_id: Any, now: dt.datetime, day_start: dt.datetime, week_start: dt.datetime, reserved: bool = True) -> dict[str, int | None]:
+    """One statement for everything a check needs: the user's limit overrides, committed usage
+    since the day's and the week's start, and (``reserved``) the live reservations — scalar
+    subqueries of one SELECT, in plain SQL (the ORM spends longer compiling six subqueries than
+    the database spends running them). Keys: daily_limit, weekly_limit (None: the settings
+    default), used_day, used_week, reserved."""
+    ops = connection.ops
+    budget, usage = UserBudget._meta.db_table, TokenUsage._meta.db_table
+    reservation, turn, session = BudgetReservation._meta.db_table, ChatTurn._meta.db_table, ChatSession._meta.db_table
+    q = connection.ops.quote_name
+    parts = [
+        f"(SELECT {q('daily_limit')} FROM {q(budget)} WHERE {q('user_id')} = %s)",
+        f"(SELECT {q('weekly_limit')} FROM {q(budget)} WHERE {q('user_id')} = %s)",
+        f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
+        f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
+    ]
+    params: list[Any] = [
+        user_id, user_id,
+        user_id, ops.adapt_datetimefield_value(day_start),
+        user_id, ops.adapt_datetimefield_value(week_start),
+    ]
+    if reserved:
+        parts.append(
+            f"(SELECT COALESCE(SUM({q('tokens')}), 0) FROM {q(reservation)} WHERE {q('user_id')} = %s AND {q('expires_at')} > %s)"
+        )
+        parts.append(
+            f"(SELECT COALESCE(SUM(t.{q('reserved_tokens')}), 0) FROM {q(turn)} t INNER JOIN {q(session)} s"
+            f" ON t.{q('session_id')} = s.{q('id')} WHERE s.{q('owner_id')} = %s AND t.{q('status')} = %s"
+            f" AND t.{q('reserved_tokens')} > 0 AND t.{q('started_at')} > %s)"
+        )
+        params += [
+            user_id, ops.adapt_datetimefield_value(now),
+            user_id, ChatTurn.Status.RUNNING.value,
+            ops.adapt_datetimefield_value(now - dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS)),
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        row = cursor.fetchone()
+    return {
+        "daily_limit": None if row[0] is None else int(row[0]),
+        "weekly_limit": None if row[1] is None else int(row[1]),
+        "used_day": int(row[2] or 0),
+        "used_week": int(row[3] or 0),
+        "reserved": int(row[4] or 0) + int(row[5] or 0) if reserved else 0,
+    }
+
+
+def _limits_from(totals: dict[str, int | None]) -> tuple[int, int]:
+    daily, weekly = totals["daily_limit"], totals["weekly_limit"]
+    return (
+        settings.USER_TOKEN_BUDGET_DAILY if daily is None else int(daily),
+        settings.USER_TOKEN_BUDGET_WEEKLY if weekly is None else int(weekly),
+    )
 
 
 def _fmt(when: dt.datetime) -> str:
@@ -102,7 +168,8 @@ def usage_record(
     *, user: Any, session: ChatSession | None, turn: ChatTurn | None, model: str, backend: str, usage: Usage, purpose: str = "turn"
 ) -> TokenUsage:
     """One TokenUsage row (per turn, even when it failed or was stopped); a turn's row also releases
-    the reservation its ``budget_check`` made."""
+    the reservation its ``budget_check`` made — a standalone reservation row; a reservation held
+    in the turn's own ``reserved_tokens`` is released by the write that records the turn's end."""
     with transaction.atomic():
         row = TokenUsage.objects.create(
             user=user,
@@ -118,9 +185,24 @@ def usage_record(
             weighted_tokens=weighted_tokens(usage),
             cost_usd=round(usage.cost_usd, 6),
         )
-        if purpose == "turn":
+        if purpose == "turn" and not getattr(turn, "reserved_tokens", 0):
             _release_one(user_id=user.pk)
     return row
+
+
+def usage_records_create(*, user: Any, session: ChatSession | None, records: list[tuple[ChatTurn | None, str, str, str, Usage]]) -> None:
+    """Several TokenUsage rows in one INSERT (a turn's row and its chat title's), each
+    ``(turn, purpose, model, backend, usage)``. Reservations are not touched: the turns using this
+    carry theirs in ``ChatTurn.reserved_tokens``."""
+    TokenUsage.objects.bulk_create([
+        TokenUsage(
+            user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+            weighted_tokens=weighted_tokens(usage), cost_usd=round(usage.cost_usd, 6),
+        )
+        for turn, purpose, model, backend, usage in records
+    ])
 
 
 def _release_one(*, user_id: Any) -> bool:
@@ -196,10 +278,15 @@ def _over_limit(*, used_day: int, used_week: int, daily: int, weekly: int, now: 
     )
 
 
-def budget_check(*, user: Any, model: str) -> None:
+def budget_check(*, user: Any, model: str, reserve: Callable[[int], None] | None = None) -> None:
     """Raise AgentError (kind BUDGET or RATE_LIMITED, with resets_at) if the user may not start a
     turn on ``model`` now; records a budget refusal as a RateLimitRecord. When the turn may start,
-    reserves ``TURN_RESERVE_TOKENS`` for it (atomically with the check)."""
+    reserves ``TURN_RESERVE_TOKENS`` for it (atomically with the check).
+
+    ``reserve``: instead of a ``BudgetReservation`` row, ``reserve(tokens)`` is called under the
+    user's lock; the caller must then write the reservation (``ChatTurn.reserved_tokens`` of a
+    running turn) *in the same transaction*, opened around this call (chat.turns does), so the
+    check and the reservation stay atomic across processes."""
     now = _now()
     upstream = upstream_limit_active(model=model, now=now)
     if upstream is not None:
@@ -209,18 +296,25 @@ def budget_check(*, user: Any, model: str) -> None:
             message=f"The model is rate limited right now. It resets at {_fmt(upstream.resets_at)}.",
             resets_at=upstream.resets_at,
         )
-    daily, weekly = budget_limits(user=user)
     day_start, _ = day_window(now)
     week_start, _ = week_window(now)
     refusal: AgentError | None = None
     with transaction.atomic():
-        # The per-user serialisation point: concurrent checks of one user queue here.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
-        reserved = _reserved(user_id=user.pk, now=now)
-        used_day = _used_since(user_id=user.pk, since=day_start) + reserved
-        used_week = _used_since(user_id=user.pk, since=week_start) + reserved
+        # The per-user serialisation point: concurrent checks of one user queue here. (SQLite
+        # has no row locks: its IMMEDIATE transactions already serialise every writer.) The lock
+        # is its own statement so the totals read after it see what the previous holder
+        # committed (READ COMMITTED takes a new snapshot per statement).
+        if connection.features.has_select_for_update:
+            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+        totals = _totals(user_id=user.pk, now=now, day_start=day_start, week_start=week_start)
+        daily, weekly = _limits_from(totals)
+        reserved = totals["reserved"]
+        used_day = totals["used_day"] + reserved
+        used_week = totals["used_week"] + reserved
         refusal = _over_limit(used_day=used_day, used_week=used_week, daily=daily, weekly=weekly, now=now)
-        if refusal is None and settings.TURN_RESERVE_TOKENS > 0:
+        if refusal is None and reserve is not None:
+            reserve(max(0, settings.TURN_RESERVE_TOKENS))
+        elif refusal is None and settings.TURN_RESERVE_TOKENS > 0:
             BudgetReservation.objects.create(
                 user_id=user.pk,
                 tokens=settings.TURN_RESERVE_TOKENS,
@@ -236,13 +330,14 @@ def budget_step_check(*, user: Any, model: str, usage_so_far: Usage) -> None:
     usage plus this turn's usage so far reaches a limit. (Other turns' reservations are not counted:
     each running turn can overshoot by at most its current step.)"""
     now = _now()
-    daily, weekly = budget_limits(user=user)
     day_start, _ = day_window(now)
     week_start, _ = week_window(now)
+    totals = _totals(user_id=user.pk, now=now, day_start=day_start, week_start=week_start, reserved=False)
+    daily, weekly = _limits_from(totals)
     running = weighted_tokens(usage_so_far)
     refusal = _over_limit(
-        used_day=_used_since(user_id=user.pk, since=day_start) + running,
-        used_week=_used_since(user_id=user.pk, since=week_start) + running,
+        used_day=totals["used_day"] + running,
+        used_week=totals["used_week"] + running,
         daily=daily,
         weekly=weekly,
         now=now,

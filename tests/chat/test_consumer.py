@@ -131,7 +131,7 @@ async def test_budget_refusal_never_reaches_the_model(backend_api, connect, user
 
     resets = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
-    def refuse(*, user, model):  # the operators' budget_check contract: raise AgentError
+    def refuse(*, user, model, **_kw):  # the operators' budget_check contract: raise AgentError
         raise AgentError(ErrorKind.BUDGET, resets_at=resets)
 
     monkeypatch.setattr("chat.usage.budget_check", refuse)
