@@ -188,19 +188,26 @@ def _info_from_redis(key: str, token: str | None, raw: str | None, pttl: int) ->
 # ---------------------------------------------------------------------------------------------
 
 
+def _local_acquire(key: str, token: str, now: float, ttl: float, meta: dict[str, Any] | None) -> str | None:
+    with _local_lock:
+        if _local_get(key) is not None:
+            return None
+        _local[key] = LockInfo(key, token, WORKER_ID, now, now + ttl, dict(meta or {}))
+    return token
+
+
+def _redis_info(now: float, meta: dict[str, Any] | None) -> str:
+    return json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}})
+
+
 async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
     """Take the lock; returns the owner token, or None when someone else holds it."""
-    token = secrets.token_hex(16)
-    now = time.time()
+    token, now = secrets.token_hex(16), time.time()
     if not use_redis():
-        with _local_lock:
-            if _local_get(key) is not None:
-                return None
-            _local[key] = LockInfo(key, token, WORKER_ID, now, now + ttl, dict(meta or {}))
-        return token
+        return _local_acquire(key, token, now, ttl, meta)
     lock_key, info_key = _lock_keys(key)
     client = async_redis()
-    info = json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}})
+    info = _redis_info(now, meta)
     if not await client.eval(_ACQUIRE, 2, lock_key, info_key, token, int(ttl * 1000), info):
         # A retried call whose first attempt went through reads as "taken": check the owner.
         if await client.get(lock_key) != token:
@@ -211,17 +218,12 @@ async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, An
 def lock_acquire_sync(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
     """``lock_acquire`` for sync code (``chat.turns`` takes the session lock inside its single
     database hop at turn start). Thread-safe; with Redis it uses the process's sync client."""
-    token = secrets.token_hex(16)
-    now = time.time()
+    token, now = secrets.token_hex(16), time.time()
     if not use_redis():
-        with _local_lock:
-            if _local_get(key) is not None:
-                return None
-            _local[key] = LockInfo(key, token, WORKER_ID, now, now + ttl, dict(meta or {}))
-        return token
+        return _local_acquire(key, token, now, ttl, meta)
     lock_key, info_key = _lock_keys(key)
     client = sync_redis()
-    info = json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}})
+    info = _redis_info(now, meta)
     if not client.eval(_ACQUIRE, 2, lock_key, info_key, token, int(ttl * 1000), info):
         # A retried call whose first attempt went through reads as "taken": check the owner.
         if client.get(lock_key) != token:

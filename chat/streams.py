@@ -29,7 +29,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from agents.events import Chunk
 from chat.locks import async_redis, async_redis_blocking, redis_key, use_redis
@@ -171,28 +170,19 @@ class TurnStream:
         return self._waiter
 
     async def read(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, Chunk]]:
-        pos = after_sequence + 1
-        while True:
-            if pos < self.base:
-                raise StreamLagged()
-            while pos < self.base + len(self.chunks):
-                if pos < self.base:
-                    raise StreamLagged()
-                chunk = self.chunks[pos - self.base]
-                yield pos, chunk
-                pos += 1
-                if chunk["type"] in TERMINAL_TYPES:
-                    return
-            if self.closed:
-                return
-            # Shielded: the future is shared by every listener, and cancelling one listener
-            # must not cancel it for the others.
-            await asyncio.shield(self._wait())
+        async for pos, i, _terminal in self._positions(after_sequence):
+            yield pos, self.chunks[i]
 
     async def read_raw(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
         """Like ``read`` but yields ``(sequence, chunk JSON, is_terminal)``: no encoding per
         listener. Everything already in the log is yielded without suspending (a replay is one
         burst; the caller decides when to yield to the loop)."""
+        async for pos, i, terminal in self._positions(after_sequence):
+            yield pos, self.encoded[i], terminal
+
+    async def _positions(self, after_sequence: int) -> AsyncIterator[tuple[int, int, bool]]:
+        """``(sequence, index in the log, is_terminal)`` from ``after_sequence + 1`` until the terminal chunk
+        or the stream closes; raises StreamLagged when the position was trimmed away."""
         pos = after_sequence + 1
         while True:
             if pos < self.base:
@@ -201,13 +191,15 @@ class TurnStream:
                 if pos < self.base:
                     raise StreamLagged()
                 i = pos - self.base
-                terminal = self.chunks[i]["type"] in TERMINAL_TYPES
-                yield pos, self.encoded[i], terminal
+                terminal = self.chunks[i]["type"] in TERMINAL_TYPES  # before yielding: trims move i
+                yield pos, i, terminal
                 pos += 1
                 if terminal:
                     return
             if self.closed:
                 return
+            # Shielded: the future is shared by every listener, and cancelling one listener
+            # must not cancel it for the others.
             await asyncio.shield(self._wait())
 
 
