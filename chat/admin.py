@@ -22,7 +22,7 @@ from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -117,15 +117,8 @@ def render_message(message: ChatMessage) -> SafeString:
 
 
 def transcript_url(agent_session_id: str) -> str | None:
-    """The transcript viewer's URL (transcripts app), or None when it is not installed."""
-    if not agent_session_id:
-        return None
-    for kwargs in ({"args": [agent_session_id]}, {"kwargs": {"session_id": agent_session_id}}, {"kwargs": {"agent_session_id": agent_session_id}}):
-        try:
-            return reverse("transcripts:viewer", **kwargs)
-        except NoReverseMatch:
-            continue
-    return None
+    """The transcript viewer's URL for a CLI session id (None before the first sdk turn)."""
+    return reverse("transcripts:viewer", args=[agent_session_id]) if agent_session_id else None
 
 
 # --- Sessions ------------------------------------------------------------------------------------
