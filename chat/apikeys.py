@@ -5,6 +5,13 @@ salt and ``sha256(salt + secret)`` are stored; the full key is returned once, by
 ``api_key_create``. Verification looks the row up by prefix and compares digests in constant
 time. ``last_used_at`` is written at most once per ``API_KEY_TOUCH_INTERVAL`` seconds per key,
 by a conditional UPDATE, never once per request.
+
+The websocket handshake asks ``api_key_cached`` first: a per-process cache of keys verified in
+the last ``API_KEY_CACHE_SECONDS`` (default 5; 0 turns it off), so a burst of reconnects needs
+no database hop (a hop queues behind turn work in the single database thread; docs/performance.md).
+The secret is still checked against the stored digest on every hit. ``api_key_revoke`` and any
+save of the key or of its owner drop the entry at once in this process; a change made elsewhere
+(another worker, a raw UPDATE) is honoured within ``API_KEY_CACHE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Any
 
 from django.conf import settings
@@ -25,6 +33,11 @@ KEY_SCHEME = "cps"
 PREFIX_BYTES = 6  # 12 hex characters
 SECRET_BYTES = 32
 DEFAULT_TOUCH_INTERVAL = 60.0  # seconds
+DEFAULT_CACHE_SECONDS = 5.0
+CACHE_MAX_ENTRIES = 4096
+
+# prefix -> (monotonic expiry, ApiKey with its owner loaded)
+_verified: dict[str, tuple[float, ApiKey]] = {}
 
 
 def api_key_hash(*, secret: str, salt: str) -> str:
@@ -57,6 +70,7 @@ def api_key_create(*, owner: Any, name: str) -> tuple[ApiKey, str]:
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    api_key_cache_forget(prefix=api_key.prefix)
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
@@ -90,7 +104,54 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     if api_key.revoked_at is not None or not api_key.owner.is_active:
         return None
     api_key_touch(api_key=api_key)
+    _cache_put(api_key)
     return api_key
+
+
+def _cache_seconds() -> float:
+    return float(getattr(settings, "API_KEY_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
+
+
+def _cache_put(api_key: ApiKey) -> None:
+    ttl = _cache_seconds()
+    if ttl <= 0:
+        return
+    if len(_verified) >= CACHE_MAX_ENTRIES:
+        _verified.clear()  # a burst of distinct keys: start over rather than track recency
+    _verified[api_key.prefix] = (time.monotonic() + ttl, api_key)
+
+
+def api_key_cached(*, raw_key: str) -> ApiKey | None:
+    """The key for ``raw_key`` if it was verified in this process within the cache period, its
+    secret matches and its use needs no ``last_used_at`` write; else None (then ask
+    ``api_key_authenticate``). Never touches the database."""
+    parsed = api_key_parse(raw_key)
+    if parsed is None:
+        return None
+    prefix, secret = parsed
+    entry = _verified.get(prefix)
+    if entry is None:
+        return None
+    expires, api_key = entry
+    if time.monotonic() >= expires:
+        _verified.pop(prefix, None)
+        return None
+    if not hmac.compare_digest(api_key_hash(secret=secret, salt=api_key.salt), api_key.hashed_key):
+        return None
+    interval = dt.timedelta(seconds=getattr(settings, "API_KEY_TOUCH_INTERVAL", DEFAULT_TOUCH_INTERVAL))
+    if api_key.last_used_at is None or api_key.last_used_at <= timezone.now() - interval:
+        return None  # due for its last_used_at write: let the database path record the use
+    return api_key
+
+
+def api_key_cache_forget(*, prefix: str | None = None, owner_id: Any = None) -> None:
+    """Drop cached keys: one by prefix, every key of an owner, or (no argument) all."""
+    if prefix is None and owner_id is None:
+        _verified.clear()
+        return
+    for key_prefix, (_expires, api_key) in list(_verified.items()):
+        if key_prefix == prefix or (owner_id is not None and api_key.owner_id == owner_id):
+            _verified.pop(key_prefix, None)
 
 
 def api_key_touch(*, api_key: ApiKey, now: dt.datetime | None = None) -> bool:

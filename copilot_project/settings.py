@@ -229,6 +229,7 @@ SPECTACULAR_SETTINGS = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=32 * 1024 * 1024)
 API_SSE_HEARTBEAT_SECONDS = env.float("API_SSE_HEARTBEAT_SECONDS", default=15.0)
 API_KEY_TOUCH_INTERVAL = env.float("API_KEY_TOUCH_INTERVAL", default=60.0)  # seconds between last_used writes
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)  # websocket handshake key cache; 0 = off
 # Throttle counters are shared by every process when Redis is configured.
 if REDIS_URL:
     CACHES = {

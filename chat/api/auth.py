@@ -3,10 +3,13 @@
 HTTP: ``BearerKeyAuthentication`` (listed first, so an unauthenticated request gets 401 with
 ``WWW-Authenticate: Bearer``) and DRF's SessionAuthentication (browser; CSRF enforced on writes).
 
-Websocket: ``websocket_auth_stack(inner)`` = origin check → cookie session → Bearer key. A
-handshake carrying ``Authorization: Bearer <key>`` and no ``Origin`` is a non-browser client
-(browsers always send Origin and cannot set Authorization) and skips the origin check; every
-other handshake (cookie auth, or Bearer with an Origin) must come from an allowed origin.
+Websocket: ``websocket_auth_stack(inner)`` = origin check → Bearer key, or else the cookie
+session. A handshake carrying ``Authorization: Bearer <key>`` and no ``Origin`` is a non-browser
+client (browsers always send Origin and cannot set Authorization) and skips the origin check;
+every other handshake (cookie auth, or Bearer with an Origin) must come from an allowed origin.
+A Bearer handshake is decided by the key alone (it wins over a cookie): it never loads the
+cookie session, and a key verified moments ago comes from the per-process cache
+(``api_key_cached``), so a burst of reconnects costs no database hop at all.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDe
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from chat.apikeys import api_key_authenticate
+from chat.apikeys import api_key_authenticate, api_key_cached
 from chat.models import ApiKey
 
 BEARER = "bearer"
@@ -76,19 +79,26 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
 
 
 class BearerAuthMiddleware(BaseMiddleware):
-    """Authenticates a websocket handshake by its Bearer header (overrides the cookie user).
+    """Authenticates a websocket handshake by its Bearer header; without one, hands the
+    handshake to the cookie session stack (``cookie_inner``).
 
-    A Bearer header with a bad or revoked key is refused at the handshake (403)."""
+    A Bearer header with a bad or revoked key is refused at the handshake (403), cookie or not."""
+
+    def __init__(self, inner: Any, cookie_inner: Any) -> None:
+        super().__init__(inner)
+        self.cookie_inner = cookie_inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope.get("type") == "websocket":
-            token = bearer_token(_header(scope, b"authorization"))
-            if token is not None:
-                api_key = await database_sync_to_async(api_key_authenticate)(raw_key=token) if token else None
-                if api_key is None:
-                    return await WebsocketDenier.as_asgi()(scope, receive, send)
-                scope = dict(scope, user=api_key.owner, api_key=api_key, auth_method="bearer")
-        return await super().__call__(scope, receive, send)
+        token = bearer_token(_header(scope, b"authorization")) if scope.get("type") == "websocket" else None
+        if token is None:
+            return await self.cookie_inner(scope, receive, send)
+        api_key = api_key_cached(raw_key=token) if token else None
+        if api_key is None and token:
+            api_key = await database_sync_to_async(api_key_authenticate)(raw_key=token)
+        if api_key is None:
+            return await WebsocketDenier.as_asgi()(scope, receive, send)
+        scope = dict(scope, user=api_key.owner, api_key=api_key, auth_method="bearer")
+        return await self.inner(scope, receive, send)
 
 
 class BearerAwareOriginValidator:
@@ -109,4 +119,4 @@ class BearerAwareOriginValidator:
 
 
 def websocket_auth_stack(inner: Any) -> Any:
-    return BearerAwareOriginValidator(AuthMiddlewareStack(BearerAuthMiddleware(inner)))
+    return BearerAwareOriginValidator(BearerAuthMiddleware(inner, AuthMiddlewareStack(inner)))

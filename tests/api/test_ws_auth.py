@@ -90,3 +90,82 @@ async def test_no_credentials_is_refused():
     comm, connected = await handshake([(b"origin", b"http://127.0.0.1")])
     await comm.disconnect()
     assert not connected
+
+
+# --- the handshake's key cache (chat.apikeys.api_key_cached) ------------------------------------
+
+@pytest.fixture
+def fresh_key_cache():
+    from chat.apikeys import api_key_cache_forget
+
+    api_key_cache_forget()
+    yield
+    api_key_cache_forget()
+
+
+async def _connects(key: str) -> bool:
+    comm, connected = await handshake([(b"authorization", f"Bearer {key}".encode())])
+    await comm.disconnect()
+    return connected
+
+
+async def test_a_verified_key_answers_the_next_handshake_without_the_database(user, fresh_key_cache):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from chat.apikeys import api_key_cached
+
+    def cached_and_queries():
+        with CaptureQueriesContext(connection) as ctx:
+            found = api_key_cached(raw_key=key)
+        return found, len(ctx.captured_queries)
+
+    api_key, key = await sync_to_async(api_key_create)(owner=user, name="ws")
+    assert api_key_cached(raw_key=key) is None  # never verified here yet
+    assert await _connects(key)
+    cached, queries = await sync_to_async(cached_and_queries)()
+    assert queries == 0
+    assert cached is not None and cached.pk == api_key.pk and cached.owner.pk == user.pk
+    # The digest is still checked: the right prefix with another secret is not a hit.
+    prefix = key.split("_")[1]
+    assert api_key_cached(raw_key=f"cps_{prefix}_not-the-secret") is None
+    assert not await _connects(f"cps_{prefix}_not-the-secret")
+
+
+async def test_revoking_or_deactivating_in_this_process_refuses_the_next_handshake(user, fresh_key_cache):
+    from chat.apikeys import api_key_revoke
+
+    api_key, key = await sync_to_async(api_key_create)(owner=user, name="ws")
+    assert await _connects(key)
+    await sync_to_async(api_key_revoke)(api_key=api_key)
+    assert not await _connects(key)
+
+    _, key2 = await sync_to_async(api_key_create)(owner=user, name="ws2")
+    assert await _connects(key2)
+    user.is_active = False
+    await sync_to_async(user.save)()
+    assert not await _connects(key2)
+
+
+async def test_a_change_made_elsewhere_is_honoured_within_the_cache_period(user, fresh_key_cache, settings):
+    import asyncio
+
+    settings.API_KEY_CACHE_SECONDS = 0.5
+    _, key = await sync_to_async(api_key_create)(owner=user, name="ws")
+    assert await _connects(key)
+    # Another worker revokes it (a raw UPDATE: no signal reaches this process).
+    await ApiKey.objects.filter(owner=user).aupdate(revoked_at=timezone.now())
+    assert await _connects(key)  # still trusted inside the period: the documented bound
+    await asyncio.sleep(0.6)
+    assert not await _connects(key)
+
+
+async def test_cache_off_asks_the_database_every_time(user, fresh_key_cache, settings):
+    from chat.apikeys import api_key_cached
+
+    settings.API_KEY_CACHE_SECONDS = 0
+    _, key = await sync_to_async(api_key_create)(owner=user, name="ws")
+    assert await _connects(key)
+    assert api_key_cached(raw_key=key) is None
+    await ApiKey.objects.filter(owner=user).aupdate(revoked_at=timezone.now())
+    assert not await _connects(key)
