@@ -14,6 +14,7 @@ cookie session, and a key verified moments ago comes from the per-process cache
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels.auth import AuthMiddlewareStack
@@ -92,13 +93,32 @@ class BearerAuthMiddleware(BaseMiddleware):
         token = bearer_token(_header(scope, b"authorization")) if scope.get("type") == "websocket" else None
         if token is None:
             return await self.cookie_inner(scope, receive, send)
-        api_key = api_key_cached(raw_key=token) if token else None
-        if api_key is None and token:
-            api_key = await database_sync_to_async(api_key_authenticate)(raw_key=token)
+        api_key = await _handshake_key(token) if token else None
         if api_key is None:
             return await WebsocketDenier.as_asgi()(scope, receive, send)
         scope = dict(scope, user=api_key.owner, api_key=api_key, auth_method="bearer")
         return await self.inner(scope, receive, send)
+
+
+# token -> (loop, verification in flight): a burst of handshakes with one key makes one DB hop.
+_inflight: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+
+
+async def _handshake_key(token: str) -> ApiKey | None:
+    """The key for a handshake: from the per-process cache, else from one database check shared
+    by every handshake that presents the same token meanwhile."""
+    api_key = api_key_cached(raw_key=token)
+    if api_key is not None:
+        return api_key
+    loop = asyncio.get_running_loop()
+    entry = _inflight.get(token)
+    if entry is None or entry[0] is not loop:
+        future = asyncio.ensure_future(database_sync_to_async(api_key_authenticate)(raw_key=token))
+        _inflight[token] = (loop, future)
+        future.add_done_callback(lambda _f: _inflight.pop(token, None))
+    else:
+        future = entry[1]
+    return await asyncio.shield(future)
 
 
 class BearerAwareOriginValidator:

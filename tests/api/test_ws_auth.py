@@ -169,3 +169,27 @@ async def test_cache_off_asks_the_database_every_time(user, fresh_key_cache, set
     assert api_key_cached(raw_key=key) is None
     await ApiKey.objects.filter(owner=user).aupdate(revoked_at=timezone.now())
     assert not await _connects(key)
+
+
+async def test_a_burst_of_handshakes_with_one_key_verifies_it_once(user, fresh_key_cache, monkeypatch, settings):
+    import asyncio
+    import time
+
+    from chat import apikeys
+    from chat.api import auth
+
+    _, key = await sync_to_async(api_key_create)(owner=user, name="ws")
+    calls = []
+    real = apikeys.api_key_authenticate
+
+    def counting(**kwargs):
+        calls.append(kwargs["raw_key"])
+        time.sleep(0.3)  # a slow database: every handshake of the burst arrives meanwhile
+        return real(**kwargs)
+
+    settings.API_KEY_CACHE_SECONDS = 0  # the cache off: only the shared in-flight check dedupes
+
+    monkeypatch.setattr(auth, "api_key_authenticate", counting)
+    results = await asyncio.gather(*(_connects(key) for _ in range(8)))
+    assert results == [True] * 8
+    assert len(calls) == 1
