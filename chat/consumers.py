@@ -53,6 +53,11 @@ def _peek_request_id(raw: str | bytes | None) -> str | None:
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
+    # Chunks reach a socket through chat.streams, never through the channel layer, and nothing
+    # sends to a socket's own channel: no channel per connection, so a handshake costs no Redis
+    # SUBSCRIBE (and a close no UNSUBSCRIBE) and a socket runs no channel-layer reader task.
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:

@@ -922,8 +922,14 @@ async def turn_subscribe_raw(
     return streams.stream_read_raw(turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id))
 
 
+# The ownership read of a resume or a stop runs on a pool thread of its own, not on the one
+# serialised database thread, where it would queue behind every turn start and end of this
+# process (a burst of reconnects after a worker restart waited seconds there).
+_session_lookup = database_sync_to_async(session_get_for_user, thread_sensitive=False)
+
+
 async def _subscribe_target(*, user: Any, chat_id: str, after_sequence: int) -> tuple[str, str] | None:
-    session = await database_sync_to_async(session_get_for_user)(user=user, chat_id=chat_id)
+    session = await _session_lookup(user=user, chat_id=chat_id)
     if session is None:
         raise TurnRefused("not_found", NOT_FOUND_TEXT)
     session_id = str(session.pk)
@@ -964,7 +970,7 @@ def _control_channel() -> str:
 
 async def turn_stop(*, user: Any, chat_id: str) -> bool:
     """Stop the caller's running turn in this chat. False when none runs (or no such chat)."""
-    session = await database_sync_to_async(session_get_for_user)(user=user, chat_id=chat_id)
+    session = await _session_lookup(user=user, chat_id=chat_id)
     if session is None:
         return False
     return await turn_stop_session(session_id=session.pk)

@@ -113,7 +113,9 @@ async def _handshake_key(token: str) -> ApiKey | None:
     loop = asyncio.get_running_loop()
     entry = _inflight.get(token)
     if entry is None or entry[0] is not loop:
-        future = asyncio.ensure_future(database_sync_to_async(api_key_authenticate)(raw_key=token))
+        # Off the serialised database thread (thread_sensitive=False): a handshake must not queue
+        # behind this process's turn starts and ends.
+        future = asyncio.ensure_future(database_sync_to_async(api_key_authenticate, thread_sensitive=False)(raw_key=token))
         _inflight[token] = (loop, future)
         future.add_done_callback(lambda _f: _inflight.pop(token, None))
     else:
