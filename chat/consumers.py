@@ -20,6 +20,12 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
+try:  # what daphne's websocket protocol raises on a send after the client has gone
+    from autobahn.exception import Disconnected as _Disconnected
+except ImportError:  # pragma: no cover - another ASGI server
+
+    class _Disconnected(Exception):  # type: ignore[no-redef]
+        pass
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
@@ -183,6 +189,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._error(rid, exc.message, code="stream_lagged")
         except asyncio.CancelledError:
             raise
+        except _Disconnected:
+            # The client closed the socket before its disconnect reached us: nobody to tell, and
+            # the turn runs on (it outlives connections); a resume picks it up.
+            return
         except Exception:  # noqa: BLE001
             logger.exception("forwarding request %s failed", rid)
             await self._error(rid, "The stream failed on the server; resume to continue.", code="server_error")
@@ -205,4 +215,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._error(frame.request_id, "The server could not stop this response.", code="server_error")
 
     async def _error(self, rid: str | None, text: str, *, code: str = "invalid_request") -> None:
-        await self.send(text_data=_dumps({"type": "error", "requestId": rid, "errorText": text, "code": code}))
+        try:
+            await self.send(text_data=_dumps({"type": "error", "requestId": rid, "errorText": text, "code": code}))
+        except _Disconnected:
+            pass  # the socket is gone: there is nobody left to tell
