@@ -3,16 +3,22 @@ the ``api`` backend. Baselines in the same run:
 
 * ``bare`` (the issue's baseline): ``bench/bare_server.py --mode replay`` pushing the exact frames
   the real server sent (same text, same frame sizes) as fast as it can;
+* ``bare_per_delta`` (the other reading of "same frame sizes"): the same replay server pushing
+  the same text as one AI SDK ``text-delta`` chunk frame per model delta — the frames a relay
+  without coalescing sends — as fast as it can;
 * ``bare_relay`` (context): the minimal relay fed by the same scripted model, one frame per model
   delta — the cost of just parsing the model's SSE stream and forwarding it.
 
-Target: bytes/s ≥ 0.5× the bare server's.
+Target: bytes/s ≥ 0.5× the bare server's. Both replay baselines read nothing upstream; the real
+server (and the bare relay) must parse the model's N server-sent events first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +83,27 @@ async def _bare(proc: h.Proc, port: int, expected_frames: int) -> tuple[dict, fl
     return _summary(rec), cpu
 
 
+def _per_delta_frames(text: str) -> list[str]:
+    """The text as one ``text-delta`` chunk frame per model delta (``/long`` emits ``w<i> ``)."""
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    return [
+        dumps({"type": "chunk", "requestId": "r", "sequence": i, "chunk": {"type": "text-delta", "id": "0", "delta": d}})
+        for i, d in enumerate(re.findall(r"\S+\s*", text))
+    ]
+
+
+async def _replay(stack: h.Stack, name: str, frames: list[str]) -> dict:
+    frames_file = stack.tmp / f"{name}_frames.txt"
+    frames_file.write_text("\n".join(frames) + "\n")
+    proc, port = h.sync_bare_server("replay", logdir=stack.tmp, frames_file=frames_file)
+    try:
+        out, cpu = await _bare(proc, port, len(frames))
+        out["server_cpu_s"] = round(cpu, 3)
+    finally:
+        proc.stop()
+    return out
+
+
 async def _bare_relay(stack: h.Stack, n: int) -> dict:
     proc, port = h.sync_bare_server("relay", logdir=stack.tmp, model_url=stack.model_url)
     try:
@@ -101,14 +128,9 @@ async def run(stack: h.Stack, *, n: int = 20000, profile: bool = True) -> dict:
     real, rec = await _real(stack, n, None)
     if real["error"]:
         raise RuntimeError(f"relay turn failed: {real['error']}")
-    frames_file = stack.tmp / "relay_frames.txt"
-    frames_file.write_text("\n".join(raw for _t, raw in rec.frames) + "\n")
-    proc, port = h.sync_bare_server("replay", logdir=stack.tmp, frames_file=frames_file)
-    try:
-        bare, cpu = await _bare(proc, port, len(rec.frames))
-        bare["server_cpu_s"] = round(cpu, 3)
-    finally:
-        proc.stop()
+    bare = await _replay(stack, "relay", [raw for _t, raw in rec.frames])
+    text = "".join(c.get("delta", "") for _t, _s, c in h.chunks_of(rec) if c.get("type") == "text-delta")
+    per_delta = await _replay(stack, "per_delta", _per_delta_frames(text))
     relay = await _bare_relay(stack, n)
     real_bps = real["ws_bytes"] / real["seconds"]
     bare_bps = bare["ws_bytes"] / bare["seconds"]
@@ -117,6 +139,10 @@ async def run(stack: h.Stack, *, n: int = 20000, profile: bool = True) -> dict:
         "real": real,
         "bare": bare,
         "bare_relay": relay,
+        "bare_per_delta": per_delta,
+        "bare_per_delta_text_bytes_per_s": round(per_delta["text_bytes"] / per_delta["seconds"]),
+        "ratio_text_bytes_vs_per_delta_replay": round(
+            (real["text_bytes"] / real["seconds"]) / (per_delta["text_bytes"] / per_delta["seconds"]), 3),
         "bare_relay_text_bytes_per_s": round(relay["text_bytes"] / relay["seconds"]),
         "ratio_text_bytes_vs_bare_relay": round((real["text_bytes"] / real["seconds"]) / (relay["text_bytes"] / relay["seconds"]), 3),
         "bare_relay_cpu_s_per_1000_deltas": round(relay["server_cpu_s"] / (relay["model_deltas"] / 1000), 4),
@@ -138,7 +164,9 @@ async def run(stack: h.Stack, *, n: int = 20000, profile: bool = True) -> dict:
         out["profile"] = {"file": str(prof.relative_to(h.ROOT)), "top_self": h.top_frames(prof, 12),
                           "breakdown": h.breakdown(prof),
                           "seconds_under_profiler": round(real2["seconds"], 2)}
-    h.log(f"relay: {out['ratio_bytes_per_s']}x bare bytes/s, {out['server_cpu_s_per_1000_deltas']} cpu-s/1000 deltas")
+    h.log(f"relay: {out['ratio_bytes_per_s']}x bare bytes/s (its own frames), "
+          f"{out['ratio_text_bytes_vs_per_delta_replay']}x bare text bytes/s (one frame per delta), "
+          f"{out['server_cpu_s_per_1000_deltas']} cpu-s/1000 deltas")
     return out
 
 
