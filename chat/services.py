@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession
@@ -72,7 +72,8 @@ def message_append(
     for attempt in range(SEQUENCE_RETRIES):
         try:
             with transaction.atomic():
-                ChatSession.objects.select_for_update().filter(pk=session.pk).values_list("pk", flat=True).first()
+                if connection.features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises
+                    ChatSession.objects.select_for_update().filter(pk=session.pk).values_list("pk", flat=True).first()
                 sequence = message_last_sequence(session_id=session.pk) + 1
                 message = ChatMessage.objects.create(
                     session=session,

@@ -39,7 +39,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents import events
@@ -229,6 +229,25 @@ def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
     )
 
 
+def _session_leftovers(session: ChatSession, *, exclude: Any) -> tuple[int, str | None]:
+    """What a new turn may have to clean up, in one plain-SQL read (the common answer is
+    "nothing", and two ORM queries cost more to compile than to run): how many other turns of
+    the session are still marked running, and the kind of the session's last message."""
+    q = connection.ops.quote_name
+    turn_t, msg_t = ChatTurn._meta.db_table, ChatMessage._meta.db_table
+    sql = (
+        f"SELECT (SELECT COUNT(*) FROM {q(turn_t)} WHERE {q('session_id')} = %s AND {q('status')} = %s"
+        f" AND {q('id')} <> %s),"
+        f" (SELECT {q('kind')} FROM {q(msg_t)} WHERE {q('session_id')} = %s ORDER BY {q('sequence')} DESC LIMIT 1)"
+    )
+    turn_pk = ChatTurn._meta.pk.get_db_prep_value(exclude, connection)
+    session_pk = ChatSession._meta.pk.get_db_prep_value(session.pk, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [session_pk, ChatTurn.Status.RUNNING.value, turn_pk, session_pk])
+        dead, kind = cursor.fetchone()
+    return int(dead or 0), kind
+
+
 def _attachment_from_part(part: dict[str, Any]) -> Attachment | None:
     from chat.protocol import ProtocolError, attachment_from_file_part
 
@@ -412,8 +431,11 @@ def _prepare_in_transaction(
 ) -> _Prepared:
     turn_id = str(turn.pk)
     if not new_session:  # a session created in this hop has no turns nor messages yet
-        _interrupt_dead_turns(session, exclude=turn.pk)
-        _clear_stale_markers(session)
+        dead_turns, last_kind = _session_leftovers(session, exclude=turn.pk)
+        if dead_turns:
+            _interrupt_dead_turns(session, exclude=turn.pk)
+        if last_kind in ChatMessage.MARKER_KINDS:
+            _clear_stale_markers(session)
     if trigger == "regenerate-message":
         last_user = (
             ChatMessage.objects.filter(session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)

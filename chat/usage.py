@@ -33,6 +33,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from agents.errors import AgentError, ErrorKind
 from agents.types import Usage
@@ -102,12 +103,16 @@ def _reserved(*, user_id: Any, now: dt.datetime) -> int:
     return int(rows) + int(turns)
 
 
-def _totals(*, user_id: Any, now: dt.datetime, day_start: dt.datetime, week_start: dt.datetime, reserved: bool = True) -> dict[str, int | None]:
+def _totals(
+    *, user_id: Any, now: dt.datetime, day_start: dt.datetime, week_start: dt.datetime, reserved: bool = True,
+    model: str | None = None,
+) -> dict[str, Any]:
     """One statement for everything a check needs: the user's limit overrides, committed usage
     since the day's and the week's start, and (``reserved``) the live reservations — scalar
     subqueries of one SELECT, in plain SQL (the ORM spends longer compiling six subqueries than
     the database spends running them). Keys: daily_limit, weekly_limit (None: the settings
-    default), used_day, used_week, reserved."""
+    default), used_day, used_week, reserved, and (with ``model``) upstream_resets_at: when the
+    latest active upstream rate-limit record for ``model`` resets, else None."""
     ops = connection.ops
     budget, usage = UserBudget._meta.db_table, TokenUsage._meta.db_table
     reservation, turn, session = BudgetReservation._meta.db_table, ChatTurn._meta.db_table, ChatSession._meta.db_table
@@ -137,6 +142,13 @@ def _totals(*, user_id: Any, now: dt.datetime, day_start: dt.datetime, week_star
             user_id, ChatTurn.Status.RUNNING.value,
             ops.adapt_datetimefield_value(now - dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS)),
         ]
+    if model is not None:
+        limits = RateLimitRecord._meta.db_table
+        parts.append(
+            f"(SELECT MAX({q('resets_at')}) FROM {q(limits)} WHERE {q('source')} = %s AND {q('model')} = %s"
+            f" AND {q('resets_at')} > %s)"
+        )
+        params += [RateLimitRecord.Source.UPSTREAM.value, model, ops.adapt_datetimefield_value(now)]
     with connection.cursor() as cursor:
         cursor.execute("SELECT " + ", ".join(parts), params)
         row = cursor.fetchone()
@@ -146,7 +158,18 @@ def _totals(*, user_id: Any, now: dt.datetime, day_start: dt.datetime, week_star
         "used_day": int(row[2] or 0),
         "used_week": int(row[3] or 0),
         "reserved": int(row[4] or 0) + int(row[5] or 0) if reserved else 0,
+        "upstream_resets_at": _datetime_from_db(row[-1]) if model is not None else None,
     }
+
+
+def _datetime_from_db(value: Any) -> dt.datetime | None:
+    """A DATETIME read by plain SQL: PostgreSQL gives an aware datetime, SQLite ISO text (UTC)."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    parsed = parse_datetime(str(value))
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, dt.UTC)
+    return parsed
 
 
 def _limits_from(totals: dict[str, int | None]) -> tuple[int, int]:
@@ -249,15 +272,6 @@ def _record_budget_refusal(*, user: Any, model: str, error: AgentError) -> None:
 # --- Checks --------------------------------------------------------------------------------------
 
 
-def upstream_limit_active(*, model: str, now: dt.datetime | None = None) -> RateLimitRecord | None:
-    """The upstream rate-limit record for ``model`` that resets last, while one is active."""
-    return (
-        RateLimitRecord.objects.filter(source=RateLimitRecord.Source.UPSTREAM, model=model, resets_at__gt=now or _now())
-        .order_by("-resets_at")
-        .first()
-    )
-
-
 def _over_limit(*, used_day: int, used_week: int, daily: int, weekly: int, now: dt.datetime) -> AgentError | None:
     """The refusal when a window is used up (the one resetting last wins when both are)."""
     _, day_reset = day_window(now)
@@ -288,14 +302,6 @@ def budget_check(*, user: Any, model: str, reserve: Callable[[int], None] | None
     running turn) *in the same transaction*, opened around this call (chat.turns does), so the
     check and the reservation stay atomic across processes."""
     now = _now()
-    upstream = upstream_limit_active(model=model, now=now)
-    if upstream is not None:
-        raise AgentError(
-            ErrorKind.RATE_LIMITED,
-            detail=f"upstream rate limit recorded for {model} until {upstream.resets_at.isoformat()}",
-            message=f"The model is rate limited right now. It resets at {_fmt(upstream.resets_at)}.",
-            resets_at=upstream.resets_at,
-        )
     day_start, _ = day_window(now)
     week_start, _ = week_window(now)
     refusal: AgentError | None = None
@@ -306,7 +312,16 @@ def budget_check(*, user: Any, model: str, reserve: Callable[[int], None] | None
         # committed (READ COMMITTED takes a new snapshot per statement).
         if connection.features.has_select_for_update:
             get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
-        totals = _totals(user_id=user.pk, now=now, day_start=day_start, week_start=week_start)
+        totals = _totals(user_id=user.pk, now=now, day_start=day_start, week_start=week_start, model=model)
+        upstream_resets_at = totals["upstream_resets_at"]
+        if upstream_resets_at is not None:
+            # An upstream limit is not the user's doing: refused without a budget refusal record.
+            raise AgentError(
+                ErrorKind.RATE_LIMITED,
+                detail=f"upstream rate limit recorded for {model} until {upstream_resets_at.isoformat()}",
+                message=f"The model is rate limited right now. It resets at {_fmt(upstream_resets_at)}.",
+                resets_at=upstream_resets_at,
+            )
         daily, weekly = _limits_from(totals)
         reserved = totals["reserved"]
         used_day = totals["used_day"] + reserved
