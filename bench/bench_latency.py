@@ -162,11 +162,16 @@ async def run(stack: h.Stack, *, levels: tuple[int, ...] = (1, 100, 500), count:
                 "file": str(prof.relative_to(h.ROOT)), "top_self": h.top_frames(prof, 12), "breakdown": h.breakdown(prof)}
     finally:
         proc.stop()
-    # Capacity: the most streams (of the levels run) at which the 100-stream target still holds.
-    fit = [int(n) for n, lv in out["levels"].items() if lv["real"]["errors"] == 0
-           and lv["p50_above_baseline_ms"] is not None and lv["p50_above_baseline_ms"] <= 2
-           and lv["p99_above_baseline_ms"] <= 25]
-    out["max_streams_within_target"] = max(fit) if fit else 0
+    # Capacity: the most streams at which the 100-stream target still holds at that level and at
+    # every smaller level run (an overloaded baseline — the bare relay at 500 — makes any
+    # difference small, so the first miss ends the count).
+    out["max_streams_within_target"] = 0
+    for n in sorted(int(k) for k in out["levels"]):
+        lv = out["levels"][str(n)]
+        if not (lv["real"]["errors"] == 0 and lv["p50_above_baseline_ms"] is not None
+                and lv["p50_above_baseline_ms"] <= 2 and lv["p99_above_baseline_ms"] <= 25):
+            break
+        out["max_streams_within_target"] = n
     l100, l500 = out["levels"].get("100"), out["levels"].get("500")
     out["met_100"] = bool(l100 and l100["real"]["errors"] == 0 and l100["p50_above_baseline_ms"] <= 2
                           and l100["p99_above_baseline_ms"] <= 25)

@@ -15,6 +15,9 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from chat.api.auth import websocket_auth_stack  # noqa: E402
 
 from copilot_project.routing import websocket_urlpatterns  # noqa: E402
+from copilot_project.serverpatches import install as _install_server_patches  # noqa: E402
+
+_install_server_patches()
 
 application = ProtocolTypeRouter(
     {
