@@ -138,8 +138,7 @@ def api_key_cached(*, raw_key: str) -> ApiKey | None:
         return None
     if not hmac.compare_digest(api_key_hash(secret=secret, salt=api_key.salt), api_key.hashed_key):
         return None
-    interval = dt.timedelta(seconds=getattr(settings, "API_KEY_TOUCH_INTERVAL", DEFAULT_TOUCH_INTERVAL))
-    if api_key.last_used_at is None or api_key.last_used_at <= timezone.now() - interval:
+    if api_key.last_used_at is None or api_key.last_used_at <= timezone.now() - _touch_interval():
         return None  # due for its last_used_at write: let the database path record the use
     return api_key
 
@@ -154,11 +153,14 @@ def api_key_cache_forget(*, prefix: str | None = None, owner_id: Any = None) -> 
             _verified.pop(key_prefix, None)
 
 
+def _touch_interval() -> dt.timedelta:
+    return dt.timedelta(seconds=getattr(settings, "API_KEY_TOUCH_INTERVAL", DEFAULT_TOUCH_INTERVAL))
+
+
 def api_key_touch(*, api_key: ApiKey, now: dt.datetime | None = None) -> bool:
     """Record use, at most once per interval per key (across processes). True if it wrote."""
     now = now or timezone.now()
-    interval = dt.timedelta(seconds=getattr(settings, "API_KEY_TOUCH_INTERVAL", DEFAULT_TOUCH_INTERVAL))
-    cutoff = now - interval
+    cutoff = now - _touch_interval()
     if api_key.last_used_at is not None and api_key.last_used_at > cutoff:
         return False
     written = (

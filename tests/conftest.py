@@ -54,6 +54,33 @@ def run_threads(target: Callable[[int], object], count: int, *, join_timeout: fl
     return errors
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _hash_each_test_password_once():
+    """Django's PBKDF2 (1,000,000+ iterations) takes ~0.5-1 s per password on the CI machines and
+    most tests create two users: hash each distinct test password once per run. The hashes stay
+    real PBKDF2 with the production settings, so logins (in-process or through a daphne
+    subprocess) verify them exactly as in production; only creating them is memoised."""
+    from django.contrib.auth import base_user, hashers
+    from django.contrib.auth import models as auth_models
+
+    real = hashers.make_password
+    made: dict[str, str] = {}
+
+    def make_password(password, salt=None, hasher="default"):
+        if not isinstance(password, str) or salt is not None or hasher != "default":
+            return real(password, salt, hasher)
+        if password not in made:
+            made[password] = real(password)
+        return made[password]
+
+    modules = (hashers, base_user, auth_models)  # each imported the function by name
+    for module in modules:
+        module.make_password = make_password
+    yield
+    for module in modules:
+        module.make_password = real
+
+
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user(username="alice", password="alice-password-1")
