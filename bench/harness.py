@@ -506,12 +506,17 @@ async def _collect(ws, rec: TurnRecord, *, timeout: float, stop_after_seq: int |
                     if obj.get("type") != "end":
                         rec.error = obj.get("errorText") or obj.get("type")
                     return
-                if stop_after_seq is not None and frame_sequence(raw) >= stop_after_seq:
-                    return
+                if stop_after_seq is not None and frame_sequence(raw) >= stop_after_seq and not _is_terminal_chunk(raw):
+                    return  # switch sockets mid-turn (after the turn's last chunk there is nothing to resume)
     except TimeoutError:
         rec.error = f"timeout after {timeout}s"
     except Exception as exc:  # noqa: BLE001
         rec.error = f"{type(exc).__name__}: {exc}"
+
+
+def _is_terminal_chunk(raw: str) -> bool:
+    """A chunk frame carrying the turn's terminal chunk (finish / error / abort)."""
+    return json.loads(raw).get("chunk", {}).get("type") in ("finish", "error", "abort")
 
 
 def chunks_of(rec: TurnRecord) -> list[tuple[int, int, dict[str, Any]]]:
