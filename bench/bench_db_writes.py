@@ -73,7 +73,6 @@ def _run() -> dict:
     import django
 
     django.setup()
-    from asgiref.sync import sync_to_async
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
