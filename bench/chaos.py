@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import send_frame_dict
+
 # The process helpers the tests use too (plain library code: no pytest, no Django).
 from tests.servers import free_port, wait_port
 
@@ -249,17 +251,7 @@ class Client:
 
     @staticmethod
     def send_frame(chat_id: str, text: str) -> dict[str, Any]:
-        return {
-            "type": "send",
-            "requestId": uuid.uuid4().hex,
-            "id": chat_id,
-            "trigger": "submit-message",
-            "messageId": None,
-            "messages": [{"id": uuid.uuid4().hex, "role": "user", "parts": [{"type": "text", "text": text}]}],
-            "headers": {},
-            "body": {},
-            "metadata": None,
-        }
+        return send_frame_dict(request_id=uuid.uuid4().hex, chat_id=chat_id, text=text)
 
     async def resume(self, chat_id: str, turn_index: int, after: int | None, *, kind: str = "resume", turn_id: str = "") -> View:
         ws = await self.connect()

@@ -409,20 +409,23 @@ class Stack:
 # --------------------------------------------------------------------------------------------
 
 
+def send_frame_dict(*, request_id: str, chat_id: str, text: str) -> dict[str, Any]:
+    """A ``send`` frame (CONTRACT §4) with one user text message."""
+    return {
+        "type": "send",
+        "requestId": request_id,
+        "id": chat_id,
+        "trigger": "submit-message",
+        "messageId": None,
+        "messages": [{"id": uuid.uuid4().hex, "role": "user", "parts": [{"type": "text", "text": text}]}],
+        "headers": {},
+        "body": {},
+        "metadata": None,
+    }
+
+
 def send_frame(*, request_id: str, chat_id: str, text: str) -> str:
-    return json.dumps(
-        {
-            "type": "send",
-            "requestId": request_id,
-            "id": chat_id,
-            "trigger": "submit-message",
-            "messageId": None,
-            "messages": [{"id": uuid.uuid4().hex, "role": "user", "parts": [{"type": "text", "text": text}]}],
-            "headers": {},
-            "body": {},
-            "metadata": None,
-        }
-    )
+    return json.dumps(send_frame_dict(request_id=request_id, chat_id=chat_id, text=text))
 
 
 def resume_frame(*, request_id: str, chat_id: str, last_sequence: int | None = None) -> str:
