@@ -31,7 +31,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -72,35 +71,6 @@ def weighted_tokens(usage: Usage) -> int:
         + usage.cache_write_tokens * settings.USAGE_WEIGHT_CACHE_WRITE
     )
     return max(0, int(round(total)))
-
-
-def budget_limits(*, user: Any) -> tuple[int, int]:
-    """(daily, weekly) limits in weighted tokens: the user's override, else the settings default."""
-    override = UserBudget.objects.filter(user_id=user.pk).values("daily_limit", "weekly_limit").first() or {}
-    daily = override.get("daily_limit")
-    weekly = override.get("weekly_limit")
-    return (
-        settings.USER_TOKEN_BUDGET_DAILY if daily is None else int(daily),
-        settings.USER_TOKEN_BUDGET_WEEKLY if weekly is None else int(weekly),
-    )
-
-
-def _used_since(*, user_id: Any, since: dt.datetime) -> int:
-    return int(TokenUsage.objects.filter(user_id=user_id, created_at__gte=since).aggregate(s=Sum("weighted_tokens"))["s"] or 0)
-
-
-def _reserved(*, user_id: Any, now: dt.datetime) -> int:
-    """Live reservations: standalone rows (``budget_check`` without ``reserve``) plus the
-    ``reserved_tokens`` of the user's running turns (at most TURN_RESERVE_TTL_SECONDS old: a turn
-    whose worker died stops counting, like an expired reservation row)."""
-    rows = BudgetReservation.objects.filter(user_id=user_id, expires_at__gt=now).aggregate(s=Sum("tokens"))["s"] or 0
-    turns = ChatTurn.objects.filter(
-        status=ChatTurn.Status.RUNNING,
-        session__owner_id=user_id,
-        reserved_tokens__gt=0,
-        started_at__gt=now - dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS),
-    ).aggregate(s=Sum("reserved_tokens"))["s"] or 0
-    return int(rows) + int(turns)
 
 
 def _totals(
@@ -368,11 +338,14 @@ def budget_status(*, user: Any) -> dict[str, Any]:
     (``used`` committed weighted tokens; ``remaining`` = limit - used - reserved, never negative;
     ``resets_at`` an aware UTC datetime)."""
     now = _now()
-    daily, weekly = budget_limits(user=user)
-    reserved = _reserved(user_id=user.pk, now=now)
+    (day_start, day_reset), (week_start, week_reset) = day_window(now), week_window(now)
+    totals = _totals(user_id=user.pk, now=now, day_start=day_start, week_start=week_start)
+    daily, weekly = _limits_from(totals)
+    reserved = totals["reserved"]
     out: dict[str, Any] = {"unit": "weighted_tokens"}
-    for name, (start, reset), limit in (("day", day_window(now), daily), ("week", week_window(now), weekly)):
-        used = _used_since(user_id=user.pk, since=start)
+    for name, used, reset, limit in (
+        ("day", totals["used_day"], day_reset, daily), ("week", totals["used_week"], week_reset, weekly)
+    ):
         out[name] = {
             "used": used,
             "reserved": reserved,
