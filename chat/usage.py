@@ -164,20 +164,8 @@ def usage_record(
     the reservation its ``budget_check`` made — a standalone reservation row; a reservation held
     in the turn's own ``reserved_tokens`` is released by the write that records the turn's end."""
     with transaction.atomic():
-        row = TokenUsage.objects.create(
-            user=user,
-            session=session,
-            turn=turn,
-            purpose=purpose,
-            model=model,
-            backend=backend,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            weighted_tokens=weighted_tokens(usage),
-            cost_usd=round(usage.cost_usd, 6),
-        )
+        row = _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
+        row.save(force_insert=True)
         if purpose == "turn" and not getattr(turn, "reserved_tokens", 0):
             _release_one(user_id=user.pk)
     return row
@@ -188,14 +176,21 @@ def usage_records_create(*, user: Any, session: ChatSession | None, records: lis
     ``(turn, purpose, model, backend, usage)``. Reservations are not touched: the turns using this
     carry theirs in ``ChatTurn.reserved_tokens``."""
     TokenUsage.objects.bulk_create([
-        TokenUsage(
-            user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend,
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
-            weighted_tokens=weighted_tokens(usage), cost_usd=round(usage.cost_usd, 6),
-        )
+        _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
         for turn, purpose, model, backend, usage in records
     ])
+
+
+def _token_usage(
+    *, user: Any, session: ChatSession | None, turn: ChatTurn | None, purpose: str, model: str, backend: str, usage: Usage
+) -> TokenUsage:
+    """An unsaved TokenUsage row for ``usage`` (its weighted tokens and cost computed here)."""
+    return TokenUsage(
+        user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+        weighted_tokens=weighted_tokens(usage), cost_usd=round(usage.cost_usd, 6),
+    )
 
 
 def _release_one(*, user_id: Any) -> bool:
