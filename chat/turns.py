@@ -215,14 +215,9 @@ def _clear_stale_markers(session: ChatSession) -> int:
 def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
     """Turns of this session still marked running belong to a dead worker: the caller holds the
     session lock, so no live turn can exist. Mark them interrupted (their marker would be cleared
-    by this new turn anyway, lesson 6), so a session never shows two running turns. (A read
-    first: the write is only issued in the rare case there is one.)"""
-    dead = list(
-        ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).exclude(pk=exclude).values_list("pk", flat=True)
-    )
-    if not dead:
-        return 0
-    return ChatTurn.objects.filter(pk__in=dead, status=ChatTurn.Status.RUNNING).update(
+    by this new turn anyway, lesson 6), so a session never shows two running turns. (Called only
+    when ``_session_leftovers`` found one, so the common start issues no write here.)"""
+    return ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).exclude(pk=exclude).update(
         status=ChatTurn.Status.INTERRUPTED, error_code="interrupted", finish_reason="error", ended_at=timezone.now(),
         reserved_tokens=0,
     )
@@ -447,7 +442,9 @@ def _prepare_in_transaction(
         user_msg = last_user
         text = "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
         attachments = [a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a]
-    if trigger != "regenerate-message":
+        if user_msg.turn_id is None:
+            ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
+    else:
         parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
         parts += [_file_part(a) for a in attachments]
         user_msg = message_append(
@@ -458,8 +455,6 @@ def _prepare_in_transaction(
             metadata={"messageId": client_message_id} if client_message_id else {},
             turn=turn,  # inserted with its turn: no second write (docs/performance.md, E)
         )
-    elif user_msg.turn_id is None:
-        ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
     history = history_for_turn(session=session, before_sequence=user_msg.sequence)
     needs_title = not session.title and not any(m.role == "user" for m in history)
     # The session row is touched once, when the turn ends (``_session_after_turn``).
