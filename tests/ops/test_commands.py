@@ -253,3 +253,28 @@ def test_purge_rate_limit_records(user):
     assert RateLimitRecord.objects.count() == 4
     assert "deleted 2 rate-limit record(s) older than 30d" in run("purge_rate_limit_records", "--older-than", "30d")
     assert set(RateLimitRecord.objects.values_list("pk", flat=True)) == {old_active.pk, recent.pk}
+
+
+# --- ensure_demo_user ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_ensure_demo_user_refuses_without_debug(settings, django_user_model):
+    """The demo login has a published password: it must never be created on a production setup."""
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="DEBUG"):
+        call_command("ensure_demo_user", stdout=io.StringIO())
+    assert not django_user_model.objects.filter(username="demo").exists()
+    # An existing account named demo is not reset either.
+    django_user_model.objects.create_user(username="demo", password="a-real-secret-1234")
+    with pytest.raises(CommandError):
+        call_command("ensure_demo_user", stdout=io.StringIO())
+    assert django_user_model.objects.get(username="demo").check_password("a-real-secret-1234")
+
+
+@pytest.mark.django_db
+def test_ensure_demo_user_with_debug(settings, django_user_model):
+    settings.DEBUG = True
+    assert "Created demo login" in run("ensure_demo_user")
+    user = django_user_model.objects.get(username="demo")
+    assert user.is_superuser and user.check_password("demo-password")

@@ -1,7 +1,13 @@
-"""Create (or reset) the demo login that `make run` prints."""
+"""Create (or reset) the demo login that `make run` prints (local development only).
 
+The password is published in the README, so the command refuses to run unless ``DEBUG`` is true:
+on a production setup it would plant a superuser anyone can sign in as (or reset an existing
+account named ``demo`` to the published password).
+"""
+
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"
@@ -15,6 +21,12 @@ class Command(BaseCommand):
         parser.add_argument("--password", default=DEMO_PASSWORD)
 
     def handle(self, *args, username: str, password: str, **options):
+        if not settings.DEBUG:
+            raise CommandError(
+                "ensure_demo_user refuses to run with DEBUG=false: it creates a superuser with a published "
+                "password. It is for local development (make run sets DEBUG=true); on a production setup "
+                "create accounts with `manage.py createsuperuser`."
+            )
         User = get_user_model()
         user, created = User.objects.get_or_create(username=username, defaults={"is_staff": True, "is_superuser": True})
         user.set_password(password)
