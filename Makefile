@@ -30,13 +30,18 @@ migrate: install
 demo-user: migrate
 	DEBUG=$${DEBUG:-true} $(PY) manage.py ensure_demo_user
 
-run: demo-user
+# A fresh checkout gets a development .env (DEBUG=true, a generated SECRET_KEY), so manage.py
+# commands such as createsuperuser work without exporting anything. Never overwritten.
+.env:
+	bash scripts/dev-env.sh $@
+
+run: .env demo-user
 	@echo "Serving on http://$(HOST):$(PORT)/"
 	DEBUG=$${DEBUG:-true} $(PY) manage.py runserver --noreload $(HOST):$(PORT)
 
 test: install-test
 	bash scripts/test-prereqs.sh
-	DEBUG=true $(PY) -m pytest $(PYTEST_ARGS)
+	ENV_FILE= DEBUG=true $(PY) -m pytest $(PYTEST_ARGS)
 
 check: install
 	DEBUG=true $(PY) manage.py makemigrations --check --dry-run

@@ -15,7 +15,11 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# The .env file (`make run` writes a development one when there is none); the environment wins
+# over it. ENV_FILE names another file; ENV_FILE= (empty) reads none (`make test`: tests set their own env).
+_ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
+if _ENV_FILE:
+    environ.Env.read_env(_ENV_FILE, overwrite=False)
 
 # --- Core ----------------------------------------------------------------------------------------
 DEBUG = env.bool("DEBUG", default=False)

@@ -278,3 +278,49 @@ def test_ensure_demo_user_with_debug(settings, django_user_model):
     assert "Created demo login" in run("ensure_demo_user")
     user = django_user_model.objects.get(username="demo")
     assert user.is_superuser and user.check_password("demo-password")
+
+
+# --- the development .env that `make run` writes -------------------------------------------------
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "ENV_FILE"}}
+    return {**env, **extra}
+
+
+def test_make_run_writes_a_development_env_only_when_missing(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from django.conf import settings as dj
+
+    base = dj.BASE_DIR
+    # The Makefile's run target writes .env (via scripts/dev-env.sh) only when there is none.
+    shutil.copy(base / "Makefile", tmp_path / "Makefile")
+    dry = subprocess.run(["make", "-n", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert "scripts/dev-env.sh" in dry.stdout, dry.stdout + dry.stderr
+    (tmp_path / ".env").write_text("DEBUG=true\n")
+    dry = subprocess.run(["make", "-n", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert "scripts/dev-env.sh" not in dry.stdout
+
+    target = tmp_path / "fresh" / ".env"
+    target.parent.mkdir()
+    subprocess.run(["bash", str(base / "scripts/dev-env.sh"), str(target)], check=True, timeout=30)
+    text = target.read_text()
+    assert "DEBUG=true" in text.splitlines()
+    key = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("SECRET_KEY="))
+    assert key.startswith("django-insecure-") and len(key) >= 66, "a generated development key"
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    # A second call keeps the file (and its key) as it is.
+    subprocess.run(["bash", str(base / "scripts/dev-env.sh"), str(target)], check=True, timeout=30)
+    assert target.read_text() == text
+
+    # Without DEBUG in the environment, Django commands (createsuperuser's settings) start with that file,
+    # and refuse without it (DEBUG defaults to false): the .env is what makes a fresh checkout usable.
+    code = "from django.conf import settings; print(settings.DEBUG, settings.SECRET_KEY)"
+    shell = [sys.executable, "manage.py", "shell", "-c", code]
+    ok = subprocess.run(shell, cwd=base, env=_clean_env(ENV_FILE=str(target)), capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.split()[-2:] == ["True", key], ok.stdout + ok.stderr
+    bad = subprocess.run(shell, cwd=base, env=_clean_env(ENV_FILE=""), capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "DEBUG is false" in bad.stderr

@@ -26,6 +26,7 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
         ALLOWED_HOSTS="copilot.example.com",
         CSRF_TRUSTED_ORIGINS="https://copilot.example.com",
         VAR_DIR=str(tmp_path),
+        ENV_FILE="",  # a developer's .env (make run writes one) must not lend its SECRET_KEY
     )
     proc = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
