@@ -13,7 +13,14 @@ trigger; it runs ``turns_interrupt_all``:
    session lock is released, and listeners get an ``error`` chunk (they may retry at once: the
    other processes take the next turn),
 3. turns still running after ``TURN_SHUTDOWN_GRACE_SECONDS`` are cancelled (their end is still
-   recorded, shielded from the cancellation), then the reactor stops.
+   recorded, shielded from the cancellation),
+4. the Claude Code CLI processes this worker keeps between a session's turns are closed
+   (``agents.backends.sdk.close_all_clients``): their owner tasks would otherwise stay pending
+   when the loop stops, and anyio's non-daemon worker threads, which stop only when those tasks
+   are done, would keep the interpreter waiting in ``threading._shutdown`` for ever,
+5. then the reactor stops. A last-resort watchdog (a daemon thread started with the hook) ends
+   the process with ``os._exit(1)`` if it is still alive ``grace + SHUTDOWN_EXIT_MARGIN`` seconds
+   after the signal, logging the threads that held it: a worker must never linger after SIGTERM.
 
 Outside daphne (a plain asyncio server, tests) ``install()`` does nothing; call
 ``turns_interrupt_all`` from the host's own shutdown hook.
@@ -23,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import threading
 import weakref
 
 from django.conf import settings
@@ -31,6 +40,7 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_SECONDS = 10.0
+SHUTDOWN_EXIT_MARGIN = 8.0  # seconds past the grace period before the watchdog ends the process
 SHUTDOWN_REFUSED_TEXT = "The server is restarting. Please try again in a moment."
 SHUTDOWN_ERROR_TEXT = "The server restarted while answering. Your partial answer was kept; please try again."
 
@@ -62,6 +72,7 @@ def install() -> bool:
 
     def before_shutdown():
         logger.info("shutdown: interrupting running turns (grace %.1fs)", grace_seconds())
+        exit_watchdog(grace_seconds() + SHUTDOWN_EXIT_MARGIN)
         future = asyncio.ensure_future(turns_interrupt_all(grace=grace_seconds()), loop=loop)
         deferred = defer.Deferred.fromFuture(future)
         deferred.addErrback(lambda failure: logger.error("shutdown hook failed: %s", failure.getErrorMessage()))
@@ -70,6 +81,45 @@ def install() -> bool:
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     _installed.add(loop)
     return True
+
+
+def exit_watchdog(seconds: float) -> threading.Thread:
+    """A daemon thread that ends the process ``seconds`` from now unless it has exited by then
+    (it dies with the interpreter). Logs the non-daemon threads still alive: those are what a
+    normal exit would have waited for."""
+
+    def run() -> None:
+        if _watchdog_cancel.wait(seconds):
+            return
+        held = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+        logger.error("shutdown: still running %.0fs after the signal (threads: %s); exiting now", seconds, held or "-")
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(1)
+
+    _watchdog_cancel.clear()
+    thread = threading.Thread(target=run, name="shutdown-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+_watchdog_cancel = threading.Event()
+
+
+async def close_agent_clients(timeout: float = 5.0) -> int:
+    """Close the CLI processes the sdk backend keeps between turns (if that backend is loaded in
+    this process); returns how many owner tasks were still open."""
+    sdk = sys.modules.get("agents.backends.sdk")
+    if sdk is None:
+        return 0
+    try:
+        return await sdk.close_all_clients(timeout=timeout)
+    except Exception:  # noqa: BLE001 - shutdown goes on
+        logger.warning("shutdown: closing kept CLI clients failed", exc_info=True)
+        return 0
 
 
 async def turns_interrupt_all(*, grace: float = DEFAULT_GRACE_SECONDS, reason: str = "server_shutdown") -> int:
@@ -104,6 +154,9 @@ async def turns_interrupt_all(*, grace: float = DEFAULT_GRACE_SECONDS, reason: s
         for _ in range(5):
             await asyncio.sleep(0.02)
     logger.info("shutdown: %d running turn(s) interrupted", len(running))
+    closed = await close_agent_clients()
+    if closed:
+        logger.info("shutdown: closed %d CLI client(s)", closed)
     return len(running)
 
 
@@ -111,3 +164,4 @@ def shutdown_reset() -> None:
     """Accept turns again (tests that exercised ``turns_interrupt_all`` in-process)."""
     global _shutting_down
     _shutting_down = False
+    _watchdog_cancel.set()

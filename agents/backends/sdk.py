@@ -367,6 +367,42 @@ def max_idle_clients() -> int:
     return int(getattr(settings, "AGENT_SDK_MAX_IDLE_CLIENTS", DEFAULT_MAX_IDLE_CLIENTS) or 0)
 
 
+# CLI processes of one worker (event loop), busy plus kept idle (AGENT_SDK_MAX_CLI_PROCESSES, 0: no
+# bound; each costs ~200 MB). chat.turns refuses an sdk turn (too_many_turns) once this many sdk
+# turns run; here a new CLI first closes idle kept ones (least recently used first) and waits for
+# closing ones to exit; still all busy after CLI_ROOM_WAIT_SECONDS: an overloaded error (backstop).
+DEFAULT_MAX_CLI_PROCESSES = 16
+CLI_ROOM_WAIT_SECONDS = 10.0
+
+
+def max_cli_processes() -> int:
+    return int(getattr(settings, "AGENT_SDK_MAX_CLI_PROCESSES", DEFAULT_MAX_CLI_PROCESSES) or 0)
+
+
+async def _cli_room(pool: "_Pool") -> None:
+    """Return once one more CLI may start in this worker (see ``max_cli_processes``). No await
+    between the return and the caller registering its owner task: the check holds."""
+    limit = max_cli_processes()
+    if limit <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLI_ROOM_WAIT_SECONDS
+    while True:
+        live = {task for task in pool.owners if not task.done()}
+        excess = len(live) - limit + 1
+        if excess <= 0:
+            return
+        for kept in list(pool.idle.values())[:excess]:
+            pool.evict(kept)  # its owner disconnects the CLI and ends
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AgentError(
+                ErrorKind.OVERLOADED, detail=f"{len(live)} CLI processes busy (AGENT_SDK_MAX_CLI_PROCESSES={limit})",
+                message="The server is running as many agents as it may (too_many_turns). Please try again in a moment.",
+            )
+        await asyncio.wait(live, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+
+
 class _Router:
     """The callbacks a CLI client was connected with (hooks, ``can_use_tool``, PreCompact),
     routed to the turn the client serves now: each turn gets its own ``ToolPolicy`` (and
@@ -524,6 +560,29 @@ async def close_idle_clients(timeout: float = 20.0) -> int:
     return len(parked)
 
 
+async def close_all_clients(timeout: float = 5.0) -> int:
+    """Process shutdown: close every CLI client of the running loop — the parked ones and any
+    owner task still busy — and wait up to ``timeout`` (then cancel what is left, 2 s more).
+
+    Needed because a parked client's owner task never ends by itself before the idle expiry, and
+    anyio's (non-daemon) worker threads stop only when that task is done: a worker stopping with
+    its loop would otherwise keep the process in ``threading._shutdown`` for good
+    (chat.shutdown). Returns how many owner tasks were still open."""
+    pool = _pools.get(asyncio.get_running_loop())
+    if pool is None:
+        return 0
+    for kept in list(pool.idle.values()):
+        pool.evict(kept)
+    owners = {task for task in pool.owners if not task.done()}
+    if owners:
+        _done, pending = await asyncio.wait(owners, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+    return len(owners)
+
+
 def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
     """What a kept client must match to serve a turn: the session, its workspace, the model and
     every option the CLI was started with (system prompt, environment, transcript store, limits)."""
@@ -557,6 +616,7 @@ class SdkBackend:
         if kept is not None and kept.next_job is not None and not kept.next_job.done():
             kept.next_job.set_result(job)  # its owner task serves this turn on the same CLI
         else:
+            await _cli_room(pool)
             kept = _Kept(key, workspace, inp.session_id)
             kept.owner = asyncio.create_task(_own(kept, job, pool), name=f"sdk-cli-{inp.session_id}")
             pool.owners.add(kept.owner)
