@@ -317,7 +317,12 @@ def classify_text(text: str, *, now: dt.datetime | None = None) -> AgentError | 
     clean = scrub(text)
     lowered = clean.lower()
     detail = clean[:500]
-    if "prompt is too long" in lowered or "prompt too long" in lowered or "context window" in lowered and "exceed" in lowered:
+    if (
+        "prompt is too long" in lowered
+        or "prompt too long" in lowered
+        or "context window" in lowered and ("exceed" in lowered or "limit" in lowered)
+        or "model_context_window_exceeded" in lowered
+    ):
         return AgentError(ErrorKind.PROMPT_TOO_LONG, detail=detail)
     if "hit your limit" in lowered or "usage limit" in lowered or re.search(r"rate[ _-]?limit(?:ed|_error| error| exceeded| reached)", lowered):
         resets_at = parse_reset_time(clean, now=now)

@@ -63,20 +63,42 @@ def reasoning_end(part_id: str) -> Chunk:
     return {"type": "reasoning-end", "id": part_id}
 
 
-def tool_input_start(tool_call_id: str, tool_name: str) -> Chunk:
-    return {"type": "tool-input-start", "toolCallId": tool_call_id, "toolName": tool_name}
+def tool_input_start(tool_call_id: str, tool_name: str, *, provider_executed: bool = False) -> Chunk:
+    chunk: Chunk = {"type": "tool-input-start", "toolCallId": tool_call_id, "toolName": tool_name}
+    if provider_executed:  # a server tool (web search…): the model provider ran it, not us
+        chunk["providerExecuted"] = True
+    return chunk
 
 
 def tool_input_delta(tool_call_id: str, delta: str) -> Chunk:
     return {"type": "tool-input-delta", "toolCallId": tool_call_id, "inputTextDelta": delta}
 
 
-def tool_input_available(tool_call_id: str, tool_name: str, tool_input: Any) -> Chunk:
-    return {"type": "tool-input-available", "toolCallId": tool_call_id, "toolName": tool_name, "input": tool_input}
+def tool_input_available(tool_call_id: str, tool_name: str, tool_input: Any, *, provider_executed: bool = False) -> Chunk:
+    chunk: Chunk = {"type": "tool-input-available", "toolCallId": tool_call_id, "toolName": tool_name, "input": tool_input}
+    if provider_executed:
+        chunk["providerExecuted"] = True
+    return chunk
 
 
-def tool_output_available(tool_call_id: str, output: Any) -> Chunk:
-    return {"type": "tool-output-available", "toolCallId": tool_call_id, "output": output}
+def tool_output_available(tool_call_id: str, output: Any, *, provider_executed: bool = False) -> Chunk:
+    chunk: Chunk = {"type": "tool-output-available", "toolCallId": tool_call_id, "output": output}
+    if provider_executed:
+        chunk["providerExecuted"] = True
+    return chunk
+
+
+def source_url(source_id: str, url: str, title: str | None = None) -> Chunk:
+    """A cited web page (the AI SDK ``source-url`` part; from a ``citations_delta``)."""
+    chunk: Chunk = {"type": "source-url", "sourceId": source_id, "url": url}
+    if title:
+        chunk["title"] = title
+    return chunk
+
+
+def source_document(source_id: str, title: str, media_type: str = "text/plain") -> Chunk:
+    """A cited document (the AI SDK ``source-document`` part; from a ``citations_delta``)."""
+    return {"type": "source-document", "sourceId": source_id, "mediaType": media_type, "title": title}
 
 
 def tool_output_error(tool_call_id: str, error_text: str) -> Chunk:

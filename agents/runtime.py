@@ -33,7 +33,7 @@ from typing import Any
 from django.conf import settings
 
 from agents import events, recovery
-from agents.adapter import ChunkTracker
+from agents.adapter import REFUSAL_MESSAGE, ChunkTracker
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
 from agents.retry import retry_delay
@@ -358,6 +358,9 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
         cost_usd=result.usage.cost_usd,
         model=result.model or inp.model,
     )
+    refused = not stopped and error is None and result.finish_reason == "content-filter"
+    if refused:  # a refusal is an answer, not an error (docs/agents.md, "Stream grammar")
+        yield events.status("refusal", REFUSAL_MESSAGE)
     if stopped:
         result.stopped = True
         result.error = None
@@ -369,7 +372,8 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
         yield events.error(error.message)
     else:
         result.finish_reason = result.finish_reason or "stop"
-        yield events.finish(result.finish_reason if result.finish_reason in _FINISH_REASONS else "other")
+        reason = result.finish_reason if result.finish_reason in _FINISH_REASONS else "other"
+        yield events.finish(reason, {"refusal": True} if refused else None)
 
 
 _FINISH_REASONS = {"stop", "length", "content-filter", "tool-calls", "error", "other"}

@@ -66,7 +66,8 @@ JSON_SEPARATORS = (",", ":")
 # --------------------------------------------------------------------------
 
 _DIRECTIVE_RE = re.compile(
-    r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|droptool|drop|think|stall|flaky)(?![\w/-])([^\n]*)",
+    r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|droptool|drop|signed-think|redacted-think|think|stall|flaky"
+    r"|websearch|citations|future|midstream-error|maxtokens-tool|pause|refusal|ctx-exceeded)(?![\w/-])([^\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
@@ -365,12 +366,17 @@ class ApiError:
 class PlannedBlock:
     """One content block and the pieces it is streamed in."""
 
-    type: str  # "text" | "thinking" | "tool_use"
+    type: str  # "text" | "thinking" | "tool_use" | "server_tool_use" | any block type without deltas
     pieces: list[str] = field(default_factory=list)
     tool_id: str = ""
     tool_name: str = ""
     tool_input: dict[str, Any] = field(default_factory=dict)
     signature: str = ""
+    #: the whole block as ``content_block_start`` sends it, for blocks whose content comes there
+    #: (``redacted_thinking``, ``web_search_tool_result``, an unknown ``future_block_type``)
+    raw: dict[str, Any] | None = None
+    #: text blocks: piece index -> the citation sent as a ``citations_delta`` before that piece
+    citations: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -386,6 +392,15 @@ class Plan:
     stall_after: int | None = None  # reliability extension: go silent after this many deltas…
     stall_seconds: float = 0.0  # …for this long (``/stall MS``), then finish normally
     error: ApiError | None = None
+    #: stream grammar: an ``event: error`` with this error after this many deltas, then the end
+    error_after: int | None = None
+    stream_error: ApiError | None = None
+    #: extra ``message_delta`` usage fields (``server_tool_use``)
+    usage_extra: dict[str, Any] = field(default_factory=dict)
+    #: events of a type newer than any client, sent after ``message_start`` (``/future``)
+    unknown_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: what the server learnt about the request (logged in the request log entry)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def delta_count(self) -> int:
@@ -417,6 +432,53 @@ def tool_use_block(tool_id: str, command: str, description: str) -> PlannedBlock
         tool_name="Bash",
         tool_input=tool_input,
     )
+
+
+def thinking_signature(thinking: str) -> str:
+    """The signature of a scripted thinking block: base64(sha256(text)), checked when sent back."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
+
+
+_REDACTED_KEY = b"scripted-model-redacted-thinking"
+
+
+def redacted_data(nonce: str) -> str:
+    """Opaque ``redacted_thinking.data`` the server can verify statelessly when it comes back."""
+    mac = hashlib.sha256(_REDACTED_KEY + nonce.encode()).hexdigest()[:32]
+    return base64.b64encode(f"{nonce}:{mac}".encode()).decode()
+
+
+def redacted_valid(data: Any) -> bool:
+    try:
+        nonce, mac = base64.b64decode(str(data), validate=True).decode().split(":", 1)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return bool(nonce) and mac == hashlib.sha256(_REDACTED_KEY + nonce.encode()).hexdigest()[:32]
+
+
+def check_thinking(body: dict[str, Any]) -> tuple[ApiError | None, list[dict[str, Any]]]:
+    """Verify every thinking / redacted_thinking block sent back in the history, as the real
+    API does (a changed block is a 400). Returns (the error, the blocks of the newest assistant
+    message with a ``valid`` flag) for the request log."""
+    newest: list[dict[str, Any]] = []
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        newest = []
+        for j, block in enumerate(_blocks(message.get("content"))):
+            kind = block.get("type")
+            if kind == "thinking":
+                valid = block.get("signature") == thinking_signature(str(block.get("thinking", "")))
+                newest.append({"type": kind, "thinking": block.get("thinking"), "signature": block.get("signature"), "valid": valid})
+                if not valid:
+                    return ApiError(400, "invalid_request_error", f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"), newest
+            elif kind == "redacted_thinking":
+                valid = redacted_valid(block.get("data"))
+                newest.append({"type": kind, "data": block.get("data"), "valid": valid})
+                if not valid:
+                    return ApiError(400, "invalid_request_error", f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"), newest
+    return None, newest
 
 
 _ERRORS: dict[int, tuple[str, str]] = {
@@ -520,15 +582,33 @@ class ReplyPlanner:
         if limit is not None and request_chars(body) > limit:
             message = f"prompt is too long: {request_chars(body)} characters > {limit} maximum"
             return Plan("toolong", error=ApiError(400, "invalid_request_error", message))
+        bad_thinking, returned = check_thinking(body)
+        if bad_thinking is not None:
+            return Plan("invalid_thinking", error=bad_thinking, notes={"thinking_returned": returned})
+        messages = body.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        if last.get("role") == "assistant" and any(
+            b.get("type") == "server_tool_use" and "_pause_" in str(b.get("id")) for b in _blocks(last.get("content"))
+        ):
+            # ``pause_turn`` continuation: the client sent the paused turn back as the last message.
+            text = "The search finished after the pause: the scripted model answers offline."
+            return Plan("pause_continue", [text_block(split_words(text))])
         results = tool_results(message)
         if results:
-            return self._after_tools(results)
+            plan = self._after_tools(results, returned)
+            plan.notes["thinking_returned"] = returned
+            return plan
         directive = find_directive(texts)
+        if directive is None and _AFTER_REFUSAL_RE.search(said):
+            # The Claude Code CLI answers a ``refusal`` stop by asking the model to go on.
+            return Plan("after_refusal", [text_block(split_words(AFTER_REFUSAL_TEXT))])
         if directive is None:
+            return Plan("echo", [text_block(split_words(echo_text(said)))])
+        if directive.name == "ctx-exceeded" and directive.numbers and request_chars(body) <= directive.numbers[0]:
             return Plan("echo", [text_block(split_words(echo_text(said)))])
         return self._for_directive(directive, said)
 
-    def _after_tools(self, results: list[dict[str, Any]]) -> Plan:
+    def _after_tools(self, results: list[dict[str, Any]], returned: list[dict[str, Any]] | None = None) -> Plan:
         outputs = [tool_result_text(r) for r in results]
         multi = len(results) > 1 or "_tools_" in str(results[0].get("tool_use_id", ""))
         if multi:
@@ -537,6 +617,9 @@ class ReplyPlanner:
             text = f"Tool error: {outputs[0]}"
         else:
             text = f"Tool result: {outputs[0]}"
+        if "_think_" in str(results[0].get("tool_use_id", "")):
+            kinds = ", ".join(b["type"] for b in returned or []) or "none"
+            text += f" (thinking blocks returned intact: {kinds})"
         return Plan("tool_result", [text_block(split_words(text))])
 
     def _for_directive(self, d: Directive, said: str) -> Plan:
@@ -602,7 +685,104 @@ class ReplyPlanner:
             thinking = PlannedBlock("thinking", pieces=thoughts, signature=signature.decode())
             answer = text_block(split_words("I thought about it. Here is the answer after thinking."))
             return Plan("think", [thinking, answer])
-        return Plan("echo", [text_block(split_words(echo_text(said)))])
+        return self._grammar(d, said) or Plan("echo", [text_block(split_words(echo_text(said)))])
+
+    def _grammar(self, d: Directive, said: str) -> Plan | None:
+        """Directives for the parts of the real stream grammar (docs/scripted_model.md)."""
+        if d.name in ("signed-think", "redacted-think"):
+            thoughts = split_words("I should run a command to check before answering.", 3)
+            blocks = [PlannedBlock("thinking", pieces=thoughts, signature=thinking_signature("".join(thoughts)))]
+            if d.name == "redacted-think":
+                nonce = f"{next(self._ids):06d}"
+                blocks.append(PlannedBlock("redacted_thinking", raw={"type": "redacted_thinking", "data": redacted_data(nonce)}))
+            word = "signed" if d.name == "signed-think" else "redacted"
+            blocks.append(tool_use_block(self._tool_id("think"), f"echo {word}", f"Echo {word}"))
+            return Plan(d.name, blocks, stop_reason="tool_use")
+        if d.name == "websearch":
+            return Plan("websearch", self._search_blocks("websearch") + [self._cited_answer()], usage_extra=_SEARCH_USAGE)
+        if d.name == "citations":
+            citation = {
+                "type": "char_location",
+                "cited_text": "The scripted model runs offline.",
+                "document_index": 0,
+                "document_title": "Scripted model notes",
+                "start_char_index": 0,
+                "end_char_index": 32,
+            }
+            block = text_block(["The notes say ", "it runs offline."])
+            block.citations = {1: citation}
+            return Plan("citations", [block])
+        if d.name == "future":
+            future = PlannedBlock(
+                "future_block_type",
+                pieces=["something ", "new"],
+                raw={"type": "future_block_type", "future_field": {"nested": True}},
+            )
+            unknown = ("future_event", {"type": "future_event", "detail": "an event type newer than the client"})
+            return Plan("future", [text_block(["Known text ", "before the future."]), future], unknown_events=[unknown])
+        if d.name == "midstream-error":
+            words = split_words("This answer starts streaming and then the server", 2)
+            return Plan("midstream_error", [text_block(words)], error_after=3, stream_error=ApiError(529, "overloaded_error", "Overloaded"))
+        if d.name == "maxtokens-tool":
+            block = tool_use_block(self._tool_id("bash"), "echo never-runs-cut", "Run echo never-runs-cut")
+            block.pieces = block.pieces[:1]  # the output limit cuts the input JSON
+            block.tool_input = {}
+            intro = text_block(["I'll run a ", "command."])
+            return Plan("maxtokens_tool", [intro, block], stop_reason="max_tokens")
+        if d.name == "pause":
+            intro = text_block(["Let me search ", "for that."])
+            return Plan("pause", [intro, *self._search_blocks("pause")], stop_reason="pause_turn", usage_extra=_SEARCH_USAGE)
+        if d.name == "refusal":
+            return Plan("refusal", [text_block(["I can help with ", "many things, but"])], stop_reason="refusal")
+        if d.name == "ctx-exceeded":
+            return Plan("ctx_exceeded", [], stop_reason="model_context_window_exceeded")
+        return None
+
+    def _search_blocks(self, kind: str) -> list[PlannedBlock]:
+        tool_id = f"srvtoolu_{kind}_{next(self._ids):06d}"
+        query = {"query": "scripted model offline"}
+        use = PlannedBlock("server_tool_use", pieces=_split_json(query, 2), tool_id=tool_id, tool_name="web_search", tool_input=query)
+        result = PlannedBlock(
+            "web_search_tool_result",
+            raw={"type": "web_search_tool_result", "tool_use_id": tool_id, "content": [dict(r) for r in _SEARCH_RESULTS]},
+        )
+        return [use, result]
+
+    @staticmethod
+    def _cited_answer() -> PlannedBlock:
+        first = _SEARCH_RESULTS[0]
+        citation = {
+            "type": "web_search_result_location",
+            "url": first["url"],
+            "title": first["title"],
+            "encrypted_index": "ZW5jcnlwdGVkLWluZGV4",
+            "cited_text": "The scripted model answers without the network.",
+        }
+        block = text_block(["According to the search, ", "the scripted model answers offline."])
+        block.citations = {1: citation}
+        return block
+
+
+_AFTER_REFUSAL_RE = re.compile(r"stopped by a safety classifier", re.IGNORECASE)
+AFTER_REFUSAL_TEXT = "I can't continue with that request."
+
+_SEARCH_RESULTS = (
+    {
+        "type": "web_search_result",
+        "url": "https://example.com/scripted-model",
+        "title": "The scripted model",
+        "encrypted_content": "c2NyaXB0ZWQtcmVzdWx0LTE=",
+        "page_age": "April 30, 2025",
+    },
+    {
+        "type": "web_search_result",
+        "url": "https://example.org/offline",
+        "title": "Working offline",
+        "encrypted_content": "c2NyaXB0ZWQtcmVzdWx0LTI=",
+        "page_age": None,
+    },
+)
+_SEARCH_USAGE = {"server_tool_use": {"web_search_requests": 1}}
 
 
 # --------------------------------------------------------------------------
@@ -622,27 +802,40 @@ def _delta_prefix(index: int, kind: str, key: str) -> bytes:
     ).encode()
 
 
-_DELTA_KEYS = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking")}
+_DELTA_KEYS = {
+    "text": ("text_delta", "text"),
+    "thinking": ("thinking_delta", "thinking"),
+    "future_block_type": ("future_delta", "payload"),  # ``/future``: a delta type newer than the client
+}
+_TOOL_BLOCKS = ("tool_use", "server_tool_use")
 
 
 def _block_start(block: PlannedBlock) -> dict[str, Any]:
-    if block.type == "tool_use":
-        return {"type": "tool_use", "id": block.tool_id, "name": block.tool_name, "input": {}}
+    if block.type in _TOOL_BLOCKS:
+        return {"type": block.type, "id": block.tool_id, "name": block.tool_name, "input": {}}
+    if block.raw is not None:
+        return dict(block.raw)
     if block.type == "thinking":
         return {"type": "thinking", "thinking": "", "signature": ""}
+    if block.citations:
+        return {"type": "text", "text": "", "citations": []}
     return {"type": "text", "text": ""}
 
 
 def _block_final(block: PlannedBlock, pieces: list[str]) -> dict[str, Any]:
-    if block.type == "tool_use":
+    if block.type in _TOOL_BLOCKS:
         return {
-            "type": "tool_use",
+            "type": block.type,
             "id": block.tool_id,
             "name": block.tool_name,
             "input": block.tool_input,
         }
+    if block.raw is not None:
+        return dict(block.raw)
     if block.type == "thinking":
         return {"type": "thinking", "thinking": "".join(pieces), "signature": block.signature}
+    if block.citations:
+        return {"type": "text", "text": "".join(pieces), "citations": list(block.citations.values())}
     return {"type": "text", "text": "".join(pieces)}
 
 
@@ -712,9 +905,20 @@ class SSEWriter:
         await self._writer.drain()
 
 
+class _StreamEnded(Exception):
+    """The plan ended the stream early on purpose (``event: error`` mid-stream)."""
+
+
+def final_usage(plan: Plan, usage: Usage) -> dict[str, Any]:
+    """The cumulative usage of ``message_delta`` (and of a non-streaming reply)."""
+    return {**usage.as_dict(max(1, plan.delta_count)), **plan.usage_extra}
+
+
 async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str, usage: Usage) -> None:
-    """Stream ``plan`` as Anthropic SSE events into ``out``."""
-    output_tokens = max(1, plan.delta_count)
+    """Stream ``plan`` as Anthropic SSE events into ``out``, in the real API's grammar: ``ping``
+    right after ``message_start`` and between content blocks, cumulative usage in
+    ``message_delta`` (replacing ``message_start``'s), ``signature_delta`` closing thinking,
+    ``citations_delta`` inside text, and whatever the plan adds (unknown events, an error)."""
     await out.event(
         "message_start",
         {
@@ -722,6 +926,9 @@ async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str
             "message": message_shell(message_id, model, usage.as_dict(1)),
         },
     )
+    await out.event("ping", {"type": "ping"})
+    for name, payload in plan.unknown_events:
+        await out.event(name, payload)
     stamp = StampCounter() if plan.stamp else None
     loop = asyncio.get_running_loop()
     next_at = loop.time()
@@ -743,6 +950,11 @@ async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str
         if plan.drop_after is not None and sent >= plan.drop_after:
             await out.flush()
             raise DroppedConnection()
+        if plan.error_after is not None and plan.stream_error is not None and sent >= plan.error_after:
+            err = plan.stream_error
+            await out.event("error", {"type": "error", "error": {"type": err.type, "message": err.message}})
+            await out.finish()
+            raise _StreamEnded()
         if plan.stall_after is not None and sent == plan.stall_after:
             await out.flush()
             await asyncio.sleep(plan.stall_seconds)
@@ -751,48 +963,54 @@ async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str
         else:
             await out.maybe_flush()
 
-    for index, block in enumerate(plan.blocks):
-        await out.event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": index,
-                "content_block": _block_start(block),
-            },
-        )
-        if index == 0:
-            await out.event("ping", {"type": "ping"})
-        if block.type == "tool_use":
-            for piece in block.pieces:
-                await wait_turn()
-                delta = {"type": "input_json_delta", "partial_json": piece}
-                payload = {"type": "content_block_delta", "index": index, "delta": delta}
-                out.add(sse_event("content_block_delta", payload))
-                await delta_added()
-        else:
-            kind, key = _DELTA_KEYS[block.type]
-            prefix = _delta_prefix(index, kind, key)
-            for piece in block.pieces:
-                await wait_turn()
-                text = stamp() if stamp is not None and block.type == "text" else piece
-                out.add(prefix + json.dumps(text, ensure_ascii=False).encode() + b"}}\n\n")
-                await delta_added()
-            if block.type == "thinking":
-                await out.event(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "signature_delta", "signature": block.signature},
-                    },
-                )
-        await out.event("content_block_stop", {"type": "content_block_stop", "index": index})
+    try:
+        for index, block in enumerate(plan.blocks):
+            if index:
+                await out.event("ping", {"type": "ping"})
+            await out.event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": _block_start(block),
+                },
+            )
+            if block.type in _TOOL_BLOCKS:
+                for piece in block.pieces:
+                    await wait_turn()
+                    delta = {"type": "input_json_delta", "partial_json": piece}
+                    payload = {"type": "content_block_delta", "index": index, "delta": delta}
+                    out.add(sse_event("content_block_delta", payload))
+                    await delta_added()
+            elif block.type in _DELTA_KEYS:
+                kind, key = _DELTA_KEYS[block.type]
+                prefix = _delta_prefix(index, kind, key)
+                for number, piece in enumerate(block.pieces):
+                    if number in block.citations:
+                        delta = {"type": "citations_delta", "citation": block.citations[number]}
+                        out.add(sse_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+                    await wait_turn()
+                    text = stamp() if stamp is not None and block.type == "text" else piece
+                    out.add(prefix + json.dumps(text, ensure_ascii=False).encode() + b"}}\n\n")
+                    await delta_added()
+                if block.type == "thinking":
+                    await out.event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "signature_delta", "signature": block.signature},
+                        },
+                    )
+            await out.event("content_block_stop", {"type": "content_block_stop", "index": index})
+    except _StreamEnded:
+        return
     await out.event(
         "message_delta",
         {
             "type": "message_delta",
             "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
-            "usage": usage.as_dict(output_tokens),
+            "usage": final_usage(plan, usage),
         },
     )
     await out.event("message_stop", {"type": "message_stop"})
@@ -810,7 +1028,7 @@ async def render_message(plan: Plan, *, message_id: str, model: str, usage: Usag
                 await asyncio.sleep(plan.interval)
             pieces.append(stamp() if stamp is not None and block.type == "text" else piece)
         content.append(_block_final(block, pieces))
-    message = message_shell(message_id, model, usage.as_dict(max(1, plan.delta_count)))
+    message = message_shell(message_id, model, final_usage(plan, usage))
     message.update(content=content, stop_reason=plan.stop_reason)
     return message
 
@@ -1109,9 +1327,11 @@ class ScriptedModelServer(LoopThreadServer):
     ) -> bool:
         plan = self.planner.plan(body)
         entry["directive"] = plan.label
+        entry.update(plan.notes)
         common = {"request-id": request_id}
-        if plan.error is not None:
-            err = plan.error
+        if plan.error is not None or (plan.stream_error is not None and not body.get("stream")):
+            err = plan.error or plan.stream_error
+            assert err is not None
             entry["status"] = err.status
             payload = error_body(err.type, err.message, request_id)
             await write_json(
@@ -1126,6 +1346,7 @@ class ScriptedModelServer(LoopThreadServer):
         model = str(body.get("model") or "scripted-model")
         message_id = f"msg_scripted_{request_id[-8:]}"
         usage = self.usage.measure(body)
+        entry["usage"] = final_usage(plan, usage)
         if not body.get("stream"):
             if plan.drop_after is not None:
                 _abort(writer)

@@ -31,7 +31,14 @@ import anthropic
 from django.conf import settings
 
 from agents import events
-from agents.adapter import new_part_id
+from agents.adapter import (
+    CUT_TOOL_CALL,
+    SERVER_TOOL_BLOCKS,
+    citation_source,
+    is_server_tool_result,
+    new_part_id,
+    server_tool_output,
+)
 from agents.attachments import prepare_attachments
 from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
@@ -101,6 +108,8 @@ def _assistant_messages(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for part in parts:
         kind = part.get("type")
         name = _tool_name(part)
+        if name is not None and (part.get("providerExecuted") or str(part.get("toolCallId", "")).startswith("srvtoolu_")):
+            continue  # a server tool (web search) the API ran itself: not a tool_use of ours
         if name is not None:
             tool_id = str(part["toolCallId"])
             tool_input = part.get("input")
@@ -190,6 +199,7 @@ def _text_of(item: HistoryMessage) -> str:
 class ApiBackend:
     def __init__(self) -> None:
         self._prepared: tuple[list[dict[str, Any]], str] | None = None
+        self._sources: set[str] = set()
 
     def _new_user_message(self, inp: TurnInput) -> dict[str, Any]:
         if self._prepared is None:  # once per turn, not once per retry
@@ -217,10 +227,12 @@ class ApiBackend:
         tools = copy.deepcopy(TOOL_SCHEMAS)
         tools[-1]["cache_control"] = CACHE
         request_messages = list(messages)
-        last = dict(request_messages[-1])
+        # the newest user message (a pause_turn continuation ends with the assistant's turn)
+        at = max((i for i, m in enumerate(request_messages) if m["role"] == "user"), default=len(request_messages) - 1)
+        last = dict(request_messages[at])
         last["content"] = [dict(b) for b in last["content"]]
         last["content"][-1]["cache_control"] = CACHE
-        request_messages[-1] = last
+        request_messages[at] = last
         params: dict[str, Any] = {
             "model": inp.model,
             "max_tokens": int(getattr(settings, "AGENT_MAX_OUTPUT_TOKENS", 8192)),
@@ -258,15 +270,33 @@ class ApiBackend:
                     result.stopped = True
                     return
                 stop_reason = state.get("stop_reason")
+                tool_uses = [b for b in content if b["type"] == "tool_use"]
                 if stop_reason == "max_tokens":
+                    for block in tool_uses:  # a call cut by the output limit never runs
+                        yield events.tool_output_error(block["id"], CUT_TOOL_CALL)
                     yield events.finish_step()
                     raise AgentError(ErrorKind.MAX_OUTPUT_TOKENS, detail="stop_reason max_tokens")
-                tool_uses = [b for b in content if b["type"] == "tool_use"]
+                if stop_reason == "model_context_window_exceeded":
+                    # the context filled up while answering: the runtime's recovery ladder shortens
+                    # the history when nothing reached the user yet (docs/agents.md)
+                    yield events.finish_step()
+                    raise AgentError(
+                        ErrorKind.PROMPT_TOO_LONG,
+                        detail="stop_reason model_context_window_exceeded",
+                        message="The conversation filled the model's context window.",
+                    )
+                if stop_reason == "pause_turn":
+                    # A long server-tool turn paused: send it back as is and the API continues it.
+                    yield events.finish_step()
+                    messages.append({"role": "assistant", "content": content})
+                    continue
                 if stop_reason != "tool_use" or not tool_uses:
                     yield events.finish_step()
                     result.finish_reason = "stop" if stop_reason in ("end_turn", "stop_sequence", None) else ("content-filter" if stop_reason == "refusal" else "stop")
                     return
                 for block in tool_uses:
+                    if block["id"] in state.get("cut", ()):  # invalid JSON: shown now, run with {}
+                        yield events.tool_input_available(block["id"], block["name"], block["input"])
                     breaker.record(block["name"], block["input"])
                 outcomes = await self._run_tools(inp, tool_uses, limiter, stop_task)
                 if outcomes is None:
@@ -344,6 +374,7 @@ class ApiBackend:
         blocks: dict[int, dict[str, Any]] = {}
         part_ids: dict[int, str] = {}
         json_buf: dict[int, list[str]] = {}
+        sources = self._sources  # cited sources already sent this turn
         finished = False
         sse_events = _raw_events(stream)
         guard = _StopGuard(stop_task)
@@ -396,6 +427,12 @@ class ApiBackend:
                         json_buf[index].append(partial)
                         if partial:
                             yield events.tool_input_delta(block["id"], partial)
+                    elif delta_type == "citations_delta":
+                        citation = delta.get("citation")
+                        block.setdefault("citations", []).append(citation)
+                        source = citation_source(citation, sources)
+                        if source is not None:
+                            yield source
                 elif kind == "message_start":
                     u = (event.get("message") or {}).get("usage") or {}
                     usage.input_tokens = u.get("input_tokens") or 0
@@ -409,6 +446,8 @@ class ApiBackend:
                     block_type = block.get("type")
                     if block_type == "text":
                         blocks[index] = {"type": "text", "text": ""}
+                        if block.get("citations"):
+                            blocks[index]["citations"] = list(block["citations"])
                         part_ids[index] = new_part_id("text")
                         yield events.text_start(part_ids[index])
                         if block.get("text"):
@@ -420,10 +459,17 @@ class ApiBackend:
                         yield events.reasoning_start(part_ids[index])
                     elif block_type == "redacted_thinking":
                         blocks[index] = {"type": "redacted_thinking", "data": block.get("data", "")}
-                    elif block_type == "tool_use":
-                        blocks[index] = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+                    elif block_type == "tool_use" or block_type in SERVER_TOOL_BLOCKS:
+                        server = block_type != "tool_use"
+                        blocks[index] = {"type": block_type, "id": block["id"], "name": block["name"], "input": {}}
                         json_buf[index] = []
-                        yield events.tool_input_start(block["id"], block["name"])
+                        yield events.tool_input_start(block["id"], block["name"], provider_executed=server)
+                    elif is_server_tool_result(block):
+                        # the API ran the server tool: its whole result comes here; kept verbatim
+                        # for a pause_turn continuation
+                        blocks[index] = dict(block)
+                        yield events.tool_output_available(block["tool_use_id"], server_tool_output(block), provider_executed=True)
+                    # any other (newer) block type is ignored, never fatal
                 elif kind == "content_block_stop":
                     index = event["index"]
                     block = blocks.get(index)
@@ -433,24 +479,29 @@ class ApiBackend:
                         yield events.text_end(part_ids[index])
                     elif block["type"] == "thinking":
                         yield events.reasoning_end(part_ids[index])
-                    elif block["type"] == "tool_use":
+                    elif block["type"] == "tool_use" or block["type"] in SERVER_TOOL_BLOCKS:
                         raw = "".join(json_buf.get(index, []))
                         try:
                             block["input"] = json.loads(raw) if raw.strip() else {}
                         except json.JSONDecodeError:
+                            # cut by max_tokens (or malformed): not shown as a complete call
                             block["input"] = {}
+                            state.setdefault("cut", set()).add(block["id"])
                             log.warning("tool_use %s had invalid JSON input", block["id"])
-                        yield events.tool_input_available(block["id"], block["name"], block["input"])
+                            continue
+                        server = block["type"] != "tool_use"
+                        yield events.tool_input_available(block["id"], block["name"], block["input"], provider_executed=server)
                 elif kind == "message_delta":
                     state["stop_reason"] = (event.get("delta") or {}).get("stop_reason")
                     u = event.get("usage")
-                    if u:
-                        usage.output_tokens = u.get("output_tokens") or usage.output_tokens
-                        if u.get("input_tokens"):
+                    if u:  # cumulative: replaces message_start's figures (a field left out keeps its value)
+                        if u.get("output_tokens") is not None:
+                            usage.output_tokens = u["output_tokens"]
+                        if u.get("input_tokens") is not None:
                             usage.input_tokens = u["input_tokens"]
-                        if u.get("cache_read_input_tokens"):
+                        if u.get("cache_read_input_tokens") is not None:
                             usage.cache_read_tokens = u["cache_read_input_tokens"]
-                        if u.get("cache_creation_input_tokens"):
+                        if u.get("cache_creation_input_tokens") is not None:
                             usage.cache_write_tokens = u["cache_creation_input_tokens"]
                 elif kind == "message_stop":
                     finished = True

@@ -51,6 +51,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import StreamEvent
 
 from agents import events
+from agents.adapter import SERVER_TOOL_BLOCKS, citation_source, is_server_tool_result, server_tool_output
 from agents.errors import AgentError, ErrorKind, classify_status, classify_text, scrub
 from agents.events import Chunk
 from agents.types import Usage
@@ -167,6 +168,9 @@ class SdkTranslator:
         self._assistant_error: tuple[str, str] | None = None  # (error code, text)
         self._rate_limit_error: AgentError | None = None
         self._last_text = ""  # text the model streamed in the latest model call
+        self._sources: set[str] = set()  # cited sources already sent (citations_delta)
+        self.refused = False  # a model call of this turn ended with stop_reason "refusal"
+        self.context_exceeded = False  # … with "model_context_window_exceeded"
         self._compacting = False  # a CLI compaction was announced and has not ended yet
         self.compactions = 0  # compact boundaries seen (CLI-side compaction)
 
@@ -236,7 +240,24 @@ class SdkTranslator:
 
     @property
     def finish_reason(self) -> str:
+        if self.refused:  # the CLI answers a refusal by asking the model to go on: still a refusal
+            return "content-filter"
         return FINISH_REASONS.get(self.stop_reason or "end_turn", "other")
+
+    def _completed_despite_diagnostic(self, result: ResultMessage) -> bool:
+        """The CLI's ``error_during_execution`` with only ``[ede_diagnostic]`` notes although the
+        model call completed (``terminal_reason: completed``, ``end_turn``/``pause_turn``): it
+        reports so when the last content block is of a type it does not know (a newer server
+        block, ``web_search_tool_result`` after a pause). The answer stands."""
+        errors = getattr(result, "errors", None) or []
+        return (
+            result.subtype == "error_during_execution"
+            and getattr(result, "terminal_reason", None) == "completed"
+            and not getattr(result, "api_error_status", None)
+            and (result.stop_reason or self.stop_reason) in ("end_turn", "pause_turn", "stop_sequence")
+            and self._assistant_error is None
+            and all(str(e).startswith("[ede_diagnostic]") for e in errors)
+        )
 
     def error(self) -> AgentError | None:
         """The failure the CLI reported for this turn, classified; ``None`` when it succeeded."""
@@ -246,6 +267,13 @@ class SdkTranslator:
             text = self._assistant_error[1]
         if result is not None and result.result:
             text = result.result
+        if self.context_exceeded and self._assistant_error is not None or (
+            result is not None and result.stop_reason == "model_context_window_exceeded"
+        ):
+            return AgentError(ErrorKind.PROMPT_TOO_LONG, detail=scrub(text or "stop_reason model_context_window_exceeded")[:500])
+        if result is not None and result.is_error and self._completed_despite_diagnostic(result):
+            log.info("CLI result error_during_execution after a completed answer ignored: %s", result.errors)
+            return None
         if result is not None and result.is_error:
             return self._classify(result, text)
         if result is not None and looks_like_cli_error(result.result) and not self._produced_text_matching(result.result):
@@ -318,6 +346,8 @@ class SdkTranslator:
             delta = event.get("delta") or {}
             if delta.get("stop_reason"):
                 self.stop_reason = delta["stop_reason"]
+                self.refused = self.refused or self.stop_reason == "refusal"
+                self.context_exceeded = self.context_exceeded or self.stop_reason == "model_context_window_exceeded"
             if event.get("usage"):
                 self._msg_usage.update({k: v for k, v in event["usage"].items() if v is not None})
             return []
@@ -349,6 +379,23 @@ class SdkTranslator:
             out.append(events.reasoning_start(pid))
             if block.get("thinking"):
                 out.append(events.reasoning_delta(pid, block["thinking"]))
+        elif btype in SERVER_TOOL_BLOCKS:
+            # a server tool the API runs itself (web search): shown as a provider-executed call
+            tid = str(block.get("id") or f"srvtoolu-{self._msg_id}-{index}")
+            self._blocks[index] = ("server_tool", tid)
+            self._tool_names[tid] = str(block.get("name") or "")
+            self._tool_json[tid] = ""
+            if tid not in self._tool_started:
+                self._tool_started.add(tid)
+                out.append(events.tool_input_start(tid, self._tool_names[tid], provider_executed=True))
+        elif is_server_tool_result(block):
+            self._blocks[index] = ("other", "")
+            tid = str(block["tool_use_id"])
+            if tid in self._tool_started and tid not in self._tool_done:
+                if tid not in self._tool_available:
+                    out += self._server_tool_available(tid)
+                self._tool_done.add(tid)
+                out.append(events.tool_output_available(tid, server_tool_output(block), provider_executed=True))
         elif btype == "tool_use":
             tid = str(block.get("id") or f"toolu-{self._msg_id}-{index}")
             self._blocks[index] = ("tool", tid)
@@ -367,7 +414,10 @@ class SdkTranslator:
             return [events.text_delta(ident, delta["text"])]
         if kind == "reasoning" and dtype == "thinking_delta" and delta.get("thinking"):
             return [events.reasoning_delta(ident, delta["thinking"])]
-        if kind == "tool" and dtype == "input_json_delta" and delta.get("partial_json"):
+        if kind == "text" and dtype == "citations_delta":
+            source = citation_source(delta.get("citation"), self._sources)
+            return [source] if source is not None else []
+        if kind in ("tool", "server_tool") and dtype == "input_json_delta" and delta.get("partial_json"):
             self._tool_json[ident] = self._tool_json.get(ident, "") + delta["partial_json"]
             if ident in self._tool_available:
                 return []
@@ -382,7 +432,13 @@ class SdkTranslator:
             return [events.reasoning_end(ident)]
         if kind == "tool" and ident not in self._tool_available:
             return self._tool_available_chunk(ident, self._parse_json(ident))
+        if kind == "server_tool" and ident not in self._tool_available:
+            return self._server_tool_available(ident)
         return []
+
+    def _server_tool_available(self, tid: str) -> list[Chunk]:
+        self._tool_available.add(tid)
+        return [events.tool_input_available(tid, self._tool_names.get(tid, ""), self._parse_json(tid), provider_executed=True)]
 
     def _close_blocks(self) -> list[Chunk]:
         out: list[Chunk] = []
