@@ -209,7 +209,7 @@ class Client:
         return await websockets.connect(
             f"ws://127.0.0.1:{port}/ws/chat/",
             additional_headers={"Cookie": self.cookie},
-            origin="http://127.0.0.1",
+            origin=f"http://127.0.0.1:{port}",  # the socket's own origin (judged as CSRF judges it)
             max_size=None,
             open_timeout=30,
         )

@@ -7,11 +7,14 @@
   authenticating, so a locked-out user reads "too many attempts" instead of "wrong password".
 - ``content_security_policy_middleware``: a strict Content-Security-Policy header (plus
   ``frame-ancestors 'none'``, which a ``<meta>`` cannot express) on the app's own HTML pages.
+- ``websocket_origin_allowed`` / ``WebsocketOriginValidator``: the websocket handshake's Origin
+  judged exactly as Django's CSRF judges an unsafe request's Origin (scheme, host *and* port).
 """
 
 from __future__ import annotations
 
 import math
+from urllib.parse import urlsplit
 from asgiref.sync import iscoroutinefunction
 from typing import Any
 
@@ -20,8 +23,12 @@ from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import DisallowedHost, PermissionDenied
+from django.http import HttpRequest
+from django.http.request import split_domain_port, validate_host
+from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.decorators import sync_and_async_middleware
+from django.utils.http import is_same_domain
 
 from chat import ratelimit
 
@@ -122,3 +129,88 @@ def content_security_policy_middleware(get_response: Any) -> Any:
             return _apply_csp(request, get_response(request))
 
     return middleware
+
+
+# --- websocket Origin ------------------------------------------------------------------------------
+
+class _HandshakeRequest(HttpRequest):
+    """The websocket handshake seen as a Django request, for ``get_host()`` and ``is_secure()``:
+    headers as ``HTTP_*`` META, ``scope["server"]`` as SERVER_NAME/PORT, and the scheme of the
+    socket (``wss`` is ``https``). ``is_secure()`` therefore honours SECURE_PROXY_SSL_HEADER (and
+    ``get_host()`` USE_X_FORWARDED_HOST) exactly as for an HTTP request."""
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        super().__init__()
+        meta: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            name = "HTTP_" + raw_name.decode("latin-1").upper().replace("-", "_")
+            value = raw_value.decode("latin-1")
+            meta[name] = f"{meta[name]},{value}" if name in meta else value
+        server = scope.get("server")
+        if server:
+            meta["SERVER_NAME"], meta["SERVER_PORT"] = str(server[0]), str(server[1] or "")
+        self.META = meta
+        self.path = self.path_info = scope.get("path", "/")
+        self._ws_scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+
+    def _get_scheme(self) -> str:
+        return self._ws_scheme
+
+
+def _csrf_trusted() -> CsrfViewMiddleware:
+    # Its allowed_origins_exact / allowed_origin_subdomains parse CSRF_TRUSTED_ORIGINS (wildcards
+    # included) the one way Django does; built per handshake so settings overrides apply.
+    return CsrfViewMiddleware(lambda request: None)
+
+
+def websocket_origin_allowed(scope: dict[str, Any]) -> bool:
+    """Django's CSRF Origin rule (``CsrfViewMiddleware._origin_verified``) for a handshake: the
+    Origin must equal the request's own origin (scheme — ``wss``/SECURE_PROXY_SSL_HEADER mean
+    https — plus the Host, which must be in ALLOWED_HOSTS, port included), or be one of
+    CSRF_TRUSTED_ORIGINS (``https://*.example.com`` matches subdomains of that scheme). No Origin
+    (or ``null``) is refused.
+
+    A handshake carrying neither a Host header nor server info (only in-process ASGI test
+    harnesses: browsers always send Host) is judged by ALLOWED_HOSTS and the socket's scheme."""
+    request = _HandshakeRequest(scope)
+    origin = request.META.get("HTTP_ORIGIN")
+    if not origin:
+        return False
+    scheme = "https" if request.is_secure() else "http"
+    if "HTTP_HOST" in request.META or "SERVER_NAME" in request.META:
+        try:
+            good_host = request.get_host()
+        except DisallowedHost:
+            pass
+        else:
+            if origin == f"{scheme}://{good_host}":
+                return True
+    else:
+        parsed = urlsplit(origin)
+        host, _port = split_domain_port(parsed.netloc)
+        if parsed.scheme == scheme and host and validate_host(host, settings.ALLOWED_HOSTS):
+            return True
+    trusted = _csrf_trusted()
+    if origin in trusted.allowed_origins_exact:
+        return True
+    try:
+        parsed = urlsplit(origin)
+    except ValueError:
+        return False
+    return any(is_same_domain(parsed.netloc, host) for host in trusted.allowed_origin_subdomains.get(parsed.scheme, ()))
+
+
+class WebsocketOriginValidator:
+    """ASGI middleware: a websocket handshake whose Origin fails ``websocket_origin_allowed`` is
+    refused (403 before accept) — Channels' ``AllowedHostsOriginValidator`` checks the host only
+    (any scheme, any port) and freezes ALLOWED_HOSTS at import."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("type") == "websocket" and not websocket_origin_allowed(scope):
+            from channels.security.websocket import WebsocketDenier
+
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)

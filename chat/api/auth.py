@@ -20,7 +20,7 @@ from typing import Any
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
-from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
+from channels.security.websocket import WebsocketDenier
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
@@ -124,11 +124,14 @@ async def _handshake_key(token: str) -> ApiKey | None:
 
 
 class BearerAwareOriginValidator:
-    """AllowedHostsOriginValidator, except for Bearer handshakes that send no Origin at all."""
+    """``chat.security.WebsocketOriginValidator`` (the Origin judged as Django's CSRF judges it),
+    except for Bearer handshakes that send no Origin at all."""
 
     def __init__(self, application: Any) -> None:
+        from chat.security import WebsocketOriginValidator
+
         self.application = application
-        self.validated = AllowedHostsOriginValidator(application)
+        self.validated = WebsocketOriginValidator(application)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if (

@@ -45,8 +45,8 @@ async def test_turn_started_on_one_process_resumed_and_stopped_on_another(daphne
     port_a, port_b = daphnes
     chat_id = str(uuid.uuid4())
     async with (
-        websockets.connect(f"ws://127.0.0.1:{port_a}/ws/chat/", additional_headers=headers, origin="http://127.0.0.1") as a,
-        websockets.connect(f"ws://127.0.0.1:{port_b}/ws/chat/", additional_headers=headers, origin="http://127.0.0.1") as b,
+        websockets.connect(f"ws://127.0.0.1:{port_a}/ws/chat/", additional_headers=headers, origin=f"http://127.0.0.1:{port_a}") as a,
+        websockets.connect(f"ws://127.0.0.1:{port_b}/ws/chat/", additional_headers=headers, origin=f"http://127.0.0.1:{port_b}") as b,
     ):
         # 1. Started through A, resumed mid-turn through B from a sequence: the rest, in order.
         frame = send_frame(chat_id, "/slow 30 30")

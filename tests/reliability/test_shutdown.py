@@ -43,7 +43,7 @@ async def _connect(port: int, user):
 
     cookie = await sync_to_async(session_cookie)(user)
     return websockets.connect(
-        f"ws://127.0.0.1:{port}/ws/chat/", additional_headers={"Cookie": cookie}, origin="http://127.0.0.1"
+        f"ws://127.0.0.1:{port}/ws/chat/", additional_headers={"Cookie": cookie}, origin=f"http://127.0.0.1:{port}"
     )
 
 

@@ -60,6 +60,82 @@ async def test_unauthenticated_and_cross_origin_handshakes_are_refused(connect, 
     assert not connected
 
 
+# Origin judged the way Django's CSRF judges a request's Origin (scheme and port included).
+# (scheme of the handshake, Host, X-Forwarded-Proto or None, Origin)
+_ORIGIN_CASES = [
+    ("wss", "copilot.example.com", None, "https://copilot.example.com"),          # own origin
+    ("wss", "copilot.example.com", None, "http://copilot.example.com"),           # downgraded scheme
+    ("wss", "copilot.example.com", None, "https://copilot.example.com:8443"),     # another port
+    ("wss", "copilot.example.com:8443", None, "https://copilot.example.com:8443"),  # own port
+    ("wss", "copilot.example.com:8443", None, "https://copilot.example.com"),
+    ("ws", "copilot.example.com", None, "http://copilot.example.com"),            # plain-http deployment
+    ("ws", "copilot.example.com", None, "https://copilot.example.com"),
+    ("ws", "copilot.example.com", "https", "https://copilot.example.com"),        # TLS ends at the proxy
+    ("ws", "copilot.example.com", "https", "http://copilot.example.com"),
+    ("wss", "evil.example", None, "https://evil.example"),                        # Host not allowed
+    ("wss", "copilot.example.com", None, "https://app.example.org"),              # trusted wildcard
+    ("wss", "copilot.example.com", None, "https://example.org"),
+    ("wss", "copilot.example.com", None, "http://app.example.org"),
+    ("wss", "copilot.example.com", None, "https://partner.example.net:8443"),     # trusted exact
+    ("wss", "copilot.example.com", None, "https://partner.example.net"),
+    ("wss", "copilot.example.com", None, "https://copilot.example.com.evil.example"),
+    ("wss", "copilot.example.com", None, "null"),
+]
+
+
+def _csrf_origin_verdict(scheme: str, host: str, forwarded: str | None, origin: str) -> bool:
+    """Django's own judgement of the same request (the oracle)."""
+    from django.http import HttpResponse
+    from django.middleware.csrf import CsrfViewMiddleware
+    from django.test import RequestFactory
+
+    extra = {"HTTP_ORIGIN": origin, "HTTP_HOST": host}
+    if forwarded:
+        extra["HTTP_X_FORWARDED_PROTO"] = forwarded
+    request = RequestFactory().post("/api/v1/sessions/", secure=scheme == "wss", **extra)
+    return CsrfViewMiddleware(lambda r: HttpResponse())._origin_verified(request)
+
+
+@pytest.mark.parametrize("scheme,host,forwarded,origin", _ORIGIN_CASES)
+async def test_websocket_origin_is_judged_like_csrf(settings, user, scheme, host, forwarded, origin):
+    """Until the 'production fidelity' issue (item 2) the handshake checked the Origin's host against
+    ALLOWED_HOSTS only: http://copilot.example.com and https://copilot.example.com:8443 opened a
+    cookie socket of an https deployment that REST's CSRF check refuses."""
+    from copilot_project.asgi import application
+    from tests.chat.conftest import _cookie
+
+    settings.ALLOWED_HOSTS = ["copilot.example.com"]
+    settings.CSRF_TRUSTED_ORIGINS = ["https://*.example.org", "https://partner.example.net:8443"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    expected = await sync_to_async(_csrf_origin_verdict)(scheme, host, forwarded, origin)
+    headers = [(b"cookie", (await _cookie(user)).encode()), (b"host", host.encode()), (b"origin", origin.encode())]
+    if forwarded:
+        headers.append((b"x-forwarded-proto", forwarded.encode()))
+    comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    comm.scope["scheme"] = scheme
+    connected, _ = await comm.connect(timeout=10)
+    await comm.disconnect()
+    assert connected is expected, (scheme, host, forwarded, origin, "CSRF says", expected)
+
+
+async def test_websocket_origin_without_a_proxy_header_setting(settings, user):
+    """Without SECURE_PROXY_SSL_HEADER a forwarded proto is not believed (as in Django)."""
+    from copilot_project.asgi import application
+    from tests.chat.conftest import _cookie
+
+    settings.ALLOWED_HOSTS = ["copilot.example.com"]
+    settings.CSRF_TRUSTED_ORIGINS = []
+    settings.SECURE_PROXY_SSL_HEADER = None
+    cookie = (await _cookie(user)).encode()
+    for origin, ok in (("https://copilot.example.com", False), ("http://copilot.example.com", True)):
+        headers = [(b"cookie", cookie), (b"host", b"copilot.example.com"), (b"origin", origin.encode()),
+                   (b"x-forwarded-proto", b"https")]
+        comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        connected, _ = await comm.connect(timeout=10)
+        await comm.disconnect()
+        assert connected is ok, origin
+
+
 # --- sizes --------------------------------------------------------------------------------------
 
 def test_daphne_limits_sit_just_above_the_application_limit():
@@ -223,3 +299,33 @@ async def test_fuzzed_frames_through_the_consumer_never_break_a_socket(backend_a
     await fuzzer.send(probe)
     answer = await fuzzer.frames_until_done("probe")
     assert answer[-1]["type"] in {"error", "no-active"}
+
+
+def test_real_daphne_judges_the_origin_like_csrf(tmp_path, user):
+    """The same rule through a real daphne with production settings behind a TLS proxy
+    (X-Forwarded-Proto: https, SECURE_PROXY_SSL_HEADER set by DEBUG=false)."""
+    import socket
+
+    from tests.chat.conftest import session_cookie
+    from tests.servers import DaphneServer, daphne_env
+
+    cookie = session_cookie(user)
+    env = daphne_env(
+        workspaces=tmp_path, scripted_url="http://127.0.0.1:9", DEBUG="false", SECRET_KEY=settings.SECRET_KEY,  # signs the cookie's session
+        ALLOWED_HOSTS="copilot.example.com", CSRF_TRUSTED_ORIGINS="", ENV_FILE="",
+    )
+
+    def handshake(port: int, origin: str) -> str:
+        request = (
+            "GET /ws/chat/ HTTP/1.1\r\nHost: copilot.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: {origin}\r\nX-Forwarded-Proto: https\r\nCookie: {cookie}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(request.encode())
+            return sock.recv(4096).split(b"\r\n", 1)[0].decode()
+
+    with DaphneServer(env, name="origin") as server:
+        assert " 101 " in handshake(server.port, "https://copilot.example.com")
+        for origin in ("http://copilot.example.com", "https://copilot.example.com:8443", "https://evil.example"):
+            assert " 403 " in handshake(server.port, origin), origin
