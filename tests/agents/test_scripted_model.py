@@ -534,3 +534,22 @@ async def raw_stream(port: int, text: str) -> bytes:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-p", "no:django", "-q"]))
+
+
+# -- stream grammar (docs/scripted_model.md, "Stream grammar") -----------------
+
+
+def test_stream_grammar_pings_and_cumulative_usage(server: ScriptedModelServer) -> None:
+    body = {"model": MODEL, "max_tokens": 100, "stream": True, "messages": [user("/websearch")]}
+    response = _http.post(f"{server.url}/v1/messages", json=body, timeout=10)
+    names = [line[len("event: "):] for line in response.text.splitlines() if line.startswith("event: ")]
+    assert names[:2] == ["message_start", "ping"]
+    assert names.count("ping") == 1 + names.count("content_block_start") - 1  # one more between blocks
+    datas = [json.loads(line[len("data: "):]) for line in response.text.splitlines() if line.startswith("data: ")]
+    start = datas[0]["message"]["usage"]
+    final = next(d for d in datas if d["type"] == "message_delta")["usage"]
+    assert start["output_tokens"] == 1 and final["output_tokens"] > 1
+    assert final["input_tokens"] == start["input_tokens"]  # cumulative: repeated, not a remainder
+    assert final["server_tool_use"] == {"web_search_requests": 1}
+    deltas = [d["delta"]["type"] for d in datas if d["type"] == "content_block_delta"]
+    assert "citations_delta" in deltas
