@@ -22,6 +22,7 @@ from typing import Any
 
 from claude_agent_sdk import HookMatcher, PermissionResultAllow, PermissionResultDeny
 
+from agents.jail import jail_config, tool_limits_prefix
 from agents.sandbox import SUBAGENT_TOOLS, SubagentLimiter, check_tool_input
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,19 @@ class ToolPolicy:
     async def pre_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
         tool_name = str(input_data.get("tool_name", ""))
         tool_use_id = tool_use_id or input_data.get("tool_use_id")
-        reason = self.decide(tool_name, input_data.get("tool_input") or {}, tool_use_id)
+        tool_input = input_data.get("tool_input") or {}
+        reason = self.decide(tool_name, tool_input, tool_use_id)
         if reason is None:
+            if tool_name == "Bash" and jail_config().enabled and isinstance(tool_input.get("command"), str):
+                # The command runs under the tool call's CPU and memory bounds (agents/jail.py).
+                limited = {**tool_input, "command": tool_limits_prefix() + tool_input["command"]}
+                return {
+                    "hookSpecificOutput": {
+                        "hookEventName": "PreToolUse",
+                        "permissionDecision": "allow",
+                        "updatedInput": limited,
+                    }
+                }
             return {}  # no opinion: allowed_tools / can_use_tool decide as usual
         return {
             "hookSpecificOutput": {

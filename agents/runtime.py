@@ -36,6 +36,7 @@ from agents import events, recovery
 from agents.adapter import REFUSAL_MESSAGE, ChunkTracker
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
+from agents.jail import require_jail
 from agents.retry import retry_delay
 from agents.secrets import StreamScrubber
 from agents.types import TurnInput, TurnResult, Usage
@@ -275,6 +276,7 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
     interval = float(getattr(settings, "AGENT_HEARTBEAT_SECONDS", 10.0)) or 10.0
     max_retries = int(getattr(settings, "AGENT_MAX_RETRIES", 3))
     try:
+        require_jail()  # tools never run outside the jail (AgentError: the turn is refused)
         backend = get_backend(inp.backend)
         attempt = 0
         current = inp  # the input of the current recovery rung (agents.recovery)

@@ -33,6 +33,7 @@ from django.conf import settings
 
 from agents.config import workspace_root
 from agents.errors import AgentError, ErrorKind
+from agents.jail import jail_config, prepare_workspace
 
 FILE_TOOLS = frozenset({"Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "Glob", "Grep", "LS"})
 PATH_KEYS = ("file_path", "path", "notebook_path")
@@ -76,6 +77,7 @@ def workspace_for(session_id: str) -> Path:
         raise SandboxViolation(f"workspace for {session_id!r} would leave the workspace root")
     for sub in ("", "home", "tmp"):
         (workspace / sub).mkdir(parents=True, exist_ok=True)
+    prepare_workspace(workspace)
     return workspace
 
 
@@ -248,7 +250,12 @@ def check_tool_input(
     if tool_name in FILE_TOOLS:
         return _check_paths(workspace, tool_name, tool_input)
     if tool_name == "Bash":
-        return check_bash(workspace, tool_input.get("command", ""))
+        command = tool_input.get("command", "")
+        if jail_config().enabled:
+            # The jail is the boundary (agents/jail.py): a command sees only the workspace, so
+            # no lexical guess about it is needed.
+            return None if isinstance(command, str) and command.strip() else "Bash denied: the command is empty."
+        return check_bash(workspace, command)
     if tool_name in SUBAGENT_TOOLS:
         if limiter is not None and not limiter.acquire():
             return f"{tool_name} denied: at most {limiter.limit} sub-agents may run at once."

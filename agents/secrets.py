@@ -25,9 +25,13 @@ import http
 import json
 import logging
 import re
+import os
 import secrets as _random
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agents.events import Chunk
@@ -233,6 +237,8 @@ class CredentialProxy(LoopThreadServer):
         self._grants: dict[str, _Grant] = {}
         self._lock = threading.Lock()
         self._server: asyncio.base_events.Server | None = None
+        self._unix_server: asyncio.base_events.Server | None = None
+        self.socket_path: Path | None = None  # the unix socket jails reach the proxy through
         self._client: Any = None  # httpx.AsyncClient, created in the proxy's loop
         self.denied = 0  # requests refused for a missing / unknown / inactive token
         self.forwarded = 0
@@ -284,12 +290,24 @@ class CredentialProxy(LoopThreadServer):
         )
         self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=512, limit=MAX_HEADER_BYTES)
         self.port = self._server.sockets[0].getsockname()[1]
+        # The same proxy on a unix socket, for jails (no network of their own): its directory is
+        # bound into a CLI's jail, where socat bridges it to a loopback port (agents/jail.py).
+        directory = Path(tempfile.mkdtemp(prefix="copilot-proxy-"))
+        os.chmod(directory, 0o755)
+        self.socket_path = directory / "model.sock"
+        self._unix_server = await asyncio.start_unix_server(
+            self._handle, path=str(self.socket_path), backlog=512, limit=MAX_HEADER_BYTES
+        )
+        os.chmod(self.socket_path, 0o666)  # the jail's uid connects; a grant token is still needed
 
     async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
+        for server in (self._server, self._unix_server):
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), timeout=2)
+        if self.socket_path is not None:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
         if self._client is not None:
             await self._client.aclose()
 

@@ -18,12 +18,22 @@ import fnmatch
 import os
 import re
 import signal
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from agents.jail import (
+    drops_privileges,
+    hand_over_tree,
+    jail_config,
+    jail_spawn_argv,
+    prepare_workspace,
+    quota_exceeded,
+    spawn_env,
+)
 from agents.sandbox import SandboxViolation, _glob_base, check_tool_input, resolve_in_workspace
 
 MAX_READ_BYTES = 2 * 1024 * 1024
@@ -36,6 +46,11 @@ SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv"})
 class ToolOutcome:
     output: str
     is_error: bool = False
+    over_quota: bool = False  # the workspace quota was exceeded by this call (the turn ends)
+
+
+# Tools that can grow the workspace (the quota is checked after each of their calls).
+WRITING_TOOLS = frozenset({"Bash", "Write", "Edit"})
 
 
 TOOL_SCHEMAS: list[dict[str, Any]] = [
@@ -167,11 +182,18 @@ async def _bash(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     timeout = float(getattr(settings, "AGENT_TOOL_TIMEOUT_SECONDS", 120.0))
     if isinstance(tool_input.get("timeout"), (int, float)) and tool_input["timeout"] > 0:
         timeout = min(timeout, float(tool_input["timeout"]) / 1000)
+    ws = Path(workspace).resolve()
+    if jail_config().enabled:
+        # A fresh jail per call (agents/jail.py); its whole process tree dies with it.
+        prepare_workspace(ws)
+        argv, env = jail_spawn_argv(ws, ["/bin/bash", "-c", command]), spawn_env()
+    else:  # AGENT_JAIL=off (DEBUG only): a plain subprocess with a clean environment
+        argv, env = ["/bin/bash", "-c", command], tool_env(ws)
     spawn = asyncio.ensure_future(
         asyncio.create_subprocess_exec(
-            "/bin/bash", "-c", command,
-            cwd=str(Path(workspace).resolve()),
-            env=tool_env(workspace),
+            *argv,
+            cwd=str(ws),
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -311,6 +333,41 @@ def _grep(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     return ToolOutcome(cap_output("\n".join(matches)) if matches else "No matches found.")
 
 
+class _WorkspaceGate:
+    """Jailed commands and the in-process file tools of one workspace never run at the same time
+    (parallel tool calls of one message): a command cannot swap a symlink between a file tool's
+    path check and its open. Calls of the same kind run together."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.running = 0
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def enter(self, kind: str) -> Any:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.running == 0 or self.kind == kind)
+            self.kind = kind
+            self.running += 1
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.running -= 1
+                self.changed.notify_all()
+
+
+_gates: weakref.WeakValueDictionary[tuple[int, str], _WorkspaceGate] = weakref.WeakValueDictionary()
+
+
+def _gate(workspace: Path) -> _WorkspaceGate:
+    key = (id(asyncio.get_running_loop()), str(workspace))
+    gate = _gates.get(key)
+    if gate is None:
+        gate = _gates[key] = _WorkspaceGate()
+    return gate
+
+
 _SYNC_TOOLS = {"Read": _read, "Write": _write, "Edit": _edit, "Glob": _glob, "Grep": _grep}
 
 
@@ -322,12 +379,23 @@ async def run_tool(workspace: Path, tool_name: str, tool_input: Any, *, limiter:
     if reason:
         return ToolOutcome(f"Permission denied: {reason}", is_error=True)
     try:
+        gate = _gate(workspace)
         if tool_name == "Bash":
-            return await _bash(workspace, tool_input)
-        fn = _SYNC_TOOLS.get(tool_name)
-        if fn is None:
-            return ToolOutcome(f"Unknown tool {tool_name!r}. Available: {', '.join(sorted(TOOL_NAMES))}.", is_error=True)
-        return await asyncio.to_thread(fn, workspace, tool_input)
+            async with gate.enter("bash"):
+                outcome = await _bash(workspace, tool_input)
+        else:
+            fn = _SYNC_TOOLS.get(tool_name)
+            if fn is None:
+                return ToolOutcome(f"Unknown tool {tool_name!r}. Available: {', '.join(sorted(TOOL_NAMES))}.", is_error=True)
+            async with gate.enter("files"):
+                outcome = await asyncio.to_thread(fn, workspace, tool_input)
+                if tool_name in ("Write", "Edit") and drops_privileges():
+                    hand_over_tree(Path(workspace), resolve_in_workspace(workspace, str(tool_input.get("file_path", ""))))
+        if tool_name in WRITING_TOOLS:
+            over = await asyncio.to_thread(quota_exceeded, Path(workspace))
+            if over:
+                return ToolOutcome(f"{outcome.output}\n\n{over}".strip(), is_error=True, over_quota=True)
+        return outcome
     except SandboxViolation as exc:
         return ToolOutcome(f"Permission denied: {exc}.", is_error=True)
     except asyncio.CancelledError:

@@ -276,6 +276,28 @@ AGENT_EMPTY_TOOL_INPUT_LIMIT = env.int("AGENT_EMPTY_TOOL_INPUT_LIMIT", default=3
 AGENT_MAX_SUBAGENTS = env.int("AGENT_MAX_SUBAGENTS", default=2)
 AGENT_TOOL_TIMEOUT_SECONDS = env.float("AGENT_TOOL_TIMEOUT_SECONDS", default=120.0)
 AGENT_TOOL_OUTPUT_LIMIT = env.int("AGENT_TOOL_OUTPUT_LIMIT", default=30_000)  # characters
+# The jail (agents/jail.py, docs/security.md "The jail"): every process the agent starts runs in a
+# bubblewrap sandbox. `off` only under DEBUG (the chat page then says tools are not sandboxed).
+AGENT_JAIL = env.str("AGENT_JAIL", default="bwrap")
+if AGENT_JAIL not in {"bwrap", "off"}:
+    raise ImproperlyConfigured(f"AGENT_JAIL must be 'bwrap' or 'off', not {AGENT_JAIL!r}.")
+if AGENT_JAIL == "off" and not DEBUG:
+    raise ImproperlyConfigured("AGENT_JAIL=off is accepted only with DEBUG=true: tools never run unjailed in production.")
+# When the server runs as root, each workspace's jails run as a host uid of their own, from
+# AGENT_JAIL_UID to AGENT_JAIL_UID + AGENT_JAIL_UID_RANGE - 1 (no accounts needed).
+AGENT_JAIL_UID = env.int("AGENT_JAIL_UID", default=64100)
+AGENT_JAIL_UID_RANGE = env.int("AGENT_JAIL_UID_RANGE", default=10000)
+# Outbound hosts the jail may reach; empty (the default): none (the CLI reaches the model through
+# the credential proxy's socket, never the network).
+AGENT_NETWORK_ALLOW = env.list("AGENT_NETWORK_ALLOW", default=[])
+# Resource bounds: a chat's workspace (checked after each tool call; also each file's size cap),
+# and each tool call's process tree: CPU seconds, address space, processes, largest file, /tmp.
+AGENT_WORKSPACE_QUOTA_MB = env.int("AGENT_WORKSPACE_QUOTA_MB", default=1024)
+AGENT_TOOL_CPU_SECONDS = env.int("AGENT_TOOL_CPU_SECONDS", default=120)
+AGENT_TOOL_MEMORY_MB = env.int("AGENT_TOOL_MEMORY_MB", default=4096)
+AGENT_TOOL_MAX_PROCESSES = env.int("AGENT_TOOL_MAX_PROCESSES", default=256)
+AGENT_TOOL_FILE_SIZE_MB = env.int("AGENT_TOOL_FILE_SIZE_MB", default=1024)
+AGENT_JAIL_TMP_MB = env.int("AGENT_JAIL_TMP_MB", default=256)
 AGENT_MAX_OUTPUT_TOKENS = env.int("AGENT_MAX_OUTPUT_TOKENS", default=8192)
 AGENT_THINKING_BUDGET = env.int("AGENT_THINKING_BUDGET", default=0)  # api backend; 0 = thinking off
 # USD per million tokens by model family: {"family": [input, output, cache_read, cache_write]}.

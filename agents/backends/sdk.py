@@ -61,6 +61,7 @@ from agents.config import model_endpoint
 from agents.errors import AgentError, ErrorKind, classify_text, scrub
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
+from agents.jail import cli_launch, cli_model_url, jail_config, jail_sweep
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.secrets import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
@@ -105,8 +106,11 @@ _TEARDOWN_NOISE = ("cancel scope", "different task", "contextvar", "token", "was
 
 
 def use_credential_proxy() -> bool:
-    """Whether CLIs get a grant token of the loopback credential proxy instead of the real key
-    (always, with a real key, unless ``AGENT_SDK_CREDENTIAL_PROXY`` is off; docs/security.md)."""
+    """Whether CLIs get a grant token of the credential proxy instead of the real key: always for
+    a jailed CLI (the proxy's unix socket is its only way out), else with a real key unless
+    ``AGENT_SDK_CREDENTIAL_PROXY`` is off (docs/security.md)."""
+    if jail_config().enabled:
+        return True
     return not model_endpoint().offline and bool(getattr(settings, "AGENT_SDK_CREDENTIAL_PROXY", True))
 
 
@@ -293,11 +297,24 @@ def build_options(
     hooks = policy.hooks()
     if on_compact is not None:
         hooks["PreCompact"] = [HookMatcher(matcher=None, hooks=[on_compact])]
+    env = cli_env(workspace, credential)
+    cli_path = None
+    if jail_config().enabled:
+        # The CLI itself runs in the jail (agents/jail.py): its environment is built there from
+        # scratch, the model is reached through the proxy socket bridged to a loopback port.
+        inside = {k: v for k, v in env.items() if v}
+        inside["ANTHROPIC_BASE_URL"] = cli_model_url()
+        tool_ms = str(int(float(settings.AGENT_TOOL_TIMEOUT_SECONDS) * 1000))
+        inside.update({"BASH_DEFAULT_TIMEOUT_MS": tool_ms, "BASH_MAX_TIMEOUT_MS": tool_ms})
+        proxy_socket = credential_proxy().socket_path
+        assert proxy_socket is not None
+        cli_path, env = cli_launch(workspace, env=inside, proxy_socket=proxy_socket)
     return ClaudeAgentOptions(
         model=inp.model or settings.AGENT_MODEL,
         system_prompt=system_prompt,
         cwd=str(workspace),
-        env=cli_env(workspace, credential),
+        cli_path=cli_path,
+        env=env,
         tools=list(SDK_TOOLS),
         allowed_tools=list(SDK_ALLOWED_TOOLS),
         disallowed_tools=list(SDK_DISALLOWED_TOOLS),
@@ -346,11 +363,18 @@ async def _prompt_messages(text: str, blocks: list[dict[str, Any]], context: str
 
 async def _open(options: ClaudeAgentOptions) -> ClaudeSDKClient:
     client = ClaudeSDKClient(options)
-    with warnings.catch_warnings():
-        # allowed_tools pre-approves the everyday tools on purpose (the PreToolUse hook still
-        # gates every call), which the SDK warns about.
-        warnings.simplefilter("ignore", CanUseToolShadowedWarning)
-        await client.connect()
+    try:
+        with warnings.catch_warnings():
+            # allowed_tools pre-approves the everyday tools on purpose (the PreToolUse hook still
+            # gates every call), which the SDK warns about.
+            warnings.simplefilter("ignore", CanUseToolShadowedWarning)
+            await client.connect()
+    finally:
+        # A jailed CLI's bwrap options (they hold its grant token) were read at its start.
+        args_file = options.env.get("COPILOT_JAIL_ARGS")
+        if args_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args_file)
     return client
 
 
@@ -598,6 +622,7 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         tuple(sorted((k, v) for k, v in cli_env(workspace).items() if k != "ANTHROPIC_API_KEY")),
         key_fingerprint(model_endpoint().api_key),
         use_credential_proxy(),
+        jail_config(),
         store_id,
         int(getattr(settings, "AGENT_MAX_TURNS", 40)),
         int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
@@ -649,6 +674,12 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
             kept.grant_active(True)
             reusable = await _serve(kept, job)
             kept.grant_active(False)
+            if reusable and kept.pid is not None and jail_config().enabled:
+                # Nothing the agent started outlives its turn: the kept CLI's jail keeps only
+                # the CLI and its model bridge.
+                swept = await asyncio.to_thread(jail_sweep, kept.pid)
+                if swept:
+                    log.info("killed %d process(es) left in the jail of session %s", swept, kept.session_id)
             if not reusable or not pool.park(kept):
                 break
             waiting = kept.next_job
