@@ -8,6 +8,13 @@
   until the window ends; a successful sign-in clears the counter. Enforced by
   ``chat.security.ThrottledModelBackend`` (so the admin login is covered too) and explained to
   the user by ``chat.security.ThrottledAuthenticationForm``.
+- Failed API-key attempts (``api_key_failure_*``): every Bearer request or websocket handshake
+  whose key is missing, malformed, unknown or revoked counts against its client IP, in the same
+  cache. ``API_KEY_FAILURE_LIMIT`` failures inside a ``API_KEY_FAILURE_WINDOW``-second window
+  (fixed windows, so the counter is one atomic ``incr``) block every Bearer attempt from that
+  address — a valid key too, so a guess is never confirmed — until the window ends: REST answers
+  429 with Retry-After (``chat.api.auth.BearerKeyAuthentication``), the handshake is refused
+  (``chat.api.auth.BearerAuthMiddleware``). Cookie sessions are not affected.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from django.core.cache import cache
 
 DEFAULT_LOGIN_FAILURE_LIMIT = 5
 DEFAULT_LOGIN_FAILURE_WINDOW = 15 * 60  # seconds
+DEFAULT_API_KEY_FAILURE_LIMIT = 20
+DEFAULT_API_KEY_FAILURE_WINDOW = 60  # seconds
 
 
 class TokenBucket:
@@ -88,3 +97,41 @@ def login_failure_record(*, username: str, ip: str) -> int:
 
 def login_failures_clear(*, username: str, ip: str) -> None:
     cache.delete(_login_key(username=username, ip=ip))
+
+
+# --- failed API-key attempts ----------------------------------------------------------------------
+
+def api_key_failure_limit() -> int:
+    return int(getattr(settings, "API_KEY_FAILURE_LIMIT", DEFAULT_API_KEY_FAILURE_LIMIT))
+
+
+def api_key_failure_window() -> int:
+    return max(1, int(getattr(settings, "API_KEY_FAILURE_WINDOW", DEFAULT_API_KEY_FAILURE_WINDOW)))
+
+
+def _api_key_failure_key(ip: str, now: float) -> tuple[str, float]:
+    """The counter of ``ip``'s current window, and the seconds until that window ends."""
+    window = api_key_failure_window()
+    index, into = divmod(now, window)
+    digest = hashlib.sha256(ip.encode()).hexdigest()[:32]
+    return f"apikey-failures:{digest}:{int(index)}", window - into
+
+
+def api_key_blocked_for(*, ip: str, now: float | None = None) -> float:
+    """Seconds until ``ip`` may present API keys again; 0 when it is not blocked."""
+    if api_key_failure_limit() <= 0:
+        return 0.0
+    key, remaining = _api_key_failure_key(ip, time.time() if now is None else now)
+    return remaining if int(cache.get(key) or 0) >= api_key_failure_limit() else 0.0
+
+
+def api_key_failure_record(*, ip: str, now: float | None = None) -> int:
+    """Count one failed key attempt from ``ip``; returns the count in the current window."""
+    key, remaining = _api_key_failure_key(ip, time.time() if now is None else now)
+    timeout = int(remaining) + 2
+    cache.add(key, 0, timeout=timeout)
+    try:
+        return int(cache.incr(key))
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=timeout)
+        return 1

@@ -24,6 +24,7 @@ from channels.security.websocket import WebsocketDenier
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from chat import ratelimit
 from chat.apikeys import api_key_authenticate, api_key_cached
 from chat.models import ApiKey
 
@@ -51,10 +52,16 @@ class BearerKeyAuthentication(authentication.BaseAuthentication):
         token = bearer_token(request.META.get("HTTP_AUTHORIZATION"))
         if token is None:
             return None
+        ip = ratelimit.client_ip(request)
+        wait = ratelimit.api_key_blocked_for(ip=ip)
+        if wait:
+            raise exceptions.Throttled(wait=wait, detail="Too many failed API-key attempts from this address.")
         if not token:
+            ratelimit.api_key_failure_record(ip=ip)
             raise exceptions.AuthenticationFailed("Empty bearer token.")
         api_key = api_key_authenticate(raw_key=token)
         if api_key is None:
+            ratelimit.api_key_failure_record(ip=ip)
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         return api_key.owner, api_key
 
@@ -93,11 +100,43 @@ class BearerAuthMiddleware(BaseMiddleware):
         token = bearer_token(_header(scope, b"authorization")) if scope.get("type") == "websocket" else None
         if token is None:
             return await self.cookie_inner(scope, receive, send)
-        api_key = await _handshake_key(token) if token else None
+        ip = _scope_ip(scope)
+        # A key this process verified moments ago answers from memory (no cache or DB hop); every
+        # other handshake first asks whether its address is blocked for failed key attempts.
+        api_key = api_key_cached(raw_key=token) if token else None
         if api_key is None:
-            return await WebsocketDenier.as_asgi()(scope, receive, send)
+            if await _off_thread(ratelimit.api_key_blocked_for)(ip=ip):
+                return await WebsocketDenier.as_asgi()(scope, receive, send)
+            api_key = await _handshake_key(token) if token else None
+            if api_key is None:
+                await _off_thread(ratelimit.api_key_failure_record)(ip=ip)
+                return await WebsocketDenier.as_asgi()(scope, receive, send)
         scope = dict(scope, user=api_key.owner, api_key=api_key, auth_method="bearer")
         return await self.inner(scope, receive, send)
+
+
+def _scope_ip(scope: dict[str, Any]) -> str:
+    """The peer address, as ``chat.ratelimit.client_ip`` reads REMOTE_ADDR for HTTP."""
+    client = scope.get("client")
+    return str(client[0]) if client and client[0] else "unknown"
+
+
+def _off_thread(func: Any) -> Any:
+    # Cache calls (Redis with REDIS_URL) off the event loop and off the serialised DB thread.
+    return database_sync_to_async(func, thread_sensitive=False) if _shared_cache() else _sync_call(func)
+
+
+def _shared_cache() -> bool:
+    from django.conf import settings
+
+    return "locmem" not in settings.CACHES.get("default", {}).get("BACKEND", "").lower()
+
+
+def _sync_call(func: Any) -> Any:
+    async def call(**kwargs: Any) -> Any:  # the in-process LocMem cache: no I/O, no thread hop
+        return func(**kwargs)
+
+    return call
 
 
 # token -> (loop, verification in flight): a burst of handshakes with one key makes one DB hop.

@@ -148,3 +148,49 @@ def test_keys_throttled(api, settings):
     assert resp.json()["error"]["code"] == "throttled"
     assert 1 <= int(resp["Retry-After"]) <= 60
     assert api.get("/api/v1/keys/").status_code == 200  # reads are not throttled
+
+
+# --- failed key attempts are throttled per client IP ---------------------------------------------
+
+
+def _bearer(key: str, ip: str) -> APIClient:
+    client = APIClient(REMOTE_ADDR=ip)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client
+
+
+def test_failed_key_attempts_are_throttled_per_ip(user, api_key, settings):
+    """Until the 'production fidelity' issue (item 3) 300 bad keys in a row all got 401 and never 429."""
+    settings.API_KEY_FAILURE_LIMIT = 5
+    settings.API_KEY_FAILURE_WINDOW = 60
+    attacker, neighbour = "203.0.113.7", "203.0.113.8"
+    for n in range(5):
+        resp = _bearer(f"cps_{'0' * 12}_{n:040d}", attacker).get("/api/v1/sessions/")
+        assert resp.status_code == 401, n
+    for bad in (f"cps_{'0' * 12}_{'1' * 40}", "garbage", ""):
+        resp = _bearer(bad, attacker).get("/api/v1/sessions/")
+        assert resp.status_code == 429, bad
+        assert resp.json()["error"]["code"] == "throttled"
+        assert 1 <= int(resp["Retry-After"]) <= 60
+    # While blocked, a valid key from that address waits too (no oracle for a guessed key) ...
+    assert _bearer(api_key, attacker).get("/api/v1/sessions/").status_code == 429
+    assert _bearer(api_key, attacker).post("/api/v1/sessions/", {}, format="json").status_code == 429
+    # ... other addresses are unaffected, and so is a cookie session from the blocked address.
+    assert _bearer(api_key, neighbour).get("/api/v1/sessions/").status_code == 200
+    assert _bearer("garbage", neighbour).get("/api/v1/sessions/").status_code == 401
+    browser = APIClient(REMOTE_ADDR=attacker)
+    browser.force_login(user)
+    assert browser.get("/api/v1/sessions/").status_code == 200
+
+
+def test_a_burst_of_bad_keys_is_cut_short_with_the_defaults(user):
+    codes = [_bearer(f"cps_{'0' * 12}_{n:040d}", "198.51.100.9").get("/api/v1/usage/").status_code for n in range(300)]
+    assert set(codes) == {401, 429}
+    assert codes.count(401) <= 30 and codes[-1] == 429
+
+
+def test_successful_key_use_does_not_count(api_key, settings):
+    settings.API_KEY_FAILURE_LIMIT = 3
+    client = _bearer(api_key, "192.0.2.44")
+    for _ in range(10):
+        assert client.get("/api/v1/sessions/").status_code == 200

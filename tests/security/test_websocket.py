@@ -329,3 +329,36 @@ def test_real_daphne_judges_the_origin_like_csrf(tmp_path, user):
         assert " 101 " in handshake(server.port, "https://copilot.example.com")
         for origin in ("http://copilot.example.com", "https://copilot.example.com:8443", "https://evil.example"):
             assert " 403 " in handshake(server.port, origin), origin
+
+
+async def test_failed_bearer_handshakes_are_throttled_per_ip(settings, user):
+    """Bad keys on the handshake count with the REST failures of that address; once blocked,
+    every Bearer handshake from it is refused (a valid key too) until the window ends."""
+    from copilot_project.asgi import application
+
+    settings.API_KEY_FAILURE_LIMIT = 4
+    settings.API_KEY_FAILURE_WINDOW = 60
+    settings.API_KEY_CACHE_SECONDS = 5
+    attacker = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.1"
+    _, key = await sync_to_async(api_key_create)(owner=user, name="ws throttle")
+
+    async def handshake(token: str, ip: str) -> bool:
+        comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"authorization", f"Bearer {token}".encode())])
+        comm.scope["client"] = (ip, 50000)
+        connected, _ = await comm.connect(timeout=10)
+        await comm.disconnect()
+        return connected
+
+    assert await handshake(key, attacker)
+    for n in range(4):
+        assert not await handshake(f"cps_{'0' * 12}_{n:040d}", attacker)
+    # Blocked: a valid key is refused too (so a guess is never confirmed) -- except a key this
+    # process verified within API_KEY_CACHE_SECONDS, which answers from memory without any check.
+    _, fresh = await sync_to_async(api_key_create)(owner=user, name="ws throttle 2")
+    assert not await handshake(fresh, attacker), "blocked: a valid key is refused too"
+    assert await handshake(fresh, attacker + "0"), "another address is unaffected"
+    # REST shares the counter: the same address gets 429 there.
+    from django.test import Client
+
+    resp = await sync_to_async(lambda: Client(REMOTE_ADDR=attacker).get("/api/v1/sessions/", HTTP_AUTHORIZATION=f"Bearer {fresh}"))()
+    assert resp.status_code == 429 and int(resp["Retry-After"]) >= 1
