@@ -234,6 +234,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=32 
 API_SSE_HEARTBEAT_SECONDS = env.float("API_SSE_HEARTBEAT_SECONDS", default=15.0)
 API_KEY_TOUCH_INTERVAL = env.float("API_KEY_TOUCH_INTERVAL", default=60.0)  # seconds between last_used writes
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)  # websocket handshake key cache; 0 = off
+# Failed API-key attempts (REST and websocket handshake) per client IP (chat.ratelimit): after
+# API_KEY_FAILURE_LIMIT failures in an API_KEY_FAILURE_WINDOW-second window, every Bearer attempt from
+# that address gets 429 + Retry-After (handshake: refused) until the window ends. 0 = off.
+API_KEY_FAILURE_LIMIT = env.int("API_KEY_FAILURE_LIMIT", default=20)
+API_KEY_FAILURE_WINDOW = env.int("API_KEY_FAILURE_WINDOW", default=60)
 # Throttle counters are shared by every process when Redis is configured.
 if REDIS_URL:
     CACHES = {
