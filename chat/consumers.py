@@ -64,12 +64,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     # SUBSCRIBE (and a close no UNSUBSCRIBE) and a socket runs no channel-layer reader task.
     channel_layer_alias = None
 
+    async def __call__(self, scope, receive, send):
+        self._inbox = receive  # to see a close queued behind pending frames (``_alive``)
+        return await super().__call__(scope, receive, send)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED_CLOSE_CODE)
             return
         self.user = user
+        self.gone = False  # set by disconnect: frames handled after it start nothing
         self.requests: dict[str, asyncio.Task] = {}
         self.request_chats: dict[str, str] = {}
         self.bucket = TokenBucket(
@@ -78,12 +83,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        # The turns run on (they outlive connections); only this socket's forwarding stops.
+        # The turns run on (they outlive connections); only this socket's forwarding stops, and
+        # no frame of it still queued or waiting for the database starts a turn any more.
+        self.gone = True
         for task in list(getattr(self, "requests", {}).values()):
             task.cancel()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         raw = text_data if text_data is not None else bytes_data
+        if not self._alive():
+            return  # closed (or never accepted): nothing a frame asks for happens any more
         if not self.bucket.take():
             await self._error(_peek_request_id(raw), RATE_LIMITED_TEXT, code="rate_limited")
             return
@@ -114,6 +123,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.requests[frame.request_id] = task
         task.add_done_callback(lambda _t, rid=frame.request_id: self._request_done(rid))
 
+    def _alive(self) -> bool:
+        """False once the socket is closed: its disconnect handled, or already waiting in the
+        application's inbox behind the frames still queued (a flood closed by its sender)."""
+        if getattr(self, "gone", True):
+            return False
+        # The server queues ``websocket.disconnect`` after every frame the client sent before it,
+        # and Channels handles one message at a time: look at the inbox's tail (an asyncio.Queue
+        # for daphne and the test communicator; any other receive callable: not knowable).
+        inbox = getattr(getattr(self, "_inbox", None), "__self__", None)
+        pending = getattr(inbox, "_queue", None) if isinstance(inbox, asyncio.Queue) else None
+        if pending and pending[-1].get("type") == "websocket.disconnect":
+            self.gone = True
+            return False
+        return True
+
     def _request_done(self, rid: str) -> None:
         self.requests.pop(rid, None)
         self.request_chats.pop(rid, None)
@@ -130,9 +154,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 attachments=message.attachments if message else [],
                 trigger=frame.trigger,
                 client_message_id=message.client_message_id if message else None,
+                alive=self._alive,
             )
         except turns.TurnRefused as exc:
-            await self._error(rid, exc.message, code=exc.code)
+            if exc.code != "connection_closed":
+                await self._error(rid, exc.message, code=exc.code)
             return
         except Exception:  # noqa: BLE001 - never crash the socket
             logger.exception("starting a turn failed")

@@ -123,17 +123,37 @@ def session_ids_with_trailing_error_marker() -> list[Any]:
     )
 
 
+def _turn_lease_cutoff(*, lease_seconds: float, now: _dt.datetime | None) -> _dt.datetime:
+    from django.utils import timezone
+
+    return (now or timezone.now()) - _dt.timedelta(seconds=lease_seconds)
+
+
 def turn_list_stale(*, lease_seconds: float, now: _dt.datetime | None = None) -> list[ChatTurn]:
     """Running turns whose heartbeat (or start, before the first heartbeat) is older than the lease."""
     from django.db.models import Q
-    from django.utils import timezone
 
-    cutoff = (now or timezone.now()) - _dt.timedelta(seconds=lease_seconds)
+    cutoff = _turn_lease_cutoff(lease_seconds=lease_seconds, now=now)
     return list(
         turn_running_queryset()
         .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
         .select_related("session")
         .order_by("started_at")
+    )
+
+
+def turn_live_count_for_user(*, user_id: Any, lease_seconds: float, now: _dt.datetime | None = None) -> int:
+    """How many turns of the user's sessions run in any process: status running and heartbeat
+    (or start, before the first heartbeat) within the lease — exactly the running turns that
+    ``turn_list_stale`` does not call dead (the per-user concurrency cap, chat.turns)."""
+    from django.db.models import Q
+
+    cutoff = _turn_lease_cutoff(lease_seconds=lease_seconds, now=now)
+    return (
+        turn_running_queryset()
+        .filter(session__owner_id=user_id)
+        .filter(Q(heartbeat_at__gte=cutoff) | Q(heartbeat_at__isnull=True, started_at__gte=cutoff))
+        .count()
     )
 
 

@@ -29,10 +29,11 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,26 @@ TERMINAL_TYPES = streams.TERMINAL_TYPES
 
 ALREADY_ACTIVE_TEXT = "A response is already being generated in this chat (stream_already_active). Wait for it to finish or stop it first."
 NOT_FOUND_TEXT = "Chat not found."
+# Concurrency caps (docs/security.md, "Concurrency caps"). The texts avoid the word "already":
+# clients match it for stream_already_active.
+DEFAULT_MAX_TURNS_PER_USER = 3
+DEFAULT_MAX_TURNS_PER_WORKER = 16
+TOO_MANY_TURNS_RETRY_AFTER = 5  # seconds (REST Retry-After)
+TOO_MANY_USER_TEXT = (
+    "You have {n} replies being generated at once, the most allowed (too_many_turns). "
+    "Wait for one to finish or stop one, then send again."
+)
+TOO_MANY_WORKER_TEXT = "The server is generating too many replies right now (too_many_turns). Please try again in a few seconds."
+
+
+def max_turns_per_user() -> int:
+    """AGENT_MAX_TURNS_PER_USER: running turns one user may have, over every process (0: no cap)."""
+    return int(getattr(settings, "AGENT_MAX_TURNS_PER_USER", DEFAULT_MAX_TURNS_PER_USER) or 0)
+
+
+def max_turns_per_worker() -> int:
+    """AGENT_MAX_TURNS_PER_WORKER: turns starting or running in this process (0: no cap)."""
+    return int(getattr(settings, "AGENT_MAX_TURNS_PER_WORKER", DEFAULT_MAX_TURNS_PER_WORKER) or 0)
 
 
 class TurnRefused(Exception):
@@ -111,6 +132,7 @@ class _Running:
     # turn's end: no writes of its own) or ``_title`` itself when the turn runs on for longer.
     title_pending: tuple[str, Usage] | None = None
     finishing: asyncio.Event = field(default_factory=asyncio.Event)
+    slot: "_Slot | None" = None  # this worker's admission slot, freed with the lock
 
     def __post_init__(self) -> None:
         self.writer = MessageWriter(session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id))
@@ -137,6 +159,82 @@ def _spawn(coro) -> asyncio.Task:
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission: the per-worker caps (in process) and the per-user cap (in the database)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One turn starting or running in this process (from before its database hop until its
+    lock is released)."""
+
+    user_id: Any
+    sdk: bool = False
+
+
+_slots: set[_Slot] = set()
+# Taken on the event loop, marked sdk in the database thread, freed on the loop: a thread lock.
+_slots_lock = threading.Lock()
+
+
+def _too_many_user() -> TurnRefused:
+    return TurnRefused("too_many_turns", TOO_MANY_USER_TEXT.format(n=max_turns_per_user()))
+
+
+def _slot_take(user: Any) -> _Slot:
+    """Admit one more turn in this process or raise TurnRefused("too_many_turns"): the worker cap
+    (AGENT_MAX_TURNS_PER_WORKER) and, as a fast lower bound that needs no query, the user's turns
+    in this process against AGENT_MAX_TURNS_PER_USER (the database check is the one that holds
+    across processes)."""
+    per_worker, per_user = max_turns_per_worker(), max_turns_per_user()
+    with _slots_lock:
+        if per_worker and len(_slots) >= per_worker:
+            raise TurnRefused("too_many_turns", TOO_MANY_WORKER_TEXT)
+        if per_user and sum(1 for s in _slots if s.user_id == user.pk) >= per_user:
+            raise _too_many_user()
+        slot = _Slot(user_id=user.pk)
+        _slots.add(slot)
+        return slot
+
+
+def _slot_backend(slot: _Slot | None, backend: str) -> None:
+    """An sdk turn needs a CLI process: refuse it once AGENT_SDK_MAX_CLI_PROCESSES sdk turns run
+    here (idle kept CLIs do not count: the backend closes them to make room)."""
+    if slot is None or backend != "sdk":
+        return
+    from agents.backends.sdk import max_cli_processes
+
+    limit = max_cli_processes()
+    with _slots_lock:
+        if limit and sum(1 for s in _slots if s.sdk) >= limit:
+            raise TurnRefused("too_many_turns", TOO_MANY_WORKER_TEXT)
+        slot.sdk = True
+
+
+def _slot_free(slot: _Slot | None) -> None:
+    if slot is not None:
+        with _slots_lock:
+            _slots.discard(slot)
+
+
+def _user_cap_check(user: Any) -> None:
+    """The per-user cap across processes: the user's live running turns (``ChatTurn`` rows,
+    chat.selectors.turn_live_count_for_user). Called under the user's lock, in the transaction
+    that creates the new turn's row, so two starts of one user (any processes) cannot both pass."""
+    from chat.selectors import turn_live_count_for_user
+
+    per_user = max_turns_per_user()
+    if per_user and turn_live_count_for_user(user_id=user.pk, lease_seconds=LOCK_TTL) >= per_user:
+        raise _too_many_user()
+
+
+def turns_running_here() -> dict[str, int]:
+    """This process's admitted turns (tests, diagnostics): ``{"turns": n, "sdk": n}``."""
+    with _slots_lock:
+        return {"turns": len(_slots), "sdk": sum(1 for s in _slots if s.sdk)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,15 +436,26 @@ def _start_sync(
     attachments: list[Attachment],
     trigger: str,
     client_message_id: str | None,
+    slot: _Slot | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> _Prepared:
     """Everything a turn needs before its model call, in ONE database hop (docs/performance.md, A
     and E): the caller's session (created when new) → the session lease lock → in one
-    transaction: budget check + reservation (held by the ``ChatTurn`` row) → stale markers → turn
-    row → user message (with its turn id) → history. The lock is released again when anything
-    after it fails."""
+    transaction: budget check + per-user cap + reservation (held by the ``ChatTurn`` row) → stale
+    markers → turn row → user message (with its turn id) → history. The lock is released again
+    when anything after it fails; a chat created by this hop is dropped again when the turn is
+    refused for too many turns. ``alive()`` false (the caller's socket closed while this waited
+    for the database thread): nothing is written."""
+    if alive is not None and not alive():
+        raise TurnRefused("connection_closed", "The connection closed before the turn started.")
+    _slot_backend(slot, settings.AGENT_BACKEND)
     session, created = session_get_or_create_for_user(
         user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
     )
+    backend = session.backend or settings.AGENT_BACKEND
+    if slot is not None and slot.sdk != (backend == "sdk"):
+        slot.sdk = False
+        _slot_backend(slot, backend)
     session_id = str(session.pk)
     key = locks.session_key(session_id)
     if session_id in _active:
@@ -359,11 +468,18 @@ def _start_sync(
             session=session, user=user, turn_id=turn_id, text=text, attachments=attachments,
             trigger=trigger, client_message_id=client_message_id, new_session=created,
         )
-    except BaseException:
+    except BaseException as exc:
         try:
             locks.lock_release_sync(key, token)
         except Exception:  # noqa: BLE001 - the TTL frees it anyway
             logger.exception("releasing the lock of a refused turn failed")
+        if created and isinstance(exc, TurnRefused) and exc.code == "too_many_turns":
+            # Nothing refers to the chat this hop created (no turn, no message): drop it, so a
+            # refused flood of new chat ids leaves no empty chats behind.
+            try:
+                ChatSession.objects.filter(pk=session.pk).exclude(turns__isnull=False).delete()
+            except Exception:  # noqa: BLE001
+                logger.exception("dropping the empty chat of a refused turn failed")
         raise
     prepared.lock_token = token
     return prepared
@@ -396,6 +512,7 @@ def _prepare(
         except AgentError as exc:
             refusal = exc  # the refusal record budget_check wrote commits with this block
         if refusal is None:
+            _user_cap_check(user)  # under the user's lock budget_check took; raising rolls back
             turn = ChatTurn.objects.create(
                 id=turn_id, session=session, trigger=trigger, backend=backend, model=model,
                 worker=locks.WORKER_ID, heartbeat_at=timezone.now(), reserved_tokens=sum(reserved),
@@ -477,10 +594,12 @@ async def turn_start(
     attachments: list[Attachment] | None = None,
     trigger: str = "submit-message",
     client_message_id: str | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> TurnHandle:
-    """Start a turn in the caller's chat (created when the id is new to them). Raises TurnRefused."""
-    from chat import usage as chat_usage
-
+    """Start a turn in the caller's chat (created when the id is new to them). Raises TurnRefused
+    (``too_many_turns`` over a concurrency cap: nothing is written). ``alive``: the caller's
+    connection is still open (checked before anything is written; false: TurnRefused
+    ``connection_closed``)."""
     attachments = list(attachments or [])
     if not getattr(user, "is_authenticated", False):
         raise TurnRefused("not_found", NOT_FOUND_TEXT)
@@ -496,14 +615,33 @@ async def turn_start(
         raise TurnRefused("unavailable", shutdown.SHUTDOWN_REFUSED_TEXT)
     shutdown.install()
 
+    if alive is not None and not alive():
+        raise TurnRefused("connection_closed", "The connection closed before the turn started.")
+    slot = _slot_take(user)
+    try:
+        return await _turn_start_admitted(
+            user=user, chat_id=chat_id, text=text, attachments=attachments, trigger=trigger,
+            client_message_id=client_message_id, alive=alive, slot=slot,
+        )
+    except BaseException:
+        _slot_free(slot)  # not started (once started, _finish frees it)
+        raise
+
+
+async def _turn_start_admitted(
+    *, user: Any, chat_id: str, text: str, attachments: list[Attachment], trigger: str,
+    client_message_id: str | None, alive: Callable[[], bool] | None, slot: _Slot,
+) -> TurnHandle:
+    from chat import usage as chat_usage
+
     if locks.use_redis():
         await _control_listener_ready()
     turn_id = str(uuid.uuid4())
-    # One database hop for the whole start (session, lock, budget, rows, history): the model
-    # call starts right after it (docs/performance.md, A/E).
+    # One database hop for the whole start (session, lock, budget, caps, rows, history): the
+    # model call starts right after it (docs/performance.md, A/E).
     prepared = await database_sync_to_async(_start_sync)(
         user=user, chat_id=chat_id, turn_id=turn_id, text=text, attachments=attachments,
-        trigger=trigger, client_message_id=client_message_id,
+        trigger=trigger, client_message_id=client_message_id, slot=slot, alive=alive,
     )
     session = prepared.session
     session_id = str(session.pk)
@@ -522,7 +660,7 @@ async def turn_start(
         running = _Running(
             turn_id=turn_id, session_id=session_id, user=user, session=session, turn=prepared.turn, inp=inp,
             stream=streams.stream_open(turn_id=turn_id, session_id=session_id), lock_token=token,
-            user_text=prepared.user_text, needs_title=prepared.needs_title,
+            user_text=prepared.user_text, needs_title=prepared.needs_title, slot=slot,
         )
     except BaseException:
         await asyncio.shield(locks.lock_release(key, token))
@@ -673,6 +811,7 @@ async def _finish(
         logger.exception("releasing the lock of turn %s failed", rt.turn_id)
     if _active.get(rt.session_id) is rt:
         del _active[rt.session_id]
+    _slot_free(rt.slot)
     if title is not None and "session" in done_steps:
         rt.stream.append(events.session_info({"id": rt.session_id, "title": title[0]}))
     rt.stream.append(terminal)

@@ -316,6 +316,14 @@ AGENT_SDK_MAX_BUFFER_SIZE = env.int("AGENT_SDK_MAX_BUFFER_SIZE", default=16 * 10
 # Each idle CLI costs one Node process (see docs/performance.md for its RSS).
 AGENT_SDK_IDLE_SECONDS = env.float("AGENT_SDK_IDLE_SECONDS", default=300.0)
 AGENT_SDK_MAX_IDLE_CLIENTS = env.int("AGENT_SDK_MAX_IDLE_CLIENTS", default=8)
+# Concurrency caps (docs/security.md, "Concurrency caps"; 0 disables one). A turn over a cap is
+# refused with the error code too_many_turns and nothing is stored. Per user: running turns over
+# every process (counted in the database). Per worker (daphne process): turns starting or running.
+# sdk backend: CLI processes per worker, busy plus kept idle (idle ones are closed first to make
+# room; ~200 MB each).
+AGENT_MAX_TURNS_PER_USER = env.int("AGENT_MAX_TURNS_PER_USER", default=3)
+AGENT_MAX_TURNS_PER_WORKER = env.int("AGENT_MAX_TURNS_PER_WORKER", default=16)
+AGENT_SDK_MAX_CLI_PROCESSES = env.int("AGENT_SDK_MAX_CLI_PROCESSES", default=16)
 
 USER_TOKEN_BUDGET_DAILY = env.int("USER_TOKEN_BUDGET_DAILY", default=2_000_000)
 USER_TOKEN_BUDGET_WEEKLY = env.int("USER_TOKEN_BUDGET_WEEKLY", default=10_000_000)

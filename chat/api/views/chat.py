@@ -17,7 +17,7 @@ from chat.api.errors import ApiError, retry_after_seconds
 from chat.api.serializers import with_errors
 from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
 from chat.protocol import ProtocolError, UserMessage, user_message_parse
-from chat.turns import TurnRefused, turn_listen, turn_start, turn_subscribe
+from chat.turns import TOO_MANY_TURNS_RETRY_AFTER, TurnRefused, turn_listen, turn_start, turn_subscribe
 
 SSE_DESCRIPTION = (
     "`text/event-stream` in the AI SDK UI message stream format (header "
@@ -34,6 +34,7 @@ REFUSAL_STATUS = {
     "not_found": status.HTTP_404_NOT_FOUND,
     "budget_exceeded": status.HTTP_429_TOO_MANY_REQUESTS,
     "rate_limited": status.HTTP_429_TOO_MANY_REQUESTS,
+    "too_many_turns": status.HTTP_429_TOO_MANY_REQUESTS,  # a concurrency cap (docs/security.md)
     "invalid_request": status.HTTP_400_BAD_REQUEST,
     "unavailable": status.HTTP_503_SERVICE_UNAVAILABLE,  # this worker is shutting down
 }
@@ -45,7 +46,9 @@ def refusal_error(exc: Any) -> ApiError:
     code = getattr(exc, "code", "invalid_request")
     http_status = REFUSAL_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
     retry_after = None
-    if http_status == status.HTTP_429_TOO_MANY_REQUESTS:
+    if code == "too_many_turns":
+        retry_after = TOO_MANY_TURNS_RETRY_AFTER  # a running turn ends, or another worker has room
+    elif http_status == status.HTTP_429_TOO_MANY_REQUESTS:
         retry_after = retry_after_seconds(getattr(exc, "resets_at", None))
     elif http_status == status.HTTP_503_SERVICE_UNAVAILABLE:
         retry_after = SHUTDOWN_RETRY_AFTER
