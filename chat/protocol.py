@@ -68,6 +68,50 @@ class AbortFrame:
 Frame = SendFrame | ResumeFrame | AbortFrame
 
 
+BAD_UNICODE = "Strings must be valid Unicode (a lone surrogate such as \\ud800 is not)."
+NUL_CHARACTER = "Strings must not contain NUL (\\u0000) characters."
+
+
+def _is_unencodable(text: str) -> bool:
+    """True when ``text`` holds a lone UTF-16 surrogate (``"\\ud800"`` in JSON): it is no
+    character, cannot be encoded as UTF-8 (database, renderer, socket), and is never sent by a
+    real client."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def json_text_problem(obj: Any) -> str | None:
+    """Why a parsed JSON value cannot be accepted, or None: a lone surrogate in any string or
+    key. Iterative (no recursion on deep input); one C-level encode per string."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _is_unencodable(item):
+                return BAD_UNICODE
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(key, str) and _is_unencodable(key):
+                    return BAD_UNICODE
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string the server stores cannot be accepted: a NUL character (PostgreSQL stores
+    none, in text or jsonb) or a lone surrogate."""
+    if "\x00" in text:
+        return NUL_CHARACTER
+    if _is_unencodable(text):
+        return BAD_UNICODE
+    return None
+
+
 def allowed_media_type(media_type: str) -> bool:
     return media_type in IMAGE_TYPES or media_type in DOCUMENT_TYPES or media_type.startswith("text/")
 
@@ -75,6 +119,9 @@ def allowed_media_type(media_type: str) -> bool:
 def _id(value: Any, name: str, request_id: str | None) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
         raise ProtocolError(f"Field '{name}' must be a non-empty string of at most {MAX_ID_CHARS} characters.", request_id=request_id)
+    problem = text_problem(value)
+    if problem is not None:
+        raise ProtocolError(f"Field '{name}': {problem}", request_id=request_id)
     return value
 
 
@@ -99,6 +146,10 @@ def attachment_from_file_part(part: dict[str, Any]) -> tuple[Attachment, dict[st
     if len(data) > MAX_ATTACHMENT_BYTES:
         raise ProtocolError("A file is larger than 5 MiB.")
     name = str(part.get("filename") or "attachment")[:200]
+    for value in (name, media_type):
+        problem = text_problem(value)
+        if problem is not None:
+            raise ProtocolError(problem)
     clean = {"type": "file", "mediaType": media_type, "filename": name, "url": url}
     return Attachment(name=name, media_type=media_type, data=data), clean
 
@@ -120,6 +171,9 @@ def user_message_parse(message: Any, *, request_id: str | None = None) -> UserMe
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise ProtocolError("A text part needs a string 'text'.", request_id=request_id)
+            problem = text_problem(part["text"])
+            if problem is not None:
+                raise ProtocolError(problem, request_id=request_id)
             texts.append(part["text"])
         elif kind == "file":
             if len(attachments) >= MAX_ATTACHMENTS:
@@ -137,6 +191,8 @@ def user_message_parse(message: Any, *, request_id: str | None = None) -> UserMe
     if not text.strip() and not attachments:
         raise ProtocolError("The message is empty.", request_id=request_id)
     client_id = message.get("id")
+    if isinstance(client_id, str) and text_problem(client_id) is not None:
+        raise ProtocolError(f"The message id: {text_problem(client_id)}", request_id=request_id)
     return UserMessage(
         text=text,
         attachments=attachments,
@@ -173,12 +229,19 @@ def frame_parse(raw: str | bytes | None) -> Frame:
     if not isinstance(obj, dict):
         raise ProtocolError("Frame must be a JSON object.")
     request_id = obj.get("requestId")
-    request_id = request_id if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS else None
+    request_id = (
+        request_id
+        if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS and text_problem(request_id) is None
+        else None
+    )  # a requestId that cannot be echoed back (NUL, lone surrogate) is no requestId
     kind = obj.get("type")
     if request_id is None:
-        raise ProtocolError("Field 'requestId' must be a non-empty string.")
+        raise ProtocolError("Field 'requestId' must be a non-empty string of valid Unicode without NUL.")
     if kind == "abort":
-        return AbortFrame(request_id=request_id)
+        return AbortFrame(request_id=request_id)  # reads nothing but its requestId
+    problem = json_text_problem(obj)  # a lone surrogate anywhere in a send/resume
+    if problem is not None:
+        raise ProtocolError(problem, request_id=request_id)
     if kind == "resume":
         chat_id = _id(obj.get("id"), "id", request_id)
         last = obj.get("lastSequence")

@@ -208,7 +208,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON parser + refusals (too deep, lone surrogates) so bad input is a 400, never a 500.
+    "DEFAULT_PARSER_CLASSES": ["chat.api.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "chat.api.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["chat.api.throttles.WriteRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {

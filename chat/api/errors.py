@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 from rest_framework import exceptions, status
@@ -97,9 +99,19 @@ def _code_for(exc: exceptions.APIException) -> str:
     return getattr(exc, "default_code", None) or "error"
 
 
+def request_too_large() -> ApiError:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return ApiError(
+        f"The request body is larger than {limit} bytes.", code="request_too_large",
+        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, Http404):
         exc = NotFoundError()
+    elif isinstance(exc, RequestDataTooBig):  # Django refused the body (DATA_UPLOAD_MAX_MEMORY_SIZE)
+        exc = request_too_large()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     response = drf_exception_handler(exc, context)  # sets WWW-Authenticate, Retry-After, rollback

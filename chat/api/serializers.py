@@ -9,6 +9,25 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string and nothing else: DRF's CharField turns ``0`` or ``1.5`` into ``"0"``, which
+    the schema (``type: string``) says is refused. (NUL characters are refused by CharField.)"""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true``/``false`` only (DRF's BooleanField also takes "yes", "on", 1, "0" …)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Machine-readable error code, e.g. `not_found`, `stream_already_active`.")
     message = serializers.CharField(help_text="Human-readable explanation.")

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from chat.api.base import AsyncAPIView
 from chat.api.errors import ApiError, retry_after_seconds
-from chat.api.serializers import with_errors
+from chat.api.serializers import StrictCharField, with_errors
 from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
 from chat.protocol import ProtocolError, UserMessage, user_message_parse
 from chat.turns import TOO_MANY_TURNS_RETRY_AFTER, TurnRefused, turn_listen, turn_start, turn_subscribe
@@ -90,12 +90,12 @@ class ChatApi(AsyncAPIView):
         class Meta:
             ref_name = "ChatRequest"
 
-        id = serializers.CharField(max_length=200, help_text="Chat id: a session UUID, or a new id of yours (creates a session).")
+        id = StrictCharField(max_length=200, trim_whitespace=False, help_text="Chat id: a session UUID, or a new id of yours (creates a session).")
         messages = serializers.ListField(
             child=serializers.DictField(), help_text="AI SDK UI messages; only the newest user message is used."
         )
         trigger = serializers.ChoiceField(choices=["submit-message", "regenerate-message"], default="submit-message")
-        messageId = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+        messageId = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
 
     @extend_schema(
         operation_id="chat_create",

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.api.errors import NotFoundError
-from chat.api.serializers import with_errors
+from chat.api.serializers import StrictCharField, with_errors
 from chat.apikeys import api_key_create, api_key_get_for_user, api_key_list_for_user, api_key_revoke
 
 
@@ -33,7 +33,7 @@ class KeyListApi(APIView):
         class Meta:
             ref_name = "ApiKeyCreate"
 
-        name = serializers.CharField(max_length=100)
+        name = StrictCharField(max_length=100, trim_whitespace=False)
 
     class CreateOutputSerializer(KeySerializer):
         class Meta:

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from chat.api.base import AsyncAPIView
 from chat.api.errors import ConflictError
 from chat.api.selectors import message_page, session_active_ids, session_list_filtered
-from chat.api.serializers import MessageSerializer, SessionSerializer, with_errors
+from chat.api.serializers import MessageSerializer, SessionSerializer, StrictBooleanField, StrictCharField, with_errors
 from chat.api.services import session_delete, session_update
 from chat.api.views.common import get_session_or_404
 from chat.selectors import session_get_for_user
@@ -65,8 +65,9 @@ class SessionListApi(APIView):
         class Meta:
             ref_name = "SessionCreate"
 
-        title = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
-        client_id = serializers.CharField(
+        title = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
+        client_id = StrictCharField(
+            trim_whitespace=False,
             required=False, max_length=200, help_text="Your own chat id for this session (default: the new UUID)."
         )
 
@@ -110,8 +111,8 @@ class SessionDetailApi(APIView):
         class Meta:
             ref_name = "SessionUpdate"
 
-        title = serializers.CharField(required=False, allow_blank=True, max_length=200)
-        archived = serializers.BooleanField(required=False)
+        title = StrictCharField(required=False, allow_blank=True, max_length=200)
+        archived = StrictBooleanField(required=False)
 
     @extend_schema(operation_id="sessions_retrieve", summary="Get a session", parameters=[CHAT_ID],
                    responses=with_errors({200: SessionSerializer}, 404))
