@@ -15,6 +15,7 @@ released when the call's PostToolUse / PostToolUseFailure hook fires or its resu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from pathlib import Path
@@ -22,10 +23,13 @@ from typing import Any
 
 from claude_agent_sdk import HookMatcher, PermissionResultAllow, PermissionResultDeny
 
-from agents.jail import jail_config, tool_limits_prefix
+from agents.jail import jail_config, quota_exceeded, tool_limits_prefix
 from agents.sandbox import SUBAGENT_TOOLS, SubagentLimiter, check_tool_input
 
 log = logging.getLogger(__name__)
+
+# The CLI's tools that can grow the workspace: the quota is checked after each of their calls.
+QUOTA_TOOLS = frozenset({"Bash", "Write", "Edit", "MultiEdit", "NotebookEdit", "Task", "Agent"})
 
 
 class ToolPolicy:
@@ -36,6 +40,7 @@ class ToolPolicy:
         self._slots: set[str] = set()  # tool_use ids holding a sub-agent slot
         self._lock = threading.Lock()
         self.denied: dict[str, str] = {}  # tool_use_id -> reason (for logs and tests)
+        self.over_quota: str | None = None  # the quota message, once a tool call exceeded it
 
     # -- the decision -------------------------------------------------------------------------
     def decide(self, tool_name: str, tool_input: Any, tool_use_id: str | None) -> str | None:
@@ -102,6 +107,11 @@ class ToolPolicy:
 
     async def post_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
         self.finished(tool_use_id or input_data.get("tool_use_id"))
+        if str(input_data.get("tool_name", "")) in QUOTA_TOOLS:
+            over = await asyncio.to_thread(quota_exceeded, self.workspace)
+            if over:  # the CLI stops here; the turn then ends with this error (agents/backends/sdk.py)
+                self.over_quota = over
+                return {"continue_": False, "stopReason": over}
         return {}
 
     async def can_use_tool(self, tool_name: str, tool_input: dict[str, Any], context: Any) -> PermissionResultAllow | PermissionResultDeny:

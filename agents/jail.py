@@ -480,10 +480,21 @@ def _parent(pid: int) -> int | None:
 _CLI_JAIL_KEEP = frozenset({1, 2, 3})
 
 
-def jail_sweep(bwrap_pid: int) -> int:
+def jail_sweep(bwrap_pid: int, *, rounds: int = 50) -> int:
     """Kill every process in the CLI jail of ``bwrap_pid`` (the jail's outer bwrap process) but
     the jail's init, the CLI and the model bridge with its connections: nothing the agent started
-    outlives its turn. Returns how many were killed."""
+    outlives its turn. Repeats until a round finds nothing (a fork storm keeps forking). Returns
+    how many were killed."""
+    total = 0
+    for _ in range(rounds):
+        killed = _sweep_once(bwrap_pid)
+        total += killed
+        if not killed:
+            break
+    return total
+
+
+def _sweep_once(bwrap_pid: int) -> int:
     inits = [c for c in _children(bwrap_pid) if len(_ns_pid(c)[1]) >= 2]
     if not inits:
         return 0

@@ -308,6 +308,9 @@ class ApiBackend:
                     else:
                         yield events.tool_output_available(block["id"], outcome.output)
                 yield events.finish_step()  # a step = one model call plus its tool executions
+                over = next((o for o in outcomes if o.over_quota), None)
+                if over is not None:  # the workspace quota (agents/jail.py) ends the turn
+                    raise AgentError(ErrorKind.POLICY, detail="workspace quota exceeded", message=over.output.rsplit("\n\n", 1)[-1])
                 messages.append({"role": "assistant", "content": content})
                 messages.append(
                     {

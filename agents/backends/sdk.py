@@ -889,6 +889,8 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
         # the next turn resumes the session from its transcript.
         result.stopped = True
         return False
+    if policy.over_quota:
+        raise AgentError(ErrorKind.POLICY, detail="workspace quota exceeded", message=policy.over_quota)
     error = translator.error()
     if error is not None:
         raise error
