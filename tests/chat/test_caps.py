@@ -227,26 +227,21 @@ async def test_start_with_a_closed_connection_writes_nothing(backend_api, caps, 
 
 def cli_processes(root_pid: int | None = None) -> list[int]:
     """Descendants of ``root_pid`` (default: this process) running the Claude Code CLI."""
-    root = root_pid or os.getpid()
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(root, []))
+    found, todo = [], [root_pid or os.getpid()]
     while todo:
         pid = todo.pop()
-        todo.extend(children.get(pid, []))
         try:
-            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            for task in (Path("/proc") / str(pid) / "task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+        if pid == (root_pid or os.getpid()):
+            continue
+        try:
+            argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(part.endswith(b"/claude") or part == b"claude" for part in cmdline[:2]):
+        if any(part.endswith(b"/claude") or part == b"claude" for part in argv[:2]):
             found.append(pid)
     return found
 
