@@ -944,7 +944,7 @@ function onFrame(frame) {
       endStream(s);
       break;
     case "error":
-      onErrorFrame(s, frame.errorText || "");
+      onErrorFrame(s, frame.errorText || "", frame.code || "");
       break;
     case "no-active":
       onNoActive(s);
@@ -1002,14 +1002,26 @@ function endStream(s) {
   });
 }
 
-function onErrorFrame(s, errorText) {
+function onErrorFrame(s, errorText, code = "") {
   if (state.stream === s) state.stream = null;
   setBusy(false);
   if (s.kind === "resume") {
     updateActions();
     return; // nothing to follow (for instance a chat that has no messages yet)
   }
-  if (/already|stream_already_active/i.test(errorText)) {
+  if (code === "too_many_turns" || /too_many_turns/.test(errorText)) {
+    // A concurrency cap (docs/security.md): nothing was stored. Give the text back and say why.
+    const node = s.userNode;
+    if (node) node.remove();
+    if (s.message && !ui.input.value.trim()) {
+      ui.input.value = s.message.parts.filter((p) => p.type === "text").map((p) => p.text).join("\n");
+      autoGrow();
+    }
+    updateActions();
+    notice(errorText || "Too many replies are being generated at once. Wait for one to finish, then send again.", { kind: "error", timeout: 10000 });
+    return;
+  }
+  if (code === "stream_already_active" || /already|stream_already_active/i.test(errorText)) {
     // Another tab (or client) is running a turn here: give the text back and follow that turn.
     const node = s.userNode;
     if (node) node.remove();
