@@ -118,8 +118,8 @@ def missing_programs(*, cli: bool = False) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _probe(mode: str, uid_base: int) -> str | None:
-    missing = missing_programs(cli=settings.AGENT_BACKEND == "sdk")
+def _probe(mode: str, uid_base: int, path: str, backend: str) -> str | None:
+    missing = missing_programs(cli=backend == "sdk")
     if missing:
         return (
             f"{', '.join(missing)} not found: install the Debian packages "
@@ -146,16 +146,26 @@ def jail_problem() -> str | None:
     cfg = jail_config()
     if not cfg.enabled:
         return "AGENT_JAIL is off"
-    return _probe(cfg.mode, cfg.uid_base)
+    return _probe(cfg.mode, cfg.uid_base, os.environ.get("PATH", ""), settings.AGENT_BACKEND)
+
+
+def jail_report() -> None:
+    """Log at a server's start whether agent tools are jailed."""
+    problem = jail_problem()
+    if problem is None:
+        log.info("agent tools run in the bubblewrap jail")
+    elif settings.DEBUG:
+        log.warning("agent tools are NOT sandboxed (%s): development only", problem)
+    else:
+        log.error("the agent jail is unavailable (%s): every turn will be refused", problem)
 
 
 def require_jail() -> None:
     """Raise ``AgentError`` when tools may not run: the jail is on but cannot work here. (With
     ``AGENT_JAIL=off``, accepted only under DEBUG, tools run unjailed and the page says so.)"""
-    cfg = jail_config()
-    if not cfg.enabled:
+    if not jail_config().enabled:
         return
-    problem = _probe(cfg.mode, cfg.uid_base)
+    problem = jail_problem()
     if problem:
         log.error("the agent jail is unavailable: %s", problem)
         raise AgentError(

@@ -12,6 +12,7 @@ from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
+from agents.jail import jail_problem
 from chat.selectors import session_get_for_user
 
 # What the offline scripted model understands (CONTRACT §3), shown on the page for discoverability.
@@ -67,10 +68,17 @@ def _page_config(request: HttpRequest, *, chat_id: str | None) -> dict[str, Any]
     }
 
 
+def _page_context(request: HttpRequest, *, chat_id: str | None, **extra: Any) -> dict[str, Any]:
+    # Under DEBUG, tools may run without the jail (AGENT_JAIL=off, or bubblewrap missing): say so
+    # on every page. In production such a turn is refused instead (agents.jail.require_jail).
+    unjailed = jail_problem() if settings.DEBUG else None
+    return {"page_config": _page_config(request, chat_id=chat_id), "tools_unjailed": unjailed, **extra}
+
+
 @require_GET
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/index.html", {"page_config": _page_config(request, chat_id=None)})
+    return render(request, "chat/index.html", _page_context(request, chat_id=None))
 
 
 @require_GET
@@ -84,5 +92,5 @@ def chat_page(request: HttpRequest, chat_id: Any) -> HttpResponse:
     return render(
         request,
         "chat/index.html",
-        {"page_config": _page_config(request, chat_id=str(session.pk)), "session": session},
+        _page_context(request, chat_id=str(session.pk), session=session),
     )

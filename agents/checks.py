@@ -1,0 +1,34 @@
+"""Django system checks of the agent runtime (``manage.py check``; daphne and runserver run them
+at start): the jail must work before a production server takes a turn (docs/security.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from agents.jail import jail_problem
+
+
+@checks.register(checks.Tags.security)
+def jail_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    problem = jail_problem()
+    if problem is None:
+        return []
+    if not settings.DEBUG:
+        return [
+            checks.Error(
+                f"The agent jail is unavailable: {problem}.",
+                hint="Install bubblewrap, util-linux and socat (Debian: apt-get install bubblewrap util-linux socat); "
+                "no turn runs until the jail works.",
+                id="agents.E001",
+            )
+        ]
+    return [
+        checks.Warning(
+            f"Agent tools are NOT sandboxed: {problem}.",
+            hint="Fine for local development only; install bubblewrap, util-linux and socat to jail them.",
+            id="agents.W001",
+        )
+    ]
