@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-test migrate demo-user check bench chaos clean
+.PHONY: run test install install-test migrate demo-user check bench chaos prod-lane clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench: install-test
 # CHAOS_ARGS="--sessions 30" for a short run; skipped with a message when PG/Redis are absent.
 chaos: install-test
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+# Production lane (docs/production.md): the runtime-only install (var/prodlane-venv), DEBUG=false,
+# PostgreSQL + Redis, two daphne workers per backend, the scripted model as a remote API, driven
+# by the AI SDK's own client (e2e/, Node). Needs PostgreSQL + Redis on 127.0.0.1 (.ci/run starts them).
+prod-lane:
+	bash scripts/prod-lane.sh
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache
