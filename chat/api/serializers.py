@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
 
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
 class StrictCharField(serializers.CharField):
     """A JSON string and nothing else: DRF's CharField turns ``0`` or ``1.5`` into ``"0"``, which
-    the schema (``type: string``) says is refused. (NUL characters are refused by CharField.)"""
+    the schema (``type: string``) says is refused. Not trimmed (a trimmed value passed
+    ``max_length`` although the string sent was longer). NUL characters are refused (DRF's
+    CharField validator; PostgreSQL cannot store them), which the schema says with a pattern."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -26,6 +36,15 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("invalid", input=data)
         return data
+
+
+class StrictCharFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = StrictCharField
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        schema.setdefault("pattern", NO_NUL_PATTERN)
+        return schema
 
 
 class ErrorDetailSerializer(serializers.Serializer):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
@@ -26,9 +25,20 @@ SSE_DESCRIPTION = (
     "tool-output-available/-error, finish-step, finish, error, data-usage, data-status, "
     "data-heartbeat, data-session), `: ping` comments while idle, and `data: [DONE]` last."
 )
-SSE_RESPONSE = OpenApiResponse(
-    response={"type": "string", "description": "Server-sent events"}, description=SSE_DESCRIPTION
-)
+# OpenAPI 3.0 has the text/event-stream ``schema`` describe one event (as schemathesis and other
+# SSE-aware tools read it): ``id`` is the chunk's sequence, ``data`` its JSON; the last event is
+# ``data: [DONE]`` without an id; ``: ping`` comments are no events.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One server-sent event.",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The chunk's sequence (absent on `[DONE]`)."},
+        "event": {"type": "string", "enum": ["message"], "description": "Always the default event type."},
+        "data": {"type": "string", "description": "A UI message stream chunk as JSON, or `[DONE]` last."},
+    },
+}
+SSE_RESPONSE = OpenApiResponse(response=SSE_EVENT_SCHEMA, description=SSE_DESCRIPTION)
 REFUSAL_STATUS = {
     "stream_already_active": status.HTTP_409_CONFLICT,
     "not_found": status.HTTP_404_NOT_FOUND,
@@ -101,7 +111,10 @@ class ChatApi(AsyncAPIView):
         operation_id="chat_create",
         summary="Send a message and stream the answer (AI SDK DefaultChatTransport)",
         description="Starts a turn and streams it. " + SSE_DESCRIPTION + " The turn keeps running if the "
-        "client disconnects; resume it with `GET /api/v1/chat/{chat_id}/stream/`.",
+        "client disconnects; resume it with `GET /api/v1/chat/{chat_id}/stream/`. Beyond the schema, the newest "
+        "`user` message must be valid (a `parts` list of objects; its text non-empty, at most 100,000 "
+        "characters, without NUL; at most 4 `file` parts with base64 `data:` URLs of accepted types, 5 MiB "
+        "each); otherwise `400 invalid_request` (not needed for `regenerate-message`).",
         request=InputSerializer,
         examples=[
             OpenApiExample(
@@ -145,8 +158,8 @@ class ChatStreamApi(AsyncAPIView):
         "without it), then continues live. " + SSE_DESCRIPTION + " 204 when no turn is running.",
         parameters=[
             OpenApiParameter("chat_id", str, OpenApiParameter.PATH, description="Session UUID or your chat id."),
-            OpenApiParameter("Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, required=False,
-                             description="Sequence of the last chunk received."),
+            OpenApiParameter("Last-Event-ID", {"type": "integer", "minimum": -1}, OpenApiParameter.HEADER,
+                             required=False, description="Sequence of the last chunk received (-1: from the start)."),
         ],
         responses=with_errors(
             {(200, "text/event-stream"): SSE_RESPONSE, 204: OpenApiResponse(description="No active turn.")}, 400, 404
@@ -155,7 +168,7 @@ class ChatStreamApi(AsyncAPIView):
     async def get(self, request: Request, chat_id: str) -> Any:
         raw = request.headers.get("Last-Event-ID")
         after = -1
-        if raw not in (None, ""):
+        if raw is not None:  # present but empty is not an integer either
             try:
                 after = int(raw)
             except ValueError:

@@ -47,7 +47,7 @@ class SessionListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "SessionFilter"
-        search = serializers.CharField(required=False, allow_blank=True, max_length=200, help_text="Substring of the title.")
+        search = StrictCharField(required=False, allow_blank=True, max_length=200, help_text="Substring of the title.")
         archived = serializers.ChoiceField(choices=["false", "true", "all"], required=False, default="false")
         page = serializers.IntegerField(required=False, min_value=1)
         page_size = serializers.IntegerField(required=False, min_value=1, max_value=SessionPagination.max_page_size)
@@ -75,10 +75,13 @@ class SessionListApi(APIView):
         operation_id="sessions_list",
         summary="List your sessions",
         parameters=[FilterSerializer],
-        responses=with_errors({200: ListOutputSerializer}, 400),
+        responses=with_errors({200: ListOutputSerializer}, 400, 404),
+        description="`404 not_found` for a `page` past the last one.",
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
+        # A plain dict, not the QueryDict: DRF reads ``archived=`` / ``page=`` from a QueryDict as
+        # "absent", which the schema (an enum, an integer) says is refused.
+        filters = self.FilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         qs = session_list_filtered(
             user=request.user, archived=filters.validated_data["archived"], search=filters.validated_data.get("search", "")
@@ -164,7 +167,7 @@ class MessageListApi(APIView):
     )
     def get(self, request: Request, chat_id: str) -> Response:
         session = get_session_or_404(user=request.user, chat_id=chat_id)
-        filters = self.FilterSerializer(data=request.query_params)
+        filters = self.FilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         after, before, limit = (filters.validated_data.get(k) for k in ("after", "before", "limit"))
         page = message_page(session=session, after=after, before=before, limit=limit)
