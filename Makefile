@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-test migrate demo-user check bench chaos prod-lane clean
+.PHONY: run test install install-test migrate demo-user check bench chaos prod-lane vendor clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo-user: migrate
 # commands such as createsuperuser work without exporting anything. Never overwritten.
 .env:
 	bash scripts/dev-env.sh $@
+
+# The chat page's browser libraries (markdown-it, DOMPurify): npm ci in frontend/ at the pinned
+# versions, then copy their browser builds into static/vendor/ (committed: run/test need no npm).
+vendor:
+	bash scripts/vendor.sh
 
 run: .env demo-user
 	@echo "Serving on http://$(HOST):$(PORT)/"
