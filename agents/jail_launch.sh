@@ -14,7 +14,16 @@ until (exec 9<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; do
   sleep 0.01
 done
 exec "$@"'
+# What claude-agent-sdk itself sets for the CLI (entry point, SDK version, session-state frames)
+# goes into the jail too; nothing else of this environment does (bwrap clears it).
+forward=()
+while IFS='=' read -r -d '' key value; do
+  case $key in
+    *TOKEN* | *KEY* | *SECRET*) ;;
+    CLAUDE_CODE_* | CLAUDE_AGENT_SDK_*) [ -n "$value" ] && forward+=(--setenv "$key" "$value") ;;
+  esac
+done < <(env -0)
 # COPILOT_JAIL_PREFIX (the privilege drop and prlimit) is a word list on purpose.
 # shellcheck disable=SC2086
-exec bwrap --args 3 -- $COPILOT_JAIL_PREFIX /bin/bash -c "$bridge" bridge \
+exec bwrap --args 3 "${forward[@]}" -- $COPILOT_JAIL_PREFIX /bin/bash -c "$bridge" bridge \
   "$COPILOT_JAIL_PORT" "$COPILOT_JAIL_SOCKET" "$COPILOT_JAIL_CLI" "$@" 3<"$COPILOT_JAIL_ARGS"

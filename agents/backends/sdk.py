@@ -102,6 +102,7 @@ _SECRET_ENV_RE = re.compile(
     r"SECRET|PASSWORD|PASSWD|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|DATABASE_URL|REDIS_URL|_DSN$|^AWS_|^GITHUB_|^GH_",
     re.IGNORECASE,
 )
+_LAUNCHER_KEEP = frozenset({"PATH", "LANG", "LC_ALL"})  # what a jailed CLI's launcher inherits
 _TEARDOWN_NOISE = ("cancel scope", "different task", "contextvar", "token", "was created in a different context", "event loop is closed")
 
 
@@ -308,7 +309,11 @@ def build_options(
         inside.update({"BASH_DEFAULT_TIMEOUT_MS": tool_ms, "BASH_MAX_TIMEOUT_MS": tool_ms})
         proxy_socket = credential_proxy().socket_path
         assert proxy_socket is not None
-        cli_path, env = cli_launch(workspace, env=inside, proxy_socket=proxy_socket)
+        cli_path, launcher_env = cli_launch(workspace, env=inside, proxy_socket=proxy_socket)
+        # The SDK merges this process's environment under ``env``: blank all of it for the
+        # launcher (bwrap clears it for the jail anyway, but nothing secret should reach even the
+        # jail's outer process).
+        env = {**{key: "" for key in os.environ if key not in _LAUNCHER_KEEP}, **launcher_env}
     return ClaudeAgentOptions(
         model=inp.model or settings.AGENT_MODEL,
         system_prompt=system_prompt,
@@ -674,12 +679,6 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
             kept.grant_active(True)
             reusable = await _serve(kept, job)
             kept.grant_active(False)
-            if reusable and kept.pid is not None and jail_config().enabled:
-                # Nothing the agent started outlives its turn: the kept CLI's jail keeps only
-                # the CLI and its model bridge.
-                swept = await asyncio.to_thread(jail_sweep, kept.pid)
-                if swept:
-                    log.info("killed %d process(es) left in the jail of session %s", swept, kept.session_id)
             if not reusable or not pool.park(kept):
                 break
             waiting = kept.next_job
@@ -710,6 +709,12 @@ async def _serve(kept: _Kept, job: _Job) -> bool:
         job.finished = True
         job.queue.put_nowait(("error", exc if isinstance(exc, AgentError) else classify_sdk_exception(exc)))
         return False
+    if reusable and kept.pid is not None and jail_config().enabled:
+        # Nothing the agent started outlives its turn: before the turn ends, the kept CLI's jail
+        # is left with only the CLI and its model bridge.
+        swept = await asyncio.to_thread(jail_sweep, kept.pid)
+        if swept:
+            log.info("killed %d process(es) left in the jail of session %s", swept, kept.session_id)
     job.finished = True
     job.queue.put_nowait(("done", None))
     kept.turns += 1

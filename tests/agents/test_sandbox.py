@@ -20,6 +20,13 @@ from agents.sandbox import (
 from agents.tools import run_tool
 
 
+@pytest.fixture
+def lexical_layer(settings):
+    """The lexical Bash check: the policy only when the jail is off (AGENT_JAIL=off, DEBUG only;
+    tests/security/test_jail.py covers the jail)."""
+    settings.AGENT_JAIL = "off"
+
+
 def test_workspace_for_is_safe_and_prepared(workspace_root):
     sid = str(uuid.uuid4())
     ws = workspace_for(sid)
@@ -74,6 +81,7 @@ def test_resolve_in_workspace(workspace, tmp_path):
         ("Bash", {"command": "set"}),
     ],
 )
+@pytest.mark.usefixtures("lexical_layer")
 def test_policy_denies_escapes(workspace, tool, tool_input):
     reason = check_tool_input(workspace, tool, tool_input)
     assert reason and tool in reason
@@ -99,6 +107,7 @@ def test_policy_allows_work_inside(workspace, tool, tool_input):
     assert check_tool_input(workspace, tool, tool_input) is None
 
 
+@pytest.mark.usefixtures("lexical_layer")
 def test_symlink_escape_is_denied_for_file_tools_and_bash(workspace, tmp_path):
     outside = tmp_path / "secret-dir"
     outside.mkdir()
@@ -109,6 +118,7 @@ def test_symlink_escape_is_denied_for_file_tools_and_bash(workspace, tmp_path):
     assert check_tool_input(workspace, "Bash", {"command": "cat door/secret.txt"})
 
 
+@pytest.mark.usefixtures("lexical_layer")
 async def test_denied_calls_are_tool_errors_and_never_run(workspace, tmp_path):
     outside = tmp_path / "target"
     outside.mkdir()

@@ -90,7 +90,8 @@ async def test_home_and_tmpdir_are_inside_the_workspace(scripted_model, workspac
 
 
 @pytest.mark.cli
-async def test_pretooluse_denial_is_a_tool_error_and_never_runs(scripted_model, workspace):
+async def test_pretooluse_denial_is_a_tool_error_and_never_runs(scripted_model, workspace, settings):
+    settings.AGENT_JAIL = "off"  # the lexical Bash check denies (with the jail on, the jail confines)
     outside = workspace.parent / f"escape-{uuid.uuid4().hex}.txt"
     chunks = await backend_chunks(make_input(workspace, f"/tool bash touch ../{outside.name}"), TurnResult())
     assert not outside.exists()  # never executed
