@@ -114,7 +114,10 @@ def _api_key_failure_key(ip: str, now: float) -> tuple[str, float]:
     window = api_key_failure_window()
     index, into = divmod(now, window)
     digest = hashlib.sha256(ip.encode()).hexdigest()[:32]
-    return f"apikey-failures:{digest}:{int(index)}", window - into
+    # API_KEY_FAILURE_NAMESPACE: unset in production; the test suite gives each test its own, since
+    # every test client is 127.0.0.1 and one test's bad keys must not throttle the next test.
+    namespace = getattr(settings, "API_KEY_FAILURE_NAMESPACE", "")
+    return f"apikey-failures:{namespace}:{digest}:{int(index)}", window - into
 
 
 def api_key_blocked_for(*, ip: str, now: float | None = None) -> float:

@@ -54,6 +54,15 @@ def run_threads(target: Callable[[int], object], count: int, *, join_timeout: fl
     return errors
 
 
+@pytest.fixture(autouse=True)
+def _own_api_key_failure_counters(settings):
+    """Failed API-key attempts are counted per client IP (chat.ratelimit) and every test client is
+    127.0.0.1: each test counts in its own namespace, so one test's bad keys never throttle another."""
+    import uuid
+
+    settings.API_KEY_FAILURE_NAMESPACE = uuid.uuid4().hex
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _hash_each_test_password_once():
     """Django's PBKDF2 (1,000,000+ iterations) takes ~0.5-1 s per password on the CI machines and
