@@ -161,3 +161,45 @@ async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
     assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
     assert msgs[1].text == text_of(chunks)
     assert await _lock_free(session.pk)
+
+
+@pytest.mark.cli
+async def test_sigterm_exits_within_20s_with_kept_cli_clients(scripted_model, tmp_path, user):
+    """SIGTERM to an sdk worker that keeps idle Claude Code CLI clients (and runs a turn): the
+    process exits well within 20 s and takes its CLI processes with it. Before chat.shutdown
+    closed the kept clients (agents.backends.sdk.close_all_clients) it never exited: its main
+    thread waited in ``threading._shutdown`` for an anyio worker thread that stops only when the
+    kept client's owner task ends."""
+    from tests.reliability.conftest import child_pids, cmdline
+
+    env = daphne_env(
+        workspaces=tmp_path / "ws", scripted_url=scripted_model.url, AGENT_BACKEND="sdk",
+        ANTHROPIC_API_KEY="sk-ant-test-offline",  # the credential-proxy path, as in production
+        TURN_SHUTDOWN_GRACE_SECONDS="5",
+        # Unjailed, the SDK looks the CLI up in an anyio worker thread (the thread that held the
+        # process); the jail's launcher passes the CLI path, so no such thread starts at all.
+        AGENT_JAIL="off",
+    )
+    server = DaphneServer(env, name="shutdown-sdk").start()
+    try:
+        async with await _connect(server.port, user) as ws:
+            idle = send_frame(str(uuid.uuid4()), "/long 3 a turn whose CLI is kept")
+            await ws.send(json.dumps(idle))
+            frames = await ws_recv_until(ws, idle["requestId"], lambda f: False, timeout=60)
+            assert frames[-2]["chunk"]["type"] == "finish", frames[-3:]
+            running = send_frame(str(uuid.uuid4()), "/slow 100 300")
+            await ws.send(json.dumps(running))
+            await ws_recv_until(ws, running["requestId"], deltas(3), timeout=60)
+            clis = [p for p in child_pids(server.pid) if "claude" in cmdline(p)]
+            assert len(clis) >= 2, clis  # the kept one and the busy one
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            server.proc.send_signal(signal.SIGTERM)
+            code = await loop.run_in_executor(None, server.proc.wait, 25)
+            took = loop.time() - started
+        assert took < 20, f"exited {took:.1f}s after SIGTERM"
+        assert code == 0, f"exit code {code} (1: the shutdown watchdog had to end it)\n{server.log_tail()}"
+        await asyncio.sleep(0.5)
+        assert [p for p in clis if cmdline(p)] == [], "CLI processes outlived their worker"
+    finally:
+        server.stop(signal.SIGKILL)
