@@ -41,6 +41,9 @@ vendor:
 	bash scripts/vendor.sh
 
 run: .env demo-user
+	@command -v bwrap >/dev/null && command -v socat >/dev/null || echo "make run: bubblewrap or socat is missing, \
+	so the agent's tools run WITHOUT the jail (development only; production refuses). Install them: \
+	sudo apt-get install bubblewrap socat"
 	@echo "Serving on http://$(HOST):$(PORT)/"
 	DEBUG=$${DEBUG:-true} $(PY) manage.py runserver --noreload $(HOST):$(PORT)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from claude_agent_sdk import HookMatcher, PermissionResultAllow, PermissionResultDeny
 
-from agents.jail import jail_config, quota_exceeded, tool_limits_prefix
+from agents.jail import jail_active, quota_exceeded, tool_limits_prefix
 from agents.sandbox import SUBAGENT_TOOLS, SubagentLimiter, check_tool_input
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class ToolPolicy:
         tool_input = input_data.get("tool_input") or {}
         reason = self.decide(tool_name, tool_input, tool_use_id)
         if reason is None:
-            if tool_name == "Bash" and jail_config().enabled and isinstance(tool_input.get("command"), str):
+            if tool_name == "Bash" and jail_active() and isinstance(tool_input.get("command"), str):
                 # The command runs under the tool call's CPU and memory bounds (agents/jail.py).
                 limited = {**tool_input, "command": tool_limits_prefix() + tool_input["command"]}
                 return {

@@ -160,10 +160,17 @@ def jail_report() -> None:
         log.error("the agent jail is unavailable (%s): every turn will be refused", problem)
 
 
+def jail_active() -> bool:
+    """Whether tools run in the jail now: it is on and works. Under DEBUG a jail that is off or
+    cannot work here leaves tools unjailed (the page and the log say so); in production such a
+    turn is refused (``require_jail``)."""
+    return jail_problem() is None
+
+
 def require_jail() -> None:
-    """Raise ``AgentError`` when tools may not run: the jail is on but cannot work here. (With
-    ``AGENT_JAIL=off``, accepted only under DEBUG, tools run unjailed and the page says so.)"""
-    if not jail_config().enabled:
+    """Raise ``AgentError`` when a turn may not run: production (DEBUG off) without a working
+    jail. Under DEBUG, tools then run unjailed and the chat page says so."""
+    if settings.DEBUG:
         return
     problem = jail_problem()
     if problem:

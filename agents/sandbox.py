@@ -33,7 +33,7 @@ from django.conf import settings
 
 from agents.config import workspace_root
 from agents.errors import AgentError, ErrorKind
-from agents.jail import jail_config, prepare_workspace
+from agents.jail import jail_active, prepare_workspace
 
 FILE_TOOLS = frozenset({"Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "Glob", "Grep", "LS"})
 PATH_KEYS = ("file_path", "path", "notebook_path")
@@ -251,7 +251,7 @@ def check_tool_input(
         return _check_paths(workspace, tool_name, tool_input)
     if tool_name == "Bash":
         command = tool_input.get("command", "")
-        if jail_config().enabled:
+        if jail_active():
             # The jail is the boundary (agents/jail.py): a command sees only the workspace, so
             # no lexical guess about it is needed.
             return None if isinstance(command, str) and command.strip() else "Bash denied: the command is empty."

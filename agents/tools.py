@@ -28,7 +28,7 @@ from django.conf import settings
 from agents.jail import (
     drops_privileges,
     hand_over_tree,
-    jail_config,
+    jail_active,
     jail_spawn_argv,
     prepare_workspace,
     quota_exceeded,
@@ -183,7 +183,7 @@ async def _bash(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     if isinstance(tool_input.get("timeout"), (int, float)) and tool_input["timeout"] > 0:
         timeout = min(timeout, float(tool_input["timeout"]) / 1000)
     ws = Path(workspace).resolve()
-    if jail_config().enabled:
+    if jail_active():
         # A fresh jail per call (agents/jail.py); its whole process tree dies with it.
         prepare_workspace(ws)
         argv, env = jail_spawn_argv(ws, ["/bin/bash", "-c", command]), spawn_env()

@@ -61,7 +61,7 @@ from agents.config import model_endpoint
 from agents.errors import AgentError, ErrorKind, classify_text, scrub
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
-from agents.jail import cli_launch, cli_model_url, jail_config, jail_sweep
+from agents.jail import cli_launch, cli_model_url, jail_active, jail_sweep
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.secrets import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
@@ -110,7 +110,7 @@ def use_credential_proxy() -> bool:
     """Whether CLIs get a grant token of the credential proxy instead of the real key: always for
     a jailed CLI (the proxy's unix socket is its only way out), else with a real key unless
     ``AGENT_SDK_CREDENTIAL_PROXY`` is off (docs/security.md)."""
-    if jail_config().enabled:
+    if jail_active():
         return True
     return not model_endpoint().offline and bool(getattr(settings, "AGENT_SDK_CREDENTIAL_PROXY", True))
 
@@ -300,7 +300,7 @@ def build_options(
         hooks["PreCompact"] = [HookMatcher(matcher=None, hooks=[on_compact])]
     env = cli_env(workspace, credential)
     cli_path = None
-    if jail_config().enabled:
+    if jail_active():
         # The CLI itself runs in the jail (agents/jail.py): its environment is built there from
         # scratch, the model is reached through the proxy socket bridged to a loopback port.
         inside = {k: v for k, v in env.items() if v}
@@ -627,7 +627,7 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         tuple(sorted((k, v) for k, v in cli_env(workspace).items() if k != "ANTHROPIC_API_KEY")),
         key_fingerprint(model_endpoint().api_key),
         use_credential_proxy(),
-        jail_config(),
+        jail_active(),
         store_id,
         int(getattr(settings, "AGENT_MAX_TURNS", 40)),
         int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
@@ -709,7 +709,7 @@ async def _serve(kept: _Kept, job: _Job) -> bool:
         job.finished = True
         job.queue.put_nowait(("error", exc if isinstance(exc, AgentError) else classify_sdk_exception(exc)))
         return False
-    if reusable and kept.pid is not None and jail_config().enabled:
+    if reusable and kept.pid is not None and jail_active():
         # Nothing the agent started outlives its turn: before the turn ends, the kept CLI's jail
         # is left with only the CLI and its model bridge.
         swept = await asyncio.to_thread(jail_sweep, kept.pid)

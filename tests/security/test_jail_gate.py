@@ -63,6 +63,15 @@ async def test_a_turn_is_refused_without_the_jail_and_no_tool_runs(no_bwrap, set
     assert not marker.exists()
 
 
+async def test_debug_without_the_jail_runs_tools_unjailed(no_bwrap, settings, backend_api, connect):
+    settings.DEBUG = True
+    ws = await connect()
+    frame = send_frame(f"gate-{uuid.uuid4().hex[:6]}", "/tool bash echo unjailed-ok")
+    await ws.send(frame)
+    chunks = chunks_of(await ws.frames_until_done(frame["requestId"], timeout=30))
+    assert any("unjailed-ok" in str(c.get("output")) for c in chunks if c["type"] == "tool-output-available")
+
+
 def test_jail_off_is_refused_in_production():
     env = {**os.environ, "DEBUG": "false", "AGENT_JAIL": "off", "SECRET_KEY": "k" * 60, "ALLOWED_HOSTS": "x", "ENV_FILE": "/dev/null"}
     code = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'copilot_project.settings'); django.setup()"
