@@ -143,6 +143,34 @@ def api_key_cached(*, raw_key: str) -> ApiKey | None:
     return api_key
 
 
+def api_key_known_active(*, api_key: ApiKey) -> bool:
+    """True when this process verified the key within ``API_KEY_CACHE_SECONDS`` (no database)."""
+    entry = _verified.get(api_key.prefix)
+    return entry is not None and entry[1].pk == api_key.pk and time.monotonic() < entry[0]
+
+
+def api_key_is_active(*, api_key: ApiKey) -> bool:
+    """Is this (already authenticated) key still usable: not revoked, its owner active?
+
+    What an open websocket asks before it starts a turn (``send``/``resume``), so a revocation
+    reaches sockets that were opened with the key. From the per-process cache when this key was
+    verified within ``API_KEY_CACHE_SECONDS`` (no database hop; a revocation in this process
+    drops the entry at once), else one indexed query, whose positive answer is cached again.
+    A revocation in another process is therefore honoured within ``API_KEY_CACHE_SECONDS``."""
+    if api_key_known_active(api_key=api_key):
+        return True
+    fresh = (
+        ApiKey.objects.select_related("owner")
+        .filter(pk=api_key.pk, revoked_at__isnull=True, owner__is_active=True)
+        .first()
+    )
+    if fresh is None:
+        api_key_cache_forget(prefix=api_key.prefix)
+        return False
+    _cache_put(fresh)
+    return True
+
+
 def api_key_cache_forget(*, prefix: str | None = None, owner_id: Any = None) -> None:
     """Drop cached keys: one by prefix, every key of an owner, or (no argument) all."""
     if prefix is None and owner_id is None:

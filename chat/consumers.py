@@ -28,9 +28,11 @@ except ImportError:  # pragma: no cover - another ASGI server
         pass
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat import turns
+from chat.apikeys import api_key_is_active, api_key_known_active
 from chat.protocol import MAX_ID_CHARS, AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
 from chat.ratelimit import TokenBucket
 from chat.streams import StreamLagged
@@ -38,6 +40,7 @@ from chat.streams import StreamLagged
 logger = logging.getLogger(__name__)
 
 UNAUTHENTICATED_CLOSE_CODE = 4401
+REVOKED_TEXT = "This connection's API key has been revoked; reconnect with a valid key."
 MAX_REQUESTS_PER_SOCKET = 32
 REPLAY_YIELD_EVERY = 256  # frames sent back to back before yielding to the event loop
 
@@ -114,6 +117,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if frame.request_id in self.requests:
             await self._error(frame.request_id, "A request with this requestId is already running.", code="invalid_request")
             return
+        if not await self._key_still_active():
+            # The socket's API key was revoked (here, or elsewhere within API_KEY_CACHE_SECONDS):
+            # no new turn, no resume; tell the client why, then close like a refused handshake.
+            await self._error(frame.request_id, REVOKED_TEXT, code="unauthorized")
+            await self.close(code=UNAUTHENTICATED_CLOSE_CODE)
+            return
         if len(self.requests) >= MAX_REQUESTS_PER_SOCKET:
             await self._error(frame.request_id, "Too many concurrent requests on this connection.", code="rate_limited")
             return
@@ -137,6 +146,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.gone = True
             return False
         return True
+
+    async def _key_still_active(self) -> bool:
+        """Bearer sockets re-check their key before each send/resume (cookie sockets: always True).
+        Cheap: the per-process key cache, else one query off the serialised database thread."""
+        api_key = self.scope.get("api_key")
+        if api_key is None or api_key_known_active(api_key=api_key):
+            return True
+        return await database_sync_to_async(api_key_is_active, thread_sensitive=False)(api_key=api_key)
 
     def _request_done(self, rid: str) -> None:
         self.requests.pop(rid, None)
