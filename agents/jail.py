@@ -43,15 +43,19 @@ from pathlib import Path
 import claude_agent_sdk
 from django.conf import settings
 
+from agents.egress import egress_proxy
+from agents.egress import rules as egress_rules
 from agents.errors import AgentError, ErrorKind
 
 log = logging.getLogger(__name__)
 
 JAIL_UID_INSIDE = 1000
 JAIL_USER = "agent"
-PROXY_SOCKET_INSIDE = "/run/copilot/model.sock"
-CLI_PORT_INSIDE = 8919  # the loopback port inside a CLI jail that socat bridges to the proxy socket
+CLI_PORT_INSIDE = 8919  # inside a CLI jail: socat's loopback bridge to the credential proxy
+EGRESS_PORT_INSIDE = 8920  # inside a jail that may go out: the bridge to the egress proxy
 LAUNCHER = Path(__file__).resolve().parent / "jail_launch.sh"
+BRIDGE = Path(__file__).resolve().parent / "jail_bridge.sh"
+BRIDGE_INSIDE = "/run/copilot/bridge.sh"
 
 # Host directories that make up the jail's read-only system (symlinks are recreated as symlinks).
 _SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -112,14 +116,15 @@ def jail_uid(workspace: Path) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def missing_programs(*, cli: bool = False) -> list[str]:
-    names = ["bwrap", "prlimit"] + (["setpriv"] if drops_privileges() else []) + (["socat"] if cli else [])
+def missing_programs() -> list[str]:
+    """The jail's programs this host lacks (socat bridges a jail to the model and egress proxies)."""
+    names = ["bwrap", "prlimit", "socat"] + (["setpriv"] if drops_privileges() else [])
     return [name for name in names if shutil.which(name) is None]
 
 
 @functools.lru_cache(maxsize=4)
-def _probe(mode: str, uid_base: int, path: str, backend: str) -> str | None:
-    missing = missing_programs(cli=backend == "sdk")
+def _probe(mode: str, uid_base: int, path: str) -> str | None:
+    missing = missing_programs()
     if missing:
         return (
             f"{', '.join(missing)} not found: install the Debian packages "
@@ -146,7 +151,7 @@ def jail_problem() -> str | None:
     cfg = jail_config()
     if not cfg.enabled:
         return "AGENT_JAIL is off"
-    return _probe(cfg.mode, cfg.uid_base, os.environ.get("PATH", ""), settings.AGENT_BACKEND)
+    return _probe(cfg.mode, cfg.uid_base, os.environ.get("PATH", ""))
 
 
 def jail_report() -> None:
@@ -317,7 +322,7 @@ def bwrap_args(workspace: Path, *, env: dict[str, str], cfg: JailConfig, cwd: Pa
         args += ["--ro-bind", str(accounts / "passwd"), "/etc/passwd", "--ro-bind", str(accounts / "group"), "/etc/group"]
     args += [
         "--proc", "/proc", "--dev", "/dev",
-        "--size", str(cfg.tmp_bytes), "--tmpfs", "/tmp",
+        "--perms", "1777", "--size", str(cfg.tmp_bytes), "--tmpfs", "/tmp",
         *_parents(ws),
         "--bind", ws, ws,
         "--chdir", str(cwd or ws),
@@ -367,11 +372,39 @@ def spawn_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": "C.UTF-8"}
 
 
+def _bridges(proxy_socket: Path | None) -> tuple[list[str], list[str], dict[str, str]]:
+    """The sockets a jail reaches the server through: (bwrap binds, the bridge script's
+    ``PORT SOCKET`` pairs, environment). The model's (a CLI jail) and the egress proxy's (when
+    ``AGENT_NETWORK_ALLOW`` names hosts)."""
+    binds: list[str] = ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/copilot"]
+    pairs: list[str] = []
+    env: dict[str, str] = {}
+    if proxy_socket is not None:
+        binds += ["--ro-bind", str(proxy_socket.parent), "/run/copilot/proxy"]
+        pairs += [str(CLI_PORT_INSIDE), f"/run/copilot/proxy/{proxy_socket.name}"]
+    if egress_rules():
+        egress = egress_proxy().socket_path
+        assert egress is not None
+        binds += ["--ro-bind", str(egress.parent), "/run/copilot/egress"]
+        pairs += [str(EGRESS_PORT_INSIDE), f"/run/copilot/egress/{egress.name}"]
+        url = f"http://127.0.0.1:{EGRESS_PORT_INSIDE}"
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            env[name] = url
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    if pairs:
+        binds += ["--ro-bind", str(BRIDGE), BRIDGE_INSIDE]
+    return binds, pairs, env
+
+
 def jail_spawn_argv(workspace: Path, command: list[str], *, cwd: Path | None = None) -> list[str]:
     """The argv that runs ``command`` in a fresh jail over ``workspace`` with the tool limits
     (spawn it with ``env=spawn_env()``)."""
     cfg = jail_config()
-    options = bwrap_args(workspace, env=jail_env(workspace), cfg=cfg, cwd=cwd)
+    binds, pairs, bridge_env = _bridges(None)
+    options = bwrap_args(workspace, env=jail_env(workspace, bridge_env), cfg=cfg, cwd=cwd)
+    if pairs:
+        options += binds
+        command = ["/bin/bash", BRIDGE_INSIDE, *pairs, "--", *command]
     return ["bwrap", *options, "--", *privilege_drop(workspace), *limits_argv(cfg), *command]
 
 
@@ -393,14 +426,9 @@ def cli_launch(workspace: Path, *, env: dict[str, str], proxy_socket: Path) -> t
     cfg = jail_config()
     cli = bundled_cli()
     prepare_workspace(workspace)
-    options = bwrap_args(workspace, env=jail_env(workspace, env), cfg=cfg)
-    options += [
-        "--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/copilot",
-        "--ro-bind", str(proxy_socket.parent), "/run/copilot/proxy",
-        "--symlink", f"/run/copilot/proxy/{proxy_socket.name}", PROXY_SOCKET_INSIDE,
-        *_parents(str(cli)),
-        "--ro-bind", str(cli), str(cli),
-    ]
+    binds, pairs, bridge_env = _bridges(proxy_socket)
+    options = bwrap_args(workspace, env=jail_env(workspace, {**env, **bridge_env}), cfg=cfg)
+    options += [*binds, *_parents(str(cli)), "--ro-bind", str(cli), str(cli)]
     directory = Path(settings.VAR_DIR) / "jail" / "args"
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -409,11 +437,17 @@ def cli_launch(workspace: Path, *, env: dict[str, str], proxy_socket: Path) -> t
         out.write(b"\0".join(a.encode() for a in options) + b"\0")
     command = [*privilege_drop(workspace), *limits_argv(cfg, tool=False)]
     return str(LAUNCHER), {
+        # The SDK reads CLAUDE_CONFIG_DIR from here too (its transcript mirror), and may repoint it
+        # at a temporary directory it fills from the session store (a resume on another worker):
+        # the launcher then binds that directory into the jail for the jail's uid.
+        "CLAUDE_CONFIG_DIR": env["CLAUDE_CONFIG_DIR"],
+        "COPILOT_JAIL_CONFIG_DIR": env["CLAUDE_CONFIG_DIR"],
+        "COPILOT_JAIL_UID": str(jail_uid(workspace)) if drops_privileges() else "",
         "COPILOT_JAIL_ARGS": str(args_file),
         "COPILOT_JAIL_PREFIX": " ".join(command),
         "COPILOT_JAIL_CLI": str(cli),
-        "COPILOT_JAIL_PORT": str(CLI_PORT_INSIDE),
-        "COPILOT_JAIL_SOCKET": PROXY_SOCKET_INSIDE,
+        "COPILOT_JAIL_BRIDGES": " ".join(pairs),
+        "COPILOT_JAIL_BRIDGE_SCRIPT": BRIDGE_INSIDE,
     }
 
 
@@ -493,8 +527,10 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-# Inside a CLI jail: 1 is bwrap's init, 2 the CLI (the bridge script exec'd into it), 3 socat.
-_CLI_JAIL_KEEP = frozenset({1, 2, 3})
+# Inside a CLI jail: 1 is bwrap's init, 2 the CLI (the bridge script exec'd into it), then the
+# bridges (socat), which the bridge script starts before anything else.
+def _cli_jail_keep() -> frozenset[int]:
+    return frozenset(range(1, 4 + (1 if egress_rules() else 0)))
 
 
 def jail_sweep(bwrap_pid: int, *, rounds: int = 50) -> int:
@@ -522,10 +558,11 @@ def _sweep_once(bwrap_pid: int) -> int:
             ns, nspids = _ns_pid(int(entry))
             if ns == target and len(nspids) >= 2:
                 inside[int(entry)] = nspids[-1]
-    bridge = {pid for pid, nspid in inside.items() if nspid == 3}
+    keep = _cli_jail_keep()
+    bridge = {pid for pid, nspid in inside.items() if nspid in keep and nspid > 2}
     killed = 0
     for pid, nspid in inside.items():
-        if nspid in _CLI_JAIL_KEEP or _parent(pid) in bridge:
+        if nspid in keep or _parent(pid) in bridge:
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, 9)

@@ -233,3 +233,38 @@ async def test_ordinary_work_still_succeeds(backend, canaries, connect):
             chat_id=chat_id,
         )
         assert "compiled-ok" in output
+
+
+async def test_network_allow_reaches_only_named_hosts(backend, canaries, connect, settings):
+    """AGENT_NETWORK_ALLOW: an HTTPS tunnel through the egress proxy reaches a named host:port;
+    anything unnamed (and this machine's services, even by name) is refused; without the proxy
+    nothing is reachable at all."""
+    server, port = _listening_port()
+    accepted: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(await reader.readline())
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nallowed!\n")
+        await writer.drain()
+        writer.close()
+
+    server.close()
+    target = await asyncio.start_server(answer, "127.0.0.1", port)
+    try:
+        settings.AGENT_NETWORK_ALLOW = [f"127.0.0.1:{port}"]
+        command = (
+            f"env -u NO_PROXY -u no_proxy curl -s -m 5 -p http://127.0.0.1:{port}/ok; echo; "
+            "env -u NO_PROXY -u no_proxy curl -s -m 5 -p -o /dev/null -w 'other:%{http_code}\\n' http://127.0.0.1:5432/ ; "
+            "env -u NO_PROXY -u no_proxy curl -s -m 5 -p -o /dev/null -w 'named:%{http_code}\\n' https://localhost/ ; "
+            f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo DIRECT-OPEN || echo DIRECT-CLOSED"
+        )
+        output, _ = await _bash(connect, command)
+        assert "allowed!" in output and accepted == [b"GET /ok HTTP/1.1\r\n"], output
+        assert "other:000" in output or "other:403" in output, output
+        assert "named:000" in output or "named:403" in output, output
+        assert "DIRECT-CLOSED" in output
+        settings.AGENT_NETWORK_ALLOW = []
+        output, _ = await _bash(connect, f"env -u NO_PROXY -u no_proxy curl -s -m 5 -p http://127.0.0.1:{port}/ok || echo no-route")
+        assert "allowed!" not in output
+    finally:
+        target.close()

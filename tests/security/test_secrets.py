@@ -233,6 +233,7 @@ async def test_scrubber_alone_redacts_a_key_the_model_quotes(canary, connect, dj
     settings.AGENT_BACKEND = "sdk"
     settings.AGENT_SDK_CREDENTIAL_PROXY = False
     settings.AGENT_JAIL = "off"  # a jailed CLI always goes through the proxy: test the scrubber alone
+    settings.DEBUG = True  # (the only setting in which the jail may be off)
     chat_id = f"leak-scrub-{uuid.uuid4().hex[:8]}"
     mark = backend_api.request_count
     frames = await _run_turns(connect, chat_id, [f"/tool bash {ENV_DUMP}"])
