@@ -44,15 +44,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the machine -----------------------------------------------------------------------------
-# Agent tools run in a bubblewrap jail under DEBUG=false (AGENT_JAIL=bwrap, CONTRACT §6).
-if ! command -v bwrap >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing bubblewrap"
-    apt-get install -y bubblewrap >/dev/null || { apt-get update >/dev/null && apt-get install -y bubblewrap >/dev/null; }
-  else
-    log "warning: bwrap is not installed (apt-get install bubblewrap); tools will fail once the jail is on"
+# Agent tools run in a bubblewrap jail under DEBUG=false (AGENT_JAIL=bwrap, CONTRACT §6); the
+# jailed Claude Code CLI reaches the model through a socat bridge.
+for need in bwrap:bubblewrap socat:socat; do
+  if ! command -v "${need%%:*}" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing ${need#*:}"
+      apt-get install -y "${need#*:}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${need#*:}" >/dev/null; }
+    else
+      log "warning: ${need%%:*} is missing (apt-get install ${need#*:}); jailed tools will fail"
+    fi
   fi
-fi
+done
 command -v node >/dev/null || die "node is not installed"
 command -v npm >/dev/null || die "npm is not installed"
 PG_HOST=$(echo "$PG" | sed -E 's#^[a-z]+://([^@]*@)?([^:/]+).*#\2#')
