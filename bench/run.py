@@ -8,6 +8,7 @@ Stacks (each torn down after use, everything on loopback):
   sdk     same with AGENT_BACKEND=sdk (real Claude Code CLI)         → ttft(sdk)
   scale   PostgreSQL + Redis, 2 daphnes, AGENT_BACKEND=api           → scaleout
   (none)  in-process, temp SQLite                                     → dbwrites
+  (none)  in-process, DEBUG=true, jail on vs AGENT_JAIL=off            → jail (tool-call latency, kept-CLI memory)
 Every figure comes with its baseline from the same run; see docs/performance.md.
 """
 
@@ -25,7 +26,7 @@ import traceback
 
 from bench import harness as h
 
-ALL = ("relay", "latency", "scaleout", "dbwrites", "resume", "ttft", "api")
+ALL = ("relay", "latency", "scaleout", "dbwrites", "resume", "ttft", "api", "jail")
 
 
 def _services_up() -> bool:
@@ -82,14 +83,10 @@ def run_all(args: argparse.Namespace) -> dict:
         with h.Stack(backend="sdk") as stack:
             guard("ttft_sdk", lambda: asyncio.run(__import__("bench.bench_ttft", fromlist=["run"]).run(stack, chats=3)))
     if "dbwrites" in only:
-        def dbwrites() -> dict:
-            proc = subprocess.run([h.PY, "-m", "bench.bench_db_writes"], cwd=h.ROOT, capture_output=True, text=True,
-                                  timeout=300)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON=")), None)
-            if line is None:
-                raise RuntimeError(f"bench_db_writes failed:\n{proc.stderr[-3000:]}")
-            return json.loads(line[len("BENCH_JSON="):])
-        guard("dbwrites", dbwrites)
+        guard("dbwrites", lambda: _subprocess_bench("bench_db_writes"))
+    if "jail" in only:
+        guard("jail", lambda: _subprocess_bench(
+            "bench_jail", *(["--quick"] if args.quick else []), *(["--skip-sdk"] if args.skip_sdk else []), timeout=600))
     if "scaleout" in only:
         if _services_up():
             with h.Stack(backend="api", postgres=True, redis=True, daphnes=2) as stack:
@@ -107,6 +104,17 @@ def run_all(args: argparse.Namespace) -> dict:
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return results
+
+
+def _subprocess_bench(module: str, *argv: str, timeout: float = 300) -> dict:
+    """An in-process benchmark that configures Django itself, run as its own process (its last
+    ``BENCH_JSON=`` line holds the figures)."""
+    proc = subprocess.run([h.PY, "-m", f"bench.{module}", *argv], cwd=h.ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON=")), None)
+    if line is None:
+        raise RuntimeError(f"{module} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("BENCH_JSON="):])
 
 
 def _single_p99(bench: dict, streams: int) -> float | None:
@@ -192,6 +200,10 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append(("7 GET sessions (1k)", f"p50 {x['sessions_1k_first_page']['p50_ms']} / p99 {x['sessions_1k_first_page']['p99_ms']} ms",
                      f"10-session p50 {x['baseline_sessions_10']['p50_ms']} ms",
                      f"{x['ratio_sessions_p50']}x", ""))
+    if not err("jail"):
+        from bench.bench_jail import rows as jail_rows
+
+        rows += jail_rows(b["jail"])
     return rows
 
 
