@@ -10,13 +10,14 @@ One module for both backends:
 
 What a jail is (bubblewrap, ``bwrap``):
 
-- new user, mount, PID, network, IPC, UTS and cgroup namespaces; ``--die-with-parent``, a new
-  session, no capabilities, no nested user namespaces, no inherited file descriptors;
+- new mount, PID, network, IPC, UTS and cgroup namespaces; ``--die-with-parent``, a new session,
+  no inherited file descriptors;
 - when the server runs as root, bwrap builds the namespaces as root and the jailed command then
-  drops, with ``setpriv``, to an unprivileged host uid of the session's own (``AGENT_JAIL_UID`` +
-  a hash of the workspace, within ``AGENT_JAIL_UID_RANGE``): no capabilities, an empty bounding
-  set, ``no_new_privs``; the process limit then counts that session's processes alone. Without
-  root, bwrap makes an unprivileged user namespace (the jail's uid is the server's user, mapped);
+  drops, with ``setpriv``, to an unprivileged host uid of the workspace's own (``AGENT_JAIL_UID`` +
+  a hash of the workspace name, within ``AGENT_JAIL_UID_RANGE``): no capabilities, an empty
+  bounding set, ``no_new_privs``; the process limit then counts that session's processes alone.
+  Without root, bwrap adds an unprivileged user namespace (the server's user mapped to uid 1000,
+  no nested user namespaces);
 - the file system: ``/usr`` (and the ``/bin``, ``/lib*`` links or binds) read-only, a minimal
   generated ``/etc``, a private ``/proc`` and ``/dev``, a private size-bounded tmpfs ``/tmp``, and
   the session workspace (at its host path, the only writable place). Nothing else: no project
@@ -75,7 +76,6 @@ class JailConfig:
     max_processes: int
     file_size_bytes: int
     tmp_bytes: int
-    wall_seconds: float
 
     @property
     def enabled(self) -> bool:
@@ -95,7 +95,6 @@ def jail_config() -> JailConfig:
         max_processes=int(settings.AGENT_TOOL_MAX_PROCESSES),
         file_size_bytes=min(quota, int(settings.AGENT_TOOL_FILE_SIZE_MB) * mb),
         tmp_bytes=int(settings.AGENT_JAIL_TMP_MB) * mb,
-        wall_seconds=float(settings.AGENT_TOOL_TIMEOUT_SECONDS),
     )
 
 
