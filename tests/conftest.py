@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -55,12 +56,14 @@ def run_threads(target: Callable[[int], object], count: int, *, join_timeout: fl
 
 
 @pytest.fixture(autouse=True)
-def _own_api_key_failure_counters(settings):
+def _own_api_key_failure_counters(monkeypatch):
     """Failed API-key attempts are counted per client IP (chat.ratelimit) and every test client is
-    127.0.0.1: each test counts in its own namespace, so one test's bad keys never throttle another."""
-    import uuid
+    127.0.0.1: each test counts in its own namespace, so one test's bad keys never throttle another.
 
-    settings.API_KEY_FAILURE_NAMESPACE = uuid.uuid4().hex
+    Set with monkeypatch, not pytest-django's ``settings``: an autouse ``settings`` override would
+    wrap every test's settings, and the session-scoped scripted model's ANTHROPIC_BASE_URL (set
+    on first use, inside some test) would vanish with that test's override."""
+    monkeypatch.setattr(settings, "API_KEY_FAILURE_NAMESPACE", uuid.uuid4().hex, raising=False)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -105,7 +105,9 @@ async def test_send_flood_on_one_socket_respects_the_caps(flood_daphne, user):
     assert peak["turns"] <= PER_USER
     assert len(turns) > PER_USER  # turns ended and others started during the flood (no stuck slot)
     assert peak["cli"] <= CLI_BOUND
-    assert codes.get("too_many_turns", 0) > FRAMES // 2  # the caps were hit, over and over
+    # The caps were hit over and over (how many of the frames are answered before the close
+    # depends on the machine's speed: 475 of 2,000 on a loaded 2-core CI machine).
+    assert codes.get("too_many_turns", 0) >= 100
     assert turns and all(t.status == "finished" for t in turns)
     # Nothing started after the socket closed (a start already in its database write may land).
     assert turns[-1].started_at <= closed_at + dt.timedelta(seconds=1)
