@@ -25,7 +25,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,14 +201,6 @@ async def _pipe_both(reader, writer, up_reader, up_writer) -> None:
             up_writer.close()
 
 
-_proxy: EgressProxy | None = None
-_proxy_lock = threading.Lock()
-
-
 def egress_proxy() -> EgressProxy:
     """The process's egress proxy (started on first use)."""
-    global _proxy
-    with _proxy_lock:
-        if _proxy is None:
-            _proxy = EgressProxy().start()
-        return _proxy
+    return EgressProxy.shared()

@@ -16,6 +16,17 @@ logger = logging.getLogger(__name__)
 
 class LoopThreadServer:
     thread_name = "loop-server"
+    _shared: dict[type, LoopThreadServer] = {}  # noqa: RUF012 - one started instance per class
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls):
+        """This process's instance of ``cls``, started on first use."""
+        with LoopThreadServer._shared_lock:
+            server = LoopThreadServer._shared.get(cls)
+            if server is None:
+                server = LoopThreadServer._shared[cls] = cls().start()
+            return server
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host

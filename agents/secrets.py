@@ -406,15 +406,7 @@ async def _write_error(writer: asyncio.StreamWriter, status: int, kind: str, mes
     await writer.drain()
 
 
-_proxy: CredentialProxy | None = None
-_proxy_lock = threading.Lock()
-
-
 def credential_proxy() -> CredentialProxy:
     """The process's credential proxy (started on first use)."""
-    global _proxy
-    with _proxy_lock:
-        if _proxy is None:
-            _proxy = CredentialProxy().start()
-        return _proxy
+    return CredentialProxy.shared()
 

@@ -33,6 +33,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.stats import pct, r
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -48,18 +50,6 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def _r(x: float | None, nd: int = 2) -> float | None:
-    return None if x is None else round(x, nd)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,11 +176,11 @@ async def tool_latency(workspace: Path, calls: int, warmup: int = 5) -> dict:
     for name in COMMANDS:
         jailed, plain = times[name]["bwrap"], times[name]["off"]
         row = {
-            "jailed": {"p50_ms": _r(pct(jailed, 50)), "p99_ms": _r(pct(jailed, 99)), "mean_ms": _r(sum(jailed) / len(jailed))},
-            "plain": {"p50_ms": _r(pct(plain, 50)), "p99_ms": _r(pct(plain, 99)), "mean_ms": _r(sum(plain) / len(plain))},
+            "jailed": {"p50_ms": r(pct(jailed, 50)), "p99_ms": r(pct(jailed, 99)), "mean_ms": r(sum(jailed) / len(jailed))},
+            "plain": {"p50_ms": r(pct(plain, 50)), "p99_ms": r(pct(plain, 99)), "mean_ms": r(sum(plain) / len(plain))},
         }
-        row["added_p50_ms"] = _r(pct(jailed, 50) - pct(plain, 50))
-        row["added_p99_ms"] = _r(pct(jailed, 99) - pct(plain, 99))
+        row["added_p50_ms"] = r(pct(jailed, 50) - pct(plain, 50))
+        row["added_p99_ms"] = r(pct(jailed, 99) - pct(plain, 99))
         out[name] = row
     out["max_added_p50_ms"] = max(out[name]["added_p50_ms"] for name in COMMANDS)
     out["target"] = f"added p50 <= {TARGET_ADDED_P50_MS:g} ms per tool call"

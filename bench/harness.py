@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.stats import pct, r
+
 # The process helpers the tests use too (plain library code: no pytest, no Django).
 from tests.servers import free_port, wait_port
 
@@ -548,18 +550,6 @@ def stamps_of(rec: TurnRecord) -> list[tuple[int, int, int]]:
 # --------------------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def r(x: float | None, nd: int = 2) -> float | None:
-    return None if x is None else round(x, nd)
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
