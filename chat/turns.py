@@ -72,7 +72,7 @@ DEFAULT_MAX_TURNS_PER_USER = 3
 DEFAULT_MAX_TURNS_PER_WORKER = 16
 TOO_MANY_TURNS_RETRY_AFTER = 5  # seconds (REST Retry-After)
 TOO_MANY_USER_TEXT = (
-    "You have {n} replies being generated at once, the most allowed (too_many_turns). "
+    "You have reached the most replies generated at once ({n}) (too_many_turns). "
     "Wait for one to finish or stop one, then send again."
 )
 TOO_MANY_WORKER_TEXT = "The server is generating too many replies right now (too_many_turns). Please try again in a few seconds."

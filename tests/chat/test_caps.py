@@ -90,7 +90,7 @@ async def test_fourth_turn_of_a_user_is_refused_through_both_doors(backend_api, 
     chat_id = str(uuid.uuid4())
     frame = await refused_frame(ws, chat_id)
     assert frame["code"] == "too_many_turns"
-    assert "3 replies" in frame["errorText"] and "already" not in frame["errorText"]
+    assert "at once (3)" in frame["errorText"] and "already" not in frame["errorText"]
     await nothing_stored_for(user, chat_id)
 
     # REST: 429, the error body, Retry-After; nothing stored either.
