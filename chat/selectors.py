@@ -11,12 +11,24 @@ from django.db.models import QuerySet
 from chat.models import ChatMessage, ChatSession
 
 
+def _storable(text: str) -> bool:
+    """Whether ``text`` could be stored at all (no chat id holds a NUL or a lone surrogate; the
+    database would refuse to even compare them)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def session_get_for_user(*, user: Any, chat_id: str) -> ChatSession | None:
     """The caller's session for a chat id (the UUID or the client-chosen id), or None.
 
     Never reveals whether another user's session with that id exists.
     """
-    if not getattr(user, "is_authenticated", False) or not chat_id:
+    if not getattr(user, "is_authenticated", False) or not chat_id or not _storable(chat_id):
         return None
     qs = ChatSession.objects.filter(owner=user)
     session = qs.filter(client_id=chat_id).first()
