@@ -282,6 +282,11 @@ class Stack:
             USER_TOKEN_BUDGET_WEEKLY=str(10**14),
             API_THROTTLE_CHAT="100000/min",
             API_THROTTLE_WRITES="100000/min",
+            # One benchmark user runs every stream: the concurrency caps (docs/security.md) would
+            # refuse all but three; the benchmarks measure the relay, not the caps.
+            AGENT_MAX_TURNS_PER_USER="0",
+            AGENT_MAX_TURNS_PER_WORKER="0",
+            AGENT_SDK_MAX_CLI_PROCESSES="0",
             PYTHONUNBUFFERED="1",
         )
         if self.postgres:
