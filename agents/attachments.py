@@ -14,7 +14,7 @@ from typing import Any
 
 from agents.errors import AgentError, ErrorKind
 from agents.sandbox import resolve_in_workspace
-from agents.types import Attachment
+from agents.turn import Attachment
 
 MAX_ATTACHMENTS = 4
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024

@@ -33,7 +33,7 @@ from typing import Any
 from django.conf import settings
 
 from agents.errors import AgentError, ErrorKind, scrub
-from agents.types import HistoryMessage, TurnInput, Usage
+from agents.turn import HistoryMessage, TurnInput, Usage
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from agents.events import Chunk
 from agents.jail import require_jail
 from agents.retry import retry_delay
 from agents.secrets import StreamScrubber
-from agents.types import TurnInput, TurnResult, Usage
+from agents.turn import TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 

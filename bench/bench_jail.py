@@ -197,7 +197,7 @@ async def kept_cli_memory(root: Path, settle_seconds: float = 3.0) -> dict:
     from django.conf import settings
 
     from agents.backends.sdk import SdkBackend, close_idle_clients, kept_clients
-    from agents.types import TurnInput, TurnResult
+    from agents.turn import TurnInput, TurnResult
 
     saved = settings.AGENT_JAIL
     out: dict = {"prompt": "/tool bash echo hi", "settle_seconds": settle_seconds}

@@ -41,7 +41,7 @@ def _usage_fields(usage: Any) -> dict[str, Any]:
     get = usage.get if isinstance(usage, dict) else (lambda name, default=0: getattr(usage, name, default))
     fields = {name: int(get(name, 0) or 0) for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
     try:
-        from agents.types import Usage
+        from agents.turn import Usage
         from chat.usage import weighted_tokens
 
         fields["weighted_tokens"] = weighted_tokens(Usage(**fields))

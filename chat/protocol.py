@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.types import Attachment
+from agents.turn import Attachment
 
 MAX_FRAME_BYTES = 32 * 1024 * 1024  # 4 files of 5 MiB in base64 plus text fit
 MAX_TEXT_CHARS = 100_000

@@ -45,7 +45,7 @@ from django.utils import timezone
 from agents import events
 from agents.errors import AgentError, ErrorKind
 from agents.events import DELTA_TYPES, Chunk
-from agents.types import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
+from agents.turn import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
 from chat import locks, streams
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from chat.persistence import MessageFolder, MessageWriter

@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from agents.errors import AgentError, ErrorKind
-from agents.types import Usage
+from agents.turn import Usage
 from chat.models import BudgetReservation, ChatSession, ChatTurn, RateLimitRecord, TokenUsage, UserBudget
 
 logger = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from agents.events import Chunk
 from agents.model_client import model_client
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter
 from agents.tools import TOOL_SCHEMAS, ToolOutcome, run_tool
-from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
+from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ from agents.hooks import ToolPolicy
 from agents.jail import cli_launch, cli_model_url, jail_active, jail_sweep
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.secrets import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
-from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
+from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
 
@@ -907,9 +907,7 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
     return kept.alive()
 
 
-def _copy_usage(usage: Any) -> Any:
-    from agents.types import Usage
-
+def _copy_usage(usage: Any) -> Usage:
     return Usage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, usage.cost_usd)
 
 

@@ -54,7 +54,7 @@ from agents import events
 from agents.adapter import SERVER_TOOL_BLOCKS, citation_source, is_server_tool_result, server_tool_output
 from agents.errors import AgentError, ErrorKind, classify_status, classify_text, scrub
 from agents.events import Chunk
-from agents.types import Usage
+from agents.turn import Usage
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from django.conf import settings as django_settings
 
 from agents.events import DELTA_TYPES, Chunk
 from agents.scripted_model import ScriptedModelServer
-from agents.types import TurnInput, TurnResult
+from agents.turn import TurnInput, TurnResult
 
 IGNORED_TYPES = frozenset({"data-heartbeat", "data-status"})
 

@@ -12,7 +12,7 @@ import pytest
 from agents import events
 from agents.errors import AgentError, ErrorKind
 from agents.runtime import cost_usd, generate_title, run_turn
-from agents.types import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
+from agents.turn import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
 
 from .conftest import chunk_types, requests_since, text_of, turn_input
 from .conftest import run_turn_chunks as turn

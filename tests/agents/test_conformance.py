@@ -33,7 +33,7 @@ import pytest
 from agents.errors import ErrorKind
 from agents.events import Chunk
 from agents.runtime import run_turn
-from agents.types import TurnInput, TurnResult
+from agents.turn import TurnInput, TurnResult
 from tests.agents.conftest import chunk_types, collect, turn_input
 
 BACKENDS = [pytest.param("api", id="api"), pytest.param("sdk", id="sdk", marks=pytest.mark.cli)]

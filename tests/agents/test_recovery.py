@@ -21,7 +21,7 @@ from agents.backends.sdk import classify_sdk_exception, transcript_gap
 from agents.backends.sdk_adapter import SdkTranslator
 from agents.errors import ErrorKind
 from agents.scripted_model import request_chars
-from agents.types import HistoryMessage, TurnInput, TurnResult, Usage
+from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
 from .conftest import chunk_types, requests_since, run_turn_chunks, text_of, turn_input
 

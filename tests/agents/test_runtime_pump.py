@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agents import events, runtime
-from agents.types import TurnInput, TurnResult
+from agents.turn import TurnInput, TurnResult
 from tests.agents.conftest import collect
 
 

@@ -22,7 +22,7 @@ from agents.events import Chunk
 from agents.hooks import ToolPolicy
 from agents.runtime import run_turn
 from agents.sandbox import SubagentLimiter
-from agents.types import Attachment, TurnInput, TurnResult
+from agents.turn import Attachment, TurnInput, TurnResult
 from tests.agents.conftest import chunk_types, collect, requests_since, text_of, turn_input
 
 PNG_1PX = bytes.fromhex(

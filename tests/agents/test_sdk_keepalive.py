@@ -16,7 +16,7 @@ import pytest
 from agents.backends import sdk
 from agents.backends.sdk import SdkBackend
 from agents.sandbox import workspace_for
-from agents.types import TurnInput, TurnResult
+from agents.turn import TurnInput, TurnResult
 from tests.agents.conftest import collect, requests_since, turn_input
 
 pytestmark = pytest.mark.cli

@@ -15,7 +15,7 @@ import pytest
 
 from agents.adapter import CUT_TOOL_CALL, REFUSAL_MESSAGE
 from agents.errors import ErrorKind
-from agents.types import HistoryMessage
+from agents.turn import HistoryMessage
 from tests.agents.conftest import chunk_types, requests_since, run_turn_chunks, text_of, turn_input
 
 BACKENDS = [pytest.param("api", id="api"), pytest.param("sdk", id="sdk", marks=pytest.mark.cli)]

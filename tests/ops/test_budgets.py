@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from agents.errors import AgentError, ErrorKind
-from agents.types import Usage
+from agents.turn import Usage
 from chat.models import BudgetReservation, RateLimitRecord, TokenUsage, UserBudget
 from chat.usage import (
     budget_check,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from agents.types import Usage
+from agents.turn import Usage
 from chat.logging import log_error, log_turn
 
 

@@ -29,7 +29,7 @@ from agents.backends import sdk
 from agents.backends.sdk import SdkBackend
 from agents.sandbox import workspace_for
 from agents.secrets import TOKEN_PREFIX, StreamScrubber, credential_proxy
-from agents.types import TurnInput, TurnResult
+from agents.turn import TurnInput, TurnResult
 from chat.models import ChatMessage, ChatSession
 from tests.agents.conftest import collect
 from tests.chat.conftest import chunks_of, requests_since, send_frame

@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agents.backends.sdk import SdkBackend, close_idle_clients
-from agents.types import TurnInput, TurnResult
+from agents.turn import TurnInput, TurnResult
 from tests.agents.conftest import collect, requests_since, scripted_model  # noqa: F401 - fixture
 from transcripts.models import Transcript, TranscriptEntry
 from transcripts.store import DjangoSessionStore
