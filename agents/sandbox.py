@@ -108,7 +108,7 @@ def resolve_in_workspace(workspace: Path, path: str, *, cwd: Path | None = None)
     return resolved
 
 
-def _glob_base(pattern: str) -> str:
+def glob_base(pattern: str) -> str:
     """The non-glob directory prefix of a glob pattern."""
     parts = []
     for part in pattern.split("/"):
@@ -135,7 +135,7 @@ def _check_paths(workspace: Path, tool_name: str, tool_input: dict[str, Any]) ->
             base_dir = tool_input.get("path") or "."
             try:
                 base = resolve_in_workspace(workspace, base_dir)
-                resolve_in_workspace(workspace, _glob_base(pattern), cwd=base)
+                resolve_in_workspace(workspace, glob_base(pattern), cwd=base)
                 if ".." in Path(pattern).parts:
                     raise SandboxViolation(f"{pattern} climbs out of the workspace")
             except SandboxViolation as exc:

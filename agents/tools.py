@@ -34,7 +34,7 @@ from agents.jail import (
     quota_exceeded,
     spawn_env,
 )
-from agents.sandbox import SandboxViolation, _glob_base, check_tool_input, resolve_in_workspace
+from agents.sandbox import SandboxViolation, glob_base, check_tool_input, resolve_in_workspace
 
 MAX_READ_BYTES = 2 * 1024 * 1024
 MAX_GLOB_RESULTS = 500
@@ -281,7 +281,7 @@ def _glob(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     if not pattern:
         return ToolOutcome("Glob needs a 'pattern'.", is_error=True)
     if pattern.startswith("/"):  # absolute pattern inside the workspace: split off its base
-        prefix = _glob_base(pattern)
+        prefix = glob_base(pattern)
         base = resolve_in_workspace(workspace, prefix)
         pattern = pattern[len(prefix):].lstrip("/") or "*"
     matches = []
