@@ -16,7 +16,6 @@ every tool call's state, and it
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from agents import events
@@ -28,63 +27,13 @@ TOOL_NOT_FINISHED = "Tool call did not finish."
 NON_CONTENT_TYPES = frozenset({"start", "start-step", "finish-step", "finish", "error", "abort"})
 
 
-# -- the parts of the Messages API stream grammar both backends render the same way ------------
+# -- what both backends show the same way (the stream events themselves: agents/translate.py) ----
 
-#: ``content_block_start`` types of server tool calls (run by the API itself, shown as tool calls
-#: with ``providerExecuted``); their results come as ``*_tool_result`` blocks, whole, at start.
-SERVER_TOOL_BLOCKS = frozenset({"server_tool_use"})
 #: what a refusal looks like to the user: the text that streamed, this note, and ``finish`` with
 #: ``finishReason: "content-filter"`` plus ``messageMetadata: {"refusal": true}``
 REFUSAL_MESSAGE = "The model declined to continue this answer."
 #: the ``tool-output-error`` of a tool call cut by the output limit (it never runs)
 CUT_TOOL_CALL = "Not run: the answer hit the model's output limit while writing this tool call."
-
-
-def is_server_tool_result(block: dict[str, Any]) -> bool:
-    return str(block.get("type", "")).endswith("_tool_result") and bool(block.get("tool_use_id"))
-
-
-def server_tool_output(block: dict[str, Any]) -> Any:
-    """A server tool result block as the tool part's output: search results as ``{url, title}``
-    (the opaque ``encrypted_content`` left out), an error as ``{error}``, anything else as sent."""
-    content = block.get("content")
-    if isinstance(content, list):
-        return [
-            {"url": r.get("url"), "title": r.get("title")} if isinstance(r, dict) and "url" in r else r
-            for r in content
-        ]
-    if isinstance(content, dict) and content.get("error_code"):
-        return {"error": content.get("error_code")}
-    return content
-
-
-def citation_source(citation: Any, seen: set[str]) -> Chunk | None:
-    """A ``citations_delta`` citation as a ``source-url`` / ``source-document`` chunk, once per
-    source (``seen`` holds the sources already sent in this turn)."""
-    if not isinstance(citation, dict):
-        return None
-    url = citation.get("url")
-    if url:
-        key = f"url:{url}"
-        if key in seen:
-            return None
-        seen.add(key)
-        return events.source_url(f"src-{len(seen)}", str(url), citation.get("title"))
-    title = citation.get("document_title") or f"document {citation.get('document_index', 0)}"
-    key = f"doc:{citation.get('document_index')}:{title}"
-    if key in seen:
-        return None
-    seen.add(key)
-    return events.source_document(f"src-{len(seen)}", str(title))
-
-
-def new_part_id(prefix: str = "part") -> str:
-    """A unique id for a text/reasoning part."""
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
-
-
-def new_tool_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:20]}"
 
 
 class ChunkTracker:

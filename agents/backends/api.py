@@ -31,21 +31,15 @@ import anthropic
 from django.conf import settings
 
 from agents import events
-from agents.adapter import (
-    CUT_TOOL_CALL,
-    SERVER_TOOL_BLOCKS,
-    citation_source,
-    is_server_tool_result,
-    new_part_id,
-    server_tool_output,
-)
+from agents.adapter import CUT_TOOL_CALL
 from agents.attachments import prepare_attachments
 from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
 from agents.model_client import model_client
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter
 from agents.tools import TOOL_SCHEMAS, ToolOutcome, run_tool
-from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
+from agents.translate import StreamTranslator
+from agents.turn import HistoryMessage, TurnInput, TurnResult
 
 log = logging.getLogger(__name__)
 
@@ -357,13 +351,13 @@ class ApiBackend:
         stop_task: asyncio.Future[Any],
     ) -> AsyncIterator[Chunk]:
         """One streamed model call: yields its chunks, fills ``content`` (the assistant blocks)
-        and ``state`` (stop_reason, stopped), adds its usage to ``result.usage``.
+        and ``state`` (stop_reason, cut, stopped), adds its usage to ``result.usage``. The
+        events become chunks in ``agents.translate.StreamTranslator`` (shared with the sdk backend).
 
         The hot path reads the raw server-sent events (``json.loads`` of each ``data:``) instead
         of the SDK's typed events, which built pydantic models per delta (a quarter of the relay's
         CPU, docs/performance.md cause C); error events raise exactly as the SDK's iterator does.
         Stop is raced without a task per event: ``_StopGuard`` cancels the read in flight."""
-        usage = Usage()
         create = asyncio.ensure_future(client.messages.create(stream=True, **self.request_params(inp, messages)))
         done, _ = await asyncio.wait({create, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if create not in done:
@@ -374,16 +368,12 @@ class ApiBackend:
             state["stopped"] = True
             return
         stream = create.result()
-        blocks: dict[int, dict[str, Any]] = {}
-        part_ids: dict[int, str] = {}
-        json_buf: dict[int, list[str]] = {}
-        sources = self._sources  # cited sources already sent this turn
-        finished = False
+        translator = StreamTranslator(sources=self._sources)  # cited sources: once per turn
+        feed = translator.feed
         sse_events = _raw_events(stream)
         guard = _StopGuard(stop_task)
         stop_is_set = inp.stop.is_set
         loads = json.loads
-        text_delta = events.text_delta
         try:
             while True:
                 if stop_is_set():  # stop wins even over an event that is already there
@@ -407,117 +397,18 @@ class ApiBackend:
                 if kind == "error":
                     _raise_error_event(stream, sse)
                 event = loads(sse.data)
-                kind = event.get("type", kind)
-                if kind == "content_block_delta":
-                    index = event["index"]
-                    delta = event["delta"]
-                    block = blocks.get(index)
-                    if block is None:
-                        continue
-                    delta_type = delta.get("type")
-                    if delta_type == "text_delta":
-                        text = delta.get("text") or ""
-                        block["text"] += text
-                        yield text_delta(part_ids[index], text)
-                    elif delta_type == "thinking_delta":
-                        thinking = delta.get("thinking") or ""
-                        block["thinking"] += thinking
-                        yield events.reasoning_delta(part_ids[index], thinking)
-                    elif delta_type == "signature_delta":
-                        block["signature"] = delta.get("signature") or ""
-                    elif delta_type == "input_json_delta":
-                        partial = delta.get("partial_json") or ""
-                        json_buf[index].append(partial)
-                        if partial:
-                            yield events.tool_input_delta(block["id"], partial)
-                    elif delta_type == "citations_delta":
-                        citation = delta.get("citation")
-                        block.setdefault("citations", []).append(citation)
-                        source = citation_source(citation, sources)
-                        if source is not None:
-                            yield source
-                elif kind == "message_start":
-                    u = (event.get("message") or {}).get("usage") or {}
-                    usage.input_tokens = u.get("input_tokens") or 0
-                    usage.cache_read_tokens = u.get("cache_read_input_tokens") or 0
-                    usage.cache_write_tokens = u.get("cache_creation_input_tokens") or 0
-                    usage.output_tokens = u.get("output_tokens") or 0
-                    yield events.start_step()
-                elif kind == "content_block_start":
-                    block = event.get("content_block") or {}
-                    index = event["index"]
-                    block_type = block.get("type")
-                    if block_type == "text":
-                        blocks[index] = {"type": "text", "text": ""}
-                        if block.get("citations"):
-                            blocks[index]["citations"] = list(block["citations"])
-                        part_ids[index] = new_part_id("text")
-                        yield events.text_start(part_ids[index])
-                        if block.get("text"):
-                            blocks[index]["text"] += block["text"]
-                            yield events.text_delta(part_ids[index], block["text"])
-                    elif block_type == "thinking":
-                        blocks[index] = {"type": "thinking", "thinking": "", "signature": ""}
-                        part_ids[index] = new_part_id("reasoning")
-                        yield events.reasoning_start(part_ids[index])
-                    elif block_type == "redacted_thinking":
-                        blocks[index] = {"type": "redacted_thinking", "data": block.get("data", "")}
-                    elif block_type == "tool_use" or block_type in SERVER_TOOL_BLOCKS:
-                        server = block_type != "tool_use"
-                        blocks[index] = {"type": block_type, "id": block["id"], "name": block["name"], "input": {}}
-                        json_buf[index] = []
-                        yield events.tool_input_start(block["id"], block["name"], provider_executed=server)
-                    elif is_server_tool_result(block):
-                        # the API ran the server tool: its whole result comes here; kept verbatim
-                        # for a pause_turn continuation
-                        blocks[index] = dict(block)
-                        yield events.tool_output_available(block["tool_use_id"], server_tool_output(block), provider_executed=True)
-                    # any other (newer) block type is ignored, never fatal
-                elif kind == "content_block_stop":
-                    index = event["index"]
-                    block = blocks.get(index)
-                    if block is None:
-                        continue
-                    if block["type"] == "text":
-                        yield events.text_end(part_ids[index])
-                    elif block["type"] == "thinking":
-                        yield events.reasoning_end(part_ids[index])
-                    elif block["type"] == "tool_use" or block["type"] in SERVER_TOOL_BLOCKS:
-                        raw = "".join(json_buf.get(index, []))
-                        try:
-                            block["input"] = json.loads(raw) if raw.strip() else {}
-                        except json.JSONDecodeError:
-                            # cut by max_tokens (or malformed): not shown as a complete call
-                            block["input"] = {}
-                            state.setdefault("cut", set()).add(block["id"])
-                            log.warning("tool_use %s had invalid JSON input", block["id"])
-                            continue
-                        server = block["type"] != "tool_use"
-                        yield events.tool_input_available(block["id"], block["name"], block["input"], provider_executed=server)
-                elif kind == "message_delta":
-                    state["stop_reason"] = (event.get("delta") or {}).get("stop_reason")
-                    u = event.get("usage")
-                    if u:  # cumulative: replaces message_start's figures (a field left out keeps its value)
-                        if u.get("output_tokens") is not None:
-                            usage.output_tokens = u["output_tokens"]
-                        if u.get("input_tokens") is not None:
-                            usage.input_tokens = u["input_tokens"]
-                        if u.get("cache_read_input_tokens") is not None:
-                            usage.cache_read_tokens = u["cache_read_input_tokens"]
-                        if u.get("cache_creation_input_tokens") is not None:
-                            usage.cache_write_tokens = u["cache_creation_input_tokens"]
-                elif kind == "message_stop":
-                    finished = True
-            if not finished:
+                if "type" not in event:
+                    event["type"] = kind
+                for chunk in feed(event):
+                    yield chunk
+            if not translator.finished:
                 raise AgentError(ErrorKind.CONNECTION, detail="the model stream ended before message_stop")
         finally:
             guard.close()
-            result.usage.add(usage)
-            content.extend(
-                {k: v for k, v in b.items() if not (b["type"] == "text" and not b["text"])}
-                for _, b in sorted(blocks.items())
-                if not (b["type"] == "text" and not b["text"])
-            )
+            result.usage.add(translator.flush_usage())
+            content.extend(translator.content())
+            state["stop_reason"] = translator.stop_reason
+            state["cut"] = translator.cut
             with contextlib.suppress(BaseException):
                 await sse_events.aclose()
             with contextlib.suppress(Exception):

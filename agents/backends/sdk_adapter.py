@@ -51,7 +51,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import StreamEvent
 
 from agents import events
-from agents.adapter import SERVER_TOOL_BLOCKS, citation_source, is_server_tool_result, server_tool_output
+from agents.translate import SERVER_TOOL_BLOCKS, citation_source, is_server_tool_result, server_tool_output
 from agents.errors import AgentError, ErrorKind, classify_status, classify_text, scrub
 from agents.events import Chunk
 from agents.turn import Usage
