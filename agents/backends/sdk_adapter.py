@@ -4,7 +4,9 @@
 closes the stream; ``error()`` the classified failure the CLI reported (if any).
 
 With ``include_partial_messages=True`` the CLI streams every model call as raw Messages API
-events (``StreamEvent``) *and* sends an ``AssistantMessage`` per finished content block. So:
+events (``StreamEvent``) *and* sends an ``AssistantMessage`` per finished content block. The raw
+events become chunks in ``agents.translate.StreamTranslator``, the translator the api backend uses
+too; what is SDK-specific stays here. So:
 
 - text and thinking stream from ``content_block_*`` events; ``AssistantMessage`` text of a
   message that was streamed is ignored (it would duplicate); text of a message that was *not*
@@ -32,7 +34,6 @@ events (``StreamEvent``) *and* sends an ``AssistantMessage`` per finished conten
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from typing import Any
@@ -51,7 +52,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import StreamEvent
 
 from agents import events
-from agents.translate import SERVER_TOOL_BLOCKS, citation_source, is_server_tool_result, server_tool_output
+from agents.translate import StreamTranslator
 from agents.errors import AgentError, ErrorKind, classify_status, classify_text, scrub
 from agents.events import Chunk
 from agents.turn import Usage
@@ -148,31 +149,33 @@ class SdkTranslator:
         self.breaker = breaker  # agents.sandbox.EmptyInputBreaker (record(name, input) may raise)
         self.on_tool_finished = on_tool_finished  # callable(tool_use_id) (sub-agent slots)
         self.session_id: str | None = None
-        self.usage = Usage()  # summed per finished model call (final totals come with the result)
-        self.step_usage = Usage()
-        self.stop_reason: str | None = None
+        # the model calls' stream events (shared with the api backend): text, reasoning, tool
+        # inputs, server tools, citations, usage, stop_reason; one per turn, so each tool call's
+        # chunks go out once whichever of stream event / whole message shows it first
+        self.stream = StreamTranslator(show_unparsed_input=True)
         self.result: ResultMessage | None = None
         self.step_boundaries = 0  # model calls finished so far (the backend runs step checks)
         self._step_open = False
         self._finish_pending = False  # the step's model call ended with tool_use; awaiting results
-        self._msg_id: str | None = None
-        self._msg_usage: dict[str, Any] = {}
-        self._streamed: set[str] = set()
-        self._blocks: dict[int, tuple[str, str]] = {}  # index -> (kind, part id / tool id)
-        self._tool_json: dict[str, str] = {}
+        self._streamed: set[str] = set()  # ids of the messages that streamed (their whole copy is skipped)
         self._tool_names: dict[str, str] = {}
-        self._tool_started: set[str] = set()
-        self._tool_available: set[str] = set()
-        self._tool_done: set[str] = set()
         self._step_tools: set[str] = set()  # tool calls of the current step without a result yet
         self._assistant_error: tuple[str, str] | None = None  # (error code, text)
         self._rate_limit_error: AgentError | None = None
-        self._last_text = ""  # text the model streamed in the latest model call
-        self._sources: set[str] = set()  # cited sources already sent (citations_delta)
         self.refused = False  # a model call of this turn ended with stop_reason "refusal"
         self.context_exceeded = False  # … with "model_context_window_exceeded"
         self._compacting = False  # a CLI compaction was announced and has not ended yet
         self.compactions = 0  # compact boundaries seen (CLI-side compaction)
+
+    @property
+    def usage(self) -> Usage:
+        """Summed per finished model call (final totals come with the result)."""
+        return self.stream.usage
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The latest model call's stop_reason."""
+        return self.stream.stop_reason
 
     # -- public ------------------------------------------------------------------------------
     def feed(self, message: Any) -> list[Chunk]:
@@ -225,14 +228,13 @@ class SdkTranslator:
     def finish(self) -> list[Chunk]:
         """Close what is still open at the end of the stream (every open tool call included)."""
         out = self._close_blocks()
-        if self._msg_usage:  # a model call cut short (stop, drop): count what it reported
-            self.usage.add(Usage.from_api(self._msg_usage))
-            self._msg_usage = {}
-        for tid in list(self._tool_started | self._tool_available):
-            if tid not in self._tool_done:
-                if tid not in self._tool_available:
-                    out += self._tool_available_chunk(tid, self._parse_json(tid))
-                self._tool_done.add(tid)
+        self.stream.flush_usage()  # a model call cut short (stop, drop): count what it reported
+        tools = self.stream
+        for tid in list(tools.tool_started | tools.tool_available):
+            if tid not in tools.tool_done:
+                if tid not in tools.tool_available:
+                    out += self._tool_available_chunk(tid, tools.tool_input(tid))
+                tools.tool_done.add(tid)
                 out.append(events.tool_output_error(tid, TOOL_NOT_FINISHED))
         self._step_tools.clear()
         out += self._finish_step()
@@ -320,132 +322,48 @@ class SdkTranslator:
 
     def _produced_text_matching(self, text: str | None) -> bool:
         """True when the model itself streamed this text (then it is an answer, not an error)."""
-        return bool(text) and text.strip() == self._last_text.strip()
+        return bool(text) and text.strip() == self.stream.message_text().strip()
 
     # -- stream events -----------------------------------------------------------------------
     def _stream_event(self, event: dict[str, Any]) -> list[Chunk]:
+        """A raw Messages API event: translated by ``StreamTranslator``; what is SDK-specific
+        here is the step bookkeeping (a step waits for its tool results) and the policy checks."""
         kind = event.get("type")
+        out: list[Chunk] = []
         if kind == "message_start":
             out = self._finish_step()
-            message = event.get("message") or {}
-            self._msg_id = str(message.get("id") or f"msg-{len(self._streamed)}")
-            self._streamed.add(self._msg_id)
-            self._msg_usage = dict(message.get("usage") or {})
-            self._blocks = {}
-            self._last_text = ""
             self._step_open = True
-            self.stop_reason = None
-            return out + [events.start_step()]
-        if kind == "content_block_start":
-            return self._block_start(int(event.get("index", 0)), event.get("content_block") or {})
-        if kind == "content_block_delta":
-            return self._block_delta(int(event.get("index", 0)), event.get("delta") or {})
-        if kind == "content_block_stop":
-            return self._block_stop(int(event.get("index", 0)))
-        if kind == "message_delta":
-            delta = event.get("delta") or {}
-            if delta.get("stop_reason"):
-                self.stop_reason = delta["stop_reason"]
-                self.refused = self.refused or self.stop_reason == "refusal"
-                self.context_exceeded = self.context_exceeded or self.stop_reason == "model_context_window_exceeded"
-            if event.get("usage"):
-                self._msg_usage.update({k: v for k, v in event["usage"].items() if v is not None})
-            return []
-        if kind == "message_stop":
-            out = self._close_blocks()
-            step_usage = Usage.from_api(self._msg_usage)
-            self.usage.add(step_usage)
-            self._msg_usage = {}
+        elif kind == "content_block_start":
+            out = self._ensure_step()
+        out += self._seen(self.stream.feed(event))
+        if kind == "message_start":
+            self._streamed.add(self.stream.message_id)
+        elif kind == "message_delta" and self.stream.stop_reason:
+            self.refused = self.refused or self.stream.stop_reason == "refusal"
+            self.context_exceeded = self.context_exceeded or self.stream.stop_reason == "model_context_window_exceeded"
+        elif kind == "message_stop":
             self.step_boundaries += 1
             if self._step_tools:
                 self._finish_pending = True  # finish-step once the tool results are in
             else:
                 out += self._finish_step()
-            return out
-        return []
-
-    def _block_start(self, index: int, block: dict[str, Any]) -> list[Chunk]:
-        btype = block.get("type")
-        out = self._ensure_step()
-        if btype == "text":
-            pid = f"text-{self._msg_id}-{index}"
-            self._blocks[index] = ("text", pid)
-            out.append(events.text_start(pid))
-            if block.get("text"):
-                out.append(events.text_delta(pid, block["text"]))
-        elif btype == "thinking":
-            pid = f"reasoning-{self._msg_id}-{index}"
-            self._blocks[index] = ("reasoning", pid)
-            out.append(events.reasoning_start(pid))
-            if block.get("thinking"):
-                out.append(events.reasoning_delta(pid, block["thinking"]))
-        elif btype in SERVER_TOOL_BLOCKS:
-            # a server tool the API runs itself (web search): shown as a provider-executed call
-            tid = str(block.get("id") or f"srvtoolu-{self._msg_id}-{index}")
-            self._blocks[index] = ("server_tool", tid)
-            self._tool_names[tid] = str(block.get("name") or "")
-            self._tool_json[tid] = ""
-            if tid not in self._tool_started:
-                self._tool_started.add(tid)
-                out.append(events.tool_input_start(tid, self._tool_names[tid], provider_executed=True))
-        elif is_server_tool_result(block):
-            self._blocks[index] = ("other", "")
-            tid = str(block["tool_use_id"])
-            if tid in self._tool_started and tid not in self._tool_done:
-                if tid not in self._tool_available:
-                    out += self._server_tool_available(tid)
-                self._tool_done.add(tid)
-                out.append(events.tool_output_available(tid, server_tool_output(block), provider_executed=True))
-        elif btype == "tool_use":
-            tid = str(block.get("id") or f"toolu-{self._msg_id}-{index}")
-            self._blocks[index] = ("tool", tid)
-            self._tool_names[tid] = str(block.get("name") or "")
-            self._tool_json[tid] = ""
-            out += self._tool_start(tid)
-        else:
-            self._blocks[index] = ("other", "")
         return out
 
-    def _block_delta(self, index: int, delta: dict[str, Any]) -> list[Chunk]:
-        kind, ident = self._blocks.get(index, ("other", ""))
-        dtype = delta.get("type")
-        if kind == "text" and dtype == "text_delta" and delta.get("text"):
-            self._last_text += delta["text"]
-            return [events.text_delta(ident, delta["text"])]
-        if kind == "reasoning" and dtype == "thinking_delta" and delta.get("thinking"):
-            return [events.reasoning_delta(ident, delta["thinking"])]
-        if kind == "text" and dtype == "citations_delta":
-            source = citation_source(delta.get("citation"), self._sources)
-            return [source] if source is not None else []
-        if kind in ("tool", "server_tool") and dtype == "input_json_delta" and delta.get("partial_json"):
-            self._tool_json[ident] = self._tool_json.get(ident, "") + delta["partial_json"]
-            if ident in self._tool_available:
-                return []
-            return [events.tool_input_delta(ident, delta["partial_json"])]
-        return []
-
-    def _block_stop(self, index: int) -> list[Chunk]:
-        kind, ident = self._blocks.pop(index, ("other", ""))
-        if kind == "text":
-            return [events.text_end(ident)]
-        if kind == "reasoning":
-            return [events.reasoning_end(ident)]
-        if kind == "tool" and ident not in self._tool_available:
-            return self._tool_available_chunk(ident, self._parse_json(ident))
-        if kind == "server_tool" and ident not in self._tool_available:
-            return self._server_tool_available(ident)
-        return []
-
-    def _server_tool_available(self, tid: str) -> list[Chunk]:
-        self._tool_available.add(tid)
-        return [events.tool_input_available(tid, self._tool_names.get(tid, ""), self._parse_json(tid), provider_executed=True)]
+    def _seen(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Notes the tool calls the translator showed: a step's open calls, their names, and the
+        empty-input breaker for each complete client tool call (may raise AgentError(POLICY))."""
+        for chunk in chunks:
+            kind = chunk["type"]
+            if kind == "tool-input-start":
+                self._tool_names[chunk["toolCallId"]] = chunk["toolName"]
+                if not chunk.get("providerExecuted"):
+                    self._step_tools.add(chunk["toolCallId"])
+            elif kind == "tool-input-available" and not chunk.get("providerExecuted") and self.breaker is not None:
+                self.breaker.record(chunk["toolName"], chunk["input"])
+        return chunks
 
     def _close_blocks(self) -> list[Chunk]:
-        out: list[Chunk] = []
-        for index in sorted(self._blocks):
-            out += self._block_stop(index)
-        self._blocks = {}
-        return out
+        return self._seen(self.stream.close_open_blocks())
 
     # -- steps -------------------------------------------------------------------------------
     def _ensure_step(self) -> list[Chunk]:
@@ -465,27 +383,18 @@ class SdkTranslator:
         return out + [events.finish_step()]
 
     # -- tools -------------------------------------------------------------------------------
-    def _parse_json(self, tid: str) -> Any:
-        raw = self._tool_json.get(tid, "")
-        if not raw:
-            return {}
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return {"_raw": raw}
-
     def _tool_start(self, tid: str) -> list[Chunk]:
-        if tid in self._tool_started:
+        if tid in self.stream.tool_started:
             return []
-        self._tool_started.add(tid)
+        self.stream.tool_started.add(tid)
         self._step_tools.add(tid)
         return [events.tool_input_start(tid, self._tool_names.get(tid, ""))]
 
     def _tool_available_chunk(self, tid: str, tool_input: Any) -> list[Chunk]:
-        if tid in self._tool_available:
+        if tid in self.stream.tool_available:
             return []
         out = self._ensure_step() + self._tool_start(tid)
-        self._tool_available.add(tid)
+        self.stream.tool_available.add(tid)
         name = self._tool_names.get(tid, "")
         out.append(events.tool_input_available(tid, name, tool_input))
         if self.breaker is not None:
@@ -531,11 +440,12 @@ class SdkTranslator:
             if not isinstance(block, ToolResultBlock):
                 continue
             tid = block.tool_use_id
-            if tid in self._tool_done or tid not in (self._tool_started | self._tool_available):
+            tools = self.stream
+            if tid in tools.tool_done or tid not in (tools.tool_started | tools.tool_available):
                 continue
-            if tid not in self._tool_available:
-                out += self._tool_available_chunk(tid, self._parse_json(tid))
-            self._tool_done.add(tid)
+            if tid not in tools.tool_available:
+                out += self._tool_available_chunk(tid, tools.tool_input(tid))
+            tools.tool_done.add(tid)
             self._step_tools.discard(tid)
             text = scrub(tool_result_text(block.content))
             if block.is_error:
