@@ -8,6 +8,7 @@ The unit-level policy tests live in tests/agents/test_sandbox.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import anthropic
+import h11
 import httpx
 
 import pytest
@@ -27,8 +29,8 @@ from django.test import Client
 from agents import events, runtime
 from agents.backends import sdk
 from agents.backends.sdk import SdkBackend
+from agents.credentials import TOKEN_PREFIX, StreamScrubber, credential_proxy
 from agents.sandbox import workspace_for
-from agents.secrets import TOKEN_PREFIX, StreamScrubber, credential_proxy
 from agents.turn import TurnInput, TurnResult
 from chat.models import ChatMessage, ChatSession
 from tests.agents.conftest import collect
@@ -159,7 +161,7 @@ ENV_DUMP = LEAKY_COMMANDS[0]
 
 @pytest.mark.cli
 async def test_sdk_cli_holds_only_a_revocable_grant_token(canary, backend_api, settings):
-    """Layer 1 (agents.secrets.CredentialProxy): the CLI process — so its Bash tool, its
+    """Layer 1 (agents.credentials.CredentialProxy): the CLI process — so its Bash tool, its
     /proc/<pid>/environ and whatever it sends the model — holds a per-CLI grant token, never the
     key; the proxy swaps the real key in; the token is dead while the CLI is parked and after."""
     settings.AGENT_SDK_IDLE_SECONDS = 60
@@ -224,6 +226,113 @@ async def test_credential_proxy_streams_unchanged_and_refuses_unknown_tokens(can
         proxy.revoke(grant.api_key)
         await client.close()
 
+
+
+async def _exchange(reader, writer, conn: h11.Connection, method: str, target: str, headers: list, chunks=()):
+    """One request on a client connection (``h11`` on our side too): (response, body)."""
+    writer.write(conn.send(h11.Request(method=method, target=target, headers=[("host", "proxy"), *headers])))
+    for chunk in chunks:
+        writer.write(conn.send(h11.Data(data=chunk)))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+    response, body = None, b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+        elif isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            break
+    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        conn.start_next_cycle()
+    return response, body
+
+
+async def _raw(proxy, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection; everything the proxy answers until it closes."""
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_credential_proxy_keeps_connections_alive_and_reads_chunked_bodies(canary, backend_api):
+    """The proxy's HTTP/1.1 (parsed with h11): several requests on one connection, a chunked
+    request body, refusals that keep the connection open, ``Connection: close`` honoured."""
+    proxy = credential_proxy()
+    grant = proxy.grant(upstream=backend_api.url, api_key=canary)
+    token = [("x-api-key", grant.api_key), ("content-type", "application/json")]
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "/long 3"}]})
+    mark = backend_api.request_count
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    conn = h11.Connection(h11.CLIENT)
+    try:
+        chunked = [body[:10].encode(), body[10:40].encode(), body[40:].encode()]
+        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages/count_tokens",
+                                         [*token, ("transfer-encoding", "chunked")], chunked)
+        assert response.status_code == 200 and json.loads(data)["input_tokens"] > 0
+        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages?beta=true",
+                                         [*token, ("content-length", str(len(body)))], [body.encode()])
+        assert response.status_code == 200 and json.loads(data)["content"][0]["text"] == "w0 w1 w2 "
+        refused = [("x-api-key", TOKEN_PREFIX + "0" * 48), ("content-length", "2")]
+        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages", refused, [b"{}"])
+        assert response.status_code == 401
+        assert json.loads(data) == {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+        response, data = await _exchange(reader, writer, conn, "GET", "/admin/", token[:1])
+        assert response.status_code == 404 and json.loads(data)["error"]["type"] == "not_found_error"
+        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages/count_tokens",
+                                         [*token, ("content-length", str(len(body))), ("connection", "close")], [body.encode()])
+        assert response.status_code == 200 and (b"connection", b"close") in response.headers
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the proxy closed the connection
+        bodies = [r["body"] for r in list(backend_api.requests)[-(backend_api.request_count - mark):]]
+        assert bodies == [json.loads(body)] * 3  # both chunked and sized bodies arrived whole; refusals never did
+    finally:
+        writer.close()
+        proxy.revoke(grant.api_key)
+
+
+async def test_credential_proxy_refuses_malformed_requests_with_api_errors(canary, backend_api):
+    proxy = credential_proxy()
+    grant = proxy.grant(upstream=backend_api.url, api_key=canary)
+    mark = backend_api.request_count
+    try:
+        cases = [
+            (b"NOT A REQUEST\r\n\r\n", 400),
+            (b"POST /v1/messages HTTP/1.1\r\nhost: p\r\nx-long: " + b"a" * 100_000, 431),  # a head over 64 KiB
+            (b"POST /v1/messages HTTP/1.1\r\nhost: p\r\ncontent-length: 999999999999\r\n\r\n", 413),
+            (b"POST /v1/messages HTTP/1.1\r\nhost: p\r\ncontent-length: x\r\n\r\n", 400),
+        ]
+        for request, status in cases:
+            answer = await _raw(proxy, request)
+            head, _, data = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), (request[:40], answer[:200])
+            assert b"connection: close" in head.lower()
+            error = json.loads(data)
+            assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        # Expect: 100-continue gets its interim answer before the body is sent.
+        body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        try:
+            writer.write(b"POST /v1/messages/count_tokens HTTP/1.1\r\nhost: p\r\nexpect: 100-continue\r\n"
+                         b"x-api-key: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (grant.api_key.encode(), len(body)))
+            await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert interim.startswith(b"HTTP/1.1 100 ")
+            writer.write(body)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"input_tokens" in answer
+        finally:
+            writer.close()
+        assert len(requests_since(backend_api, mark, "/v1/messages/count_tokens")) == 1
+        assert requests_since(backend_api, mark) == []  # no malformed request went upstream
+    finally:
+        proxy.revoke(grant.api_key)
 
 @pytest.mark.cli
 async def test_scrubber_alone_redacts_a_key_the_model_quotes(canary, connect, django_user_model, settings, backend_api):

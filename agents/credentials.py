@@ -5,8 +5,9 @@ Two layers:
 - ``CredentialProxy``: the Claude Code CLI (and so its Bash tool, which inherits the CLI's
   environment and can read ``/proc/<cli>/environ``) never holds the real API key. It gets
   ``ANTHROPIC_BASE_URL=http://127.0.0.1:<proxy>`` and ``ANTHROPIC_API_KEY=<a random grant token>``;
-  this loopback proxy (a daemon thread with its own event loop in the worker process) accepts only
-  live grant tokens, swaps in the real key and streams the upstream response back unchanged.
+  this loopback proxy (a daemon thread with its own event loop in the worker process; requests
+  parsed with ``h11``) accepts only live grant tokens, swaps in the real key and streams the
+  upstream response back unchanged.
   Grants are suspended while their CLI is parked between turns and revoked when it closes, so a
   token quoted by the model is worthless.
 - ``StreamScrubber``: the runtime passes every chunk a turn yields through it. Each configured
@@ -33,6 +34,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import h11
 
 from agents.events import Chunk
 from agents.loopserver import LoopThreadServer
@@ -196,6 +199,9 @@ class StreamScrubber:
 # ------------------------------------------------------------------------------------------------
 
 TOKEN_PREFIX = "sk-ant-proxy-"  # key-shaped on purpose: KEY_RE scrubs it from logs and outputs
+MAX_HEAD_BYTES = 64 * 1024  # a larger request head: 431
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a larger request body: 413
+READ_BYTES = 64 * 1024
 _HOP_BY_HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
@@ -281,23 +287,19 @@ class CredentialProxy(LoopThreadServer):
     async def _listen(self) -> None:
         import httpx
 
-        from agents.scripted_model import MAX_HEADER_BYTES
-
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=15.0),
             follow_redirects=False,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
         )
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=512, limit=MAX_HEADER_BYTES)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
         # The same proxy on a unix socket, for jails (no network of their own): its directory is
         # bound into a CLI's jail, where socat bridges it to a loopback port (agents/jail.py).
         directory = Path(tempfile.mkdtemp(prefix="copilot-proxy-"))
         os.chmod(directory, 0o755)
         self.socket_path = directory / "model.sock"
-        self._unix_server = await asyncio.start_unix_server(
-            self._handle, path=str(self.socket_path), backlog=512, limit=MAX_HEADER_BYTES
-        )
+        self._unix_server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path), backlog=512)
         os.chmod(self.socket_path, 0o666)  # the jail's uid connects; a grant token is still needed
 
     async def _close(self) -> None:
@@ -313,18 +315,24 @@ class CredentialProxy(LoopThreadServer):
 
     # -- requests ---------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from agents.scripted_model import HttpError, read_request
-
+        """One client connection: requests parsed by ``h11`` (keep-alive, chunked bodies), each
+        relayed in turn; a malformed request gets an Anthropic-shaped error and the connection
+        closes."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
             while True:
                 try:
-                    request = await read_request(reader, writer)
-                except HttpError as exc:
-                    await _write_error(writer, exc.status, "invalid_request_error", str(exc), keep_alive=False)
+                    request = await _read_request(conn, reader, writer)
+                except (h11.RemoteProtocolError, _BadRequest) as exc:
+                    status = exc.status if isinstance(exc, _BadRequest) else exc.error_status_hint
+                    await _write_error(conn, writer, status, "invalid_request_error", str(exc), keep_alive=False)
                     break
-                if request is None or not await self._forward(request, writer):
+                if request is None or not await self._forward(conn, request, writer):
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break  # the client asked to close (or spoke HTTP/1.0)
+                conn.start_next_cycle()
+        except (ConnectionError, asyncio.IncompleteReadError, h11.ProtocolError):
             pass
         except Exception:  # noqa: BLE001 - a bug must not take the proxy down
             log.exception("credential proxy: request failed")
@@ -333,24 +341,27 @@ class CredentialProxy(LoopThreadServer):
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def _forward(self, request: Any, writer: asyncio.StreamWriter) -> bool:
+    async def _forward(self, conn: h11.Connection, request: ProxiedRequest, writer: asyncio.StreamWriter) -> bool:
         """Relay one request; True when the client connection stays open."""
-        headers: dict[str, str] = request.headers
-        token = headers.get("x-api-key")
+        token = request.header("x-api-key")
         if not token:
-            auth = headers.get("authorization", "")
+            auth = request.header("authorization") or ""
             token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
         grant = self._lookup(token)
         if grant is None:
             self.denied += 1
             log.info("credential proxy: refused %s %s (no live grant)", request.method, request.path)
-            await _write_error(writer, 401, "authentication_error", "invalid x-api-key", keep_alive=request.keep_alive)
+            await _write_error(conn, writer, 401, "authentication_error", "invalid x-api-key", keep_alive=request.keep_alive)
             return request.keep_alive
         if not request.path.startswith("/v1/") or request.method not in ("GET", "POST", "HEAD"):
-            await _write_error(writer, 404, "not_found_error", "not found", keep_alive=request.keep_alive)
+            await _write_error(conn, writer, 404, "not_found_error", "not found", keep_alive=request.keep_alive)
             return request.keep_alive
-        out_headers = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP and k not in _CREDENTIAL_HEADERS}
-        out_headers["x-api-key"] = grant.api_key
+        out_headers = [
+            (name, value)
+            for name, value in request.headers
+            if name.decode("latin-1") not in _HOP_BY_HOP and name.decode("latin-1") not in _CREDENTIAL_HEADERS
+        ]
+        out_headers.append((b"x-api-key", grant.api_key.encode("latin-1")))
         client = self._client
         upstream = client.build_request(request.method, grant.upstream + request.target, headers=out_headers, content=request.body)
         try:
@@ -361,21 +372,17 @@ class CredentialProxy(LoopThreadServer):
             return False
         self.forwarded += 1
         try:
-            head = [f"HTTP/1.1 {response.status_code} {_reason(response.status_code)}"]
-            for name, value in response.headers.multi_items():
-                if name.lower() not in _HOP_BY_HOP:
-                    head.append(f"{name}: {value}")
-            bodyless = request.method == "HEAD" or response.status_code in (204, 304)
-            if not bodyless:
-                head.append("transfer-encoding: chunked")
-            head.append("connection: " + ("keep-alive" if request.keep_alive else "close"))
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-            if not bodyless:
+            headers = [(name, value) for name, value in response.headers.raw if name.lower().decode("latin-1") not in _HOP_BY_HOP]
+            # No content-length: h11 frames the body (chunked for HTTP/1.1 clients) as it streams.
+            headers.append((b"connection", b"keep-alive" if request.keep_alive else b"close"))
+            status = response.status_code
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status).encode())))
+            if request.method != "HEAD" and status not in (204, 304):
                 async for data in response.aiter_raw():
                     if data:
-                        writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+                        writer.write(conn.send(h11.Data(data=data)))
                         await writer.drain()
-                writer.write(b"0\r\n\r\n")
+            writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             raise
@@ -388,6 +395,67 @@ class CredentialProxy(LoopThreadServer):
         return request.keep_alive
 
 
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One complete client request, as ``h11`` parsed it (names lower-case, values raw bytes)."""
+
+    method: str
+    target: str  # path and query, forwarded as is
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    keep_alive: bool
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def header(self, name: str) -> str | None:
+        """The last value of header ``name`` (lower case), if any."""
+        wanted = name.encode("latin-1")
+        values = [value for key, value in self.headers if key == wanted]
+        return values[-1].decode("latin-1") if values else None
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ProxiedRequest | None:
+    """The next whole request on ``conn`` (head and body); ``None`` when the client closed the
+    connection between requests. Raises ``h11.RemoteProtocolError`` or ``_BadRequest``."""
+    head: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            if conn.they_are_waiting_for_100_continue:
+                writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            conn.receive_data(await reader.read(READ_BYTES))
+        elif isinstance(event, h11.Request):
+            head = event
+            length = dict(event.headers).get(b"content-length")
+            if length is not None and int(length) > MAX_BODY_BYTES:
+                raise _BadRequest(413, "body too large")
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY_BYTES:
+                raise _BadRequest(413, "body too large")
+        elif isinstance(event, h11.EndOfMessage) and head is not None:
+            connection = b",".join(value for name, value in head.headers if name == b"connection").lower()
+            keep_alive = head.http_version == b"1.1" and b"close" not in connection
+            return ProxiedRequest(
+                method=head.method.decode("ascii").upper(),
+                target=head.target.decode("latin-1"),
+                headers=list(head.headers),
+                body=bytes(body),
+                keep_alive=keep_alive,
+            )
+        else:  # ConnectionClosed (or PAUSED, which a fresh cycle never yields)
+            return None
+
+
 def _reason(status: int) -> str:
     try:
         return http.HTTPStatus(status).phrase
@@ -395,14 +463,18 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-async def _write_error(writer: asyncio.StreamWriter, status: int, kind: str, message: str, *, keep_alive: bool) -> None:
+async def _write_error(
+    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, kind: str, message: str, *, keep_alive: bool
+) -> None:
     """An Anthropic-shaped JSON error (what the CLI expects from the API)."""
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    head = (
-        f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
-    )
-    writer.write(head.encode("latin-1") + body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"keep-alive" if keep_alive else b"close"),
+    ]
+    writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status).encode())))
+    writer.write(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
     await writer.drain()
 
 
