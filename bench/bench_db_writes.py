@@ -1,7 +1,7 @@
 """Benchmark 4 — database writes per turn, counted in-process with Django's execute wrappers on
 every connection (``connection_created`` installs the counter on each thread's connection).
 
-Runs ``chat.turns.turn_start`` + ``turn_listen`` for a ``/long 5000`` text turn and a
+Runs ``chat.runtime.turn_start`` + ``turn_listen`` for a ``/long 5000`` text turn and a
 ``/tools 20`` turn (``api`` backend, in-process scripted model, a fresh migrated SQLite file DB),
 each as a first turn (with title generation) and as a follow-up turn in the same chat.
 Baseline in the same run: the writes of a one-delta turn (``/long 1``): what any turn costs.
@@ -78,7 +78,7 @@ def _run() -> dict:
     from django.db import connection
     from django.db.backends.signals import connection_created
 
-    from chat import turns
+    from chat import runtime
 
     call_command("migrate", verbosity=0, interactive=False)
     counter = Counter_()
@@ -97,13 +97,14 @@ def _run() -> dict:
         counter.reset()
         counter.active = True
         t0 = time.perf_counter()
-        handle = await turns.turn_start(user=user, chat_id=chat_id, text=text)
+        handle = await runtime.turn_start(user=user, chat_id=chat_id, text=text)
         kinds: Counter[str] = Counter()
         last = None
-        async for _seq, chunk in turns.turn_listen(handle=handle):
+        async for _seq, raw, _terminal in runtime.turn_listen(handle=handle):
+            chunk = json.loads(raw)
             kinds[chunk["type"]] += 1
             last = chunk
-        await turns.turn_wait_idle(60)
+        await runtime.turn_wait_idle(60)
         counter.active = False
         return {
             "text": text,

@@ -390,9 +390,9 @@ class Client:
 def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Counter, list[str]]:
     from django.db.models import Count
 
-    from chat.locks import lock_holder, session_key
+    from chat.runtime.locks import lock_holder, session_key
     from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage
-    from chat.persistence import MessageFolder
+    from chat.runtime.persistence import MessageFolder
 
     counts: collections.Counter = collections.Counter()
     bad: list[str] = []

@@ -3,7 +3,7 @@
 Sessions (annotated list, filters, readable read-only messages, actions: clear stale error markers,
 stop the active turn, release a stuck lock, archive), turns and messages (read-only), token usage
 (read-only, with an SVG charts page), rate-limit records, API keys (revoke; the hash is never
-shown) and per-user budgets (editable). Actions call services (chat.services, chat.ops, chat.turns,
+shown) and per-user budgets (editable). Actions call services (chat.services, chat.ops, chat.runtime,
 chat.apikeys); nothing here writes models directly.
 """
 
@@ -28,6 +28,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from chat import charts
+from chat.apikeys import api_key_create, api_key_revoke
+from chat.ops import lock_state, session_release_stuck_lock
+from chat.runtime import turn_stop_session
+from chat.selectors import session_has_active_turn, session_list_for_admin, turn_list_recent, usage_per_day, usage_per_model, usage_top_users
+from chat.services import message_clear_trailing_error_markers, session_archive
+from chat.usage import budget_status
 from chat.models import (
     ApiKey,
     ChatMessage,
@@ -230,8 +236,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
     actions = ["clear_error_markers", "stop_active_turn", "release_stuck_lock", "archive_sessions", "unarchive_sessions"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatSession]:
-        from chat.selectors import session_list_for_admin
-
         return session_list_for_admin()
 
     def has_add_permission(self, request):
@@ -290,8 +294,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.display(description="lock")
     def lock_status(self, obj: ChatSession) -> str:
-        from chat.ops import lock_state
-
         try:
             return lock_state(session_id=obj.pk).describe()
         except Exception as exc:  # noqa: BLE001 - e.g. Redis down: show it, do not break the page
@@ -299,8 +301,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.display(description="recent turns")
     def recent_turns(self, obj: ChatSession) -> SafeString:
-        from chat.selectors import turn_list_recent
-
         turns = turn_list_recent(session_id=obj.pk, limit=10)
         if not turns:
             return mark_safe("-")
@@ -330,9 +330,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Clear stale error markers (trailing, no active turn)", permissions=["change"])
     def clear_error_markers(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
-        from chat.selectors import session_has_active_turn
-        from chat.services import message_clear_trailing_error_markers
-
         cleared = skipped = 0
         for session in queryset:
             if session_has_active_turn(session_id=session.pk):
@@ -347,11 +344,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Stop the active turn", permissions=["change"])
     def stop_active_turn(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
-        try:
-            from chat.turns import turn_stop_session
-        except ImportError:
-            self.message_user(request, "Turn control (chat.turns) is not available.", messages.ERROR)
-            return
         stopped = 0
         idle = 0
         for session in queryset:
@@ -367,8 +359,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Release a stuck lock (expired lease or dead worker) and mark its turn interrupted", permissions=["change"])
     def release_stuck_lock(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
-        from chat.ops import session_release_stuck_lock
-
         for session in queryset:
             released, detail = session_release_stuck_lock(session_id=session.pk)
             label = session.title or str(session.pk)[:8]
@@ -379,15 +369,11 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Archive", permissions=["change"])
     def archive_sessions(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
-        from chat.services import session_archive
-
         count = session_archive(session_ids=list(queryset.values_list("pk", flat=True)), archived=True)
         self.message_user(request, f"Archived {count} session(s).", messages.SUCCESS)
 
     @admin.action(description="Unarchive", permissions=["change"])
     def unarchive_sessions(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
-        from chat.services import session_archive
-
         count = session_archive(session_ids=list(queryset.values_list("pk", flat=True)), archived=False)
         self.message_user(request, f"Unarchived {count} session(s).", messages.SUCCESS)
 
@@ -469,8 +455,6 @@ class TokenUsageAdmin(ReadOnlyAdmin):
             from django.core.exceptions import PermissionDenied
 
             raise PermissionDenied
-        from chat.selectors import usage_per_day, usage_per_model, usage_top_users
-
         today = timezone.now().astimezone(dt.UTC).date()
         first = today - dt.timedelta(days=CHART_DAYS - 1)
         since = dt.datetime.combine(first, dt.time.min, tzinfo=dt.UTC)
@@ -591,13 +575,6 @@ class ApiKeyActiveFilter(SimpleListFilter):
         return queryset
 
 
-def _api_key_revoke(api_key: ApiKey) -> None:
-    from chat import apikeys
-
-    revoke = getattr(apikeys, "api_key_revoke", None) or getattr(apikeys, "apikey_revoke")
-    revoke(api_key=api_key)
-
-
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are created by their owners through the API, or here for them; the full key is shown
@@ -615,8 +592,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         """Create a key for a user through chat.apikeys; the full key is rendered once on the
         response (never stored, never put in a message cookie)."""
-        from chat.apikeys import api_key_create
-
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = ApiKeyCreateForm(request.POST or None)
@@ -642,7 +617,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for api_key in queryset.filter(revoked_at__isnull=True):
-            _api_key_revoke(api_key)
+            api_key_revoke(api_key=api_key)
             count += 1
         self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
 
@@ -675,8 +650,6 @@ class UserBudgetAdmin(admin.ModelAdmin):
     def current_usage(self, obj: UserBudget) -> SafeString:
         if not obj.pk or not obj.user_id:
             return mark_safe("-")
-        from chat.usage import budget_status
-
         status = budget_status(user=obj.user)
         return format_html_join(
             mark_safe("<br>"),

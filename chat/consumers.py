@@ -1,6 +1,6 @@
 """``/ws/chat/``: the AI SDK ``WebSocketChatTransport`` protocol (CONTRACT §4, docs/protocol.md).
 
-Thin: parse and validate frames (``chat.protocol``), call ``chat.turns``, serialise. Every
+Thin: parse and validate frames (``chat.protocol``), call ``chat.runtime``, serialise. Every
 request's forwarding runs as its own task, so ``receive`` is never blocked by a stream and an
 ``abort`` (or another request) on the same socket is handled at once (DESIGN). A bad frame gets
 an ``error`` frame for its request; it never closes the socket.
@@ -31,11 +31,10 @@ from channels.sessions import InstanceSessionWrapper
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat import turns
+from chat import runtime
 from chat.apikeys import api_key_is_active, api_key_known_active
 from chat.protocol import MAX_ID_CHARS, AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
 from chat.ratelimit import TokenBucket
-from chat.streams import StreamLagged
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def _peek_request_id(raw: str | bytes | None) -> str | None:
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
-    # Chunks reach a socket through chat.streams, never through the channel layer, and nothing
+    # Chunks reach a socket through chat.runtime.streams, never through the channel layer, and nothing
     # sends to a socket's own channel: no channel per connection, so a handshake costs no Redis
     # SUBSCRIBE (and a close no UNSUBSCRIBE) and a socket runs no channel-layer reader task.
     channel_layer_alias = None
@@ -164,7 +163,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         rid = frame.request_id
         message = frame.message
         try:
-            handle = await turns.turn_start(
+            handle = await runtime.turn_start(
                 user=self.user,
                 chat_id=frame.chat_id,
                 text=message.text if message else "",
@@ -173,7 +172,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 client_message_id=message.client_message_id if message else None,
                 alive=self._alive,
             )
-        except turns.TurnRefused as exc:
+        except runtime.TurnRefused as exc:
             if exc.code != "connection_closed":
                 await self._error(rid, exc.message, code=exc.code)
             return
@@ -181,14 +180,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.exception("starting a turn failed")
             await self._error(rid, "The server could not start this response.", code="server_error")
             return
-        await self._forward(rid, turns.turn_listen_raw(handle=handle))
+        await self._forward(rid, runtime.turn_listen(handle=handle))
 
     async def _resume_request(self, frame: ResumeFrame) -> None:
         rid = frame.request_id
         after = frame.last_sequence if frame.last_sequence is not None else -1
         try:
-            chunks = await turns.turn_subscribe_raw(user=self.user, chat_id=frame.chat_id, after_sequence=after)
-        except turns.TurnRefused as exc:
+            chunks = await runtime.turn_subscribe(user=self.user, chat_id=frame.chat_id, after_sequence=after)
+        except runtime.TurnRefused as exc:
             await self._error(rid, exc.message, code=exc.code)
             return
         except Exception:  # noqa: BLE001
@@ -228,7 +227,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     n = 0
                     await asyncio.sleep(0)
             await send({"type": "websocket.send", "text": _dumps({"type": "end", "requestId": rid})})
-        except StreamLagged as exc:
+        except runtime.StreamLagged as exc:
             await self._error(rid, exc.message, code="stream_lagged")
         except asyncio.CancelledError:
             raise
@@ -252,7 +251,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if chat_id is None:
             return  # unknown or long-finished request: nothing to stop
         try:
-            await turns.turn_stop(user=self.user, chat_id=chat_id)
+            await runtime.turn_stop(user=self.user, chat_id=chat_id)
         except Exception:  # noqa: BLE001
             logger.exception("abort failed")
             await self._error(frame.request_id, "The server could not stop this response.", code="server_error")

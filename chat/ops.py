@@ -1,5 +1,5 @@
 """Operator services shared by the admin actions and the management commands: durations, stuck
-locks and dead turns, idle workspaces. Writes go through chat.services; locks through chat.locks.
+locks and dead turns, idle workspaces. Writes go through chat.services; locks through chat.runtime.locks.
 
 Cross-process visibility: with ``REDIS_URL`` the session locks live in Redis and every process
 sees them. Without it they live inside the serving process, so a cron job (another process) cannot
@@ -22,7 +22,8 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from chat.models import ChatTurn
+from chat.models import ChatSession, ChatTurn
+from chat.runtime import locks
 from chat.selectors import session_has_active_turn, turn_list_stale, turn_running_queryset
 from chat.services import turn_mark_interrupted
 
@@ -76,22 +77,14 @@ def worker_is_gone(worker: str) -> bool | None:
     return False
 
 
-def _lock_api():
-    try:
-        from chat import locks
-    except ImportError:  # pragma: no cover - chat.locks ships with the turns issue
-        return None
-    return locks
-
-
 def session_lock_key(session_id: Any) -> str:
-    return f"session:{session_id}"
+    return locks.session_key(session_id)
 
 
 @dataclass
 class LockState:
     session_id: str
-    holder: Any = None  # chat.locks.LockInfo | None
+    holder: Any = None  # chat.runtime.locks.LockInfo | None
     expired: bool = False
     worker_gone: bool | None = None
     running_turns: list[ChatTurn] = field(default_factory=list)
@@ -113,8 +106,7 @@ class LockState:
 
 
 def lock_state(*, session_id: Any) -> LockState:
-    locks = _lock_api()
-    holder = locks.lock_holder(session_lock_key(session_id)) if locks else None
+    holder = locks.lock_holder(session_lock_key(session_id))
     state = LockState(
         session_id=str(session_id),
         holder=holder,
@@ -133,8 +125,7 @@ def session_release_stuck_lock(*, session_id: Any) -> tuple[bool, str]:
     if not state.stuck:
         return False, f"not stuck: {state.describe()}"
     released = False
-    locks = _lock_api()
-    if state.holder is not None and locks is not None:
+    if state.holder is not None:
         released = locks.lock_force_release(session_lock_key(session_id))
     interrupted = sum(turn_mark_interrupted(turn_id=turn.pk, reason="interrupted") for turn in state.running_turns)
     return True, f"{'lock released' if released else 'no lock to release'}, {interrupted} turn(s) marked interrupted"
@@ -151,8 +142,7 @@ def turns_expire_stale(*, lease: float | None = None, dry_run: bool = False) -> 
     """Running turns whose worker died: heartbeat older than the lease, or (when locks are shared)
     their session lock gone. Each becomes ``interrupted`` with a marker; a dead lock is released."""
     lease = lease_seconds() if lease is None else lease
-    locks = _lock_api()
-    shared = locks_shared() and locks is not None
+    shared = locks_shared()
     now = timezone.now()
     candidates: dict[Any, ChatTurn] = {turn.pk: turn for turn in turn_list_stale(lease_seconds=lease, now=now)}
     if shared:
@@ -171,7 +161,7 @@ def turns_expire_stale(*, lease: float | None = None, dry_run: bool = False) -> 
             continue
         if turn_mark_interrupted(turn_id=turn.pk, reason="interrupted"):
             result.interrupted.append(str(turn.pk))
-        if state is not None and state.holder is not None and locks is not None:
+        if state is not None and state.holder is not None:
             result.locks_released += int(locks.lock_force_release(session_lock_key(turn.session_id)))
     return result
 
@@ -218,8 +208,7 @@ def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> Wo
     if root == Path(root.anchor):
         raise ValueError(f"refusing to clean the filesystem root ({root})")
     cutoff = timezone.now() - older_than
-    locks = _lock_api() if locks_shared() else None
-    from chat.models import ChatSession
+    shared = locks_shared()
 
     for entry in sorted(root.iterdir()):
         if entry.is_symlink():
@@ -240,7 +229,7 @@ def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> Wo
         if session_has_active_turn(session_id=session_id):
             result.skip("active turn", entry)
             continue
-        if locks is not None and locks.lock_holder(session_lock_key(session_id)) is not None:
+        if shared and locks.lock_holder(session_lock_key(session_id)) is not None:
             result.skip("active turn", entry)
             continue
         last_activity = ChatSession.objects.filter(pk=session_id).values_list("last_activity_at", flat=True).first()

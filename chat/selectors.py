@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession
 
@@ -96,7 +97,10 @@ def turn_running_queryset() -> QuerySet[ChatTurn]:
 
 
 def session_has_active_turn(*, session_id: Any) -> bool:
-    """A ChatTurn of the session is still ``running`` in the database (any process)."""
+    """A ChatTurn of the session is still ``running`` in the database (any process): the
+    operators' view (admin, commands), which a dead worker's turn keeps until
+    ``expire_stream_locks``. The runtime's own answer, from the session's lease lock, is
+    ``chat.runtime.turn_is_active``."""
     return turn_running_queryset().filter(session_id=session_id).exists()
 
 
@@ -115,36 +119,36 @@ def session_list_for_admin() -> QuerySet[ChatSession]:
 
 
 def message_trailing_error_markers(*, session_id: Any) -> list[ChatMessage]:
-    """The error markers (kind error / retryable_error) at the very end of the session, newest
-    first; a marker followed by any other message is not trailing."""
+    """The error markers (kind error / retryable_error) among the markers at the very end of the
+    session, newest first (DESIGN lesson 6). The scan walks back over every marker — a stopped
+    or system marker does not end it: it stays, the error markers before it are trailing too —
+    and stops at the first normal message: a marker followed by one is not trailing."""
     found: list[ChatMessage] = []
     for message in ChatMessage.objects.filter(session_id=session_id).order_by("-sequence")[:TRAILING_SCAN_LIMIT]:
-        if message.kind not in ChatMessage.ERROR_KINDS:
+        if message.kind not in ChatMessage.MARKER_KINDS:
             break
-        found.append(message)
+        if message.kind in ChatMessage.ERROR_KINDS:
+            found.append(message)
     return found
 
 
 def session_ids_with_trailing_error_marker() -> list[Any]:
-    """Sessions whose newest message is an error marker."""
+    """Sessions that end with markers: the candidates whose trailing error markers
+    (``message_trailing_error_markers``) may be cleared."""
     last_kind = ChatMessage.objects.filter(session=OuterRef("pk")).order_by("-sequence").values("kind")[:1]
     return list(
         ChatSession.objects.annotate(last_kind=Subquery(last_kind))
-        .filter(last_kind__in=ChatMessage.ERROR_KINDS)
+        .filter(last_kind__in=ChatMessage.MARKER_KINDS)
         .values_list("pk", flat=True)
     )
 
 
 def _turn_lease_cutoff(*, lease_seconds: float, now: _dt.datetime | None) -> _dt.datetime:
-    from django.utils import timezone
-
     return (now or timezone.now()) - _dt.timedelta(seconds=lease_seconds)
 
 
 def turn_list_stale(*, lease_seconds: float, now: _dt.datetime | None = None) -> list[ChatTurn]:
     """Running turns whose heartbeat (or start, before the first heartbeat) is older than the lease."""
-    from django.db.models import Q
-
     cutoff = _turn_lease_cutoff(lease_seconds=lease_seconds, now=now)
     return list(
         turn_running_queryset()
@@ -157,9 +161,7 @@ def turn_list_stale(*, lease_seconds: float, now: _dt.datetime | None = None) ->
 def turn_live_count_for_user(*, user_id: Any, lease_seconds: float, now: _dt.datetime | None = None) -> int:
     """How many turns of the user's sessions run in any process: status running and heartbeat
     (or start, before the first heartbeat) within the lease — exactly the running turns that
-    ``turn_list_stale`` does not call dead (the per-user concurrency cap, chat.turns)."""
-    from django.db.models import Q
-
+    ``turn_list_stale`` does not call dead (the per-user concurrency cap, chat.runtime.start)."""
     cutoff = _turn_lease_cutoff(lease_seconds=lease_seconds, now=now)
     return (
         turn_running_queryset()
@@ -206,8 +208,6 @@ def usage_top_users(*, since: _dt.datetime, limit: int = 10) -> list[dict[str, A
 
 
 def rate_limit_active_queryset(*, now: _dt.datetime | None = None) -> QuerySet[RateLimitRecord]:
-    from django.utils import timezone
-
     return RateLimitRecord.objects.filter(resets_at__gt=now or timezone.now())
 
 

@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession
-from chat.selectors import message_last_sequence
+from chat.selectors import message_last_sequence, message_trailing_error_markers, session_get_for_user, session_has_active_turn
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ def session_get_or_create_for_user(*, user: Any, chat_id: str, backend: str = ""
     A chat id that names another user's session simply creates a new session for the caller:
     client ids are scoped per owner, so nothing about the other session is revealed.
     """
-    from chat.selectors import session_get_for_user
-
     session = session_get_for_user(user=user, chat_id=chat_id)
     if session is not None:
         return session, False
@@ -44,11 +43,6 @@ def session_get_or_create_for_user(*, user: Any, chat_id: str, backend: str = ""
         if session is None:
             raise
         return session, False
-
-
-def session_touch(*, session_id: Any) -> None:
-    now = timezone.now()
-    ChatSession.objects.filter(pk=session_id).update(last_activity_at=now, updated_at=now)
 
 
 def message_append(
@@ -106,12 +100,12 @@ INTERRUPTED_TEXT = "The server stopped while answering. Please send your message
 
 
 def message_clear_trailing_error_markers(*, session_id: Any, allow_active: bool = False) -> int:
-    """Delete the error markers at the end of a session (DESIGN lesson 6); returns how many.
+    """Delete the error markers at the end of a session (DESIGN lesson 6; the rule:
+    ``chat.selectors.message_trailing_error_markers``); returns how many. A turn's start calls it
+    (with ``allow_active``: it holds the session's lock).
 
     Never touches a marker followed by another message, and (unless ``allow_active``) does nothing
     while the session has a running turn (its markers are not stale: the turn may still write)."""
-    from chat.selectors import message_trailing_error_markers, session_has_active_turn
-
     with transaction.atomic():
         if not allow_active and session_has_active_turn(session_id=session_id):
             return 0
@@ -159,7 +153,6 @@ def session_purge(*, session_ids: list[Any]) -> int:
 
 def rate_limit_record_purge(*, created_before: _dt.datetime, now: _dt.datetime | None = None) -> int:
     """Delete rate-limit records created before ``created_before`` that are no longer active."""
-    from django.db.models import Q
 
     now = now or timezone.now()
     qs = RateLimitRecord.objects.filter(created_at__lt=created_before).filter(Q(resets_at__isnull=True) | Q(resets_at__lte=now))

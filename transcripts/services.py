@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import logging
 from dataclasses import dataclass
 
@@ -11,6 +10,8 @@ from django.db import transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 
+from chat.models import ChatSession
+from chat.runtime import turn_is_active
 from transcripts.models import Transcript
 
 logger = logging.getLogger(__name__)
@@ -32,16 +33,9 @@ class PrunedSession:
 
 
 def _turn_is_active(chat_session_id: str) -> bool:
-    """chat.turns.turn_is_active when that module is there (it is owned by the turns engineer)."""
+    """``chat.runtime.turn_is_active``; an unknown state (the check failed) counts as active."""
     try:
-        turns = importlib.import_module("chat.turns")
-    except ImportError:
-        return False
-    check = getattr(turns, "turn_is_active", None)
-    if check is None:
-        return False
-    try:
-        return bool(check(session_id=chat_session_id))
+        return turn_is_active(session_id=chat_session_id)
     except Exception:  # noqa: BLE001 - be conservative: an unknown state is "active"
         logger.warning("turn_is_active failed for %s; keeping its transcript", chat_session_id, exc_info=True)
         return True
@@ -59,8 +53,6 @@ def transcript_prune(
       ``min(older_than, ORPHAN_GRACE)``.
     Returns what was (or, with ``dry_run``, would be) deleted.
     """
-    from chat.models import ChatSession
-
     if older_than <= dt.timedelta(0):
         raise ValueError("older_than must be positive")
     now = now or timezone.now()

@@ -1,9 +1,10 @@
 """Server-sent events in the AI SDK UI-message-stream format (CONTRACT §4).
 
-Each chunk is one event ``id: <sequence>`` + ``data: <chunk JSON>``; the stream closes with
+Each chunk is one event ``id: <sequence>`` + ``data: <chunk JSON>`` — the JSON text the runtime
+encoded once when the chunk was appended, written as is (never decoded here); the stream closes with
 ``data: [DONE]``. A comment (``: ping``) goes out after ``heartbeat`` seconds of silence so idle
 proxies keep the connection open. The generator only *reads* the turn: when the client goes
-away Django cancels it and the turn (a task of its own in chat.turns) runs on.
+away Django cancels it and the turn (a task of its own in chat.runtime) runs on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -26,8 +27,9 @@ DONE = b"data: [DONE]\n\n"
 UI_STREAM_HEADER = "x-vercel-ai-ui-message-stream"
 
 
-def sse_event(sequence: int, chunk: dict[str, Any]) -> bytes:
-    return f"id: {sequence}\ndata: {json.dumps(chunk, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+def sse_event(sequence: int, raw: str) -> bytes:
+    """One event from a chunk's JSON text (compact: it holds no line break)."""
+    return f"id: {sequence}\ndata: {raw}\n\n".encode()
 
 
 def error_event(message: str) -> bytes:
@@ -40,9 +42,10 @@ def heartbeat_seconds() -> float:
 
 
 async def sse_stream(
-    subscription: AsyncIterator[tuple[int, dict[str, Any]]], *, heartbeat: float | None = None
+    subscription: AsyncIterator[tuple[int, str, bool]], *, heartbeat: float | None = None
 ) -> AsyncIterator[bytes]:
-    """Encode ``(sequence, chunk)`` pairs as SSE events, pinging while the turn is silent.
+    """Write ``(sequence, chunk JSON, is_terminal)`` items (``chat.runtime.turn_listen`` /
+    ``turn_subscribe``) as SSE events, pinging while the turn is silent.
 
     ``__anext__`` runs in its own task that a timeout never cancels (DESIGN lesson 1); the task
     is cancelled only when this generator itself is closed (client gone)."""
@@ -59,7 +62,7 @@ async def sse_stream(
                 continue
             task, pending = pending, None
             try:
-                sequence, chunk = task.result()
+                sequence, raw, _terminal = task.result()
             except StopAsyncIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - e.g. StreamLagged: tell the client, end cleanly
@@ -67,7 +70,7 @@ async def sse_stream(
                 message = getattr(exc, "message", "") or "The stream failed on the server; resume to continue."
                 yield error_event(message)
                 break
-            yield sse_event(sequence, chunk)
+            yield sse_event(sequence, raw)
         yield DONE
     finally:
         if pending is not None and not pending.done():

@@ -240,7 +240,7 @@ async def test_chat_during_shutdown_is_503_with_retry_after(user):
     and the load balancer sends them to another worker)."""
     from django.test import AsyncClient
 
-    from chat import shutdown
+    from chat.runtime import shutdown
 
     client = AsyncClient()
     await client.aforce_login(user)

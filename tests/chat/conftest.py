@@ -145,7 +145,7 @@ async def connect(user):
             await client.close()
         except Exception:  # noqa: BLE001
             pass
-    from chat.turns import turn_wait_idle
+    from chat.runtime import turn_wait_idle
 
     await turn_wait_idle(timeout=20)
 

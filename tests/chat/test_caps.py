@@ -17,7 +17,8 @@ from asgiref.sync import SyncToAsync, sync_to_async
 from channels.testing import HttpCommunicator
 from django.utils import timezone
 
-from chat import turns
+from chat import runtime
+from chat.runtime import supervision
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from tests.api.conftest import isolated_cache, key_for  # noqa: F401 - fixture re-export
 from tests.chat.conftest import send_frame
@@ -84,7 +85,7 @@ def caps(settings):
 async def test_fourth_turn_of_a_user_is_refused_through_both_doors(backend_api, caps, connect, user, other_user, key_for):
     ws = await connect()
     running = [await start_running(ws) for _ in range(3)]
-    assert turns.turns_running_here()["turns"] == 3
+    assert runtime.registry.slot_counts()["turns"] == 3
 
     # websocket: an error frame with the code and a clear text; nothing stored for the new chat.
     chat_id = str(uuid.uuid4())
@@ -133,10 +134,10 @@ async def test_per_user_cap_counts_turns_of_other_processes_in_the_database(back
     chat_id = str(uuid.uuid4())
     assert (await refused_frame(ws, chat_id))["code"] == "too_many_turns"
     await nothing_stored_for(user, chat_id)
-    assert turns.turns_running_here()["turns"] == 0  # the in-process slot was given back
+    assert runtime.registry.slot_counts()["turns"] == 0  # the in-process slot was given back
 
     # The other worker died: its heartbeats are older than the lease.
-    stale = now - dt.timedelta(seconds=turns.LOCK_TTL + 5)
+    stale = now - dt.timedelta(seconds=supervision.LOCK_TTL + 5)
     await ChatTurn.objects.filter(pk=rows[0].pk).aupdate(heartbeat_at=stale)
     frame = send_frame(chat_id, "hello")
     await ws.send(frame)
@@ -187,10 +188,10 @@ async def test_closed_socket_starts_nothing(backend_api, caps, user):
     finally:
         hold.set()
         blocked.result(timeout=30)
-    await turns.turn_wait_idle(timeout=20)
+    await runtime.turn_wait_idle(timeout=20)
     assert await ChatTurn.objects.filter(session__owner=user).acount() == 0
     assert await ChatSession.objects.filter(owner=user).acount() == 0
-    assert turns.turns_running_here()["turns"] == 0
+    assert runtime.registry.slot_counts()["turns"] == 0
 
 
 async def test_frames_queued_ahead_of_the_close_start_nothing(backend_api, caps, user):
@@ -209,15 +210,15 @@ async def test_frames_queued_ahead_of_the_close_start_nothing(backend_api, caps,
         comm.input_queue.put_nowait({"type": "websocket.receive", "text": json.dumps(send_frame(f"queued-{i}", "hi"))})
     comm.input_queue.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await comm.wait(timeout=10)
-    await turns.turn_wait_idle(timeout=20)
+    await runtime.turn_wait_idle(timeout=20)
     assert await ChatTurn.objects.filter(session__owner=user).acount() == 0
     assert await ChatSession.objects.filter(owner=user).acount() == 0
     assert await comm.receive_nothing(timeout=0.1)
 
 
 async def test_start_with_a_closed_connection_writes_nothing(backend_api, caps, user):
-    with pytest.raises(turns.TurnRefused) as refused:
-        await turns.turn_start(user=user, chat_id="gone-chat", text="hi", alive=lambda: False)
+    with pytest.raises(runtime.TurnRefused) as refused:
+        await runtime.turn_start(user=user, chat_id="gone-chat", text="hi", alive=lambda: False)
     assert refused.value.code == "connection_closed"
     await nothing_stored_for(user, "gone-chat")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from chat import locks
+from chat.runtime import locks
 
 
 def key() -> str:

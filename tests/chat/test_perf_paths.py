@@ -13,7 +13,9 @@ import pytest
 
 from agents import events
 from agents.errors import AgentError
-from chat import streams, turns
+from chat import runtime
+from chat.runtime import streams
+from chat.runtime.streams import Coalescer
 from chat.models import BudgetReservation, ChatMessage, ChatSession, ChatTurn, TokenUsage
 from chat.usage import budget_check, budget_status
 
@@ -73,9 +75,9 @@ async def _in_thread(fn):
 
 
 async def _run(user, chat_id: str, text: str) -> list[dict]:
-    handle = await turns.turn_start(user=user, chat_id=chat_id, text=text)
-    chunks = [chunk async for _seq, chunk in turns.turn_listen(handle=handle)]
-    await turns.turn_wait_idle(30)
+    handle = await runtime.turn_start(user=user, chat_id=chat_id, text=text)
+    chunks = [json.loads(raw) async for _seq, raw, _t in runtime.turn_listen(handle=handle)]
+    await runtime.turn_wait_idle(30)
     return chunks
 
 
@@ -106,17 +108,17 @@ async def test_the_running_turn_holds_the_budget_reservation(backend_api, user, 
     settings.USER_TOKEN_BUDGET_WEEKLY = 10**9
     settings.TURN_RESERVE_TOKENS = 1_000
     chat_id = str(uuid.uuid4())
-    handle = await turns.turn_start(user=user, chat_id=chat_id, text="/slow 30 40")
+    handle = await runtime.turn_start(user=user, chat_id=chat_id, text="/slow 30 40")
     turn = await ChatTurn.objects.aget(pk=handle.turn_id)
     assert turn.status == "running" and turn.reserved_tokens == 1_000
     status = await _in_thread(lambda: budget_status(user=user))
     assert status["day"]["reserved"] == 1_000
     with pytest.raises(AgentError):  # the running turn's 1 000 reserved use up the 1 000
         await _in_thread(lambda: budget_check(user=user, model="m"))
-    await turns.turn_stop_session(session_id=handle.session_id)
-    async for _ in turns.turn_listen(handle=handle):
+    await runtime.turn_stop_session(session_id=handle.session_id)
+    async for _ in runtime.turn_listen(handle=handle):
         pass
-    await turns.turn_wait_idle(30)
+    await runtime.turn_wait_idle(30)
     turn = await ChatTurn.objects.aget(pk=handle.turn_id)
     assert turn.status == "stopped" and turn.reserved_tokens == 0
     assert not await BudgetReservation.objects.filter(user=user).aexists()
@@ -128,13 +130,13 @@ async def test_the_running_turn_holds_the_budget_reservation(backend_api, user, 
 async def test_budget_refusal_at_start_is_recorded_and_leaves_no_turn(backend_api, user, settings):
     settings.USER_TOKEN_BUDGET_DAILY = 0
     chat_id = str(uuid.uuid4())
-    with pytest.raises(turns.TurnRefused) as info:
-        await turns.turn_start(user=user, chat_id=chat_id, text="hi")
+    with pytest.raises(runtime.TurnRefused) as info:
+        await runtime.turn_start(user=user, chat_id=chat_id, text="hi")
     assert info.value.code == "budget_exceeded"
     session = await ChatSession.objects.aget(owner=user, client_id=chat_id)
     assert not await ChatTurn.objects.filter(session=session).aexists()
     assert not await ChatMessage.objects.filter(session=session).aexists()
-    from chat.locks import lock_holder_async, session_key
+    from chat.runtime.locks import lock_holder_async, session_key
 
     assert await lock_holder_async(session_key(session.pk)) is None  # the lock was given back
     from chat.models import RateLimitRecord
@@ -144,20 +146,20 @@ async def test_budget_refusal_at_start_is_recorded_and_leaves_no_turn(backend_ap
 
 async def test_replay_reuses_the_chunk_json_encoded_once(backend_api, user):
     chat_id = str(uuid.uuid4())
-    handle = await turns.turn_start(user=user, chat_id=chat_id, text="/long 50")
-    live = [chunk async for _seq, chunk in turns.turn_listen(handle=handle)]
+    handle = await runtime.turn_start(user=user, chat_id=chat_id, text="/long 50")
+    live = [json.loads(raw) async for _seq, raw, _t in runtime.turn_listen(handle=handle)]
     stream = streams.stream_get_local(handle.turn_id)
-    raw = [item async for item in turns.turn_listen_raw(handle=handle)]
+    raw = [item async for item in runtime.turn_listen(handle=handle)]
     assert [seq for seq, _r, _t in raw] == list(range(len(live)))
     assert [json.loads(r) for _s, r, _t in raw] == live
     assert [t for _s, _r, t in raw] == [False] * (len(live) - 1) + [True]
     assert all(r is e for (_s, r, _t), e in zip(raw, stream.encoded))  # the very same strings
-    await turns.turn_wait_idle(30)
+    await runtime.turn_wait_idle(30)
 
 
 async def test_loop_pass_coalescer_merges_a_burst_without_timers():
     out: list[dict] = []
-    co = turns._Coalescer(out.append, window=0)
+    co = Coalescer(out.append, window=0)
     co.push(events.text_start("t"))
     for i in range(20):
         co.push(events.text_delta("t", f"{i},"))
@@ -193,10 +195,10 @@ async def test_redis_mirror_retries_a_failed_batch(backend_api, user, settings, 
 
     monkeypatch.setattr(Pipeline, "execute", flaky_execute)
     chat_id = str(uuid.uuid4())
-    handle = await turns.turn_start(user=user, chat_id=chat_id, text="/long 200")
-    live = [chunk async for _seq, chunk in turns.turn_listen(handle=handle)]
-    await turns.turn_wait_idle(30)
+    handle = await runtime.turn_start(user=user, chat_id=chat_id, text="/long 200")
+    live = [json.loads(raw) async for _seq, raw, _t in runtime.turn_listen(handle=handle)]
+    await runtime.turn_wait_idle(30)
     assert failures["left"] == 0
-    remote = [(seq, json.loads(raw)) async for seq, raw, _t in streams._read_redis_raw(handle.turn_id, -1, None)]
+    remote = [(seq, json.loads(raw)) async for seq, raw, _t in streams._read_redis(handle.turn_id, -1, None)]
     assert [seq for seq, _c in remote] == list(range(len(live)))
     assert [c for _s, c in remote] == live

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
 
 from agents import events
-from chat import streams
-from chat.persistence import MessageFolder
-from chat.turns import _Coalescer
+from chat.runtime import streams
+from chat.runtime.persistence import MessageFolder
+from chat.runtime.streams import Coalescer
 
 
 async def collect(it, timeout=5.0):
+    """``(sequence, chunk)`` pairs from a reader's ``(sequence, chunk JSON, is_terminal)``."""
+
     async def run():
-        return [x async for x in it]
+        return [(seq, json.loads(raw)) async for seq, raw, _terminal in it]
 
     return await asyncio.wait_for(run(), timeout)
 
@@ -88,7 +91,7 @@ def test_folder_keeps_model_order_and_closes_open_tool_calls():
 
 async def test_coalescer_merges_bursts_and_keeps_order():
     out = []
-    co = _Coalescer(out.append, window=0.05)
+    co = Coalescer(out.append, window=0.05)
     co.push(events.text_start("t"))
     for i in range(50):
         co.push(events.text_delta("t", f"{i},"))  # a burst: first goes out at once, the rest wait

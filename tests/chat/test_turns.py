@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from agents.errors import AgentError, ErrorKind
-from chat import turns
-from chat.locks import lock_holder, session_key
+from chat import runtime
+from chat.runtime.locks import lock_holder, session_key
 from chat.models import ChatMessage, ChatSession, ChatTurn, RateLimitRecord, TokenUsage
 from tests.chat.conftest import chunks_of, requests_since, send_frame, text_of
 
@@ -66,10 +66,10 @@ async def test_full_turn_api(backend_api, connect, user):
     assert turn.status == "finished" and turn.ended_at is not None
     usage = await TokenUsage.objects.aget(turn=turn)
     assert usage.input_tokens > 0 and usage.output_tokens > 0
-    await turns.turn_wait_idle()
+    await runtime.turn_wait_idle()
     session = await ChatSession.objects.aget(pk=msgs[0].session_id)
     assert session.title  # generated in the background from the first message
-    assert not await asyncio.to_thread(lambda: turns.turn_is_active(session_id=session.pk))
+    assert not await asyncio.to_thread(lambda: runtime.turn_is_active(session_id=session.pk))
 
 
 async def test_tool_turn_persists_parts_in_model_order(backend_api, connect, user):
@@ -152,7 +152,7 @@ async def test_disconnect_then_turn_completes_and_is_persisted(backend_api, conn
     await ws.send(frame)
     await ws.frames_until(frame["requestId"], deltas_seen(None, 2))
     await ws.close()
-    await turns.turn_wait_idle()
+    await runtime.turn_wait_idle()
     msgs = await messages(chat_id, user)
     assert msgs[-1].role == "assistant" and msgs[-1].kind == "normal"
     assert msgs[-1].text == "".join(f"w{i} " for i in range(20))
@@ -161,7 +161,7 @@ async def test_disconnect_then_turn_completes_and_is_persisted(backend_api, conn
 
 
 async def test_long_text_is_saved_on_a_timer_during_the_turn(backend_api, connect, user, monkeypatch):
-    monkeypatch.setattr("chat.persistence.FLUSH_INTERVAL", 0.1)
+    monkeypatch.setattr("chat.runtime.persistence.FLUSH_INTERVAL", 0.1)
     ws = await connect()
     chat_id = str(uuid.uuid4())
     frame = send_frame(chat_id, "/slow 20 100")
@@ -214,7 +214,7 @@ async def test_two_sends_at_once_make_one_model_call(backend_api, connect, user)
     warm = send_frame(chat_id, "hi")
     await a.send(warm)
     await a.frames_until_done(warm["requestId"])
-    await turns.turn_wait_idle()
+    await runtime.turn_wait_idle()
     mark = len(backend_api.requests)
     f1, f2 = send_frame(chat_id, "/slow 20 10"), send_frame(chat_id, "/slow 20 10")
     await asyncio.gather(a.send(f1), b.send(f2))
@@ -228,7 +228,7 @@ async def test_two_sends_at_once_make_one_model_call(backend_api, connect, user)
     assert len(model_calls(backend_api, mark)) == 1
     msgs = await messages(chat_id, user)
     assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
-    await turns.turn_wait_idle()
+    await runtime.turn_wait_idle()
     from chat.models import BudgetReservation
 
     assert await BudgetReservation.objects.filter(user=user).acount() == 0  # none leaked by the refusal
@@ -279,7 +279,7 @@ async def test_next_turn_clears_stale_error_markers(backend_api, fast_retries_se
     frame = send_frame(chat_id, "/error 500")
     await ws.send(frame)
     await ws.frames_until_done(frame["requestId"])
-    await turns.turn_wait_idle()
+    await runtime.turn_wait_idle()
     assert [m.kind for m in await messages(chat_id, user)] == ["normal", "retryable_error"]
     # Several markers can pile up at the end (e.g. from other doors or crashed workers).
     session = await ChatSession.objects.aget(owner=user, client_id=chat_id)

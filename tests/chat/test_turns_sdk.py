@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from chat.locks import lock_holder, session_key
+from chat.runtime.locks import lock_holder, session_key
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from tests.chat.conftest import chunks_of, send_frame, text_of
 

@@ -65,7 +65,7 @@ def seed_usage(user, *, weighted: int, at: dt.datetime | None = None, model: str
 
 def plant_lock(session_id, *, worker: str, ttl: float = 30.0, expired: bool = False) -> None:
     """Put a lock for the session into the configured lock backend, as if ``worker`` held it."""
-    from chat import locks
+    from chat.runtime import locks
 
     key = locks.session_key(session_id)
     now = time.time()
@@ -85,7 +85,7 @@ def plant_lock(session_id, *, worker: str, ttl: float = 30.0, expired: bool = Fa
 def locks_cleanup():
     planted: list[str] = []
     yield planted
-    from chat import locks
+    from chat.runtime import locks
 
     for session_id in planted:
         locks.lock_force_release(locks.session_key(session_id))

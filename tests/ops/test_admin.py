@@ -161,7 +161,7 @@ def test_action_archive(user, staff_client):
 
 @pytest.mark.django_db
 def test_action_release_stuck_lock(user, staff_client, locks_cleanup):
-    from chat import locks
+    from chat.runtime import locks
 
     dead = seed_session(user, title="dead worker", kinds=[N])
     dead_turn = seed_turn(dead, heartbeat_age=5)
@@ -194,7 +194,7 @@ def test_action_release_stuck_lock(user, staff_client, locks_cleanup):
 async def test_action_stop_active_turn(backend_api, user, staff, locks_cleanup):
     """A real turn (api backend, scripted model) is stopped from the admin: partial output kept,
     turn status stopped, the session free again."""
-    from chat.turns import turn_start, turn_wait_idle
+    from chat.runtime import turn_start, turn_wait_idle
 
     handle = await turn_start(user=user, chat_id=str(uuid.uuid4()), text="/slow 200 100")
     locks_cleanup.append(handle.session_id)

@@ -178,7 +178,7 @@ def test_expire_stream_locks(user, settings, locks_cleanup):
         marker = ChatMessage.objects.filter(session=session).order_by("-sequence").first()
         assert marker.kind == ChatMessage.Kind.RETRYABLE_ERROR and marker.text.startswith("The server stopped while answering")
         assert marker.metadata["retryable"] is True and marker.turn_id == turn.pk
-    from chat import locks
+    from chat.runtime import locks
     from chat.ops import locks_shared
 
     if locks_shared():  # with Redis this process sees (and frees) the dead worker's lock

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from agents.turn import Usage
-from chat.logging import log_error, log_turn
+from chat.turnlog import log_error, log_turn
 
 
 def lines(caplog) -> list[logging.LogRecord]:

@@ -86,7 +86,7 @@ async def turn_rows(chat_id: str, user) -> tuple[Any, list[Any], list[Any]]:
 async def assert_recovered(ws, chat_id: str, user, *, seen_text: str | None = None, exact: bool = True) -> list[Any]:
     """The invariants every fault must leave behind (see the module docstring). Returns the
     session's messages (before the follow-up turn)."""
-    from chat.locks import lock_holder_async, session_key
+    from chat.runtime.locks import lock_holder_async, session_key
     from chat.models import ChatMessage, ChatTurn
 
     session, msgs, turns = await turn_rows(chat_id, user)

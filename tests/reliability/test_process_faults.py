@@ -7,6 +7,7 @@ exactly once, the lock is free and the next turn works."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,9 @@ import uuid
 
 import pytest
 
-from chat import locks, turns
+from chat import runtime
+
+from chat.runtime import locks, supervision
 from chat.models import ChatMessage, ChatTurn
 from tests.conftest import IN_CI, uses_postgres
 from tests.reliability.conftest import (
@@ -108,8 +111,8 @@ def private_redis(settings, backend_api):
 
 
 async def _listen(handle, seen: list) -> None:
-    async for item in turns.turn_listen(handle=handle):
-        seen.append(item)
+    async for seq, raw, _terminal in runtime.turn_listen(handle=handle):
+        seen.append((seq, json.loads(raw)))
 
 
 async def _wait_for(predicate, timeout: float) -> None:
@@ -124,9 +127,9 @@ def _delta_count(seen) -> int:
 
 
 async def test_redis_restarted_mid_turn(private_redis, user, monkeypatch):
-    monkeypatch.setattr(turns, "LOCK_TTL", 1.5)  # heartbeat every 0.5 s
+    monkeypatch.setattr(supervision, "LOCK_TTL", 1.5)  # heartbeat every 0.5 s
     chat_id = str(uuid.uuid4())
-    handle = await turns.turn_start(user=user, chat_id=chat_id, text="/slow 100 40")
+    handle = await runtime.turn_start(user=user, chat_id=chat_id, text="/slow 100 40")
     key = locks.session_key(handle.session_id)
     seen: list = []
     listener = asyncio.create_task(_listen(handle, seen))
@@ -144,25 +147,25 @@ async def test_redis_restarted_mid_turn(private_redis, user, monkeypatch):
         await asyncio.sleep(0.1)
     assert holder.meta["turn_id"] == handle.turn_id
     # ...so a second turn in the session is still refused while the first runs.
-    with pytest.raises(turns.TurnRefused) as refused:
-        await turns.turn_start(user=user, chat_id=chat_id, text="me too")
+    with pytest.raises(runtime.TurnRefused) as refused:
+        await runtime.turn_start(user=user, chat_id=chat_id, text="me too")
     assert refused.value.code == "stream_already_active"
     await asyncio.wait_for(listener, FAULT_TIMEOUT)
     assert [s for s, _ in seen] == list(range(len(seen)))
     chunks = [c for _, c in seen]
     assert chunks[-1] == {"type": "finish", "finishReason": "stop"}
     assert text_of(chunks) == "".join(f"w{i} " for i in range(40))
-    await turns.turn_wait_idle(timeout=10)
+    await runtime.turn_wait_idle(timeout=10)
     assert await locks.lock_holder_async(key) is None
     session, msgs, turn_list = await turn_rows(chat_id, user)
     assert [(m.role, m.kind, m.text) for m in msgs][1] == ("assistant", "normal", text_of(chunks))
     assert [t.status for t in turn_list] == [ChatTurn.Status.FINISHED]
     # The next turn works (the pub/sub control listener reconnects too).
-    handle2 = await turns.turn_start(user=user, chat_id=chat_id, text="/long 3 next")
+    handle2 = await runtime.turn_start(user=user, chat_id=chat_id, text="/long 3 next")
     after = []
     await asyncio.wait_for(_listen(handle2, after), FAULT_TIMEOUT)
     assert after[-1][1]["type"] == "finish"
-    await turns.turn_wait_idle(timeout=10)
+    await runtime.turn_wait_idle(timeout=10)
 
 
 # --- Database ------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ async def test_database_briefly_unavailable(backend_api, connect, user, main_pg_
 async def test_latest_turn_prefers_the_shared_pointer(private_redis):
     """Found by the chaos run: a resume from a sequence, on a process that ran an *older* turn of
     the chat, replayed that stale turn's tail instead of the newest turn's (run elsewhere)."""
-    from chat import streams
+    from chat.runtime import streams
 
     session_id = str(uuid.uuid4())
     old = streams.stream_open(turn_id=str(uuid.uuid4()), session_id=session_id)

@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
 from chat.models import ChatMessage, ChatTurn
-from chat.shutdown import SHUTDOWN_ERROR_TEXT
+from chat.runtime.shutdown import SHUTDOWN_ERROR_TEXT
 from tests.chat.conftest import session_cookie, ws_recv_until
 from tests.reliability.conftest import deltas, send_frame, turn_rows
 from tests.servers import DaphneServer, daphne_env
@@ -61,7 +61,7 @@ async def _next_turn_works(port: int, user, chat_id: str) -> None:
 
 
 async def _lock_free(session_id) -> bool:
-    from chat.locks import lock_holder, session_key
+    from chat.runtime.locks import lock_holder, session_key
 
     return await sync_to_async(lock_holder)(session_key(session_id)) is None
 
@@ -138,7 +138,8 @@ async def test_daphne_killed_mid_turn_then_restarted(daphne_factory, user):
 @pytest.mark.cli
 async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
     """The same shutdown path without daphne, through the sdk backend (the CLI is interrupted)."""
-    from chat import shutdown, turns
+    from chat import runtime
+    from chat.runtime import shutdown
     from tests.reliability.conftest import chunks_of, text_of
 
     ws = await connect()
@@ -148,8 +149,8 @@ async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
     frames = await ws.frames_until(frame["requestId"], deltas(3), timeout=60)
     try:
         assert await shutdown.turns_interrupt_all(grace=10) == 1
-        with pytest.raises(turns.TurnRefused) as refused:
-            await turns.turn_start(user=user, chat_id=chat_id, text="during shutdown")
+        with pytest.raises(runtime.TurnRefused) as refused:
+            await runtime.turn_start(user=user, chat_id=chat_id, text="during shutdown")
         assert refused.value.code == "unavailable"
     finally:
         shutdown.shutdown_reset()

@@ -19,7 +19,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
-from chat import turns
+from chat import runtime
 from chat.apikeys import api_key_create
 from chat.models import ApiKey, ChatMessage, ChatSession, TokenUsage
 from chat.services import message_append, session_create
@@ -113,13 +113,13 @@ async def _body(response) -> Any:
     return response.content.decode()
 
 
-async def _start_alice_turn(alice, session) -> turns.TurnHandle:
-    return await turns.turn_start(user=alice, chat_id=str(session.pk), text=f"/slow 100 1000 {SECRET_TEXT}")
+async def _start_alice_turn(alice, session) -> runtime.TurnHandle:
+    return await runtime.turn_start(user=alice, chat_id=str(session.pk), text=f"/slow 100 1000 {SECRET_TEXT}")
 
 
 async def _stop_alice_turn(alice, session) -> None:
-    assert await turns.turn_stop(user=alice, chat_id=str(session.pk))
-    await turns.turn_wait_idle(timeout=20)
+    assert await runtime.turn_stop(user=alice, chat_id=str(session.pk))
+    await runtime.turn_wait_idle(timeout=20)
 
 
 # --- HTTP: object routes ------------------------------------------------------------------------
@@ -153,7 +153,7 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
                     assert SECRET_TEXT not in answers[0][1] and SECRET_TITLE not in answers[0][1]
         assert await sync_to_async(_snapshot)(alice_data) == before
         if handle is not None:
-            assert await sync_to_async(turns.turn_is_active)(session_id=session.pk), "bob stopped alice's turn"
+            assert await sync_to_async(runtime.turn_is_active)(session_id=session.pk), "bob stopped alice's turn"
     finally:
         if handle is not None:
             await _stop_alice_turn(user, session)
@@ -257,7 +257,7 @@ async def test_websocket_requests_cannot_touch_alices_chat(auth, backend_api, us
         assert all(SECRET_TEXT not in json.dumps(r.get("body")) for r in requests_since(backend_api, mark))
         assert await ChatSession.objects.filter(owner=other_user, client_id__in=[str(session.pk), ALICE_CLIENT_ID]).acount() == 2
         assert await sync_to_async(_snapshot)(alice_data) == before
-        assert await sync_to_async(turns.turn_is_active)(session_id=session.pk), "bob stopped alice's turn"
+        assert await sync_to_async(runtime.turn_is_active)(session_id=session.pk), "bob stopped alice's turn"
     finally:
         await ws.close()
         await _stop_alice_turn(user, session)

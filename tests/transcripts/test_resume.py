@@ -124,7 +124,7 @@ async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_mod
 async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp_path, user):  # noqa: F811
     """The product path: two chat turns through chat.turns, the workspace wiped in between."""
     from agents.sandbox import workspace_for
-    from chat import turns
+    from chat import runtime
     from chat.models import ChatSession
 
     settings.AGENT_BACKEND = "sdk"
@@ -132,10 +132,10 @@ async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp
     chat_id = str(uuid.uuid4())
 
     async def turn(text: str) -> None:
-        handle = await turns.turn_start(user=user, chat_id=chat_id, text=text)
-        chunks = [chunk async for _, chunk in turns.turn_listen(handle=handle)]
+        handle = await runtime.turn_start(user=user, chat_id=chat_id, text=text)
+        chunks = [json.loads(raw) async for _, raw, _t in runtime.turn_listen(handle=handle)]
         assert chunks[-1]["type"] == "finish", chunks[-3:]
-        await turns.turn_wait_idle(timeout=60)
+        await runtime.turn_wait_idle(timeout=60)
         return handle
 
     handle = await turn(f"remember the codeword {CODEWORD}")

@@ -16,7 +16,7 @@ from chat.api.errors import ApiError, retry_after_seconds
 from chat.api.serializers import StrictCharField, with_errors
 from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
 from chat.protocol import ProtocolError, UserMessage, user_message_parse
-from chat.turns import TOO_MANY_TURNS_RETRY_AFTER, TurnRefused, turn_listen, turn_start, turn_subscribe
+from chat.runtime import TOO_MANY_TURNS_RETRY_AFTER, TurnRefused, turn_listen, turn_start, turn_subscribe
 
 SSE_DESCRIPTION = (
     "`text/event-stream` in the AI SDK UI message stream format (header "
@@ -52,7 +52,7 @@ SHUTDOWN_RETRY_AFTER = 5  # seconds: another worker (or this one, restarted) tak
 
 
 def refusal_error(exc: Any) -> ApiError:
-    """A chat.turns.TurnRefused as an API error (409, 429 / 503 with Retry-After, 404, 400)."""
+    """A chat.runtime.TurnRefused as an API error (409, 429 / 503 with Retry-After, 404, 400)."""
     code = getattr(exc, "code", "invalid_request")
     http_status = REFUSAL_STATUS.get(code, status.HTTP_400_BAD_REQUEST)
     retry_after = None

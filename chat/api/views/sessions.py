@@ -21,7 +21,7 @@ from chat.api.services import session_delete, session_update
 from chat.api.views.common import get_session_or_404
 from chat.selectors import session_get_for_user
 from chat.services import session_create
-from chat.turns import turn_stop_session
+from chat.runtime import turn_stop_session
 
 MESSAGES_DEFAULT_LIMIT = 50
 MESSAGES_MAX_LIMIT = 200

@@ -24,7 +24,14 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 DEFAULT_TTL = 30.0  # seconds; a turn refreshes its lock every TTL/3
 
@@ -106,10 +113,6 @@ _async_blocking_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, A
 
 
 def _retry_kwargs(retry_cls) -> dict[str, Any]:
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     return {
         "retry": retry_cls(ExponentialBackoff(cap=0.5, base=0.02), REDIS_RETRIES),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
@@ -125,14 +128,10 @@ def sync_redis():
     global _sync_client
     with _sync_client_lock:
         if _sync_client is None:
-            import redis
-
             pool = redis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL, decode_responses=True,
                 max_connections=_pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE), timeout=REDIS_POOL_TIMEOUT,
             )
-            from redis.retry import Retry
-
             _sync_client = redis.Redis(connection_pool=pool, **_retry_kwargs(Retry))
         return _sync_client
 
@@ -141,13 +140,10 @@ def _async_client(registry, size: int):
     loop = asyncio.get_running_loop()
     client = registry.get(loop)
     if client is None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL, decode_responses=True, max_connections=size, timeout=REDIS_POOL_TIMEOUT,
         )
-        client = aioredis.Redis(connection_pool=pool, **_retry_kwargs(Retry))
+        client = aioredis.Redis(connection_pool=pool, **_retry_kwargs(AsyncRetry))
         registry[loop] = client
     return client
 
@@ -216,7 +212,7 @@ async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, An
 
 
 def lock_acquire_sync(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
-    """``lock_acquire`` for sync code (``chat.turns`` takes the session lock inside its single
+    """``lock_acquire`` for sync code (``chat.runtime.start`` takes the session lock inside its single
     database hop at turn start). Thread-safe; with Redis it uses the process's sync client."""
     token, now = secrets.token_hex(16), time.time()
     if not use_redis():

@@ -3,7 +3,7 @@
 Daphne runs on Twisted's asyncio reactor and does not speak the ASGI lifespan protocol. On
 SIGTERM (or SIGINT) Twisted calls ``reactor.stop()``, which fires the *before shutdown* system
 event and waits for every Deferred its triggers return before it stops the loop. ``install()``
-(called by ``chat.turns.turn_start`` the first time a turn starts in a process) registers such a
+(called by ``chat.runtime.turn_start`` the first time a turn starts in a process) registers such a
 trigger; it runs ``turns_interrupt_all``:
 
 1. new turns are refused (``TurnRefused("unavailable")``),
@@ -36,6 +36,12 @@ import threading
 import weakref
 
 from django.conf import settings
+from twisted.internet import defer
+
+from agents.backends.sdk import close_all_clients
+from agents.errors import AgentError, ErrorKind
+from chat.models import ChatTurn
+from chat.runtime.registry import registry
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +74,6 @@ def install() -> bool:
     reactor = sys.modules.get("twisted.internet.reactor")
     if reactor is None or getattr(reactor, "_asyncioEventloop", None) is not loop:
         return False
-    from twisted.internet import defer
-
     def before_shutdown():
         logger.info("shutdown: interrupting running turns (grace %.1fs)", grace_seconds())
         exit_watchdog(grace_seconds() + SHUTDOWN_EXIT_MARGIN)
@@ -110,13 +114,10 @@ _watchdog_cancel = threading.Event()
 
 
 async def close_agent_clients(timeout: float = 5.0) -> int:
-    """Close the CLI processes the sdk backend keeps between turns (if that backend is loaded in
-    this process); returns how many owner tasks were still open."""
-    sdk = sys.modules.get("agents.backends.sdk")
-    if sdk is None:
-        return 0
+    """Close the CLI processes the sdk backend keeps between turns; returns how many owner tasks
+    were still open."""
     try:
-        return await sdk.close_all_clients(timeout=timeout)
+        return await close_all_clients(timeout=timeout)
     except Exception:  # noqa: BLE001 - shutdown goes on
         logger.warning("shutdown: closing kept CLI clients failed", exc_info=True)
         return 0
@@ -125,39 +126,22 @@ async def close_agent_clients(timeout: float = 5.0) -> int:
 async def turns_interrupt_all(*, grace: float = DEFAULT_GRACE_SECONDS, reason: str = "server_shutdown") -> int:
     """Interrupt every turn running in this process (see the module docstring); returns how many."""
     global _shutting_down
-    from agents.errors import AgentError, ErrorKind
-    from chat import turns
-    from chat.models import ChatTurn
-
     _shutting_down = True
-    loop = asyncio.get_running_loop()
-    running = [rt for rt in list(turns._active.values()) if not rt.done.is_set()]
-    for rt in running:
-        rt.interrupt(
-            AgentError(ErrorKind.CONNECTION, detail=reason, message=SHUTDOWN_ERROR_TEXT),
-            code=reason,
-            status=ChatTurn.Status.INTERRUPTED,
-        )
-    if running:
-        waits = [asyncio.ensure_future(rt.done.wait()) for rt in running]
-        _done, pending = await asyncio.wait(waits, timeout=grace)
-        for waiter in pending:
-            waiter.cancel()
-        if pending:
-            # Past the grace period: cancel the turns; ``_run`` still records their end.
-            late = [t for t in list(turns._tasks) if t.get_loop() is loop and not t.done() and t.get_coro().__name__ == "_run"]
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=5.0)
+    interrupted = await registry.interrupt_all(
+        error=AgentError(ErrorKind.CONNECTION, detail=reason, message=SHUTDOWN_ERROR_TEXT),
+        code=reason,
+        status=ChatTurn.Status.INTERRUPTED,
+        grace=grace,
+    )
+    if interrupted:
         # Let the connections' forwarding tasks write the final frames before the sockets close.
         for _ in range(5):
             await asyncio.sleep(0.02)
-    logger.info("shutdown: %d running turn(s) interrupted", len(running))
+    logger.info("shutdown: %d running turn(s) interrupted", interrupted)
     closed = await close_agent_clients()
     if closed:
         logger.info("shutdown: closed %d CLI client(s)", closed)
-    return len(running)
+    return interrupted
 
 
 def shutdown_reset() -> None:

@@ -10,7 +10,7 @@ writes snapshots of the folder to the same row: at boundaries (a tool call finis
 finished) and on a timer while text streams (``FLUSH_INTERVAL``), never per delta (lesson 11).
 The row is first inserted by the timer or at the end of the turn (not at a boundary), so a turn
 shorter than ``FLUSH_INTERVAL`` writes its assistant message once.
-The final write happens in ``chat.turns`` (shielded from cancellation).
+The final write happens in ``chat.runtime.runner`` (shielded from cancellation).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import connection
 
 from agents.events import Chunk
 from chat.models import ChatMessage, ChatSession, ChatTurn
@@ -149,8 +150,6 @@ def db_connection_reset_if_broken() -> None:
     """Drop this thread's database connection when it is known to be dead (a restarted or
     terminated PostgreSQL backend), so the next query reconnects instead of failing with "the
     connection is closed" until the connection's max age. Never inside a transaction."""
-    from django.db import connection
-
     try:
         if connection.in_atomic_block:
             return
@@ -265,7 +264,7 @@ class MessageWriter:
 
     def flush_final_sync(self) -> None:
         """The final write, from the database thread, as part of the turn's end-of-turn hop
-        (``chat.turns``). Only after ``run()`` has ended: nothing else writes or folds by then."""
+        (``chat.runtime.runner``). Only after ``run()`` has ended: nothing else writes or folds by then."""
         if not self.folder.has_content and self.message_pk is None:
             return
         version = self.folder.version

@@ -20,6 +20,10 @@ from typing import Any
 
 from django.conf import settings
 
+from agents.errors import scrub
+from agents.turn import Usage
+from chat.usage import weighted_tokens
+
 logger = logging.getLogger("copilot.turns")
 
 _BARE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
@@ -27,12 +31,7 @@ TEXT_LOG_LIMIT = 500
 
 
 def _scrub(value: str) -> str:
-    try:
-        from agents.errors import scrub
-
-        return scrub(value)
-    except ImportError:  # pragma: no cover - agents.errors always has it
-        return value
+    return scrub(value)
 
 
 def _usage_fields(usage: Any) -> dict[str, Any]:
@@ -41,9 +40,6 @@ def _usage_fields(usage: Any) -> dict[str, Any]:
     get = usage.get if isinstance(usage, dict) else (lambda name, default=0: getattr(usage, name, default))
     fields = {name: int(get(name, 0) or 0) for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
     try:
-        from agents.turn import Usage
-        from chat.usage import weighted_tokens
-
         fields["weighted_tokens"] = weighted_tokens(Usage(**fields))
     except Exception:  # noqa: BLE001 - logging must never fail a turn
         pass
@@ -69,7 +65,7 @@ def _emit(level: int, event: str, fields: dict[str, Any]) -> None:
     try:
         logger.log(level, "%s %s", event, format_fields(fields), extra={"copilot": {"event": event, **fields}})
     except Exception:  # noqa: BLE001 - logging must never fail a turn
-        logging.getLogger(__name__).debug("could not log %s", event, exc_info=True)
+        logging.getLogger("chat.logging").debug("could not log %s", event, exc_info=True)
 
 
 def _content(text: str | None) -> dict[str, Any]:

@@ -6,9 +6,13 @@ sender itself) *pulls* from the list at its own position: there is no per-listen
 slow listener costs no memory — the log is shared and bounded (``MAX_LOG_CHUNKS``; a listener
 that falls behind the trimmed head gets ``StreamLagged``, a resumable error).
 
-Each chunk is JSON-encoded once, when appended (``TurnStream.encoded``); listeners that only
-forward it (the websocket consumer, the Redis mirror) reuse that text instead of re-encoding it
-per listener and per replay (``stream_read_raw``).
+Each chunk is JSON-encoded once, when appended (``TurnStream.encoded``); every listener (the
+websocket consumer, the SSE door, the Redis mirror) gets that text — ``(sequence, chunk JSON,
+is_terminal)`` from ``stream_read`` — and forwards it as is: nothing re-encodes it per listener
+or per replay.
+
+Before a chunk reaches the log, the running turn's ``Coalescer`` merges the text deltas that
+arrive within one event-loop pass (docs/performance.md, "Chat side").
 
 With ``settings.REDIS_URL`` the owner also mirrors the log into a Redis Stream per turn
 (``XADD`` with explicit ids ``0-<sequence+1>``, ``EXPIRE`` for retention). One mirror task per
@@ -30,8 +34,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from agents.events import Chunk
-from chat.locks import async_redis, async_redis_blocking, redis_key, use_redis
+from agents import events
+from agents.events import DELTA_TYPES, Chunk
+from chat.runtime.locks import async_redis, async_redis_blocking, redis_key, use_redis
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,10 @@ TTL_REFRESH_SECONDS = 60.0
 MAX_LOG_CHUNKS = 50_000  # per turn, in memory and in Redis (approximate MAXLEN)
 REMOTE_BLOCK_MS = 5000  # a remote listener re-checks that the turn is alive this often
 MIRROR_ATTEMPTS = 4  # a failed mirror batch is retried this often (backoff 50, 100, 200 ms)
+# seconds; 0: merge what arrives within one event-loop pass (``call_soon``, no timer per window).
+# Measured against the former 3 ms timer window: less daphne CPU per paced delta and lower p50 at
+# 100 streams (docs/performance.md, "Chat side").
+COALESCE_WINDOW = 0.0
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -134,7 +143,7 @@ class TurnStream:
 
     async def mirror_flush(self, timeout: float = 5.0) -> None:
         """Wait until everything appended so far is in the Redis mirror (no-op without Redis).
-        ``chat.turns`` calls it before releasing a finished turn's lock, so a resume through
+        ``chat.runtime.runner`` calls it before releasing a finished turn's lock, so a resume through
         another process that finds the lock gone also finds the log complete up to the end."""
         if self._mirror is None or self.closed:
             return
@@ -169,20 +178,12 @@ class TurnStream:
             self._waiter = asyncio.get_running_loop().create_future()
         return self._waiter
 
-    async def read(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, Chunk]]:
-        async for pos, i, _terminal in self._positions(after_sequence):
-            yield pos, self.chunks[i]
-
-    async def read_raw(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
-        """Like ``read`` but yields ``(sequence, chunk JSON, is_terminal)``: no encoding per
-        listener. Everything already in the log is yielded without suspending (a replay is one
-        burst; the caller decides when to yield to the loop)."""
-        async for pos, i, terminal in self._positions(after_sequence):
-            yield pos, self.encoded[i], terminal
-
-    async def _positions(self, after_sequence: int) -> AsyncIterator[tuple[int, int, bool]]:
-        """``(sequence, index in the log, is_terminal)`` from ``after_sequence + 1`` until the terminal chunk
-        or the stream closes; raises StreamLagged when the position was trimmed away."""
+    async def read(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
+        """``(sequence, chunk JSON, is_terminal)`` from ``after_sequence + 1`` until the terminal
+        chunk or the stream closes: the text encoded once by ``append``, no encoding per listener.
+        Everything already in the log is yielded without suspending (a replay is one burst; the
+        caller decides when to yield to the loop). Raises StreamLagged when the position was
+        trimmed away."""
         pos = after_sequence + 1
         while True:
             if pos < self.base:
@@ -192,7 +193,7 @@ class TurnStream:
                     raise StreamLagged()
                 i = pos - self.base
                 terminal = self.chunks[i]["type"] in TERMINAL_TYPES  # before yielding: trims move i
-                yield pos, i, terminal
+                yield pos, self.encoded[i], terminal
                 pos += 1
                 if terminal:
                     return
@@ -381,8 +382,10 @@ async def stream_last_sequence(*, turn_id: str) -> int:
 
 async def stream_read(
     *, turn_id: str, after_sequence: int = -1, is_alive: Callable[[], Awaitable[bool]] | None = None
-) -> AsyncIterator[tuple[int, Chunk]]:
-    """Chunks after ``after_sequence`` until the terminal chunk: replay, then live.
+) -> AsyncIterator[tuple[int, str, bool]]:
+    """``(sequence, chunk JSON, is_terminal)`` after ``after_sequence`` until the terminal chunk:
+    replay, then live. The JSON is the chunk's text as encoded once by its producer (doors
+    forward it verbatim).
 
     ``is_alive`` (remote listeners only) is asked whenever Redis stays silent for a while; when
     it says the turn's owner is gone, the listener gets a final ``error`` chunk instead of
@@ -399,33 +402,10 @@ async def stream_read(
         yield item
 
 
-async def stream_read_raw(
-    *, turn_id: str, after_sequence: int = -1, is_alive: Callable[[], Awaitable[bool]] | None = None
-) -> AsyncIterator[tuple[int, str, bool]]:
-    """``stream_read`` as ``(sequence, chunk JSON, is_terminal)``: the chunk's text as encoded
-    once by its producer (for doors that forward it verbatim)."""
-    stream = _streams.get(turn_id)
-    if stream is not None:
-        async for item in stream.read_raw(after_sequence):
-            yield item
-        return
-    if not use_redis():
-        return
-    async for seq, raw, terminal in _read_redis_raw(turn_id, after_sequence, is_alive):
-        yield seq, raw, terminal
-
-
-async def _read_redis(
-    turn_id: str, after_sequence: int, is_alive: Callable[[], Awaitable[bool]] | None
-) -> AsyncIterator[tuple[int, Chunk]]:
-    async for seq, raw, _terminal in _read_redis_raw(turn_id, after_sequence, is_alive):
-        yield seq, json.loads(raw)
-
-
 _INTERRUPTED_RAW = _dumps({"type": "error", "errorText": "The turn was interrupted on the server."})
 
 
-async def _read_redis_raw(
+async def _read_redis(
     turn_id: str, after_sequence: int, is_alive: Callable[[], Awaitable[bool]] | None
 ) -> AsyncIterator[tuple[int, str, bool]]:
     client = async_redis_blocking()  # XREAD BLOCK parks a connection: not from the short pool
@@ -455,3 +435,54 @@ async def _read_redis_raw(
             last_id = entry_id
             if terminal:
                 return
+
+
+class Coalescer:
+    """Leading-edge coalescing of a running turn's chunks before they reach its log: a delta
+    after a quiet period is emitted at once and opens a window; deltas arriving inside the window
+    are merged (``agents.events.coalesce``) and emitted when it closes. Any other chunk flushes
+    first, so order is kept.
+
+    With ``window == 0`` (the default) the window is the rest of the current event-loop pass
+    (``call_soon``, no timer): the runtime hands over everything its reader has buffered in one
+    pass, so a burst is merged — however large the backlog under load — and a paced delta goes
+    out at once with no added latency."""
+
+    __slots__ = ("emit", "pending", "handle", "window")
+
+    def __init__(self, emit: Callable[[Chunk], None], window: float = COALESCE_WINDOW) -> None:
+        self.emit = emit
+        self.pending: list[Chunk] = []
+        self.handle: asyncio.Handle | None = None
+        self.window = window
+
+    def push(self, chunk: Chunk) -> None:
+        if chunk["type"] in DELTA_TYPES:
+            if self.handle is None:
+                self.emit(chunk)
+                loop = asyncio.get_running_loop()
+                self.handle = loop.call_soon(self._tick) if self.window <= 0 else loop.call_later(self.window, self._tick)
+            else:
+                self.pending.append(chunk)
+            return
+        self.flush()
+        self.emit(chunk)
+
+    def _tick(self) -> None:
+        self.handle = None
+        if self.pending:
+            self.flush()
+            if self.window > 0:
+                self.handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+
+    def flush(self) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, []
+            for chunk in events.coalesce(pending):
+                self.emit(chunk)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.flush()

@@ -1,0 +1,59 @@
+"""Listening to a turn: replay from its log (``chat.runtime.streams``), then live until the
+terminal chunk. Both doors forward what they read verbatim: every item is ``(sequence, chunk
+JSON, is_terminal)``, the chunk encoded once when the runtime appended it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from chat.runtime import streams
+from chat.runtime.control import session_lookup, turn_active_id
+from chat.runtime.registry import NOT_FOUND_TEXT, TurnHandle, TurnRefused
+
+
+def _alive_check(session_id: str, turn_id: str) -> Callable[[], Awaitable[bool]]:
+    async def is_alive() -> bool:
+        if await turn_active_id(session_id=session_id) == turn_id:
+            return True
+        return bool(await streams.stream_is_finished(turn_id=turn_id))  # finished: let the reader drain
+
+    return is_alive
+
+
+def turn_listen(*, handle: TurnHandle, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
+    """The chunks of a turn the caller just started (from ``after_sequence + 1``)."""
+    return streams.stream_read(
+        turn_id=handle.turn_id, after_sequence=after_sequence, is_alive=_alive_check(handle.session_id, handle.turn_id)
+    )
+
+
+async def _subscribe_target(*, user: Any, chat_id: str, after_sequence: int) -> tuple[str, str] | None:
+    session = await session_lookup(user=user, chat_id=chat_id)
+    if session is None:
+        raise TurnRefused("not_found", NOT_FOUND_TEXT)
+    session_id = str(session.pk)
+    turn_id = await turn_active_id(session_id=session_id)
+    if turn_id is None and after_sequence >= 0:
+        latest = await streams.stream_latest_turn(session_id=session_id)
+        if latest is not None and (
+            await streams.stream_last_sequence(turn_id=latest) > after_sequence
+            # Ended moments ago, its terminal chunk not yet mirrored: read on, it arrives.
+            or await streams.stream_is_finished(turn_id=latest) is False
+        ):
+            turn_id = latest
+    return None if turn_id is None else (session_id, turn_id)
+
+
+async def turn_subscribe(
+    *, user: Any, chat_id: str, after_sequence: int = -1
+) -> AsyncIterator[tuple[int, str, bool]] | None:
+    """Replay the chat's active turn from ``after_sequence + 1``, then follow it live until its
+    terminal chunk. None when nothing is active. With ``after_sequence >= 0`` a turn that ended
+    moments ago still delivers the tail the caller missed (its log is retained a while).
+    Raises TurnRefused("not_found") for an unknown or foreign chat."""
+    found = await _subscribe_target(user=user, chat_id=chat_id, after_sequence=after_sequence)
+    if found is None:
+        return None
+    session_id, turn_id = found
+    return streams.stream_read(turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id))

@@ -1,0 +1,406 @@
+"""Starting a turn: the only way one begins (both doors and the tests call ``turn_start``).
+
+One path, three steps:
+
+1. ``turn_start`` checks the request, refuses while this worker shuts down, and takes this
+   worker's admission slot (``registry.slot_take``: the per-worker caps);
+2. ONE database hop, ``_turn_prepare`` (docs/performance.md, A and E): the caller's session (a
+   new chat id creates it) → the session lease lock (``chat.runtime.locks``; refreshed by the
+   turn's heartbeat, released by its token on every exit path) → one short transaction under
+   the user's lock: budget check + per-user cap + the ``ChatTurn`` row holding the reservation →
+   one transaction: dead turns and trailing error markers cleared, the user message (with its
+   turn id), the history, the ``TurnInput``. The session row is written once, at the end;
+3. ``registry.spawn`` runs the turn (``chat.runtime.runner.turn_run``) as a task that outlives
+   the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from agents.errors import AgentError, ErrorKind
+from agents.sandbox import workspace_for
+from agents.turn import Attachment, HistoryMessage, TurnInput, Usage
+from chat import usage as chat_usage
+from chat.models import ChatMessage, ChatSession, ChatTurn
+from chat.protocol import ProtocolError, attachment_from_file_part
+from chat.runtime import locks, shutdown, streams, supervision
+from chat.runtime.control import control_listener_ready
+from chat.runtime.registry import (
+    ALREADY_ACTIVE_TEXT,
+    NOT_FOUND_TEXT,
+    RunningTurn,
+    Slot,
+    TurnHandle,
+    TurnRefused,
+    max_turns_per_user,
+    registry,
+    too_many_for_user,
+)
+from chat.runtime.runner import turn_run
+from chat.selectors import turn_live_count_for_user
+from chat.services import message_append, message_clear_trailing_error_markers, session_get_or_create_for_user
+from transcripts.store import DjangoSessionStore
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPT_PROJECT_KEY = "copilot"
+CLOSED_TEXT = "The connection closed before the turn started."
+
+
+async def turn_start(
+    *,
+    user: Any,
+    chat_id: str,
+    text: str,
+    attachments: list[Attachment] | None = None,
+    trigger: str = "submit-message",
+    client_message_id: str | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> TurnHandle:
+    """Start a turn in the caller's chat (created when the id is new to them). Raises TurnRefused
+    (``too_many_turns`` over a concurrency cap: nothing is written). ``alive``: the caller's
+    connection is still open (checked before anything is written; false: TurnRefused
+    ``connection_closed``)."""
+    attachments = list(attachments or [])
+    if not getattr(user, "is_authenticated", False):
+        raise TurnRefused("not_found", NOT_FOUND_TEXT)
+    if trigger not in ("submit-message", "regenerate-message"):
+        raise TurnRefused("invalid_request", f"Unknown trigger {trigger!r}.")
+    if trigger == "submit-message" and not (text or "").strip() and not attachments:
+        raise TurnRefused("invalid_request", "The message is empty.")
+    if not chat_id or len(chat_id) > 200:
+        raise TurnRefused("invalid_request", "Invalid chat id.")
+    if shutdown.shutting_down():
+        raise TurnRefused("unavailable", shutdown.SHUTDOWN_REFUSED_TEXT)
+    shutdown.install()
+    if alive is not None and not alive():
+        raise TurnRefused("connection_closed", CLOSED_TEXT)
+
+    slot = registry.slot_take(user)
+    try:
+        if locks.use_redis():
+            await control_listener_ready()
+        turn_id = str(uuid.uuid4())
+        # The one database hop of the start: the model call starts right after it.
+        prepared = await database_sync_to_async(_turn_prepare)(
+            user=user, chat_id=chat_id, turn_id=turn_id, text=text, attachments=attachments,
+            trigger=trigger, client_message_id=client_message_id, slot=slot, alive=alive,
+        )
+        running = await _turn_running(prepared=prepared, user=user, slot=slot)
+    except BaseException:
+        registry.slot_free(slot)  # not started (once started, the runner frees it)
+        raise
+    registry.spawn(turn_run(running), turn=running)
+    return TurnHandle(session_id=running.session_id, turn_id=turn_id, message_id=running.inp.message_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# The database hop (runs in the database thread)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    session: ChatSession
+    turn: ChatTurn
+    inp: TurnInput
+    user_text: str
+    needs_title: bool
+    lock_token: str
+
+
+def _turn_prepare(
+    *,
+    user: Any,
+    chat_id: str,
+    turn_id: str,
+    text: str,
+    attachments: list[Attachment],
+    trigger: str,
+    client_message_id: str | None,
+    slot: Slot | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> _Prepared:
+    """Everything a turn needs before its model call (see the module docstring). The lock is
+    released again when anything after it fails; a chat created by this hop is dropped again
+    when the turn is refused for too many turns. ``alive()`` false (the caller's socket closed
+    while this waited for the database thread): nothing is written."""
+    if alive is not None and not alive():
+        raise TurnRefused("connection_closed", CLOSED_TEXT)
+    registry.slot_backend(slot, settings.AGENT_BACKEND)
+    session, created = session_get_or_create_for_user(
+        user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
+    )
+    registry.slot_backend(slot, session.backend or settings.AGENT_BACKEND)
+    key = locks.session_key(session.pk)
+    if registry.get(session.pk) is not None:
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    token = locks.lock_acquire_sync(key, ttl=supervision.LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk})
+    if token is None:
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    try:
+        turn = _turn_admit(session=session, user=user, turn_id=turn_id, trigger=trigger)
+        try:
+            with transaction.atomic():
+                return _turn_messages(
+                    session=session, user=user, turn=turn, text=text, attachments=attachments, trigger=trigger,
+                    client_message_id=client_message_id, new_session=created, lock_token=token,
+                )
+        except BaseException:
+            # Nothing refers to the turn row yet (that transaction rolled back): drop it, and
+            # with it the reservation.
+            try:
+                ChatTurn.objects.filter(pk=turn.pk).delete()
+            except Exception:  # noqa: BLE001 - the reservation expires anyway
+                logger.exception("dropping turn %s after a failed start failed", turn.pk)
+            raise
+    except BaseException as exc:
+        try:
+            locks.lock_release_sync(key, token)
+        except Exception:  # noqa: BLE001 - the TTL frees it anyway
+            logger.exception("releasing the lock of a refused turn failed")
+        if created and isinstance(exc, TurnRefused) and exc.code == "too_many_turns":
+            # Nothing refers to the chat this hop created (no turn, no message): drop it, so a
+            # refused flood of new chat ids leaves no empty chats behind.
+            try:
+                ChatSession.objects.filter(pk=session.pk).exclude(turns__isnull=False).delete()
+            except Exception:  # noqa: BLE001
+                logger.exception("dropping the empty chat of a refused turn failed")
+        raise
+
+
+def _turn_admit(*, session: ChatSession, user: Any, turn_id: str, trigger: str) -> ChatTurn:
+    """Check and reserve under the user's lock, in one short transaction: the budget
+    (``chat.usage.budget_check``), the per-user cap across processes, and the ``ChatTurn`` row
+    whose ``reserved_tokens`` is the reservation (atomic across processes). Only that: the
+    user's lock serialises all of a user's turn starts (in every process), so it is held for as
+    short as possible."""
+    backend = session.backend or settings.AGENT_BACKEND
+    model = session.model or settings.AGENT_MODEL
+    refusal: AgentError | None = None
+    reserved: list[int] = []
+    with transaction.atomic():
+        try:
+            chat_usage.budget_check(user=user, model=model, reserve=reserved.append)
+        except AgentError as exc:
+            refusal = exc  # the refusal record budget_check wrote commits with this block
+        if refusal is None:
+            # The user's live running turns (any process), under the user's lock budget_check
+            # took: two starts of one user cannot both pass. Raising rolls back.
+            per_user = max_turns_per_user()
+            if per_user and turn_live_count_for_user(user_id=user.pk, lease_seconds=supervision.LOCK_TTL) >= per_user:
+                raise too_many_for_user()
+            turn = ChatTurn.objects.create(
+                id=turn_id, session=session, trigger=trigger, backend=backend, model=model,
+                worker=locks.WORKER_ID, heartbeat_at=timezone.now(), reserved_tokens=sum(reserved),
+            )
+    if refusal is not None:
+        code = "rate_limited" if refusal.kind == ErrorKind.RATE_LIMITED else "budget_exceeded"
+        raise TurnRefused(code, refusal.message, resets_at=refusal.resets_at)
+    return turn
+
+
+def _turn_messages(
+    *, session: ChatSession, user: Any, turn: ChatTurn, text: str, attachments: list[Attachment], trigger: str,
+    client_message_id: str | None, new_session: bool, lock_token: str,
+) -> _Prepared:
+    """Inside one transaction: clear what a dead worker left, store the user message (or pick
+    the one to regenerate), read the history, build the TurnInput."""
+    turn_id = str(turn.pk)
+    if not new_session:  # a session created in this hop has no turns nor messages yet
+        dead_turns, last_kind = _session_leftovers(session, exclude=turn.pk)
+        if dead_turns:
+            _interrupt_dead_turns(session, exclude=turn.pk)
+        if last_kind in ChatMessage.MARKER_KINDS:
+            message_clear_trailing_error_markers(session_id=session.pk, allow_active=True)  # lesson 6
+    if trigger == "regenerate-message":
+        last_user = (
+            ChatMessage.objects.filter(session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
+            .order_by("-sequence")
+            .first()
+        )
+        if last_user is None:
+            raise TurnRefused("invalid_request", "There is no message to regenerate.")
+        ChatMessage.objects.filter(session=session, sequence__gt=last_user.sequence).delete()
+        user_msg = last_user
+        text = "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
+        attachments = [a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a]
+        if user_msg.turn_id is None:
+            ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
+    else:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        parts += [_file_part(a) for a in attachments]
+        user_msg = message_append(
+            session=session,
+            role=ChatMessage.Role.USER,
+            text=text,
+            parts=parts,
+            metadata={"messageId": client_message_id} if client_message_id else {},
+            turn=turn,  # inserted with its turn: no second write (docs/performance.md, E)
+        )
+    history = history_for_turn(session=session, before_sequence=user_msg.sequence)
+    needs_title = not session.title and not any(m.role == "user" for m in history)
+    # The session row is touched once, when the turn ends (chat.runtime.runner).
+    inp = turn_input_build(
+        session=session, user=user, text=text, attachments=attachments, history=history, message_id=f"msg-{turn_id}"
+    )
+    return _Prepared(session=session, turn=turn, inp=inp, user_text=text, needs_title=needs_title, lock_token=lock_token)
+
+
+def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
+    """Turns of this session still marked running belong to a dead worker: the caller holds the
+    session lock, so no live turn can exist. Mark them interrupted (their marker would be cleared
+    by this new turn anyway, lesson 6), so a session never shows two running turns. (Called only
+    when ``_session_leftovers`` found one, so the common start issues no write here.)"""
+    return ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).exclude(pk=exclude).update(
+        status=ChatTurn.Status.INTERRUPTED, error_code="interrupted", finish_reason="error", ended_at=timezone.now(),
+        reserved_tokens=0,
+    )
+
+
+def _session_leftovers(session: ChatSession, *, exclude: Any) -> tuple[int, str | None]:
+    """What a new turn may have to clean up, in one plain-SQL read (the common answer is
+    "nothing", and two ORM queries cost more to compile than to run): how many other turns of
+    the session are still marked running, and the kind of the session's last message."""
+    q = connection.ops.quote_name
+    turn_t, msg_t = ChatTurn._meta.db_table, ChatMessage._meta.db_table
+    sql = (
+        f"SELECT (SELECT COUNT(*) FROM {q(turn_t)} WHERE {q('session_id')} = %s AND {q('status')} = %s"
+        f" AND {q('id')} <> %s),"
+        f" (SELECT {q('kind')} FROM {q(msg_t)} WHERE {q('session_id')} = %s ORDER BY {q('sequence')} DESC LIMIT 1)"
+    )
+    turn_pk = ChatTurn._meta.pk.get_db_prep_value(exclude, connection)
+    session_pk = ChatSession._meta.pk.get_db_prep_value(session.pk, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [session_pk, ChatTurn.Status.RUNNING.value, turn_pk, session_pk])
+        dead, kind = cursor.fetchone()
+    return int(dead or 0), kind
+
+
+def _attachment_from_part(part: dict[str, Any]) -> Attachment | None:
+    try:
+        return attachment_from_file_part(part)[0]
+    except ProtocolError:
+        return None
+
+
+def _file_part(attachment: Attachment) -> dict[str, Any]:
+    return {
+        "type": "file",
+        "mediaType": attachment.media_type,
+        "filename": attachment.name,
+        "url": f"data:{attachment.media_type};base64,{base64.b64encode(attachment.data).decode('ascii')}",
+    }
+
+
+def history_for_turn(*, session: ChatSession, before_sequence: int) -> list[HistoryMessage]:
+    """The conversation before a turn, as the model should see it: normal user/assistant
+    messages only (markers excluded), consecutive messages of one role merged (lesson 4)."""
+    history: list[HistoryMessage] = []
+    rows = (
+        ChatMessage.objects.filter(
+            session=session,
+            sequence__lt=before_sequence,
+            kind=ChatMessage.Kind.NORMAL,
+            role__in=(ChatMessage.Role.USER, ChatMessage.Role.ASSISTANT),
+        )
+        .order_by("sequence")
+        .values_list("role", "parts")
+    )
+    for role, parts in rows:
+        parts = list(parts or [])
+        if not parts:
+            continue
+        if history and history[-1].role == role:
+            history[-1] = HistoryMessage(role=role, parts=history[-1].parts + parts)
+        else:
+            history.append(HistoryMessage(role=role, parts=parts))
+    return history
+
+
+def turn_input_build(
+    *,
+    session: ChatSession,
+    user: Any,
+    text: str,
+    attachments: list[Attachment],
+    history: list[HistoryMessage],
+    message_id: str,
+) -> TurnInput:
+    """The TurnInput of a turn (runs in the DB thread). The hook for whatever else a turn needs
+    (e.g. the transcripts app's ``session_store``)."""
+    return TurnInput(
+        session_id=str(session.pk),
+        user_text=text,
+        workspace=workspace_for(str(session.pk)),
+        backend=session.backend or settings.AGENT_BACKEND,
+        model=session.model or settings.AGENT_MODEL,
+        system_prompt=settings.AGENT_SYSTEM_PROMPT,
+        attachments=list(attachments),
+        history=history,
+        agent_session_id=session.agent_session_id or None,
+        # The CLI's transcripts live in the database, so any worker can resume the session; the
+        # project is pinned so that resume works even where AGENT_WORKSPACE_ROOT differs.
+        session_store=DjangoSessionStore(project_key=TRANSCRIPT_PROJECT_KEY),
+        message_id=message_id,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Back on the event loop
+# ---------------------------------------------------------------------------------------------
+
+
+async def _turn_running(*, prepared: _Prepared, user: Any, slot: Slot) -> RunningTurn:
+    """The prepared turn as a ``RunningTurn`` with its log open. A same-process start that raced
+    this one between the hop and here wins; on any failure the lock is released and the turn
+    row marked failed."""
+    session_id = str(prepared.session.pk)
+    key = locks.session_key(session_id)
+    if registry.get(session_id) is not None:
+        await asyncio.shield(locks.lock_release(key, prepared.lock_token))
+        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
+    try:
+        inp = prepared.inp
+
+        async def step_check(usage_so_far: Usage) -> None:
+            await database_sync_to_async(chat_usage.budget_step_check)(user=user, model=inp.model, usage_so_far=usage_so_far)
+
+        inp.step_check = step_check
+        return RunningTurn(
+            turn_id=str(prepared.turn.pk), session_id=session_id, user=user, session=prepared.session, turn=prepared.turn,
+            inp=inp, stream=streams.stream_open(turn_id=str(prepared.turn.pk), session_id=session_id),
+            lock_token=prepared.lock_token, user_text=prepared.user_text, needs_title=prepared.needs_title, slot=slot,
+        )
+    except BaseException:
+        await asyncio.shield(locks.lock_release(key, prepared.lock_token))
+        await asyncio.shield(_turn_abandon(prepared.turn))
+        raise
+
+
+async def _turn_abandon(turn: ChatTurn) -> None:
+    """A turn whose rows were written but that could not be started: mark it failed and give
+    back its budget reservation (it would expire anyway)."""
+
+    def abandon() -> None:
+        ChatTurn.objects.filter(pk=turn.pk, status=ChatTurn.Status.RUNNING).update(
+            status=ChatTurn.Status.FAILED, error_code="not_started", finish_reason="error",
+            ended_at=timezone.now(), reserved_tokens=0,
+        )
+
+    try:
+        await database_sync_to_async(abandon)()
+    except Exception:  # noqa: BLE001 - reservations expire anyway
+        logger.exception("abandoning turn %s failed", turn.pk)
