@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -33,7 +35,7 @@ def model_endpoint() -> ModelEndpoint:
 
 
 def workspace_root() -> Path:
-    root = Path(settings.AGENT_WORKSPACE_ROOT).resolve()
+    root = agent_config().workspace_root
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -42,3 +44,76 @@ def secrets_to_scrub() -> list[str]:
     """Values that must never appear in chunks, logs or error texts."""
     values = [settings.ANTHROPIC_API_KEY, settings.SECRET_KEY, os.environ.get("ANTHROPIC_AUTH_TOKEN", "")]
     return [v for v in values if v and len(v) >= 8]
+
+
+# ------------------------------------------------------------------------------------------------
+# The agent settings, typed (copilot_project/settings.py defines every one and its default)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The ``AGENT_*`` settings the agents app reads, typed. Built from ``django.conf.settings``
+    by ``agent_config()`` on every call (cheap), so a test's settings override takes effect."""
+
+    model: str  # AGENT_MODEL
+    system_prompt: str  # AGENT_SYSTEM_PROMPT
+    workspace_root: Path  # AGENT_WORKSPACE_ROOT (resolved)
+    max_turns: int  # AGENT_MAX_TURNS: model calls per turn
+    max_output_tokens: int  # AGENT_MAX_OUTPUT_TOKENS
+    thinking_budget: int  # AGENT_THINKING_BUDGET (api backend; 0: off)
+    heartbeat_seconds: float  # AGENT_HEARTBEAT_SECONDS
+    max_retries: int  # AGENT_MAX_RETRIES
+    retry_base_delay: float  # AGENT_RETRY_BASE_DELAY
+    retry_max_delay: float  # AGENT_RETRY_MAX_DELAY
+    prices: Mapping[str, Any]  # AGENT_PRICES: {"family": [input, output, cache read, cache write]}
+    compact_summary_input_chars: int  # AGENT_COMPACT_SUMMARY_INPUT_CHARS
+    compact_summary_max_tokens: int  # AGENT_COMPACT_SUMMARY_MAX_TOKENS
+    compact_keep_chars: int  # AGENT_COMPACT_KEEP_CHARS
+    recovery_history_chars: int  # AGENT_RECOVERY_HISTORY_CHARS
+    max_subagents: int  # AGENT_MAX_SUBAGENTS
+    empty_tool_input_limit: int  # AGENT_EMPTY_TOOL_INPUT_LIMIT
+    tool_timeout_seconds: float  # AGENT_TOOL_TIMEOUT_SECONDS
+    tool_output_limit: int  # AGENT_TOOL_OUTPUT_LIMIT
+    network_allow: tuple[str, ...]  # AGENT_NETWORK_ALLOW
+    sdk_credential_proxy: bool  # AGENT_SDK_CREDENTIAL_PROXY
+    sdk_cli_max_retries: int  # AGENT_SDK_CLI_MAX_RETRIES
+    sdk_extra_env: Mapping[str, Any]  # AGENT_SDK_EXTRA_ENV
+    sdk_max_buffer_size: int  # AGENT_SDK_MAX_BUFFER_SIZE
+    sdk_idle_seconds: float  # AGENT_SDK_IDLE_SECONDS (0: CLIs are not kept)
+    sdk_max_idle_clients: int  # AGENT_SDK_MAX_IDLE_CLIENTS
+    sdk_max_cli_processes: int  # AGENT_SDK_MAX_CLI_PROCESSES (0: no cap)
+
+
+def agent_config() -> AgentConfig:
+    """The agent settings as they are now (see ``AgentConfig``)."""
+    s = settings
+    return AgentConfig(
+        model=str(s.AGENT_MODEL),
+        system_prompt=str(s.AGENT_SYSTEM_PROMPT or ""),
+        workspace_root=Path(s.AGENT_WORKSPACE_ROOT).resolve(),
+        max_turns=int(s.AGENT_MAX_TURNS),
+        max_output_tokens=int(s.AGENT_MAX_OUTPUT_TOKENS),
+        thinking_budget=int(s.AGENT_THINKING_BUDGET),
+        heartbeat_seconds=float(s.AGENT_HEARTBEAT_SECONDS),
+        max_retries=int(s.AGENT_MAX_RETRIES),
+        retry_base_delay=float(s.AGENT_RETRY_BASE_DELAY),
+        retry_max_delay=float(s.AGENT_RETRY_MAX_DELAY),
+        prices=dict(s.AGENT_PRICES or {}),
+        compact_summary_input_chars=int(s.AGENT_COMPACT_SUMMARY_INPUT_CHARS),
+        compact_summary_max_tokens=int(s.AGENT_COMPACT_SUMMARY_MAX_TOKENS),
+        compact_keep_chars=int(s.AGENT_COMPACT_KEEP_CHARS),
+        recovery_history_chars=int(s.AGENT_RECOVERY_HISTORY_CHARS),
+        max_subagents=int(s.AGENT_MAX_SUBAGENTS),
+        empty_tool_input_limit=int(s.AGENT_EMPTY_TOOL_INPUT_LIMIT),
+        tool_timeout_seconds=float(s.AGENT_TOOL_TIMEOUT_SECONDS),
+        tool_output_limit=int(s.AGENT_TOOL_OUTPUT_LIMIT),
+        network_allow=tuple(str(h) for h in (s.AGENT_NETWORK_ALLOW or ())),
+        sdk_credential_proxy=bool(s.AGENT_SDK_CREDENTIAL_PROXY),
+        sdk_cli_max_retries=int(s.AGENT_SDK_CLI_MAX_RETRIES),
+        sdk_extra_env=dict(s.AGENT_SDK_EXTRA_ENV or {}),
+        sdk_max_buffer_size=int(s.AGENT_SDK_MAX_BUFFER_SIZE),
+        sdk_idle_seconds=float(s.AGENT_SDK_IDLE_SECONDS or 0),
+        sdk_max_idle_clients=int(s.AGENT_SDK_MAX_IDLE_CLIENTS or 0),
+        sdk_max_cli_processes=int(s.AGENT_SDK_MAX_CLI_PROCESSES or 0),
+    )

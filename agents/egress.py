@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h11
-from django.conf import settings
 
+from agents.config import agent_config
 from agents.loopserver import LoopThreadServer
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Rule:
 
 
 def rules() -> tuple[Rule, ...]:
-    return tuple(Rule.parse(entry) for entry in settings.AGENT_NETWORK_ALLOW if entry.strip())
+    return tuple(Rule.parse(entry) for entry in agent_config().network_allow if entry.strip())
 
 
 def _is_this_host(address: str) -> bool:

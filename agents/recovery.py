@@ -30,8 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
-
+from agents.config import agent_config
 from agents.errors import AgentError, ErrorKind, scrub
 from agents.turn import HistoryMessage, TurnInput, Usage
 
@@ -66,10 +65,6 @@ HISTORY = Rung(
     "Still too long. Trying again with only the most recent messages…",
 )
 LADDER: tuple[Rung, ...] = (COMPACTED, HISTORY)
-
-
-def _setting(name: str, default: int) -> int:
-    return int(getattr(settings, name, default) or default)
 
 
 def final_error(failure: AgentError, *, tried: list[str]) -> AgentError:
@@ -176,12 +171,12 @@ async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, 
     """A summary of ``history`` written by the model; raises on any failure or an empty answer."""
     from agents.model_client import model_client
 
-    transcript = render_transcript(history, max_chars=_setting("AGENT_COMPACT_SUMMARY_INPUT_CHARS", 60_000))
+    transcript = render_transcript(history, max_chars=agent_config().compact_summary_input_chars)
     if not transcript.strip():
         raise ValueError("nothing to summarise")
     message = await model_client().with_options(timeout=120.0).messages.create(
         model=model,
-        max_tokens=_setting("AGENT_COMPACT_SUMMARY_MAX_TOKENS", 1024),
+        max_tokens=agent_config().compact_summary_max_tokens,
         system=SUMMARY_SYSTEM_PROMPT,
         messages=[{"role": "user", "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation."}],
     )
@@ -196,7 +191,7 @@ async def compact_history(history: list[HistoryMessage], *, model: str, usage: U
     """(compacted history, whether a model summary is in it). The newest messages within
     ``AGENT_COMPACT_KEEP_CHARS``, preceded by a summary of the older ones — or by a note that they
     were left out when summarising failed. ``usage`` gets the summary call's tokens."""
-    recent = truncate_history(history, max_chars=_setting("AGENT_COMPACT_KEEP_CHARS", 8_000))
+    recent = truncate_history(history, max_chars=agent_config().compact_keep_chars)
     normal = normal_messages(history)
     older = normal[: max(0, len(normal) - len(recent))]
     if not older:
@@ -225,6 +220,6 @@ async def rung_input(rung: Rung, inp: TurnInput, *, usage: Usage) -> TurnInput:
         history, summarised = await compact_history(inp.history, model=inp.model, usage=usage)
         log.info("context recovery: compacted %d messages to %d (summary: %s)", len(inp.history), len(history), summarised)
     else:
-        history = truncate_history(inp.history, max_chars=_setting("AGENT_RECOVERY_HISTORY_CHARS", 4_000))
+        history = truncate_history(inp.history, max_chars=agent_config().recovery_history_chars)
         log.info("context recovery: %d newest of %d messages", len(history), len(inp.history))
     return dataclasses.replace(inp, history=history, agent_session_id=None)

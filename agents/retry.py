@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import random
 
-from django.conf import settings
-
+from agents.config import agent_config
 from agents.errors import AgentError, ErrorKind
 
 BACKOFF_KINDS = frozenset({ErrorKind.SERVER, ErrorKind.OVERLOADED, ErrorKind.CONNECTION, ErrorKind.RATE_LIMITED})
@@ -24,9 +23,8 @@ BACKOFF_KINDS = frozenset({ErrorKind.SERVER, ErrorKind.OVERLOADED, ErrorKind.CON
 
 def retry_delay(error: AgentError, attempt: int) -> float | None:
     """Seconds to wait before retry number ``attempt + 1``, or ``None`` to give up."""
-    max_retries = int(getattr(settings, "AGENT_MAX_RETRIES", 3))
-    base = float(getattr(settings, "AGENT_RETRY_BASE_DELAY", 1.0))
-    cap = float(getattr(settings, "AGENT_RETRY_MAX_DELAY", 60.0))
+    config = agent_config()
+    max_retries, base, cap = config.max_retries, config.retry_base_delay, config.retry_max_delay
     if attempt >= max_retries:
         return None
     if error.kind == ErrorKind.MAX_OUTPUT_TOKENS:

@@ -33,11 +33,11 @@ from typing import Any
 from agents import events, recovery
 from agents.adapter import REFUSAL_MESSAGE, ChunkTracker
 from agents.config import agent_config
-from agents.credentials import StreamScrubber
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
 from agents.jail import require_jail
 from agents.retry import retry_delay
+from agents.secrets import StreamScrubber
 from agents.turn import TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)

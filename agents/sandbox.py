@@ -29,9 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-
-from agents.config import workspace_root
+from agents.config import agent_config, workspace_root
 from agents.errors import AgentError, ErrorKind
 from agents.jail import jail_active, prepare_workspace
 
@@ -218,7 +216,7 @@ class SubagentLimiter:
     """At most ``limit`` concurrent sub-agents per turn (tools ``Task`` and ``Agent``)."""
 
     def __init__(self, limit: int | None = None) -> None:
-        self.limit = int(limit if limit is not None else getattr(settings, "AGENT_MAX_SUBAGENTS", 2))
+        self.limit = int(limit if limit is not None else agent_config().max_subagents)
         self.active = 0
         self._lock = threading.Lock()
 
@@ -281,7 +279,7 @@ class EmptyInputBreaker:
     """Ends a turn after ``limit`` consecutive tool calls with empty input (a looping model)."""
 
     def __init__(self, limit: int | None = None) -> None:
-        self.limit = int(limit if limit is not None else getattr(settings, "AGENT_EMPTY_TOOL_INPUT_LIMIT", 3))
+        self.limit = int(limit if limit is not None else agent_config().empty_tool_input_limit)
         self.consecutive = 0
 
     def record(self, tool_name: str, tool_input: Any) -> None:

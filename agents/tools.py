@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-
+from agents.config import agent_config
 from agents.jail import (
     drops_privileges,
     hand_over_tree,
@@ -34,7 +33,7 @@ from agents.jail import (
     quota_exceeded,
     spawn_env,
 )
-from agents.sandbox import SandboxViolation, glob_base, check_tool_input, resolve_in_workspace
+from agents.sandbox import SandboxViolation, check_tool_input, glob_base, resolve_in_workspace
 
 MAX_READ_BYTES = 2 * 1024 * 1024
 MAX_GLOB_RESULTS = 500
@@ -139,7 +138,7 @@ TOOL_NAMES = frozenset(schema["name"] for schema in TOOL_SCHEMAS)
 
 
 def _limit() -> int:
-    return int(getattr(settings, "AGENT_TOOL_OUTPUT_LIMIT", 30_000))
+    return agent_config().tool_output_limit
 
 
 def cap_output(text: str, limit: int | None = None) -> str:
@@ -179,7 +178,7 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 async def _bash(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     command = str(tool_input.get("command", ""))
-    timeout = float(getattr(settings, "AGENT_TOOL_TIMEOUT_SECONDS", 120.0))
+    timeout = agent_config().tool_timeout_seconds
     if isinstance(tool_input.get("timeout"), (int, float)) and tool_input["timeout"] > 0:
         timeout = min(timeout, float(tool_input["timeout"]) / 1000)
     ws = Path(workspace).resolve()

@@ -305,6 +305,14 @@ AGENT_TOOL_MAX_PROCESSES = env.int("AGENT_TOOL_MAX_PROCESSES", default=256)
 AGENT_TOOL_FILE_SIZE_MB = env.int("AGENT_TOOL_FILE_SIZE_MB", default=1024)
 AGENT_JAIL_TMP_MB = env.int("AGENT_JAIL_TMP_MB", default=256)
 AGENT_MAX_OUTPUT_TOKENS = env.int("AGENT_MAX_OUTPUT_TOKENS", default=8192)
+# Context-size recovery (agents/recovery.py, docs/agents.md): the compacted rung keeps the newest
+# messages within AGENT_COMPACT_KEEP_CHARS after a summary of the older ones (its input bounded to
+# the newest AGENT_COMPACT_SUMMARY_INPUT_CHARS, its answer to AGENT_COMPACT_SUMMARY_MAX_TOKENS); the
+# history rung keeps the newest messages within AGENT_RECOVERY_HISTORY_CHARS, no summary.
+AGENT_COMPACT_KEEP_CHARS = env.int("AGENT_COMPACT_KEEP_CHARS", default=8_000)
+AGENT_COMPACT_SUMMARY_INPUT_CHARS = env.int("AGENT_COMPACT_SUMMARY_INPUT_CHARS", default=60_000)
+AGENT_COMPACT_SUMMARY_MAX_TOKENS = env.int("AGENT_COMPACT_SUMMARY_MAX_TOKENS", default=1024)
+AGENT_RECOVERY_HISTORY_CHARS = env.int("AGENT_RECOVERY_HISTORY_CHARS", default=4_000)
 AGENT_THINKING_BUDGET = env.int("AGENT_THINKING_BUDGET", default=0)  # api backend; 0 = thinking off
 # USD per million tokens by model family: {"family": [input, output, cache_read, cache_write]}.
 AGENT_PRICES = env.json("AGENT_PRICES", default={})
@@ -312,6 +320,11 @@ AGENT_PRICES = env.json("AGENT_PRICES", default={})
 # largest stdout line (JSON message) accepted from the CLI.
 AGENT_SDK_CLI_MAX_RETRIES = env.int("AGENT_SDK_CLI_MAX_RETRIES", default=0)
 AGENT_SDK_MAX_BUFFER_SIZE = env.int("AGENT_SDK_MAX_BUFFER_SIZE", default=16 * 1024 * 1024)
+# sdk backend: with a real key the CLI reaches the model through the credential proxy (its grant
+# token, never the key; docs/security.md), unless this is off; extra CLI environment variables as
+# JSON (e.g. {"DISABLE_COMPACT": "1"}).
+AGENT_SDK_CREDENTIAL_PROXY = env.bool("AGENT_SDK_CREDENTIAL_PROXY", default=True)
+AGENT_SDK_EXTRA_ENV = env.json("AGENT_SDK_EXTRA_ENV", default={})
 # sdk backend: a session's connected CLI is kept alive this long after its turn, so the session's
 # next turn on this worker skips the CLI start-up (0 disables), at most this many per worker (LRU).
 # Each idle CLI costs one Node process (see docs/performance.md for its RSS).

@@ -28,11 +28,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
-from django.conf import settings
 
 from agents import events
 from agents.adapter import CUT_TOOL_CALL
 from agents.attachments import prepare_attachments
+from agents.config import agent_config
 from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
 from agents.model_client import model_client
@@ -217,7 +217,8 @@ class ApiBackend:
 
     @staticmethod
     def request_params(inp: TurnInput, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        system_prompt = inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", "")
+        config = agent_config()
+        system_prompt = inp.system_prompt or config.system_prompt
         tools = copy.deepcopy(TOOL_SCHEMAS)
         tools[-1]["cache_control"] = CACHE
         request_messages = list(messages)
@@ -229,13 +230,13 @@ class ApiBackend:
         request_messages[at] = last
         params: dict[str, Any] = {
             "model": inp.model,
-            "max_tokens": int(getattr(settings, "AGENT_MAX_OUTPUT_TOKENS", 8192)),
+            "max_tokens": config.max_output_tokens,
             "tools": tools,
             "messages": request_messages,
         }
         if system_prompt:
             params["system"] = [{"type": "text", "text": system_prompt, "cache_control": CACHE}]
-        budget = int(getattr(settings, "AGENT_THINKING_BUDGET", 0))
+        budget = config.thinking_budget
         if budget > 0:
             params["thinking"] = {"type": "enabled", "budget_tokens": budget}
             params["max_tokens"] = max(params["max_tokens"], budget + 1024)
@@ -243,7 +244,7 @@ class ApiBackend:
 
     async def stream(self, inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
         messages = self.build_messages(inp)
-        max_steps = int(getattr(settings, "AGENT_MAX_TURNS", 40))
+        max_steps = agent_config().max_turns
         breaker = EmptyInputBreaker()
         limiter = SubagentLimiter()
         result.model = inp.model

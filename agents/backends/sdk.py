@@ -57,12 +57,12 @@ from claude_agent_sdk._errors import CLIConnectionError, CLIJSONDecodeError, CLI
 from agents.attachments import prepare_attachments
 from agents.backends.sdk_adapter import SdkTranslator
 from agents.config import agent_config, model_endpoint
-from agents.credentials import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.errors import AgentError, ErrorKind, classify_text, scrub
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
 from agents.jail import cli_launch, cli_model_url, jail_active, jail_sweep
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
+from agents.secrets import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
