@@ -30,10 +30,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from django.conf import settings
-
 from agents import events, recovery
 from agents.adapter import REFUSAL_MESSAGE, ChunkTracker
+from agents.config import agent_config
 from agents.credentials import StreamScrubber
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
@@ -48,7 +47,7 @@ STOP_GRACE_SECONDS = 3.0
 BACKENDS = {"api": ("agents.backends.api", "ApiBackend"), "sdk": ("agents.backends.sdk", "SdkBackend")}
 
 # USD per million tokens: (input, output, cache read, cache write). First matching family wins;
-# settings.AGENT_PRICES ({"family": [in, out, cache_read, cache_write]}) is consulted first.
+# AGENT_PRICES ({"family": [in, out, cache_read, cache_write]}) is consulted first.
 DEFAULT_PRICES: list[tuple[str, tuple[float, float, float, float]]] = [
     ("opus-4-5", (5.0, 25.0, 0.5, 6.25)),
     ("opus-4.5", (5.0, 25.0, 0.5, 6.25)),
@@ -63,7 +62,7 @@ DEFAULT_PRICES: list[tuple[str, tuple[float, float, float, float]]] = [
 
 def model_prices(model: str) -> tuple[float, float, float, float] | None:
     name = (model or "").lower()
-    overrides: dict[str, Any] = getattr(settings, "AGENT_PRICES", {}) or {}
+    overrides = agent_config().prices
     for family in sorted(overrides, key=len, reverse=True):
         if family.lower() in name:
             values = [float(v) for v in overrides[family]]
@@ -273,8 +272,9 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
     result.model = result.model or inp.model
     error: AgentError | None = None
     yield events.start(inp.message_id)
-    interval = float(getattr(settings, "AGENT_HEARTBEAT_SECONDS", 10.0)) or 10.0
-    max_retries = int(getattr(settings, "AGENT_MAX_RETRIES", 3))
+    config = agent_config()
+    interval = config.heartbeat_seconds or 10.0  # 0 is no interval: the default then
+    max_retries = config.max_retries
     try:
         require_jail()  # tools never run outside the jail (AgentError: the turn is refused)
         backend = get_backend(inp.backend)

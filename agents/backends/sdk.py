@@ -53,11 +53,10 @@ from typing import Any
 
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher, ResultMessage
 from claude_agent_sdk._errors import CLIConnectionError, CLIJSONDecodeError, CLINotFoundError, ClaudeSDKError, ProcessError
-from django.conf import settings
 
 from agents.attachments import prepare_attachments
 from agents.backends.sdk_adapter import SdkTranslator
-from agents.config import model_endpoint
+from agents.config import agent_config, model_endpoint
 from agents.credentials import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.errors import AgentError, ErrorKind, classify_text, scrub
 from agents.events import Chunk
@@ -88,14 +87,10 @@ SDK_DISALLOWED_TOOLS = [
     "KillShell", "BashOutput",
 ]
 
-DEFAULT_MAX_BUFFER_SIZE = 16 * 1024 * 1024  # one stdout JSON line (a big tool result) may be large
 INTERRUPT_TIMEOUT_SECONDS = 5.0
 STOP_DRAIN_SECONDS = 5.0
 HISTORY_MAX_MESSAGES = 30
 HISTORY_MAX_CHARS = 24_000
-# Kept-alive CLI clients (settings AGENT_SDK_IDLE_SECONDS / AGENT_SDK_MAX_IDLE_CLIENTS; 0 disables).
-DEFAULT_IDLE_SECONDS = 300.0
-DEFAULT_MAX_IDLE_CLIENTS = 8
 
 # Environment variables of this process that must not reach the CLI (and so its Bash tool).
 _SECRET_ENV_RE = re.compile(
@@ -112,7 +107,7 @@ def use_credential_proxy() -> bool:
     ``AGENT_SDK_CREDENTIAL_PROXY`` is off (docs/security.md)."""
     if jail_active():
         return True
-    return not model_endpoint().offline and bool(getattr(settings, "AGENT_SDK_CREDENTIAL_PROXY", True))
+    return not model_endpoint().offline and agent_config().sdk_credential_proxy
 
 
 def cli_credential() -> Credential:
@@ -162,13 +157,13 @@ def cli_env(workspace: Path, credential: Credential | None = None) -> dict[str, 
             # The runtime owns retries (agents.retry); the CLI's own would multiply them (by default
             # 10 retries, ~3 minutes, on 429/5xx/529) and a non-streaming re-request after a broken
             # stream could repeat text the user already saw.
-            "CLAUDE_CODE_MAX_RETRIES": str(int(getattr(settings, "AGENT_SDK_CLI_MAX_RETRIES", 0))),
+            "CLAUDE_CODE_MAX_RETRIES": str(agent_config().sdk_cli_max_retries),
             "CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1",
         }
     )
     # Operator/test knobs for the CLI (e.g. {"DISABLE_COMPACT": "1"} or
     # {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "100000"}); secrets never belong here.
-    env.update({str(k): str(v) for k, v in (getattr(settings, "AGENT_SDK_EXTRA_ENV", None) or {}).items()})
+    env.update({str(k): str(v) for k, v in agent_config().sdk_extra_env.items()})
     return env
 
 
@@ -294,7 +289,8 @@ def build_options(
     on_compact: Any = None,
     credential: Credential | None = None,
 ) -> ClaudeAgentOptions:
-    system_prompt = inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", "")
+    config = agent_config()
+    system_prompt = inp.system_prompt or config.system_prompt
     hooks = policy.hooks()
     if on_compact is not None:
         hooks["PreCompact"] = [HookMatcher(matcher=None, hooks=[on_compact])]
@@ -305,7 +301,7 @@ def build_options(
         # scratch, the model is reached through the proxy socket bridged to a loopback port.
         inside = {k: v for k, v in env.items() if v}
         inside["ANTHROPIC_BASE_URL"] = cli_model_url()
-        tool_ms = str(int(float(settings.AGENT_TOOL_TIMEOUT_SECONDS) * 1000))
+        tool_ms = str(int(config.tool_timeout_seconds * 1000))
         inside.update({"BASH_DEFAULT_TIMEOUT_MS": tool_ms, "BASH_MAX_TIMEOUT_MS": tool_ms})
         proxy_socket = credential_proxy().socket_path
         assert proxy_socket is not None
@@ -315,7 +311,7 @@ def build_options(
         # jail's outer process).
         env = {**{key: "" for key in os.environ if key not in _LAUNCHER_KEEP}, **launcher_env}
     return ClaudeAgentOptions(
-        model=inp.model or settings.AGENT_MODEL,
+        model=inp.model or config.model,
         system_prompt=system_prompt,
         cwd=str(workspace),
         cli_path=cli_path,
@@ -326,11 +322,11 @@ def build_options(
         hooks=hooks,
         can_use_tool=policy.can_use_tool,
         include_partial_messages=True,
-        max_buffer_size=int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
+        max_buffer_size=config.sdk_max_buffer_size,  # one stdout JSON line (a big tool result) may be large
         setting_sources=[],  # no user/project settings, hooks or CLAUDE.md from disk
         strict_mcp_config=True,
         verbatim_prompts=True,  # the user's "/tool …" is text, not a CLI slash command; no @file expansion
-        max_turns=int(getattr(settings, "AGENT_MAX_TURNS", 40)) or None,
+        max_turns=config.max_turns or None,
         resume=resume or None,
         session_store=inp.session_store,
         stderr=_log_stderr,
@@ -389,23 +385,24 @@ async def _open(options: ClaudeAgentOptions) -> ClaudeSDKClient:
 
 
 def idle_seconds() -> float:
-    return float(getattr(settings, "AGENT_SDK_IDLE_SECONDS", DEFAULT_IDLE_SECONDS) or 0)
+    """AGENT_SDK_IDLE_SECONDS: how long a kept-alive CLI client waits for its next turn (0: none kept)."""
+    return agent_config().sdk_idle_seconds
 
 
 def max_idle_clients() -> int:
-    return int(getattr(settings, "AGENT_SDK_MAX_IDLE_CLIENTS", DEFAULT_MAX_IDLE_CLIENTS) or 0)
+    """AGENT_SDK_MAX_IDLE_CLIENTS: kept-alive CLI clients per worker (0: none kept)."""
+    return agent_config().sdk_max_idle_clients
 
 
 # CLI processes of one worker (event loop), busy plus kept idle (AGENT_SDK_MAX_CLI_PROCESSES, 0: no
 # bound; each costs ~200 MB). chat.turns refuses an sdk turn (too_many_turns) once this many sdk
 # turns run; here a new CLI first closes idle kept ones (least recently used first) and waits for
 # closing ones to exit; still all busy after CLI_ROOM_WAIT_SECONDS: an overloaded error (backstop).
-DEFAULT_MAX_CLI_PROCESSES = 16
 CLI_ROOM_WAIT_SECONDS = 10.0
 
 
 def max_cli_processes() -> int:
-    return int(getattr(settings, "AGENT_SDK_MAX_CLI_PROCESSES", DEFAULT_MAX_CLI_PROCESSES) or 0)
+    return agent_config().sdk_max_cli_processes
 
 
 async def _cli_room(pool: "_Pool") -> None:
@@ -617,11 +614,12 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
     every option the CLI was started with (system prompt, environment, transcript store, limits)."""
     store = inp.session_store
     store_id = None if store is None else (type(store).__module__, type(store).__qualname__, getattr(store, "project_key", None))
+    config = agent_config()
     return (
         inp.session_id,
         str(workspace),
-        inp.model or settings.AGENT_MODEL,
-        inp.system_prompt or getattr(settings, "AGENT_SYSTEM_PROMPT", ""),
+        inp.model or config.model,
+        inp.system_prompt or config.system_prompt,
         # The environment without the credential, plus the real endpoint (a rotated key or another
         # upstream needs a new CLI); the key only as a fingerprint.
         tuple(sorted((k, v) for k, v in cli_env(workspace).items() if k != "ANTHROPIC_API_KEY")),
@@ -629,8 +627,8 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         use_credential_proxy(),
         jail_active(),
         store_id,
-        int(getattr(settings, "AGENT_MAX_TURNS", 40)),
-        int(getattr(settings, "AGENT_SDK_MAX_BUFFER_SIZE", DEFAULT_MAX_BUFFER_SIZE)),
+        config.max_turns,
+        config.sdk_max_buffer_size,
     )
 
 
