@@ -1,5 +1,6 @@
 """Django system checks of the agent runtime (``manage.py check``; daphne and runserver run them
-at start): the jail must work before a production server takes a turn (docs/security.md)."""
+at start): the jail must work before a production server takes a turn (docs/security.md), and a
+production server must name its model (the scripted model never starts by itself there)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
+from agents.config import NO_MODEL_MESSAGE
 from agents.jail import jail_problem
 
 
@@ -30,5 +32,21 @@ def jail_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
             f"Agent tools are NOT sandboxed: {problem}.",
             hint="Fine for local development only; install bubblewrap, util-linux and socat to jail them.",
             id="agents.W001",
+        )
+    ]
+
+
+@checks.register()
+def model_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """DEBUG=false needs ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL: without them every turn would
+    fail (``agents.config.model_endpoint``). Under DEBUG the offline scripted model serves."""
+    if settings.DEBUG or settings.ANTHROPIC_API_KEY or settings.ANTHROPIC_BASE_URL:
+        return []
+    return [
+        checks.Error(
+            NO_MODEL_MESSAGE,
+            hint="ANTHROPIC_API_KEY=<your key> for Claude; or ANTHROPIC_BASE_URL=http://host:port for a model server "
+            "(e.g. `python manage.py scripted_model --port N` for an offline demo).",
+            id="agents.E002",
         )
     ]

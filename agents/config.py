@@ -10,7 +10,13 @@ from typing import Any
 
 from django.conf import settings
 
+from agents.errors import AgentError, ErrorKind
+
 OFFLINE_API_KEY = "sk-ant-offline-scripted-model"
+NO_MODEL_MESSAGE = (
+    "No model is configured on this server: set ANTHROPIC_API_KEY, or ANTHROPIC_BASE_URL to a model "
+    "server. (The offline scripted model starts by itself only with DEBUG=true.)"
+)
 
 
 @dataclass(frozen=True)
@@ -21,14 +27,21 @@ class ModelEndpoint:
 
 
 def model_endpoint() -> ModelEndpoint:
-    """Where the model lives. Without ANTHROPIC_API_KEY the scripted model serves (started lazily
-    in-process unless ANTHROPIC_BASE_URL already points at one)."""
+    """Where the model lives. With ANTHROPIC_API_KEY: that key, at ANTHROPIC_BASE_URL or
+    Anthropic's. Without a key, ANTHROPIC_BASE_URL is a scripted model (or another keyless model
+    server). Without either, only under DEBUG=true, the scripted model is started in-process;
+    under DEBUG=false that is an operator's mistake and raises an ``AgentError``
+    (``manage.py check`` reports it too: ``agents.E002``)."""
     key = settings.ANTHROPIC_API_KEY
     base_url = settings.ANTHROPIC_BASE_URL
     if key:
         return ModelEndpoint(base_url=base_url or "https://api.anthropic.com", api_key=key, offline=False)
     if not base_url:
-        from agents.scripted_model import ensure_scripted_model
+        if not settings.DEBUG:
+            raise AgentError(ErrorKind.AUTHENTICATION, detail=NO_MODEL_MESSAGE, message=NO_MODEL_MESSAGE)
+        # Development only (DEBUG=true): the offline demo. This is the one production module that
+        # imports the scripted_model package, and only on this branch.
+        from scripted_model.server import ensure_scripted_model
 
         base_url = ensure_scripted_model()
     return ModelEndpoint(base_url=base_url, api_key=OFFLINE_API_KEY, offline=True)

@@ -295,8 +295,8 @@ def main() -> dict:
         django.setup()
         from django.conf import settings
 
-        from agents.scripted_model import ScriptedModelServer
         from agents.sandbox import workspace_for
+        from scripted_model.server import ScriptedModelServer
 
         model = ScriptedModelServer(host="127.0.0.1", port=0).start()
         settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_API_KEY = model.url, ""

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "chat",
     "agents",
     "transcripts",
+    "scripted_model",  # only for `manage.py scripted_model` (the offline model); nothing imports it at start
 ]
 
 MIDDLEWARE = [

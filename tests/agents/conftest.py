@@ -23,8 +23,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from agents.events import DELTA_TYPES, Chunk
-from agents.scripted_model import ScriptedModelServer
 from agents.turn import TurnInput, TurnResult
+from scripted_model.server import ScriptedModelServer
 
 IGNORED_TYPES = frozenset({"data-heartbeat", "data-status"})
 

@@ -20,8 +20,8 @@ from agents.backends.api import ApiBackend, history_to_messages
 from agents.backends.sdk import classify_sdk_exception, transcript_gap
 from agents.backends.sdk_adapter import SdkTranslator
 from agents.errors import ErrorKind
-from agents.scripted_model import request_chars
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
+from scripted_model.directives import request_chars
 
 from .conftest import chunk_types, requests_since, run_turn_chunks, text_of, turn_input
 

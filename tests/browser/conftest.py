@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from agents.scripted_model import ScriptedModelServer
+from scripted_model.server import ScriptedModelServer
 from tests.servers import RESULTS, DaphneServer, daphne_env
 
 CHROMIUM = "/usr/bin/chromium"

@@ -27,6 +27,8 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
         CSRF_TRUSTED_ORIGINS="https://copilot.example.com",
         VAR_DIR=str(tmp_path),
         ENV_FILE="",  # a developer's .env (make run writes one) must not lend its SECRET_KEY
+        # A production server names its model (agents.E002 otherwise: no scripted model under DEBUG=false).
+        ANTHROPIC_API_KEY="sk-ant-" + secrets.token_hex(24),
     )
     proc = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
@@ -34,6 +36,11 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no issues" in proc.stdout
+    # Without a model (no key, no base URL) production does not fall back to the scripted model.
+    no_model = {k: v for k, v in env.items() if k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")}
+    proc = subprocess.run([sys.executable, "manage.py", "check"], cwd=django_settings.BASE_DIR, env=no_model,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "agents.E002" in proc.stderr and "ANTHROPIC_API_KEY" in proc.stderr
     # And production refuses to start without a secret key (never the dev default).
     env.pop("SECRET_KEY")
     proc = subprocess.run([sys.executable, "manage.py", "check"], cwd=django_settings.BASE_DIR, env=env,

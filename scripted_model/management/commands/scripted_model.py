@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from agents.scripted_model import ScriptedModelServer
+from scripted_model.server import ScriptedModelServer
 
 
 class Command(BaseCommand):

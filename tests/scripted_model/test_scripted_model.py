@@ -1,7 +1,7 @@
 """The scripted model (CONTRACT §3), driven by the real anthropic client and CLI.
 
 Run alone with:
-    python -m pytest tests/agents/test_scripted_model.py -p no:django -q
+    python -m pytest tests/scripted_model/test_scripted_model.py -p no:django -q
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from agents.scripted_model import (
-    Directive,
-    ScriptedModelServer,
-    ensure_scripted_model,
-    parse_directive,
-)
+from scripted_model.directives import Directive, parse_directive
+from scripted_model.server import ScriptedModelServer, ensure_scripted_model
 
 try:  # the anthropic client's HTTP library (httpx2 in anthropic 2.x, httpx before)
     import httpx2 as _http
