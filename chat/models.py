@@ -194,19 +194,6 @@ class ApiKey(models.Model):
         return self.revoked_at is None
 
 
-class BudgetReservation(models.Model):
-    """Weighted tokens set aside for a turn that has passed ``budget_check`` but not yet reported its
-    usage (chat.usage). Released by ``usage_record``; one whose turn never reports expires."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="budget_reservations")
-    tokens = models.PositiveBigIntegerField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(db_index=True)
-
-    class Meta:
-        indexes = [models.Index(fields=["user", "expires_at"], name="reservation_user_expiry")]
-
-
 class UsageChart(TokenUsage):
     """Admin entry for the token-usage charts page (a proxy: no table of its own)."""
 

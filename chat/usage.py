@@ -1,16 +1,19 @@
 """Token usage, budgets and rate-limit records.
 
-chat.turns calls exactly these functions (sync: wrap them in ``sync_to_async`` from async code):
+The turn runtime (``chat.runtime``) calls exactly these functions (sync: wrap them in
+``sync_to_async`` from async code):
 
-- ``budget_check(user=, model=)`` before a turn starts: refuses (``AgentError``) while an upstream
-  rate limit for the model is active, or when the user's daily/weekly budget is used up; otherwise
-  *reserves* ``TURN_RESERVE_TOKENS`` weighted tokens for the turn.
+- ``budget_check(user=, model=, reserve=)`` before a turn starts: refuses (``AgentError``) while an
+  upstream rate limit for the model is active, or when the user's daily/weekly budget is used up;
+  otherwise hands ``reserve`` the ``TURN_RESERVE_TOKENS`` weighted tokens to set aside, which the
+  runtime stores in the new turn's ``ChatTurn.reserved_tokens`` in the same transaction (counted
+  while the turn runs, for at most ``TURN_RESERVE_TTL_SECONDS``; zeroed by the write that records
+  the turn's end).
 - ``budget_step_check(user=, model=, usage_so_far=)`` at each step boundary of a running turn: the
   turn ends once committed usage plus its own usage so far reaches a limit, so a long turn
   overshoots by at most one step.
-- ``usage_record(...)`` when a turn ends (finished, stopped or failed): the TokenUsage row, and the
-  turn's reservation released. ``budget_release(user=)`` releases a reservation for a turn that
-  passed ``budget_check`` but never ran (e.g. the session was busy).
+- ``usage_records_create(...)`` when a turn ends (finished, stopped or failed): the TokenUsage rows
+  of the turn and of its title; ``usage_record(...)`` for a single row.
 - ``rate_limit_record_upstream(...)`` when the model said "rate limited".
 
 Budget units are *weighted tokens*: every token class weighted by its price relative to fresh input
@@ -36,7 +39,7 @@ from django.utils.dateparse import parse_datetime
 
 from agents.errors import AgentError, ErrorKind
 from agents.turn import Usage
-from chat.models import BudgetReservation, ChatSession, ChatTurn, RateLimitRecord, TokenUsage, UserBudget
+from chat.models import ChatSession, ChatTurn, RateLimitRecord, TokenUsage, UserBudget
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def _totals(
     latest active upstream rate-limit record for ``model`` resets, else None."""
     ops = connection.ops
     budget, usage = UserBudget._meta.db_table, TokenUsage._meta.db_table
-    reservation, turn, session = BudgetReservation._meta.db_table, ChatTurn._meta.db_table, ChatSession._meta.db_table
+    turn, session = ChatTurn._meta.db_table, ChatSession._meta.db_table
     q = connection.ops.quote_name
     parts = [
         f"(SELECT {q('daily_limit')} FROM {q(budget)} WHERE {q('user_id')} = %s)",
@@ -100,15 +103,11 @@ def _totals(
     ]
     if reserved:
         parts.append(
-            f"(SELECT COALESCE(SUM({q('tokens')}), 0) FROM {q(reservation)} WHERE {q('user_id')} = %s AND {q('expires_at')} > %s)"
-        )
-        parts.append(
             f"(SELECT COALESCE(SUM(t.{q('reserved_tokens')}), 0) FROM {q(turn)} t INNER JOIN {q(session)} s"
             f" ON t.{q('session_id')} = s.{q('id')} WHERE s.{q('owner_id')} = %s AND t.{q('status')} = %s"
             f" AND t.{q('reserved_tokens')} > 0 AND t.{q('started_at')} > %s)"
         )
         params += [
-            user_id, ops.adapt_datetimefield_value(now),
             user_id, ChatTurn.Status.RUNNING.value,
             ops.adapt_datetimefield_value(now - dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS)),
         ]
@@ -127,7 +126,7 @@ def _totals(
         "weekly_limit": None if row[1] is None else int(row[1]),
         "used_day": int(row[2] or 0),
         "used_week": int(row[3] or 0),
-        "reserved": int(row[4] or 0) + int(row[5] or 0) if reserved else 0,
+        "reserved": int(row[4] or 0) if reserved else 0,
         "upstream_resets_at": _datetime_from_db(row[-1]) if model is not None else None,
     }
 
@@ -160,21 +159,17 @@ def _fmt(when: dt.datetime) -> str:
 def usage_record(
     *, user: Any, session: ChatSession | None, turn: ChatTurn | None, model: str, backend: str, usage: Usage, purpose: str = "turn"
 ) -> TokenUsage:
-    """One TokenUsage row (per turn, even when it failed or was stopped); a turn's row also releases
-    the reservation its ``budget_check`` made — a standalone reservation row; a reservation held
-    in the turn's own ``reserved_tokens`` is released by the write that records the turn's end."""
-    with transaction.atomic():
-        row = _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
-        row.save(force_insert=True)
-        if purpose == "turn" and not getattr(turn, "reserved_tokens", 0):
-            _release_one(user_id=user.pk)
+    """One TokenUsage row (a chat title's, or a turn's: per turn, even when it failed or was
+    stopped). Reservations are not touched: a turn's is released by the write that records its
+    end (``ChatTurn.reserved_tokens``)."""
+    row = _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
+    row.save(force_insert=True)
     return row
 
 
 def usage_records_create(*, user: Any, session: ChatSession | None, records: list[tuple[ChatTurn | None, str, str, str, Usage]]) -> None:
     """Several TokenUsage rows in one INSERT (a turn's row and its chat title's), each
-    ``(turn, purpose, model, backend, usage)``. Reservations are not touched: the turns using this
-    carry theirs in ``ChatTurn.reserved_tokens``."""
+    ``(turn, purpose, model, backend, usage)``. Reservations are not touched (see ``usage_record``)."""
     TokenUsage.objects.bulk_create([
         _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
         for turn, purpose, model, backend, usage in records
@@ -191,25 +186,6 @@ def _token_usage(
         cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
         weighted_tokens=weighted_tokens(usage), cost_usd=round(usage.cost_usd, 6),
     )
-
-
-def _release_one(*, user_id: Any) -> bool:
-    """Drop one reservation of the user (they are all the same size): the oldest live one."""
-    now = _now()
-    pk = (
-        BudgetReservation.objects.filter(user_id=user_id, expires_at__gt=now)
-        .order_by("created_at", "pk")
-        .values_list("pk", flat=True)
-        .first()
-    )
-    if pk is None:
-        return False
-    return BudgetReservation.objects.filter(pk=pk).delete()[0] > 0
-
-
-def budget_release(*, user: Any) -> bool:
-    """Release the reservation of a turn that passed ``budget_check`` but did not run."""
-    return _release_one(user_id=user.pk)
 
 
 def rate_limit_record_upstream(*, user: Any, session: ChatSession | None, model: str, error: AgentError) -> RateLimitRecord:
@@ -257,15 +233,13 @@ def _over_limit(*, used_day: int, used_week: int, daily: int, weekly: int, now: 
     )
 
 
-def budget_check(*, user: Any, model: str, reserve: Callable[[int], None] | None = None) -> None:
+def budget_check(*, user: Any, model: str, reserve: Callable[[int], None]) -> None:
     """Raise AgentError (kind BUDGET or RATE_LIMITED, with resets_at) if the user may not start a
     turn on ``model`` now; records a budget refusal as a RateLimitRecord. When the turn may start,
-    reserves ``TURN_RESERVE_TOKENS`` for it (atomically with the check).
-
-    ``reserve``: instead of a ``BudgetReservation`` row, ``reserve(tokens)`` is called under the
-    user's lock; the caller must then write the reservation (``ChatTurn.reserved_tokens`` of a
-    running turn) *in the same transaction*, opened around this call (chat.turns does), so the
-    check and the reservation stay atomic across processes."""
+    ``reserve(TURN_RESERVE_TOKENS)`` is called under the user's lock; the caller must then write
+    the reservation (``ChatTurn.reserved_tokens`` of a running turn) *in the same transaction*,
+    opened around this call (``chat.runtime.start`` does), so the check and the reservation stay
+    atomic across processes."""
     now = _now()
     day_start, _ = day_window(now)
     week_start, _ = week_window(now)
@@ -292,14 +266,8 @@ def budget_check(*, user: Any, model: str, reserve: Callable[[int], None] | None
         used_day = totals["used_day"] + reserved
         used_week = totals["used_week"] + reserved
         refusal = _over_limit(used_day=used_day, used_week=used_week, daily=daily, weekly=weekly, now=now)
-        if refusal is None and reserve is not None:
+        if refusal is None:
             reserve(max(0, settings.TURN_RESERVE_TOKENS))
-        elif refusal is None and settings.TURN_RESERVE_TOKENS > 0:
-            BudgetReservation.objects.create(
-                user_id=user.pk,
-                tokens=settings.TURN_RESERVE_TOKENS,
-                expires_at=now + dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS),
-            )
     if refusal is not None:
         _record_budget_refusal(user=user, model=model, error=refusal)
         raise refusal

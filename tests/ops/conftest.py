@@ -9,10 +9,14 @@ import uuid
 
 import pytest
 from django.test import Client
+from django.db import transaction
 from django.utils import timezone
+
+from agents.errors import AgentError
 
 from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage
 from chat.services import message_append, session_create
+from chat.usage import budget_check
 from tests.agents.conftest import scripted_model  # noqa: F401 - fixture re-export
 from tests.chat.conftest import backend_api  # noqa: F401 - fixture re-export
 
@@ -53,6 +57,30 @@ def seed_turn(session, *, status: str = ChatTurn.Status.RUNNING, heartbeat_age: 
         ChatTurn.objects.filter(pk=turn.pk).update(started_at=timezone.now() - dt.timedelta(hours=1))
     turn.refresh_from_db()
     return turn
+
+
+def budget_reserve(user, *, model: str = "claude-test") -> ChatTurn:
+    """What a turn's start does (chat.runtime.start): ``budget_check`` and, when it passes, the new
+    running turn's row holding the reservation (``reserved_tokens``), in one transaction; a
+    refusal (and the refusal record ``budget_check`` wrote) commits and is raised."""
+    reserved: list[int] = []
+    refusal: AgentError | None = None
+    with transaction.atomic():
+        try:
+            budget_check(user=user, model=model, reserve=reserved.append)
+        except AgentError as exc:
+            refusal = exc
+        else:
+            session = session_create(owner=user, backend="api", model=model)
+            turn = ChatTurn.objects.create(session=session, backend="api", model=model, reserved_tokens=sum(reserved))
+    if refusal is not None:
+        raise refusal
+    return turn
+
+
+def reservations_of(user) -> int:
+    """How many turns of the user hold a reservation."""
+    return ChatTurn.objects.filter(session__owner=user, reserved_tokens__gt=0).count()
 
 
 def seed_usage(user, *, weighted: int, at: dt.datetime | None = None, model: str = "claude-test", cost: float = 0.01) -> TokenUsage:

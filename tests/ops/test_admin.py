@@ -287,7 +287,7 @@ def test_user_budget_is_editable(user, staff_client, settings):
     seed_usage(user, weighted=2000)
     from chat.usage import budget_check
 
-    budget_check(user=user, model="m")  # 2000 < 5000: the override applies
+    budget_check(user=user, model="m", reserve=[].append)  # 2000 < 5000: the override applies
     page = staff_client.get(f"/admin/chat/userbudget/{budget.pk}/change/").content.decode()
     assert "2,000 used" in page
 

@@ -10,10 +10,8 @@ import pytest
 
 from agents.errors import AgentError, ErrorKind
 from agents.turn import Usage
-from chat.models import BudgetReservation, RateLimitRecord, TokenUsage, UserBudget
+from chat.models import ChatTurn, RateLimitRecord, TokenUsage, UserBudget
 from chat.usage import (
-    budget_check,
-    budget_release,
     budget_status,
     budget_step_check,
     day_window,
@@ -22,7 +20,7 @@ from chat.usage import (
     week_window,
 )
 from tests.conftest import run_threads
-from tests.ops.conftest import seed_usage
+from tests.ops.conftest import budget_reserve, reservations_of, seed_usage
 
 MODEL = "claude-test"
 
@@ -41,25 +39,30 @@ def budgets(settings):
 
 def refusal(user, model: str = MODEL) -> AgentError:
     with pytest.raises(AgentError) as info:
-        budget_check(user=user, model=model)
+        budget_reserve(user, model=model)
     return info.value
 
 
+def turn_end(turn: ChatTurn) -> None:
+    """The write that records a turn's end releases its reservation (chat.runtime.runner)."""
+    ChatTurn.objects.filter(pk=turn.pk).update(status=ChatTurn.Status.FINISHED, reserved_tokens=0)
+
+
 @pytest.mark.django_db
-def test_usage_record_weights_tokens_and_releases_the_reservation(budgets, user):
-    budget_check(user=user, model=MODEL)
-    assert BudgetReservation.objects.filter(user=user).count() == 1
+def test_usage_record_weights_tokens_and_the_turn_end_releases_the_reservation(budgets, user):
+    turn = budget_reserve(user, model=MODEL)
+    assert reservations_of(user) == 1 and turn.reserved_tokens == 1_000
     row = usage_record(
-        user=user, session=None, turn=None, model=MODEL, backend="api",
+        user=user, session=turn.session, turn=turn, model=MODEL, backend="api",
         usage=Usage(input_tokens=1000, output_tokens=100, cache_read_tokens=2000, cache_write_tokens=400, cost_usd=0.0123456789),
     )
     assert row.weighted_tokens == 1000 + 500 + 200 + 500
     assert float(row.cost_usd) == pytest.approx(0.012346)
-    assert BudgetReservation.objects.filter(user=user).count() == 0
     # A title call's usage counts but does not release a turn's reservation.
-    budget_check(user=user, model=MODEL)
     usage_record(user=user, session=None, turn=None, model=MODEL, backend="api", usage=Usage(input_tokens=5), purpose="title")
-    assert BudgetReservation.objects.filter(user=user).count() == 1
+    assert reservations_of(user) == 1
+    turn_end(turn)
+    assert reservations_of(user) == 0
 
 
 @pytest.mark.django_db
@@ -72,14 +75,15 @@ def test_daily_budget_refused_with_reset_time_and_recorded(budgets, user):
     assert "daily" in error.message and f"{day_reset:%Y-%m-%d %H:%M} UTC" in error.message
     record = RateLimitRecord.objects.get(user=user)
     assert record.source == RateLimitRecord.Source.BUDGET and record.resets_at == day_reset and record.model == MODEL
-    assert not BudgetReservation.objects.filter(user=user).exists(), "a refused turn reserves nothing"
+    assert reservations_of(user) == 0, "a refused turn reserves nothing"
+    assert not ChatTurn.objects.filter(session__owner=user).exists()
 
 
 @pytest.mark.django_db
 def test_daily_window_resets_at_utc_midnight(budgets, user):
     day_start, _ = day_window()
     row = seed_usage(user, weighted=10_000, at=day_start - dt.timedelta(seconds=1))
-    budget_check(user=user, model=MODEL)  # yesterday's usage does not count today
+    turn_end(budget_reserve(user, model=MODEL))  # yesterday's usage does not count today
     TokenUsage.objects.filter(pk=row.pk).update(created_at=day_start)
     assert refusal(user).kind == ErrorKind.BUDGET  # the same usage at 00:00 today does
 
@@ -90,7 +94,7 @@ def test_weekly_window_resets_on_monday(budgets, user):
     week_start, week_reset = week_window()
     assert week_start.weekday() == 0 and week_start.hour == 0
     row = seed_usage(user, weighted=50_000, at=week_start - dt.timedelta(seconds=1))
-    budget_check(user=user, model=MODEL)  # last week's usage does not count
+    turn_end(budget_reserve(user, model=MODEL))  # last week's usage does not count
     TokenUsage.objects.filter(pk=row.pk).update(created_at=week_start + dt.timedelta(seconds=1))
     error = refusal(user)
     assert error.resets_at == week_reset and "weekly" in error.message
@@ -102,20 +106,22 @@ def test_per_user_override(budgets, user, other_user):
     seed_usage(user, weighted=600)
     seed_usage(other_user, weighted=600)
     assert refusal(user).kind == ErrorKind.BUDGET
-    budget_check(user=other_user, model=MODEL)  # the default (10 000) applies to bob
+    budget_reserve(other_user, model=MODEL)  # the default (10 000) applies to bob
 
 
 @pytest.mark.django_db
 def test_reservations_bound_concurrent_turns_and_are_released(budgets, user):
     budgets.USER_TOKEN_BUDGET_DAILY = 3_000
-    for _ in range(3):
-        budget_check(user=user, model=MODEL)
+    turns = [budget_reserve(user, model=MODEL) for _ in range(3)]
     assert refusal(user).kind == ErrorKind.BUDGET
-    assert budget_release(user=user) is True
-    budget_check(user=user, model=MODEL)
+    turn_end(turns[0])
+    budget_reserve(user, model=MODEL)
+    assert refusal(user).kind == ErrorKind.BUDGET
     # A reservation whose turn never reported expires.
-    BudgetReservation.objects.update(expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-    budget_check(user=user, model=MODEL)
+    ChatTurn.objects.filter(session__owner=user).update(
+        started_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=budgets.TURN_RESERVE_TTL_SECONDS + 60)
+    )
+    budget_reserve(user, model=MODEL)
 
 
 @pytest.mark.django_db
@@ -141,9 +147,9 @@ def test_upstream_rate_limit_blocks_the_model_until_it_resets(budgets, user, oth
         error = refusal(who)
         assert error.kind == ErrorKind.RATE_LIMITED and error.resets_at == resets_at
         assert f"{resets_at.astimezone(dt.UTC):%H:%M} UTC" in error.message
-    budget_check(user=user, model="another-model")
+    turn_end(budget_reserve(user, model="another-model"))
     RateLimitRecord.objects.filter(pk=record.pk).update(resets_at=timezone.now() - dt.timedelta(seconds=1))
-    budget_check(user=user, model=MODEL)
+    budget_reserve(user, model=MODEL)
 
 
 @pytest.mark.django_db
@@ -159,7 +165,7 @@ def test_upstream_retry_after_without_reset_time(budgets, user):
 def test_budget_status(budgets, user):
     seed_usage(user, weighted=2_000)
     seed_usage(user, weighted=7_000, at=day_window()[0] - dt.timedelta(seconds=1))
-    budget_check(user=user, model=MODEL)
+    budget_reserve(user, model=MODEL)
     status = budget_status(user=user)
     assert status["day"]["used"] == 2_000 and status["day"]["reserved"] == 1_000
     assert status["day"]["limit"] == 10_000 and status["day"]["remaining"] == 7_000
@@ -185,7 +191,7 @@ def test_concurrent_turns_of_one_user_race_the_budget(budgets, user):
     def turn(n: int) -> None:
         barrier.wait(timeout=30)
         try:
-            budget_check(user=user, model=MODEL)
+            budget_reserve(user, model=MODEL)
             passed.append(n)
         except AgentError as exc:
             refused.append(exc.kind)
@@ -194,5 +200,5 @@ def test_concurrent_turns_of_one_user_race_the_budget(budgets, user):
     assert not errors, errors
     assert len(passed) == 2, (passed, refused)
     assert refused == [ErrorKind.BUDGET] * (THREADS - 2)
-    assert BudgetReservation.objects.filter(user=user).count() == 2
+    assert reservations_of(user) == 2
     assert RateLimitRecord.objects.filter(user=user, source="budget").count() == THREADS - 2
