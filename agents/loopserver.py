@@ -1,7 +1,8 @@
 """A small asyncio server that runs in a daemon thread with its own event loop.
 
-The scripted model and the credential proxy both serve loopback HTTP from any process (a
-daphne worker, a management command, a test) without touching the caller's event loop.
+The credential proxy, the egress proxy and the scripted model (``scripted_model.server``, a
+separate package that builds on this one) serve from any process (a daphne worker, a management
+command, a test) without touching the caller's event loop.
 Subclasses implement ``_listen`` (bind; set ``self.port``) and ``_close``.
 """
 

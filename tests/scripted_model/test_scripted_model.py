@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -429,6 +430,33 @@ def test_singleton_starts_once() -> None:
     assert conn.getresponse().status == 404
     conn.close()
 
+
+
+def test_manage_py_command_serves_until_interrupted() -> None:
+    """``python manage.py scripted_model --port N`` (CONTRACT §6), now from the scripted_model app."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DEBUG": "true", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "scripted_model", "--port", "0"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("Scripted model listening on http://127.0.0.1:"), first + proc.stdout.read()
+        url = first.split()[4]
+        conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=5)
+        body = json.dumps({"model": MODEL, "max_tokens": 5, "messages": [user("hi")]})
+        conn.request("POST", "/v1/messages/count_tokens", body, {"content-type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["input_tokens"] > 0
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert "Scripted model stopped." in proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 # -- the real Claude Code CLI -------------------------------------------------
 
