@@ -319,16 +319,17 @@ class Stack:
             if self.postgres:
                 self._pg_create()
             t0 = time.monotonic()
-            self.manage("migrate", "--noinput")
-            out = self.shell(SETUP_USER)
-            self.key = next(line[4:] for line in out.splitlines() if line.startswith("KEY="))
-            self.user_id = int(next(line[8:] for line in out.splitlines() if line.startswith("USER_ID=")))
+            # The model first: under DEBUG=false, migrate's system checks need ANTHROPIC_BASE_URL (agents.E002).
             port = free_port()
             model = Proc("scripted_model", [PY, "manage.py", "scripted_model", "--port", str(port)], self.env(), self.tmp)
             self.procs.append(model)
             wait_port(port, model.popen, timeout=60)
             self.model = model
             self.model_url = f"http://127.0.0.1:{port}"
+            self.manage("migrate", "--noinput")
+            out = self.shell(SETUP_USER)
+            self.key = next(line[4:] for line in out.splitlines() if line.startswith("KEY="))
+            self.user_id = int(next(line[8:] for line in out.splitlines() if line.startswith("USER_ID=")))
             for i in range(self.daphnes):
                 self.add_daphne()
             log(f"stack up ({self.backend}, {'pg' if self.postgres else 'sqlite'}, "
