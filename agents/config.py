@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +50,6 @@ def workspace_root() -> Path:
     root = agent_config().workspace_root
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def secrets_to_scrub() -> list[str]:
-    """Values that must never appear in chunks, logs or error texts."""
-    values = [settings.ANTHROPIC_API_KEY, settings.SECRET_KEY, os.environ.get("ANTHROPIC_AUTH_TOKEN", "")]
-    return [v for v in values if v and len(v) >= 8]
 
 
 # ------------------------------------------------------------------------------------------------

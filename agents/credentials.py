@@ -11,7 +11,7 @@ Two layers:
   Grants are suspended while their CLI is parked between turns and revoked when it closes, so a
   token quoted by the model is worthless.
 - ``StreamScrubber``: the runtime passes every chunk a turn yields through it. Each configured
-  secret (``agents.config.secrets_to_scrub()``) and anything shaped like an Anthropic/OpenAI key
+  secret (``agents.secret_values.secrets_to_scrub()``) and anything shaped like an Anthropic/OpenAI key
   becomes ``[redacted]``, also across delta boundaries: a delta's trailing characters that could
   start a secret (or a key-shaped run that may continue) are held back until the next delta of the
   same part, or flushed at the part's end.
@@ -39,6 +39,7 @@ import h11
 
 from agents.events import Chunk
 from agents.loopserver import LoopThreadServer
+from agents.secret_values import secrets_to_scrub
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ _PUBLIC_PREFIXES = ("django-insecure-",)
 def configured_secrets() -> list[str]:
     """The secrets to scrub, longest first (public development defaults left out)."""
     try:
-        from agents.config import secrets_to_scrub
-
         values = secrets_to_scrub()
     except Exception:  # noqa: BLE001 - settings not configured (pure unit use)
         values = []

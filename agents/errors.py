@@ -6,9 +6,17 @@ may retry, whether the backend may retry it automatically, and for rate limits t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import email.utils
+import re
+import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from agents.secret_values import secrets_to_scrub
 
 
 class ErrorKind(StrEnum):
@@ -79,10 +87,6 @@ class AgentError(Exception):
 # Classification: HTTP statuses, exceptions and CLI/result texts -> AgentError (DESIGN 5, 9).
 # --------------------------------------------------------------------------------------------
 
-import email.utils  # noqa: E402
-import re  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
-from typing import Any  # noqa: E402
 
 _KEY_RE = re.compile(r"\b(?:sk-ant-[A-Za-z0-9_\-]{6,}|sk-[A-Za-z0-9]{20,})")
 
@@ -93,10 +97,8 @@ def scrub(text: str) -> str:
         return ""
     text = str(text)
     try:
-        from agents.config import secrets_to_scrub
-
         secrets = secrets_to_scrub()
-    except Exception:  # settings not configured (pure unit use)
+    except Exception:  # noqa: BLE001 - settings not configured (pure unit use)
         secrets = []
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
@@ -205,8 +207,6 @@ _CONNECTION_CLASS_NAMES = frozenset(
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    import asyncio
-
     if isinstance(exc, (ConnectionError, TimeoutError, asyncio.IncompleteReadError, EOFError)):
         return True
     return any(
@@ -273,8 +273,6 @@ _API_ERROR_RE = re.compile(r"API Error:?\s*(?P<status>\d{3})")
 
 def parse_reset_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime | None:
     """The reset time in CLI texts like "resets 4pm (America/Los_Angeles)" (the next such time)."""
-    import zoneinfo
-
     match = _RESETS_RE.search(text or "")
     if not match:
         return None

@@ -1,6 +1,6 @@
 """The one chunk vocabulary: Vercel AI SDK UI-message-stream parts (package ``ai``, major 7).
 
-Every producer (both backends, chat.turns) builds chunks only through these functions and
+Every producer (both backends, chat.runtime) builds chunks only through these functions and
 both doors (websocket, SSE) send them unchanged. A chunk is a plain JSON-safe ``dict``.
 Non-standard information travels as ``data-*`` parts (CONTRACT §4).
 """

@@ -22,6 +22,10 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
+
+from agents.config import model_endpoint
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 600.0
@@ -61,10 +65,6 @@ def _park_closer(entry: _LoopClients) -> None:
 
 def model_client() -> Any:
     """The shared ``AsyncAnthropic`` of the running loop for the configured endpoint."""
-    import anthropic
-
-    from agents.config import model_endpoint
-
     loop = asyncio.get_running_loop()
     entry = _registry.get(loop)
     if entry is None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from agents.config import agent_config
 from agents.errors import AgentError, ErrorKind, scrub
+from agents.model_client import model_client
 from agents.turn import HistoryMessage, TurnInput, Usage
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,6 @@ def render_transcript(history: list[HistoryMessage], *, max_chars: int) -> str:
 
 async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, Usage]:
     """A summary of ``history`` written by the model; raises on any failure or an empty answer."""
-    from agents.model_client import model_client
-
     transcript = render_transcript(history, max_chars=agent_config().compact_summary_input_chars)
     if not transcript.strip():
         raise ValueError("nothing to summarise")

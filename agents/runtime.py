@@ -37,6 +37,7 @@ from agents.credentials import StreamScrubber
 from agents.errors import AgentError, ErrorKind, classify_exception, scrub
 from agents.events import Chunk
 from agents.jail import require_jail
+from agents.model_client import model_client
 from agents.retry import retry_delay
 from agents.turn import TurnInput, TurnResult, Usage
 
@@ -247,7 +248,7 @@ async def _until_stopped(inp: TurnInput, coro: Any) -> Any:
 def run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
     """One turn as chunks (see the module docstring). Never raises except CancelledError.
 
-    Every chunk passes the turn's ``StreamScrubber`` (agents/secrets.py): configured secrets and
+    Every chunk passes the turn's ``StreamScrubber`` (agents/credentials.py): configured secrets and
     key-shaped strings become "[redacted]", also across delta boundaries. Without a configured
     secret (the offline default) there is no scrubber and no extra generator layer."""
     scrubber = StreamScrubber.for_turn()
@@ -395,8 +396,6 @@ def _fallback_title(user_text: str) -> str:
 
 async def generate_title(*, user_text: str, model: str) -> tuple[str, Usage]:
     """A short title for a chat from its first user message (falls back to the text itself)."""
-    from agents.model_client import model_client
-
     usage = Usage()
     try:
         message = await model_client().with_options(timeout=30.0).messages.create(

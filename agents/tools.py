@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import agent_config
+from agents.errors import scrub
 from agents.jail import (
     drops_privileges,
     hand_over_tree,
@@ -400,6 +401,4 @@ async def run_tool(workspace: Path, tool_name: str, tool_input: Any, *, limiter:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a tool failure is a result for the model
-        from agents.errors import scrub
-
         return ToolOutcome(scrub(f"{tool_name} failed: {type(exc).__name__}: {exc}"), is_error=True)

@@ -87,7 +87,7 @@ class TurnInput:
 
 @dataclass
 class TurnResult:
-    """Filled in by the backend while it streams; read by chat.turns when the stream ends."""
+    """Filled in by the backend while it streams; read by chat.runtime when the stream ends."""
 
     usage: Usage = field(default_factory=Usage)
     finish_reason: str = ""

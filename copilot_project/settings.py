@@ -135,7 +135,7 @@ REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="copilot")
 if REDIS_URL:
     # Pub/sub layer: one PUBLISH per group_send however many listeners, no per-channel queues to
     # poll or expire. Delivery is at-most-once, which is fine here because every chunk carries a
-    # sequence number and the authoritative copy lives in a Redis Stream (chat.streams) that a
+    # sequence number and the authoritative copy lives in a Redis Stream (chat.runtime.streams) that a
     # listener replays from after a gap.
     CHANNEL_LAYERS = {
         "default": {

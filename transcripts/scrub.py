@@ -1,16 +1,18 @@
 """Secret scrubbing for everything the transcript viewer shows or exports.
 
 Transcripts hold model output and tool output verbatim: an env dump, a pasted key, a config
-file. ``agents.errors.scrub`` (owned by the agent runtime) is the project-wide scrubber; it is
-imported lazily at call time so this module never depends on import order, and a local pass
-(known secret values + key-shaped patterns) always runs after it as a second line of defence.
+file. ``agents.errors.scrub`` (owned by the agent runtime) is the project-wide scrubber; a local
+pass (known secret values + key-shaped patterns) always runs after it as a second line of
+defence.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Any
+
+from agents.errors import scrub as project_scrub
+from agents.secret_values import secrets_to_scrub
 
 REDACTED = "[REDACTED]"
 
@@ -22,20 +24,7 @@ _PATTERNS = [
 ]
 
 
-def _project_scrub():
-    try:
-        module = importlib.import_module("agents.errors")
-    except ImportError:  # pragma: no cover - agents is an installed app
-        return None
-    fn = getattr(module, "scrub", None)
-    return fn if callable(fn) else None
-
-
 def _known_secrets() -> list[str]:
-    try:
-        from agents.config import secrets_to_scrub
-    except ImportError:  # pragma: no cover
-        return []
     return sorted(secrets_to_scrub(), key=len, reverse=True)
 
 
@@ -43,14 +32,12 @@ class Scrubber:
     """Resolve the scrubbers once per page/export, then apply them to many strings."""
 
     def __init__(self) -> None:
-        self._project = _project_scrub()
         self._secrets = _known_secrets()
 
     def text(self, value: str) -> str:
         if not value:
             return value
-        if self._project is not None:
-            value = str(self._project(value))
+        value = project_scrub(value)
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)

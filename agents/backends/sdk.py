@@ -19,7 +19,7 @@ Structure:
 - The CLI runs with ``cwd`` = the session workspace and ``HOME``, ``CLAUDE_CONFIG_DIR``,
   ``CLAUDE_CODE_TMPDIR``, ``TMPDIR`` and the XDG dirs inside it (lesson 3), secrets of this
   process blanked in its environment, the model reached through the loopback credential proxy
-  with a per-CLI grant token instead of the real key (``cli_credential``, agents/secrets.py:
+  with a per-CLI grant token instead of the real key (``cli_credential``, agents/credentials.py:
   suspended while parked, revoked when the CLI closes), non-essential traffic off, and its own API retries off
   (``CLAUDE_CODE_MAX_RETRIES=0`` by default): the runtime's retry matrix is the one place that
   retries, with backoff, status chunks for the user and never after content was sent.
@@ -51,14 +51,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher, ResultMessage
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher, ResultMessage, project_key_for_directory
 from claude_agent_sdk._errors import CLIConnectionError, CLIJSONDecodeError, CLINotFoundError, ClaudeSDKError, ProcessError
 
 from agents.attachments import prepare_attachments
 from agents.backends.sdk_adapter import SdkTranslator
 from agents.config import agent_config, model_endpoint
 from agents.credentials import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
-from agents.errors import AgentError, ErrorKind, classify_text, scrub
+from agents.errors import AgentError, ErrorKind, classify_exception, classify_text, scrub
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
 from agents.jail import cli_launch, cli_model_url, jail_active, jail_sweep
@@ -255,8 +255,6 @@ def _entry_user_texts(entries: list[dict[str, Any]]) -> list[str]:
 async def transcript_user_texts(inp: TurnInput, workspace: Path) -> list[str] | None:
     """The user texts of the CLI session ``inp.agent_session_id`` (from the session store when
     there is one, else the local JSONL under the workspace); None when it cannot be read."""
-    from claude_agent_sdk import project_key_for_directory
-
     session_id = inp.agent_session_id
     if not session_id:
         return None
@@ -351,8 +349,6 @@ def classify_sdk_exception(exc: BaseException) -> AgentError:
         return AgentError(ErrorKind.CONNECTION, detail=text[:500])
     if isinstance(exc, (ProcessError, CLIJSONDecodeError, ClaudeSDKError)):
         return AgentError(ErrorKind.UNKNOWN, detail=f"{type(exc).__name__}: {text}"[:500])
-    from agents.errors import classify_exception
-
     return classify_exception(exc)
 
 
@@ -395,7 +391,7 @@ def max_idle_clients() -> int:
 
 
 # CLI processes of one worker (event loop), busy plus kept idle (AGENT_SDK_MAX_CLI_PROCESSES, 0: no
-# bound; each costs ~200 MB). chat.turns refuses an sdk turn (too_many_turns) once this many sdk
+# bound; each costs ~200 MB). chat.runtime refuses an sdk turn (too_many_turns) once this many sdk
 # turns run; here a new CLI first closes idle kept ones (least recently used first) and waits for
 # closing ones to exit; still all busy after CLI_ROOM_WAIT_SECONDS: an overloaded error (backstop).
 CLI_ROOM_WAIT_SECONDS = 10.0
@@ -593,7 +589,7 @@ async def close_all_clients(timeout: float = 5.0) -> int:
     Needed because a parked client's owner task never ends by itself before the idle expiry, and
     anyio's (non-daemon) worker threads stop only when that task is done: a worker stopping with
     its loop would otherwise keep the process in ``threading._shutdown`` for good
-    (chat.shutdown). Returns how many owner tasks were still open."""
+    (chat.runtime.shutdown). Returns how many owner tasks were still open."""
     pool = _pools.get(asyncio.get_running_loop())
     if pool is None:
         return 0

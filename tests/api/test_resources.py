@@ -245,7 +245,7 @@ def test_chat_request_validation(api):
     assert not ChatSession.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)  # chat.turns reads through channels' database_sync_to_async
+@pytest.mark.django_db(transaction=True)  # chat.runtime reads through channels' database_sync_to_async
 def test_stream_resume_of_unknown_chat_is_404_and_bad_last_event_id_400(api, theirs):
     missing = api.get(f"/api/v1/chat/{uuid.uuid4()}/stream/")
     foreign = api.get(f"/api/v1/chat/{theirs.pk}/stream/")

@@ -167,7 +167,7 @@ async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
 @pytest.mark.cli
 async def test_sigterm_exits_within_20s_with_kept_cli_clients(scripted_model, tmp_path, user):
     """SIGTERM to an sdk worker that keeps idle Claude Code CLI clients (and runs a turn): the
-    process exits well within 20 s and takes its CLI processes with it. Before chat.shutdown
+    process exits well within 20 s and takes its CLI processes with it. Before chat.runtime.shutdown
     closed the kept clients (agents.backends.sdk.close_all_clients) it never exited: its main
     thread waited in ``threading._shutdown`` for an anyio worker thread that stops only when the
     kept client's owner task ends."""

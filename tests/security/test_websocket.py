@@ -279,7 +279,7 @@ async def test_fuzzed_frames_through_the_consumer_never_break_a_socket(backend_a
     examples += ["[" * 100_000, b"\xff\xfe\x00", "", json.dumps({"type": "send", "requestId": "h", "id": "c",
                  "messages": [{"role": "user", "parts": [{"type": "text", "text": "q" * 200_000}]}]})]
     # Frames that would start real turns are fine too, but keep the run short: only resumes/aborts
-    # and invalid sends reach chat.turns.
+    # and invalid sends reach chat.runtime.
     for raw in examples:
         key = "bytes" if isinstance(raw, bytes) else "text"
         await fuzzer.comm.send_input({"type": "websocket.receive", key: raw})  # empty frames too

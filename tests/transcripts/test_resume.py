@@ -122,7 +122,7 @@ async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_mod
 
 
 async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp_path, user):  # noqa: F811
-    """The product path: two chat turns through chat.turns, the workspace wiped in between."""
+    """The product path: two chat turns through chat.runtime, the workspace wiped in between."""
     from agents.sandbox import workspace_for
     from chat import runtime
     from chat.models import ChatSession
