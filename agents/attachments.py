@@ -75,7 +75,9 @@ def validate_attachments(attachments: list[Attachment]) -> None:
                 message=f"{label} is too large ({len(att.data) / 1048576:.1f} MiB); the limit is {MAX_ATTACHMENT_BYTES // 1048576} MiB per file.",
             )
         if not att.data:
-            raise AgentError(ErrorKind.INVALID_REQUEST, detail="empty attachment", message=f"{label} is empty.")
+            raise AgentError(
+                ErrorKind.INVALID_REQUEST, detail="empty attachment", message=f"{label} is empty."
+            )
         if media_type in IMAGE_TYPES and not _image_matches(media_type, att.data):
             raise AgentError(
                 ErrorKind.INVALID_REQUEST,
@@ -107,7 +109,11 @@ def prepare_attachments(workspace: Path, attachments: list[Attachment]) -> tuple
             blocks.append(
                 {
                     "type": "image",
-                    "source": {"type": "base64", "media_type": media_type, "data": base64.b64encode(att.data).decode("ascii")},
+                    "source": {
+                        "type": "base64",
+                        "media_type": media_type,
+                        "data": base64.b64encode(att.data).decode("ascii"),
+                    },
                 }
             )
             continue
@@ -120,5 +126,9 @@ def prepare_attachments(workspace: Path, attachments: list[Attachment]) -> tuple
         saved.append(f"{UPLOAD_DIR}/{target.name} ({media_type}, {len(att.data)} bytes)")
     note = ""
     if saved:
-        note = "The user attached these files; they are saved in the working directory: " + "; ".join(saved) + "."
+        note = (
+            "The user attached these files; they are saved in the working directory: "
+            + "; ".join(saved)
+            + "."
+        )
     return blocks, note

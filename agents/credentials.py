@@ -25,8 +25,8 @@ import hashlib
 import http
 import json
 import logging
-import re
 import os
+import re
 import secrets as _random
 import shutil
 import tempfile
@@ -77,7 +77,9 @@ def _deep(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         return scrub_with(value, secrets)
     if isinstance(value, dict):
-        return {(scrub_with(k, secrets) if isinstance(k, str) else k): _deep(v, secrets) for k, v in value.items()}
+        return {
+            (scrub_with(k, secrets) if isinstance(k, str) else k): _deep(v, secrets) for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_deep(v, secrets) for v in value]
     return value
@@ -85,7 +87,18 @@ def _deep(value: Any, secrets: list[str]) -> Any:
 
 # Chunks with nothing to scrub (structure, ids, numbers).
 _PLAIN = frozenset(
-    {"start", "start-step", "finish-step", "text-start", "reasoning-start", "tool-input-start", "data-heartbeat", "data-usage", "finish", "abort"}
+    {
+        "start",
+        "start-step",
+        "finish-step",
+        "text-start",
+        "reasoning-start",
+        "tool-input-start",
+        "data-heartbeat",
+        "data-usage",
+        "finish",
+        "abort",
+    }
 )
 _DELTA_FIELD = {"text-delta": "delta", "reasoning-delta": "delta", "tool-input-delta": "inputTextDelta"}
 _FLUSH_ALL = frozenset({"finish-step", "finish", "error", "abort"})
@@ -203,8 +216,18 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # a larger request body: 413
 READ_BYTES = 64 * 1024
 _HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-        "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
     }
 )
 _CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
@@ -298,7 +321,9 @@ class CredentialProxy(LoopThreadServer):
         directory = Path(tempfile.mkdtemp(prefix="copilot-proxy-"))
         os.chmod(directory, 0o755)
         self.socket_path = directory / "model.sock"
-        self._unix_server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path), backlog=512)
+        self._unix_server = await asyncio.start_unix_server(
+            self._handle, path=str(self.socket_path), backlog=512
+        )
         os.chmod(self.socket_path, 0o666)  # the jail's uid connects; a grant token is still needed
 
     async def _close(self) -> None:
@@ -324,7 +349,9 @@ class CredentialProxy(LoopThreadServer):
                     request = await _read_request(conn, reader, writer)
                 except (h11.RemoteProtocolError, _BadRequest) as exc:
                     status = exc.status if isinstance(exc, _BadRequest) else exc.error_status_hint
-                    await _write_error(conn, writer, status, "invalid_request_error", str(exc), keep_alive=False)
+                    await _write_error(
+                        conn, writer, status, "invalid_request_error", str(exc), keep_alive=False
+                    )
                     break
                 if request is None or not await self._forward(conn, request, writer):
                     break
@@ -333,14 +360,16 @@ class CredentialProxy(LoopThreadServer):
                 conn.start_next_cycle()
         except (ConnectionError, asyncio.IncompleteReadError, h11.ProtocolError):
             pass
-        except Exception:  # noqa: BLE001 - a bug must not take the proxy down
+        except Exception:
             log.exception("credential proxy: request failed")
             writer.transport.abort()
         finally:
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def _forward(self, conn: h11.Connection, request: ProxiedRequest, writer: asyncio.StreamWriter) -> bool:
+    async def _forward(
+        self, conn: h11.Connection, request: ProxiedRequest, writer: asyncio.StreamWriter
+    ) -> bool:
         """Relay one request; True when the client connection stays open."""
         token = request.header("x-api-key")
         if not token:
@@ -350,10 +379,14 @@ class CredentialProxy(LoopThreadServer):
         if grant is None:
             self.denied += 1
             log.info("credential proxy: refused %s %s (no live grant)", request.method, request.path)
-            await _write_error(conn, writer, 401, "authentication_error", "invalid x-api-key", keep_alive=request.keep_alive)
+            await _write_error(
+                conn, writer, 401, "authentication_error", "invalid x-api-key", keep_alive=request.keep_alive
+            )
             return request.keep_alive
         if not request.path.startswith("/v1/") or request.method not in ("GET", "POST", "HEAD"):
-            await _write_error(conn, writer, 404, "not_found_error", "not found", keep_alive=request.keep_alive)
+            await _write_error(
+                conn, writer, 404, "not_found_error", "not found", keep_alive=request.keep_alive
+            )
             return request.keep_alive
         out_headers = [
             (name, value)
@@ -362,7 +395,9 @@ class CredentialProxy(LoopThreadServer):
         ]
         out_headers.append((b"x-api-key", grant.api_key.encode("latin-1")))
         client = self._client
-        upstream = client.build_request(request.method, grant.upstream + request.target, headers=out_headers, content=request.body)
+        upstream = client.build_request(
+            request.method, grant.upstream + request.target, headers=out_headers, content=request.body
+        )
         try:
             response = await client.send(upstream, stream=True)
         except Exception as exc:  # noqa: BLE001 - the CLI sees a dropped connection, as without the proxy
@@ -371,11 +406,17 @@ class CredentialProxy(LoopThreadServer):
             return False
         self.forwarded += 1
         try:
-            headers = [(name, value) for name, value in response.headers.raw if name.lower().decode("latin-1") not in _HOP_BY_HOP]
+            headers = [
+                (name, value)
+                for name, value in response.headers.raw
+                if name.lower().decode("latin-1") not in _HOP_BY_HOP
+            ]
             # No content-length: h11 frames the body (chunked for HTTP/1.1 clients) as it streams.
             headers.append((b"connection", b"keep-alive" if request.keep_alive else b"close"))
             status = response.status_code
-            writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status).encode())))
+            writer.write(
+                conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status).encode()))
+            )
             if request.method != "HEAD" and status not in (204, 304):
                 async for data in response.aiter_raw():
                     if data:
@@ -421,7 +462,9 @@ class _BadRequest(Exception):
         self.status = status
 
 
-async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ProxiedRequest | None:
+async def _read_request(
+    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> ProxiedRequest | None:
     """The next whole request on ``conn`` (head and body); ``None`` when the client closed the
     connection between requests. Raises ``h11.RemoteProtocolError`` or ``_BadRequest``."""
     head: h11.Request | None = None
@@ -463,7 +506,13 @@ def _reason(status: int) -> str:
 
 
 async def _write_error(
-    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, kind: str, message: str, *, keep_alive: bool
+    conn: h11.Connection,
+    writer: asyncio.StreamWriter,
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    keep_alive: bool,
 ) -> None:
     """An Anthropic-shaped JSON error (what the CLI expects from the API)."""
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
@@ -472,7 +521,9 @@ async def _write_error(
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"keep-alive" if keep_alive else b"close"),
     ]
-    writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status).encode())))
+    writer.write(
+        conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status).encode()))
+    )
     writer.write(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
     await writer.drain()
 
@@ -480,4 +531,3 @@ async def _write_error(
 def credential_proxy() -> CredentialProxy:
     """The process's credential proxy (started on first use)."""
     return CredentialProxy.shared()
-

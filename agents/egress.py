@@ -126,7 +126,9 @@ class EgressProxy(LoopThreadServer):
             if request is None:
                 return
             if request.method != b"CONNECT":
-                await _refuse(conn, writer, 405, "Only HTTPS tunnels (CONNECT) are proxied; use https, or curl -p.")
+                await _refuse(
+                    conn, writer, 405, "Only HTTPS tunnels (CONNECT) are proxied; use https, or curl -p."
+                )
                 return
             host, _, port_text = request.target.decode("ascii", "replace").rpartition(":")
             if not host or not port_text.isdigit():
@@ -144,7 +146,9 @@ class EgressProxy(LoopThreadServer):
             except (OSError, TimeoutError):
                 await _refuse(conn, writer, 502, f"{host}:{port_text} cannot be reached.")
                 return
-            writer.write(conn.send(h11.Response(status_code=200, headers=[], reason=b"Connection established")))
+            writer.write(
+                conn.send(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+            )
             await writer.drain()
             early = conn.trailing_data[0]
             if early:
@@ -152,7 +156,7 @@ class EgressProxy(LoopThreadServer):
             await _pipe_both(reader, writer, up_reader, up_writer)
         except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass
-        except Exception:  # noqa: BLE001 - a bug must not take the proxy down
+        except Exception:
             log.exception("egress proxy: request failed")
         finally:
             with contextlib.suppress(Exception):
@@ -173,8 +177,14 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h
 
 async def _refuse(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, text: str) -> None:
     body = (text + "\n").encode()
-    headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body))), ("connection", "close")]
-    writer.write(conn.send(h11.Response(status_code=status, headers=headers)) + conn.send(h11.Data(data=body)))
+    headers = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("content-length", str(len(body))),
+        ("connection", "close"),
+    ]
+    writer.write(
+        conn.send(h11.Response(status_code=status, headers=headers)) + conn.send(h11.Data(data=body))
+    )
     with contextlib.suppress(Exception):
         writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()

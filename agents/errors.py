@@ -37,10 +37,22 @@ class ErrorKind(StrEnum):
 # kind -> (user message, user may retry, backend may retry automatically)
 _POLICY: dict[ErrorKind, tuple[str, bool, bool]] = {
     ErrorKind.RATE_LIMITED: ("The model is rate limited right now.", True, True),
-    ErrorKind.AUTHENTICATION: ("The server's model credentials were rejected. Ask an operator to check the API key.", False, False),
-    ErrorKind.BILLING: ("The model account has a billing problem. Ask an operator to check it.", False, False),
+    ErrorKind.AUTHENTICATION: (
+        "The server's model credentials were rejected. Ask an operator to check the API key.",
+        False,
+        False,
+    ),
+    ErrorKind.BILLING: (
+        "The model account has a billing problem. Ask an operator to check it.",
+        False,
+        False,
+    ),
     ErrorKind.INVALID_REQUEST: ("The model rejected the request as invalid.", False, False),
-    ErrorKind.PROMPT_TOO_LONG: ("This conversation is too long for the model. Start a new chat to continue.", False, False),
+    ErrorKind.PROMPT_TOO_LONG: (
+        "This conversation is too long for the model. Start a new chat to continue.",
+        False,
+        False,
+    ),
     ErrorKind.MAX_OUTPUT_TOKENS: ("The answer hit the model's output limit.", True, True),
     ErrorKind.OVERLOADED: ("The model is overloaded. Please try again in a moment.", True, True),
     ErrorKind.SERVER: ("The model service had an internal error. Please try again.", True, True),
@@ -149,7 +161,9 @@ def _parse_iso(value: str) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def rate_limit_reset(headers: Mapping[str, Any] | None, *, now: dt.datetime | None = None) -> tuple[dt.datetime | None, float | None]:
+def rate_limit_reset(
+    headers: Mapping[str, Any] | None, *, now: dt.datetime | None = None
+) -> tuple[dt.datetime | None, float | None]:
     """(resets_at, retry_after seconds) from ``retry-after`` and ``anthropic-ratelimit-*-reset``."""
     now = now or dt.datetime.now(dt.UTC)
     retry_after = _parse_retry_after(headers, now)
@@ -178,7 +192,13 @@ def classify_status(status: int, message: str = "", headers: Mapping[str, Any] |
     detail = f"HTTP {status}: {text}"[:500]
     if status == 429:
         resets_at, retry_after = rate_limit_reset(headers)
-        return AgentError(ErrorKind.RATE_LIMITED, detail=detail, resets_at=resets_at, retry_after=retry_after, status_code=status)
+        return AgentError(
+            ErrorKind.RATE_LIMITED,
+            detail=detail,
+            resets_at=resets_at,
+            retry_after=retry_after,
+            status_code=status,
+        )
     if status == 401:
         return AgentError(ErrorKind.AUTHENTICATION, detail=detail, status_code=status)
     if status in (402, 403) or "credit balance" in lowered or "billing" in lowered:
@@ -198,10 +218,24 @@ def classify_status(status: int, message: str = "", headers: Mapping[str, Any] |
 
 _CONNECTION_CLASS_NAMES = frozenset(
     {
-        "TransportError", "NetworkError", "ProtocolError", "RemoteProtocolError", "ReadError",
-        "WriteError", "ConnectError", "CloseError", "TimeoutException", "ReadTimeout",
-        "ConnectTimeout", "WriteTimeout", "PoolTimeout", "StreamError", "StreamClosed",
-        "IncompleteRead", "ClientConnectionError", "ServerDisconnectedError",
+        "TransportError",
+        "NetworkError",
+        "ProtocolError",
+        "RemoteProtocolError",
+        "ReadError",
+        "WriteError",
+        "ConnectError",
+        "CloseError",
+        "TimeoutException",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+        "StreamError",
+        "StreamClosed",
+        "IncompleteRead",
+        "ClientConnectionError",
+        "ServerDisconnectedError",
     }
 )
 
@@ -210,15 +244,22 @@ def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError, asyncio.IncompleteReadError, EOFError)):
         return True
     return any(
-        cls.__name__ in _CONNECTION_CLASS_NAMES and cls.__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "h11", "aiohttp", "anyio"}
+        cls.__name__ in _CONNECTION_CLASS_NAMES
+        and cls.__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "h11", "aiohttp", "anyio"}
         for cls in type(exc).__mro__
     )
 
 
 _ERROR_TYPE_STATUS = {
-    "overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
-    "authentication_error": 401, "permission_error": 403, "billing_error": 402,
-    "invalid_request_error": 400, "request_too_large": 413, "not_found_error": 404,
+    "overloaded_error": 529,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "billing_error": 402,
+    "invalid_request_error": 400,
+    "request_too_large": 413,
+    "not_found_error": 404,
 }
 
 
@@ -261,7 +302,12 @@ def classify_exception(exc: BaseException) -> AgentError:
     return AgentError(ErrorKind.UNKNOWN, detail=scrub(f"{type(exc).__name__}: {exc}")[:500])
 
 
-_MONTHS = {m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
 _RESETS_RE = re.compile(
     r"resets?\s+(?:at\s+)?(?:(?P<month>[A-Za-z]{3})[a-z]*\.?\s+(?P<day>\d{1,2}),?\s+(?:at\s+)?)?"
     r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>am|pm)?"
@@ -295,7 +341,9 @@ def parse_reset_time(text: str, *, now: dt.datetime | None = None) -> dt.datetim
     month = _MONTHS.get((match.group("month") or "").lower()[:3])
     if month and match.group("day"):
         try:
-            when = local_now.replace(month=month, day=int(match.group("day")), hour=hour, minute=minute, second=0, microsecond=0)
+            when = local_now.replace(
+                month=month, day=int(match.group("day")), hour=hour, minute=minute, second=0, microsecond=0
+            )
         except ValueError:
             return None
         if when < local_now - dt.timedelta(days=1):
@@ -318,11 +366,16 @@ def classify_text(text: str, *, now: dt.datetime | None = None) -> AgentError | 
     if (
         "prompt is too long" in lowered
         or "prompt too long" in lowered
-        or "context window" in lowered and ("exceed" in lowered or "limit" in lowered)
+        or "context window" in lowered
+        and ("exceed" in lowered or "limit" in lowered)
         or "model_context_window_exceeded" in lowered
     ):
         return AgentError(ErrorKind.PROMPT_TOO_LONG, detail=detail)
-    if "hit your limit" in lowered or "usage limit" in lowered or re.search(r"rate[ _-]?limit(?:ed|_error| error| exceeded| reached)", lowered):
+    if (
+        "hit your limit" in lowered
+        or "usage limit" in lowered
+        or re.search(r"rate[ _-]?limit(?:ed|_error| error| exceeded| reached)", lowered)
+    ):
         resets_at = parse_reset_time(clean, now=now)
         retry_after = None
         if resets_at is not None:
@@ -330,7 +383,12 @@ def classify_text(text: str, *, now: dt.datetime | None = None) -> AgentError | 
         return AgentError(ErrorKind.RATE_LIMITED, detail=detail, resets_at=resets_at, retry_after=retry_after)
     if "credit balance" in lowered or "billing_error" in lowered or "billing error" in lowered:
         return AgentError(ErrorKind.BILLING, detail=detail)
-    if "invalid api key" in lowered or "invalid x-api-key" in lowered or "authentication_error" in lowered or "please run /login" in lowered:
+    if (
+        "invalid api key" in lowered
+        or "invalid x-api-key" in lowered
+        or "authentication_error" in lowered
+        or "please run /login" in lowered
+    ):
         return AgentError(ErrorKind.AUTHENTICATION, detail=detail)
     api = _API_ERROR_RE.search(clean)
     if api:
@@ -339,6 +397,11 @@ def classify_text(text: str, *, now: dt.datetime | None = None) -> AgentError | 
         return AgentError(ErrorKind.OVERLOADED, detail=detail)
     if "output token maximum" in lowered or "max_tokens" in lowered or "max output tokens" in lowered:
         return AgentError(ErrorKind.MAX_OUTPUT_TOKENS, detail=detail)
-    if "request timed out" in lowered or "connection error" in lowered or "econnreset" in lowered or "socket hang up" in lowered:
+    if (
+        "request timed out" in lowered
+        or "connection error" in lowered
+        or "econnreset" in lowered
+        or "socket hang up" in lowered
+    ):
         return AgentError(ErrorKind.CONNECTION, detail=detail)
     return None

@@ -74,8 +74,15 @@ def tool_input_delta(tool_call_id: str, delta: str) -> Chunk:
     return {"type": "tool-input-delta", "toolCallId": tool_call_id, "inputTextDelta": delta}
 
 
-def tool_input_available(tool_call_id: str, tool_name: str, tool_input: Any, *, provider_executed: bool = False) -> Chunk:
-    chunk: Chunk = {"type": "tool-input-available", "toolCallId": tool_call_id, "toolName": tool_name, "input": tool_input}
+def tool_input_available(
+    tool_call_id: str, tool_name: str, tool_input: Any, *, provider_executed: bool = False
+) -> Chunk:
+    chunk: Chunk = {
+        "type": "tool-input-available",
+        "toolCallId": tool_call_id,
+        "toolName": tool_name,
+        "input": tool_input,
+    }
     if provider_executed:
         chunk["providerExecuted"] = True
     return chunk

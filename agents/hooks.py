@@ -51,8 +51,10 @@ class ToolPolicy:
                     return self._decisions[tool_use_id]
         limiter = self.limiter if tool_name in SUBAGENT_TOOLS else None
         try:
-            reason = check_tool_input(self.workspace, tool_name, tool_input if isinstance(tool_input, dict) else {}, limiter=limiter)
-        except Exception as exc:  # noqa: BLE001 - a policy bug must deny, never allow
+            reason = check_tool_input(
+                self.workspace, tool_name, tool_input if isinstance(tool_input, dict) else {}, limiter=limiter
+            )
+        except Exception as exc:
             log.exception("tool policy failed for %s", tool_name)
             reason = f"{tool_name} denied: the policy check failed ({type(exc).__name__})."
         if tool_use_id is not None:
@@ -80,7 +82,9 @@ class ToolPolicy:
             self.limiter.release()
 
     # -- the CLI callbacks --------------------------------------------------------------------
-    async def pre_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+    async def pre_tool_use(
+        self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
         tool_name = str(input_data.get("tool_name", ""))
         tool_use_id = tool_use_id or input_data.get("tool_use_id")
         tool_input = input_data.get("tool_input") or {}
@@ -105,7 +109,9 @@ class ToolPolicy:
             }
         }
 
-    async def post_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+    async def post_tool_use(
+        self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
         self.finished(tool_use_id or input_data.get("tool_use_id"))
         if str(input_data.get("tool_name", "")) in QUOTA_TOOLS:
             over = await asyncio.to_thread(quota_exceeded, self.workspace)
@@ -114,7 +120,9 @@ class ToolPolicy:
                 return {"continue_": False, "stopReason": over}
         return {}
 
-    async def can_use_tool(self, tool_name: str, tool_input: dict[str, Any], context: Any) -> PermissionResultAllow | PermissionResultDeny:
+    async def can_use_tool(
+        self, tool_name: str, tool_input: dict[str, Any], context: Any
+    ) -> PermissionResultAllow | PermissionResultDeny:
         tool_use_id = getattr(context, "tool_use_id", None)
         reason = self.decide(tool_name, tool_input, tool_use_id)
         if reason is None:

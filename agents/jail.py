@@ -292,7 +292,15 @@ def _namespaces() -> list[str]:
     if drops_privileges():
         # bwrap runs as root: every namespace but the user one; the command drops to its uid.
         return ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    return ["--unshare-all", "--unshare-user", "--uid", str(JAIL_UID_INSIDE), "--gid", str(JAIL_UID_INSIDE), "--disable-userns"]
+    return [
+        "--unshare-all",
+        "--unshare-user",
+        "--uid",
+        str(JAIL_UID_INSIDE),
+        "--gid",
+        str(JAIL_UID_INSIDE),
+        "--disable-userns",
+    ]
 
 
 def privilege_drop(workspace: Path) -> list[str]:
@@ -301,30 +309,62 @@ def privilege_drop(workspace: Path) -> list[str]:
         return []
     uid = jail_uid(workspace)
     return [
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
     ]
 
 
-def bwrap_args(workspace: Path, *, env: dict[str, str], cfg: JailConfig, cwd: Path | None = None) -> list[str]:
+def bwrap_args(
+    workspace: Path, *, env: dict[str, str], cfg: JailConfig, cwd: Path | None = None
+) -> list[str]:
     """bwrap's options (everything but the command) for a jail over ``workspace``."""
     ws = str(Path(workspace))
     args = [
-        *_namespaces(), "--die-with-parent", "--new-session", "--hostname", "copilot-jail",
+        *_namespaces(),
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "copilot-jail",
         *_system_args(),
-        "--ro-bind", str(_etc_dir()), "/etc",
+        "--ro-bind",
+        str(_etc_dir()),
+        "/etc",
     ]
     for name in _ETC_BINDS:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     if drops_privileges():  # the jail's own host uid has a name too (git and others ask for it)
         accounts = _accounts_dir(jail_uid(Path(workspace)))
-        args += ["--ro-bind", str(accounts / "passwd"), "/etc/passwd", "--ro-bind", str(accounts / "group"), "/etc/group"]
+        args += [
+            "--ro-bind",
+            str(accounts / "passwd"),
+            "/etc/passwd",
+            "--ro-bind",
+            str(accounts / "group"),
+            "/etc/group",
+        ]
     args += [
-        "--proc", "/proc", "--dev", "/dev",
-        "--perms", "1777", "--size", str(cfg.tmp_bytes), "--tmpfs", "/tmp",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(cfg.tmp_bytes),
+        "--tmpfs",
+        "/tmp",
         *_parents(ws),
-        "--bind", ws, ws,
-        "--chdir", str(cwd or ws),
+        "--bind",
+        ws,
+        ws,
+        "--chdir",
+        str(cwd or ws),
         "--clearenv",
     ]
     for key, value in env.items():

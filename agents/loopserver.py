@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 class LoopThreadServer:
     thread_name = "loop-server"
-    _shared: dict[type, LoopThreadServer] = {}  # noqa: RUF012 - one started instance per class
+    _shared: dict[type, LoopThreadServer] = {}
     _shared_lock = threading.Lock()
 
     @classmethod
@@ -90,7 +90,7 @@ class LoopThreadServer:
             future = asyncio.run_coroutine_threadsafe(self._close(), loop)
             try:
                 future.result(timeout=5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.warning("%s: unclean shutdown", self.thread_name, exc_info=True)
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)

@@ -37,7 +37,7 @@ class _LoopClients:
         self.closer: Any = None  # the parked async generator that closes them at loop shutdown
 
 
-_registry: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients]" = weakref.WeakKeyDictionary()
+_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
 
 
 async def _close_at_shutdown(entry: _LoopClients) -> AsyncIterator[None]:

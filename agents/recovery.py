@@ -75,7 +75,9 @@ def final_error(failure: AgentError, *, tried: list[str]) -> AgentError:
     else:
         message = "Your message is too long for the model. Shorten it, or start a new chat."
     detail = f"{failure.detail} (recovery tried: {', '.join(tried) or 'nothing'})"[:500]
-    return AgentError(ErrorKind.PROMPT_TOO_LONG, detail=detail, message=message, status_code=failure.status_code)
+    return AgentError(
+        ErrorKind.PROMPT_TOO_LONG, detail=detail, message=message, status_code=failure.status_code
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,8 +155,12 @@ def render_transcript(history: list[HistoryMessage], *, max_chars: int) -> str:
             elif kind == "dynamic-tool" or (kind.startswith("tool-") and part.get("toolCallId")):
                 name = part.get("toolName") if kind == "dynamic-tool" else kind[5:]
                 tool_input = _clip(part.get("input"), 500)
-                result = part.get("output") if part.get("state") == "output-available" else part.get("errorText")
-                bits.append(f"[tool {name} {json.dumps(tool_input, ensure_ascii=False, default=str)} → {_clip(result, 1000)}]")
+                result = (
+                    part.get("output") if part.get("state") == "output-available" else part.get("errorText")
+                )
+                bits.append(
+                    f"[tool {name} {json.dumps(tool_input, ensure_ascii=False, default=str)} → {_clip(result, 1000)}]"
+                )
         if bits:
             lines.append(f"{message.role.capitalize()}: " + "\n".join(bits))
     text = "\n\n".join(lines)
@@ -173,11 +179,20 @@ async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, 
     transcript = render_transcript(history, max_chars=agent_config().compact_summary_input_chars)
     if not transcript.strip():
         raise ValueError("nothing to summarise")
-    message = await model_client().with_options(timeout=120.0).messages.create(
-        model=model,
-        max_tokens=agent_config().compact_summary_max_tokens,
-        system=SUMMARY_SYSTEM_PROMPT,
-        messages=[{"role": "user", "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation."}],
+    message = (
+        await model_client()
+        .with_options(timeout=120.0)
+        .messages.create(
+            model=model,
+            max_tokens=agent_config().compact_summary_max_tokens,
+            system=SUMMARY_SYSTEM_PROMPT,
+            messages=[
+                {
+                    "role": "user",
+                    "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation.",
+                }
+            ],
+        )
     )
     usage = Usage.from_api(message.usage)
     text = "".join(getattr(block, "text", "") for block in message.content).strip()
@@ -186,7 +201,9 @@ async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, 
     return text, usage
 
 
-async def compact_history(history: list[HistoryMessage], *, model: str, usage: Usage) -> tuple[list[HistoryMessage], bool]:
+async def compact_history(
+    history: list[HistoryMessage], *, model: str, usage: Usage
+) -> tuple[list[HistoryMessage], bool]:
     """(compacted history, whether a model summary is in it). The newest messages within
     ``AGENT_COMPACT_KEEP_CHARS``, preceded by a summary of the older ones — or by a note that they
     were left out when summarising failed. ``usage`` gets the summary call's tokens."""
@@ -198,7 +215,9 @@ async def compact_history(history: list[HistoryMessage], *, model: str, usage: U
     try:
         summary, used = await summarise(older, model=model)
     except Exception as exc:  # noqa: BLE001 - the truncation fallback
-        log.info("compaction summary failed, truncating instead: %s", scrub(f"{type(exc).__name__}: {exc}")[:300])
+        log.info(
+            "compaction summary failed, truncating instead: %s", scrub(f"{type(exc).__name__}: {exc}")[:300]
+        )
         head = HistoryMessage(role="user", parts=[{"type": "text", "text": DROPPED_MARKER}])
         return [head, *recent], False
     usage.add(used)
@@ -217,7 +236,12 @@ async def rung_input(rung: Rung, inp: TurnInput, *, usage: Usage) -> TurnInput:
     """The TurnInput for ``rung`` (derived from the turn's original input)."""
     if rung is COMPACTED:
         history, summarised = await compact_history(inp.history, model=inp.model, usage=usage)
-        log.info("context recovery: compacted %d messages to %d (summary: %s)", len(inp.history), len(history), summarised)
+        log.info(
+            "context recovery: compacted %d messages to %d (summary: %s)",
+            len(inp.history),
+            len(history),
+            summarised,
+        )
     else:
         history = truncate_history(inp.history, max_chars=agent_config().recovery_history_chars)
         log.info("context recovery: %d newest of %d messages", len(history), len(inp.history))

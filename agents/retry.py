@@ -18,7 +18,9 @@ import random
 from agents.config import agent_config
 from agents.errors import AgentError, ErrorKind
 
-BACKOFF_KINDS = frozenset({ErrorKind.SERVER, ErrorKind.OVERLOADED, ErrorKind.CONNECTION, ErrorKind.RATE_LIMITED})
+BACKOFF_KINDS = frozenset(
+    {ErrorKind.SERVER, ErrorKind.OVERLOADED, ErrorKind.CONNECTION, ErrorKind.RATE_LIMITED}
+)
 
 
 def retry_delay(error: AgentError, attempt: int) -> float | None:

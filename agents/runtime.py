@@ -108,7 +108,9 @@ _END = object()
 PUMP_HIGH_WATER = 1024  # chunks buffered ahead of the consumer before the pump waits
 
 
-async def _silence_aware(stream: AsyncIterator[Chunk], inp: TurnInput, interval: float) -> AsyncIterator[Chunk]:
+async def _silence_aware(
+    stream: AsyncIterator[Chunk], inp: TurnInput, interval: float
+) -> AsyncIterator[Chunk]:
     """Yield the backend's chunks plus heartbeats while it is silent, without ever cancelling a
     pending ``__anext__`` (DESIGN lesson 1). After ``inp.stop`` the backend gets a grace period
     to end by itself, then it is closed.
@@ -132,12 +134,12 @@ async def _silence_aware(stream: AsyncIterator[Chunk], inp: TurnInput, interval:
             fut.set_result(None)
 
     async def pump() -> None:
-        anext = it.__anext__
+        next_chunk = it.__anext__
         push = buf.append
         try:
             while True:
                 try:
-                    chunk = await anext()
+                    chunk = await next_chunk()
                 except StopAsyncIteration:
                     push(_END)
                     break
@@ -285,7 +287,9 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
         tried: list[str] = []
         while not inp.stop.is_set():
             try:
-                async with contextlib.aclosing(_silence_aware(backend.stream(current, result), inp, interval)) as chunks:
+                async with contextlib.aclosing(
+                    _silence_aware(backend.stream(current, result), inp, interval)
+                ) as chunks:
                     async for chunk in chunks:
                         if chunk.get("type", "").startswith("data-"):
                             yield chunk
@@ -328,7 +332,13 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
                     error = failure
                     break
                 attempt += 1
-                log.info("retrying turn after %s (attempt %d of %d, %.2fs)", failure.kind, attempt, max_retries, delay)
+                log.info(
+                    "retrying turn after %s (attempt %d of %d, %.2fs)",
+                    failure.kind,
+                    attempt,
+                    max_retries,
+                    delay,
+                )
                 for out in tracker.close_open():
                     yield out
                 yield events.status(
@@ -339,7 +349,7 @@ async def _run_turn(inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
                     break
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the stream must still end well formed
+    except Exception as exc:
         error = classify_exception(exc)
         log.exception("agent runtime failed: %s", error.detail)
 
@@ -398,11 +408,15 @@ async def generate_title(*, user_text: str, model: str) -> tuple[str, Usage]:
     """A short title for a chat from its first user message (falls back to the text itself)."""
     usage = Usage()
     try:
-        message = await model_client().with_options(timeout=30.0).messages.create(
-            model=model,
-            max_tokens=20,
-            system=TITLE_SYSTEM_PROMPT,
-            messages=[{"role": "user", "content": (user_text or "")[:2000] or "(empty)"}],
+        message = (
+            await model_client()
+            .with_options(timeout=30.0)
+            .messages.create(
+                model=model,
+                max_tokens=20,
+                system=TITLE_SYSTEM_PROMPT,
+                messages=[{"role": "user", "content": (user_text or "")[:2000] or "(empty)"}],
+            )
         )
         usage = Usage.from_api(message.usage)
         usage.cost_usd = cost_usd(model, usage)

@@ -40,7 +40,18 @@ SUBAGENT_TOOLS = frozenset({"Task", "Agent"})
 NO_INPUT_TOOLS = frozenset({"TodoRead", "ExitPlanMode", "BashOutput", "KillShell", "ListMcpResourcesTool"})
 
 # Absolute paths a shell command may name although they are outside the workspace.
-_ALLOWED_ABSOLUTE = frozenset({"/dev/null", "/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/tty"})
+_ALLOWED_ABSOLUTE = frozenset(
+    {
+        "/dev/null",
+        "/dev/stdin",
+        "/dev/stdout",
+        "/dev/stderr",
+        "/dev/zero",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    }
+)
 _ALLOWED_ABSOLUTE_PREFIXES = ("/bin/", "/usr/bin/", "/usr/local/bin/", "/usr/sbin/", "/sbin/", "/dev/fd/")
 
 _ENV_DUMP_RE = re.compile(
@@ -167,7 +178,7 @@ def _path_candidates(token: str) -> list[str]:
         match = re.search(r"[/~]|\.\.", token)
         if not match:
             return []
-        out = [token[match.start():]]
+        out = [token[match.start() :]]
     return [c for c in out if c]
 
 
@@ -252,7 +263,9 @@ def check_tool_input(
         if jail_active():
             # The jail is the boundary (agents/jail.py): a command sees only the workspace, so
             # no lexical guess about it is needed.
-            return None if isinstance(command, str) and command.strip() else "Bash denied: the command is empty."
+            return (
+                None if isinstance(command, str) and command.strip() else "Bash denied: the command is empty."
+            )
         return check_bash(workspace, command)
     if tool_name in SUBAGENT_TOOLS:
         if limiter is not None and not limiter.acquire():

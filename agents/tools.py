@@ -74,7 +74,10 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "input_schema": {
             "type": "object",
             "properties": {
-                "file_path": {"type": "string", "description": "Path of the file (relative or absolute inside the working directory)."},
+                "file_path": {
+                    "type": "string",
+                    "description": "Path of the file (relative or absolute inside the working directory).",
+                },
                 "offset": {"type": "integer", "description": "Line number to start at (1-based)."},
                 "limit": {"type": "integer", "description": "Number of lines to read."},
             },
@@ -114,7 +117,10 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
             "type": "object",
             "properties": {
                 "pattern": {"type": "string"},
-                "path": {"type": "string", "description": "Directory to search in (default: the working directory)."},
+                "path": {
+                    "type": "string",
+                    "description": "Directory to search in (default: the working directory).",
+                },
             },
             "required": ["pattern"],
         },
@@ -126,8 +132,14 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
             "type": "object",
             "properties": {
                 "pattern": {"type": "string", "description": "Python regular expression."},
-                "path": {"type": "string", "description": "File or directory to search (default: the working directory)."},
-                "glob": {"type": "string", "description": "Only files whose name matches this glob (e.g. *.py)."},
+                "path": {
+                    "type": "string",
+                    "description": "File or directory to search (default: the working directory).",
+                },
+                "glob": {
+                    "type": "string",
+                    "description": "Only files whose name matches this glob (e.g. *.py).",
+                },
                 "case_insensitive": {"type": "boolean", "default": False},
             },
             "required": ["pattern"],
@@ -227,7 +239,10 @@ def _read(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     if not path.is_file():
         return ToolOutcome(f"File not found: {_display(workspace, path)}", is_error=True)
     if path.stat().st_size > MAX_READ_BYTES:
-        return ToolOutcome(f"File too large to read ({path.stat().st_size} bytes); use offset/limit via Bash head/tail.", is_error=True)
+        return ToolOutcome(
+            f"File too large to read ({path.stat().st_size} bytes); use offset/limit via Bash head/tail.",
+            is_error=True,
+        )
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         return ToolOutcome(f"{_display(workspace, path)} is a binary file.", is_error=True)
@@ -236,7 +251,9 @@ def _read(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     limit = int(tool_input.get("limit") or 2000)
     chosen = lines[offset - 1 : offset - 1 + limit]
     if not chosen:
-        return ToolOutcome("(empty file)" if not lines else f"(no lines at offset {offset}; the file has {len(lines)})")
+        return ToolOutcome(
+            "(empty file)" if not lines else f"(no lines at offset {offset}; the file has {len(lines)})"
+        )
     return ToolOutcome(cap_output("\n".join(f"{n:6}\t{line}" for n, line in enumerate(chosen, offset))))
 
 
@@ -262,9 +279,16 @@ def _edit(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     if count == 0:
         return ToolOutcome("old_string was not found in the file.", is_error=True)
     if count > 1 and not tool_input.get("replace_all"):
-        return ToolOutcome(f"old_string occurs {count} times; make it unique or set replace_all.", is_error=True)
-    path.write_text(text.replace(old, new) if tool_input.get("replace_all") else text.replace(old, new, 1), encoding="utf-8")
-    return ToolOutcome(f"Edited {_display(workspace, path)} ({count if tool_input.get('replace_all') else 1} replacement(s)).")
+        return ToolOutcome(
+            f"old_string occurs {count} times; make it unique or set replace_all.", is_error=True
+        )
+    path.write_text(
+        text.replace(old, new) if tool_input.get("replace_all") else text.replace(old, new, 1),
+        encoding="utf-8",
+    )
+    return ToolOutcome(
+        f"Edited {_display(workspace, path)} ({count if tool_input.get('replace_all') else 1} replacement(s))."
+    )
 
 
 def _inside(workspace: Path, path: Path) -> bool:
@@ -283,7 +307,7 @@ def _glob(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     if pattern.startswith("/"):  # absolute pattern inside the workspace: split off its base
         prefix = glob_base(pattern)
         base = resolve_in_workspace(workspace, prefix)
-        pattern = pattern[len(prefix):].lstrip("/") or "*"
+        pattern = pattern[len(prefix) :].lstrip("/") or "*"
     matches = []
     for match in sorted(base.glob(pattern)):
         if any(part in SKIP_DIRS for part in match.parts) or not _inside(workspace, match):
@@ -309,7 +333,9 @@ def _iter_files(workspace: Path, base: Path) -> Any:
 def _grep(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
     base = resolve_in_workspace(workspace, str(tool_input.get("path") or "."))
     try:
-        regex = re.compile(str(tool_input.get("pattern", "")), re.IGNORECASE if tool_input.get("case_insensitive") else 0)
+        regex = re.compile(
+            str(tool_input.get("pattern", "")), re.IGNORECASE if tool_input.get("case_insensitive") else 0
+        )
     except re.error as exc:
         return ToolOutcome(f"Invalid regular expression: {exc}", is_error=True)
     name_glob = tool_input.get("glob")
@@ -386,11 +412,15 @@ async def run_tool(workspace: Path, tool_name: str, tool_input: Any, *, limiter:
         else:
             fn = _SYNC_TOOLS.get(tool_name)
             if fn is None:
-                return ToolOutcome(f"Unknown tool {tool_name!r}. Available: {', '.join(sorted(TOOL_NAMES))}.", is_error=True)
+                return ToolOutcome(
+                    f"Unknown tool {tool_name!r}. Available: {', '.join(sorted(TOOL_NAMES))}.", is_error=True
+                )
             async with gate.enter("files"):
                 outcome = await asyncio.to_thread(fn, workspace, tool_input)
                 if tool_name in ("Write", "Edit") and drops_privileges():
-                    hand_over_tree(Path(workspace), resolve_in_workspace(workspace, str(tool_input.get("file_path", ""))))
+                    hand_over_tree(
+                        Path(workspace), resolve_in_workspace(workspace, str(tool_input.get("file_path", "")))
+                    )
         if tool_name in WRITING_TOOLS:
             over = await asyncio.to_thread(quota_exceeded, Path(workspace))
             if over:

@@ -95,8 +95,12 @@ class Block:
 
     __slots__ = ("type", "ident", "name", "pieces", "signature", "citations", "whole", "tool_input", "server")
 
-    def __init__(self, block_type: str, ident: str, *, name: str = "", whole: dict[str, Any] | None = None) -> None:
-        self.type = block_type  # text | thinking | redacted_thinking | tool_use | server_tool_use | server_result
+    def __init__(
+        self, block_type: str, ident: str, *, name: str = "", whole: dict[str, Any] | None = None
+    ) -> None:
+        self.type = (
+            block_type  # text | thinking | redacted_thinking | tool_use | server_tool_use | server_result
+        )
         self.ident = ident  # part id (text, thinking) or tool call id
         self.name = name
         self.pieces: list[str] = []  # text, thinking or input JSON as streamed
@@ -278,12 +282,16 @@ class StreamTranslator:
                 out.append(events.reasoning_delta(item.ident, block["thinking"]))
             return out
         if block_type == "redacted_thinking":
-            self.blocks[index] = Block("redacted_thinking", "", whole={"type": "redacted_thinking", "data": block.get("data", "")})
+            self.blocks[index] = Block(
+                "redacted_thinking", "", whole={"type": "redacted_thinking", "data": block.get("data", "")}
+            )
             return []
         if block_type == "tool_use" or block_type in SERVER_TOOL_BLOCKS:
             prefix = "toolu" if block_type == "tool_use" else "srvtoolu"
             tid = str(block.get("id") or f"{prefix}-{self.message_id}-{index}")
-            item = self.open[index] = self.blocks[index] = Block(str(block_type), tid, name=str(block.get("name") or ""))
+            item = self.open[index] = self.blocks[index] = Block(
+                str(block_type), tid, name=str(block.get("name") or "")
+            )
             item.pieces = self.tool_json[tid] = []
             self.tool_names[tid] = item.name
             if tid in self.tool_started:
@@ -300,7 +308,11 @@ class StreamTranslator:
             out = []
             if tid not in self.tool_available:
                 self.tool_available.add(tid)
-                out.append(events.tool_input_available(tid, self.tool_names.get(tid, ""), self.tool_input(tid), provider_executed=True))
+                out.append(
+                    events.tool_input_available(
+                        tid, self.tool_names.get(tid, ""), self.tool_input(tid), provider_executed=True
+                    )
+                )
             self.tool_done.add(tid)
             out.append(events.tool_output_available(tid, server_tool_output(block), provider_executed=True))
             return out

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Literal
 
 from agents.errors import AgentError
 
@@ -39,7 +40,7 @@ class Usage:
     cost_usd: float = 0.0
 
     @classmethod
-    def from_api(cls, usage: Any, *, cost_usd: float | None = None) -> "Usage":
+    def from_api(cls, usage: Any, *, cost_usd: float | None = None) -> Usage:
         """From a Messages API ``usage`` (the SDK's object or a plain dict; the Claude Code CLI
         reports the same field names)."""
         if usage is None:
@@ -56,7 +57,7 @@ class Usage:
             cost_usd=float(cost_usd or 0.0),
         )
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cache_read_tokens += other.cache_read_tokens

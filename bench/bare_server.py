@@ -34,7 +34,12 @@ async def _model_stream(model_url: str, text: str):
     url = urlsplit(model_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     body = json.dumps(
-        {"model": "bench", "max_tokens": 64000, "stream": True, "messages": [{"role": "user", "content": text}]}
+        {
+            "model": "bench",
+            "max_tokens": 64000,
+            "stream": True,
+            "messages": [{"role": "user", "content": text}],
+        }
     ).encode()
     writer.write(
         b"POST /v1/messages HTTP/1.1\r\nHost: %s\r\ncontent-type: application/json\r\nx-api-key: bench\r\n"
@@ -65,8 +70,16 @@ async def relay_handler(ws, model_url: str) -> None:
         await send(_dumps({"type": "start", "requestId": rid}))
         seq = 0
         async for delta in _model_stream(model_url, text):
-            await send(_dumps({"type": "chunk", "requestId": rid, "sequence": seq,
-                               "chunk": {"type": "text-delta", "id": "0", "delta": delta}}))
+            await send(
+                _dumps(
+                    {
+                        "type": "chunk",
+                        "requestId": rid,
+                        "sequence": seq,
+                        "chunk": {"type": "text-delta", "id": "0", "delta": delta},
+                    }
+                )
+            )
             seq += 1
         await send(_dumps({"type": "end", "requestId": rid}))
 
@@ -93,11 +106,13 @@ async def main() -> None:
         async def handler(ws):
             await replay_handler(ws, frames)
     else:
+
         async def handler(ws):
             await relay_handler(ws, args.model_url)
 
-    async with serve(handler, "127.0.0.1", args.port, max_size=None, compression=None, ping_interval=None,
-                     backlog=1024):
+    async with serve(
+        handler, "127.0.0.1", args.port, max_size=None, compression=None, ping_interval=None, backlog=1024
+    ):
         await asyncio.sleep(args.lifetime)
 
 

@@ -59,8 +59,13 @@ def _measure(client, url: str, key: str, reps: int) -> dict:
         times.append((time.perf_counter_ns() - t0) / 1e6)
         if resp.status_code != status:
             status = resp.status_code
-    return {"status": status, "bytes": size, "p50_ms": h.r(h.pct(times, 50)), "p99_ms": h.r(h.pct(times, 99)),
-            "items": _items(resp)}
+    return {
+        "status": status,
+        "bytes": size,
+        "p50_ms": h.r(h.pct(times, 50)),
+        "p99_ms": h.r(h.pct(times, 99)),
+        "items": _items(resp),
+    }
 
 
 def _items(resp) -> int | None:
@@ -87,10 +92,16 @@ def run(stack: h.Stack, *, reps: int = 200, sessions: int = 1000, messages: int 
         pages = -(-sessions // 100)
         cases = {
             "messages_10k": (f"/api/v1/sessions/{seed['big']}/messages/?limit=100", seed["big_key"]),
-            "messages_10k_oldest": (f"/api/v1/sessions/{seed['big']}/messages/?limit=100&after=-1", seed["big_key"]),
+            "messages_10k_oldest": (
+                f"/api/v1/sessions/{seed['big']}/messages/?limit=100&after=-1",
+                seed["big_key"],
+            ),
             "sessions_1k_first_page": ("/api/v1/sessions/?page_size=100", seed["big_key"]),
             "sessions_1k_last_page": (f"/api/v1/sessions/?page_size=100&page={pages}", seed["big_key"]),
-            "baseline_messages_100": (f"/api/v1/sessions/{seed['small']}/messages/?limit=100", seed["small_key"]),
+            "baseline_messages_100": (
+                f"/api/v1/sessions/{seed['small']}/messages/?limit=100",
+                seed["small_key"],
+            ),
             "baseline_sessions_10": ("/api/v1/sessions/?page_size=100", seed["small_key"]),
             "baseline_auth_404": ("/api/v1/no-such-endpoint/", seed["small_key"]),
         }
@@ -100,8 +111,10 @@ def run(stack: h.Stack, *, reps: int = 200, sessions: int = 1000, messages: int 
     b_msg, b_ses = res["baseline_messages_100"], res["baseline_sessions_10"]
     res["ratio_messages_p50"] = round(res["messages_10k"]["p50_ms"] / b_msg["p50_ms"], 2)
     res["ratio_sessions_p50"] = round(res["sessions_1k_first_page"]["p50_ms"] / b_ses["p50_ms"], 2)
-    h.log(f"api: messages p50 {res['messages_10k']['p50_ms']} ms (x{res['ratio_messages_p50']} of 100-msg), "
-          f"sessions p50 {res['sessions_1k_first_page']['p50_ms']} ms (x{res['ratio_sessions_p50']} of 10-session)")
+    h.log(
+        f"api: messages p50 {res['messages_10k']['p50_ms']} ms (x{res['ratio_messages_p50']} of 100-msg), "
+        f"sessions p50 {res['sessions_1k_first_page']['p50_ms']} ms (x{res['ratio_sessions_p50']} of 10-session)"
+    )
     return res
 
 

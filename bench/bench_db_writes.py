@@ -56,10 +56,16 @@ class Counter_:
 def main() -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="copilot-bench-db-"))
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="copilot_project.settings", DEBUG="true",
-        DATABASE_URL=f"sqlite:///{tmp / 'db.sqlite3'}", VAR_DIR=str(tmp / "var"),
-        AGENT_WORKSPACE_ROOT=str(tmp / "ws"), AGENT_BACKEND="api", LOG_LEVEL="WARNING",
-        REDIS_KEY_PREFIX="t_bench_db", USER_TOKEN_BUDGET_DAILY=str(10**13), USER_TOKEN_BUDGET_WEEKLY=str(10**14),
+        DJANGO_SETTINGS_MODULE="copilot_project.settings",
+        DEBUG="true",
+        DATABASE_URL=f"sqlite:///{tmp / 'db.sqlite3'}",
+        VAR_DIR=str(tmp / "var"),
+        AGENT_WORKSPACE_ROOT=str(tmp / "ws"),
+        AGENT_BACKEND="api",
+        LOG_LEVEL="WARNING",
+        REDIS_KEY_PREFIX="t_bench_db",
+        USER_TOKEN_BUDGET_DAILY=str(10**13),
+        USER_TOKEN_BUDGET_WEEKLY=str(10**14),
     )
     for k in ("REDIS_URL", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"):
         os.environ.pop(k, None)

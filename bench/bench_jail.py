@@ -50,8 +50,6 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-
-
 # ------------------------------------------------------------------------------------------------
 # Process trees
 # ------------------------------------------------------------------------------------------------
@@ -172,12 +170,25 @@ async def tool_latency(workspace: Path, calls: int, warmup: int = 5) -> dict:
     finally:
         settings.AGENT_JAIL = saved
 
-    out: dict = {"calls_per_mode": calls, "commands": dict(COMMANDS), "errors": errors[:10], "error_count": len(errors)}
+    out: dict = {
+        "calls_per_mode": calls,
+        "commands": dict(COMMANDS),
+        "errors": errors[:10],
+        "error_count": len(errors),
+    }
     for name in COMMANDS:
         jailed, plain = times[name]["bwrap"], times[name]["off"]
         row = {
-            "jailed": {"p50_ms": r(pct(jailed, 50)), "p99_ms": r(pct(jailed, 99)), "mean_ms": r(sum(jailed) / len(jailed))},
-            "plain": {"p50_ms": r(pct(plain, 50)), "p99_ms": r(pct(plain, 99)), "mean_ms": r(sum(plain) / len(plain))},
+            "jailed": {
+                "p50_ms": r(pct(jailed, 50)),
+                "p99_ms": r(pct(jailed, 99)),
+                "mean_ms": r(sum(jailed) / len(jailed)),
+            },
+            "plain": {
+                "p50_ms": r(pct(plain, 50)),
+                "p99_ms": r(pct(plain, 99)),
+                "mean_ms": r(sum(plain) / len(plain)),
+            },
         }
         row["added_p50_ms"] = r(pct(jailed, 50) - pct(plain, 50))
         row["added_p99_ms"] = r(pct(jailed, 99) - pct(plain, 99))
@@ -207,8 +218,12 @@ async def kept_cli_memory(root: Path, settle_seconds: float = 3.0) -> dict:
             workspace = root / str(uuid.uuid4())
             workspace.mkdir(parents=True)
             inp = TurnInput(
-                session_id=workspace.name, user_text="/tool bash echo hi", workspace=workspace, backend="sdk",
-                model="claude-sonnet-4-5", message_id=f"msg-{uuid.uuid4().hex[:8]}",
+                session_id=workspace.name,
+                user_text="/tool bash echo hi",
+                workspace=workspace,
+                backend="sdk",
+                model="claude-sonnet-4-5",
+                message_id=f"msg-{uuid.uuid4().hex[:8]}",
             )
             result = TurnResult()
             before = {k["pid"] for k in kept_clients()}
@@ -224,8 +239,12 @@ async def kept_cli_memory(root: Path, settle_seconds: float = 3.0) -> dict:
             mem = tree_memory(kept[0]["pid"])
             mem["turn_seconds"] = round(turn_s, 2)
             out["jailed" if mode == "bwrap" else "plain"] = mem
-            _log(f"kept CLI, jail={mode}: RSS {mem['rss_mb']} MB, Pss {mem['pss_mb']} MB: "
-                 + ", ".join(f"{p['comm']} {p['rss_kb'] // 1024}/{p['pss_kb'] // 1024}" for p in mem["processes"]))
+            _log(
+                f"kept CLI, jail={mode}: RSS {mem['rss_mb']} MB, Pss {mem['pss_mb']} MB: "
+                + ", ".join(
+                    f"{p['comm']} {p['rss_kb'] // 1024}/{p['pss_kb'] // 1024}" for p in mem["processes"]
+                )
+            )
             # Closed before the next mode's CLI starts: two live CLIs would share the binary's
             # pages and halve each other's Pss.
             out["closed_clients"] = out.get("closed_clients", 0) + await close_idle_clients()
@@ -250,19 +269,28 @@ def rows(res: dict) -> list[tuple[str, str, str, str, str]]:
     if lat:
         for name in COMMANDS:
             x = lat[name]
-            out.append((f"8 jail Bash `{COMMANDS[name]}`",
-                        f"jailed p50 {x['jailed']['p50_ms']} / p99 {x['jailed']['p99_ms']} ms",
-                        f"plain p50 {x['plain']['p50_ms']} / p99 {x['plain']['p99_ms']} ms",
-                        f"{x['added_p50_ms']:+} / {x['added_p99_ms']:+} ms (p50 ≤+{TARGET_ADDED_P50_MS:g})",
-                        "yes" if x["added_p50_ms"] <= TARGET_ADDED_P50_MS and not lat["error_count"] else "NO"))
+            out.append(
+                (
+                    f"8 jail Bash `{COMMANDS[name]}`",
+                    f"jailed p50 {x['jailed']['p50_ms']} / p99 {x['jailed']['p99_ms']} ms",
+                    f"plain p50 {x['plain']['p50_ms']} / p99 {x['plain']['p99_ms']} ms",
+                    f"{x['added_p50_ms']:+} / {x['added_p99_ms']:+} ms (p50 ≤+{TARGET_ADDED_P50_MS:g})",
+                    "yes" if x["added_p50_ms"] <= TARGET_ADDED_P50_MS and not lat["error_count"] else "NO",
+                )
+            )
     mem = res.get("kept_cli")
     if mem and "jailed" in mem and "plain" in mem:
-        out.append(("8 jail kept CLI memory",
-                    f"jailed RSS {mem['jailed']['rss_mb']} MB (Pss {mem['jailed']['pss_mb']}), "
-                    f"{len(mem['jailed']['processes'])} procs",
-                    f"plain RSS {mem['plain']['rss_mb']} MB (Pss {mem['plain']['pss_mb']}), "
-                    f"{len(mem['plain']['processes'])} procs",
-                    f"{mem['added_rss_mb']:+} MB RSS / {mem['added_pss_mb']:+} MB Pss", ""))
+        out.append(
+            (
+                "8 jail kept CLI memory",
+                f"jailed RSS {mem['jailed']['rss_mb']} MB (Pss {mem['jailed']['pss_mb']}), "
+                f"{len(mem['jailed']['processes'])} procs",
+                f"plain RSS {mem['plain']['rss_mb']} MB (Pss {mem['plain']['pss_mb']}), "
+                f"{len(mem['plain']['processes'])} procs",
+                f"{mem['added_rss_mb']:+} MB RSS / {mem['added_pss_mb']:+} MB Pss",
+                "",
+            )
+        )
     elif mem and "error" in mem:
         out.append(("8 jail kept CLI memory", "error", mem["error"][:60], "", "NO"))
     return out
@@ -278,10 +306,15 @@ def main() -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="copilot-bench-jail-"))
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="copilot_project.settings", DEBUG="true", AGENT_JAIL="bwrap",
-        DATABASE_URL=f"sqlite:///{tmp / 'db.sqlite3'}", VAR_DIR=str(tmp / "var"),
-        AGENT_WORKSPACE_ROOT=str(tmp / "ws"), AGENT_BACKEND="sdk",
-        AGENT_SDK_IDLE_SECONDS="600", REDIS_KEY_PREFIX="t_bench_jail",
+        DJANGO_SETTINGS_MODULE="copilot_project.settings",
+        DEBUG="true",
+        AGENT_JAIL="bwrap",
+        DATABASE_URL=f"sqlite:///{tmp / 'db.sqlite3'}",
+        VAR_DIR=str(tmp / "var"),
+        AGENT_WORKSPACE_ROOT=str(tmp / "ws"),
+        AGENT_BACKEND="sdk",
+        AGENT_SDK_IDLE_SECONDS="600",
+        REDIS_KEY_PREFIX="t_bench_jail",
     )
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     for k in ("REDIS_URL", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
@@ -325,14 +358,16 @@ def main() -> dict:
 
     table = rows(res)
     head = ("benchmark", "measured", "baseline (same run)", "vs target", "met")
-    widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(5)]
-    for r in [head, *table]:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    widths = [max(len(str(row[i])) for row in [head, *table]) for i in range(5)]
+    for row in [head, *table]:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
     lat = res["tool_latency"]
-    print(f"target (jail adds ≤ {TARGET_ADDED_P50_MS:g} ms p50 per tool call): "
-          f"{'HOLDS' if lat['met'] else 'MISSED'} (worst added p50 {lat['max_added_p50_ms']} ms, "
-          f"{lat['error_count']} failed calls; load average {res['load_avg_start'][0]:.1f} → {res['load_avg_end'][0]:.1f} "
-          f"on {res['cpus']} CPUs)")
+    print(
+        f"target (jail adds ≤ {TARGET_ADDED_P50_MS:g} ms p50 per tool call): "
+        f"{'HOLDS' if lat['met'] else 'MISSED'} (worst added p50 {lat['max_added_p50_ms']} ms, "
+        f"{lat['error_count']} failed calls; load average {res['load_avg_start'][0]:.1f} → {res['load_avg_end'][0]:.1f} "
+        f"on {res['cpus']} CPUs)"
+    )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "jail.json").write_text(json.dumps(res, indent=2, default=str))

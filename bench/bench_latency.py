@@ -17,8 +17,15 @@ import uuid
 from bench import harness as h
 
 
-async def _stream(url: str, key: str | None, text: str, start: asyncio.Event, timeout: float,
-                  resume_url: str | None = None, resume_after_seq: int = 0) -> dict:
+async def _stream(
+    url: str,
+    key: str | None,
+    text: str,
+    start: asyncio.Event,
+    timeout: float,
+    resume_url: str | None = None,
+    resume_after_seq: int = 0,
+) -> dict:
     out: dict = {"error": None, "stamps": [], "seqs": [], "resumed_at_ns": None}
     try:
         ws = await h.ws_connect(url, key)
@@ -29,8 +36,13 @@ async def _stream(url: str, key: str | None, text: str, start: asyncio.Event, ti
     recs = []
     try:
         await start.wait()
-        rec = await h.ws_turn(ws, chat_id=chat_id, text=text, timeout=timeout,
-                              stop_after_seq=resume_after_seq if resume_url else None)
+        rec = await h.ws_turn(
+            ws,
+            chat_id=chat_id,
+            text=text,
+            timeout=timeout,
+            stop_after_seq=resume_after_seq if resume_url else None,
+        )
         recs.append(rec)
         if resume_url and rec.error is None and not h._is_terminal(rec.frames[-1][1]):
             last = h.frame_sequence(rec.frames[-1][1])
@@ -55,8 +67,16 @@ async def _stream(url: str, key: str | None, text: str, start: asyncio.Event, ti
     return out
 
 
-async def stamp_round(urls: list[str], key: str | None, *, streams: int, count: int, interval_ms: int,
-                      timeout: float = 180.0, resume_urls: list[str] | None = None) -> dict:
+async def stamp_round(
+    urls: list[str],
+    key: str | None,
+    *,
+    streams: int,
+    count: int,
+    interval_ms: int,
+    timeout: float = 180.0,
+    resume_urls: list[str] | None = None,
+) -> dict:
     """``streams`` concurrent clients (client i on ``urls[i % len]``), each one ``/stamp`` turn.
     With ``resume_urls``, each client switches to ``resume_urls[i % len]`` once mid-turn."""
     start = asyncio.Event()
@@ -64,10 +84,19 @@ async def stamp_round(urls: list[str], key: str | None, *, streams: int, count: 
     tasks = []
     for i in range(streams):
         resume_url = resume_urls[i % len(resume_urls)] if resume_urls else None
-        tasks.append(asyncio.create_task(_stream(
-            urls[i % len(urls)], key, text, start, timeout, resume_url=resume_url,
-            resume_after_seq=10 + (i * 7) % max(1, count // 2),
-        )))
+        tasks.append(
+            asyncio.create_task(
+                _stream(
+                    urls[i % len(urls)],
+                    key,
+                    text,
+                    start,
+                    timeout,
+                    resume_url=resume_url,
+                    resume_after_seq=10 + (i * 7) % max(1, count // 2),
+                )
+            )
+        )
         if i % 50 == 49:
             await asyncio.sleep(0)  # let handshakes progress
     await asyncio.sleep(0.5 + streams / 400)  # let every socket connect before the first send
@@ -119,8 +148,15 @@ async def stamp_round(urls: list[str], key: str | None, *, streams: int, count: 
     }
 
 
-async def run(stack: h.Stack, *, levels: tuple[int, ...] = (1, 100, 500), count: int = 200, interval_ms: int = 20,
-              profile_level: int | None = 100, level_timeout: float = 90.0) -> dict:
+async def run(
+    stack: h.Stack,
+    *,
+    levels: tuple[int, ...] = (1, 100, 500),
+    count: int = 200,
+    interval_ms: int = 20,
+    profile_level: int | None = 100,
+    level_timeout: float = 90.0,
+) -> dict:
     proc, port = h.sync_bare_server("relay", logdir=stack.tmp, model_url=stack.model_url)
     out: dict = {"count": count, "interval_ms": interval_ms, "levels": {}}
     try:
@@ -131,8 +167,14 @@ async def run(stack: h.Stack, *, levels: tuple[int, ...] = (1, 100, 500), count:
         for n in levels:
             h.log(f"latency: {n} streams × /stamp {count} {interval_ms}")
             cpu0 = stack.daphne[0].cpu()
-            real = await stamp_round([stack.ws_url()], stack.key, streams=n, count=count, interval_ms=interval_ms,
-                                     timeout=level_timeout)
+            real = await stamp_round(
+                [stack.ws_url()],
+                stack.key,
+                streams=n,
+                count=count,
+                interval_ms=interval_ms,
+                timeout=level_timeout,
+            )
             real["server_cpu_s"] = round(stack.daphne[0].cpu() - cpu0, 2)
             real["server_log_errors"] = stack.daphne[0].error_summary()
             real["server_cpu_ms_per_delta"] = round(1000 * real["server_cpu_s"] / max(1, real["stamps"]), 3)
@@ -145,21 +187,36 @@ async def run(stack: h.Stack, *, levels: tuple[int, ...] = (1, 100, 500), count:
             level = {
                 "real": real,
                 "bare": bare,
-                "p50_above_baseline_ms": h.r(real["p50_ms"] - bare["p50_ms"]) if real["p50_ms"] is not None else None,
-                "p99_above_baseline_ms": h.r(real["p99_ms"] - bare["p99_ms"]) if real["p99_ms"] is not None else None,
+                "p50_above_baseline_ms": h.r(real["p50_ms"] - bare["p50_ms"])
+                if real["p50_ms"] is not None
+                else None,
+                "p99_above_baseline_ms": h.r(real["p99_ms"] - bare["p99_ms"])
+                if real["p99_ms"] is not None
+                else None,
             }
             out["levels"][str(n)] = level
-            h.log(f"latency {n}: p50 +{level['p50_above_baseline_ms']} ms, p99 +{level['p99_above_baseline_ms']} ms, "
-                  f"errors {real['errors']} (real p99 {real['p99_ms']}, bare p99 {bare['p99_ms']})")
+            h.log(
+                f"latency {n}: p50 +{level['p50_above_baseline_ms']} ms, p99 +{level['p99_above_baseline_ms']} ms, "
+                f"errors {real['errors']} (real p99 {real['p99_ms']}, bare p99 {bare['p99_ms']})"
+            )
         if profile_level in levels:
             # A separate, profiled repeat: py-spy costs the target CPU, so it is not the measured run.
             prof = h.RESULTS / f"latency{profile_level}_daphne_pyspy.txt"
             spy = h.profile(stack.daphne[0].pid, level_timeout + 30, prof, rate=100)
-            await stamp_round([stack.ws_url()], stack.key, streams=profile_level, count=count,
-                              interval_ms=interval_ms, timeout=level_timeout)
+            await stamp_round(
+                [stack.ws_url()],
+                stack.key,
+                streams=profile_level,
+                count=count,
+                interval_ms=interval_ms,
+                timeout=level_timeout,
+            )
             h.profile_stop(spy)
             out["levels"][str(profile_level)]["real"]["profile"] = {
-                "file": str(prof.relative_to(h.ROOT)), "top_self": h.top_frames(prof, 12), "breakdown": h.breakdown(prof)}
+                "file": str(prof.relative_to(h.ROOT)),
+                "top_self": h.top_frames(prof, 12),
+                "breakdown": h.breakdown(prof),
+            }
     finally:
         proc.stop()
     # Capacity: the most streams at which the 100-stream target still holds at that level and at
@@ -168,15 +225,27 @@ async def run(stack: h.Stack, *, levels: tuple[int, ...] = (1, 100, 500), count:
     out["max_streams_within_target"] = 0
     for n in sorted(int(k) for k in out["levels"]):
         lv = out["levels"][str(n)]
-        if not (lv["real"]["errors"] == 0 and lv["p50_above_baseline_ms"] is not None
-                and lv["p50_above_baseline_ms"] <= 2 and lv["p99_above_baseline_ms"] <= 25):
+        if not (
+            lv["real"]["errors"] == 0
+            and lv["p50_above_baseline_ms"] is not None
+            and lv["p50_above_baseline_ms"] <= 2
+            and lv["p99_above_baseline_ms"] <= 25
+        ):
             break
         out["max_streams_within_target"] = n
     l100, l500 = out["levels"].get("100"), out["levels"].get("500")
-    out["met_100"] = bool(l100 and l100["real"]["errors"] == 0 and l100["p50_above_baseline_ms"] <= 2
-                          and l100["p99_above_baseline_ms"] <= 25)
-    out["met_500"] = bool(l500 and l500["real"]["errors"] == 0 and l500["p99_above_baseline_ms"] is not None
-                          and l500["p99_above_baseline_ms"] <= 100)
+    out["met_100"] = bool(
+        l100
+        and l100["real"]["errors"] == 0
+        and l100["p50_above_baseline_ms"] <= 2
+        and l100["p99_above_baseline_ms"] <= 25
+    )
+    out["met_500"] = bool(
+        l500
+        and l500["real"]["errors"] == 0
+        and l500["p99_above_baseline_ms"] is not None
+        and l500["p99_above_baseline_ms"] <= 100
+    )
     return out
 
 
@@ -190,8 +259,16 @@ def main() -> None:
     args = ap.parse_args()
     levels = tuple(int(x) for x in args.levels.split(","))
     with h.Stack(backend="api") as stack:
-        res = asyncio.run(run(stack, levels=levels, count=args.count, interval_ms=args.interval,
-                             profile_level=args.profile_level, level_timeout=args.level_timeout))
+        res = asyncio.run(
+            run(
+                stack,
+                levels=levels,
+                count=args.count,
+                interval_ms=args.interval,
+                profile_level=args.profile_level,
+                level_timeout=args.level_timeout,
+            )
+        )
     h.save("latency", res)
     print(res)
 

@@ -87,7 +87,14 @@ def _per_delta_frames(text: str) -> list[str]:
     """The text as one ``text-delta`` chunk frame per model delta (``/long`` emits ``w<i> ``)."""
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     return [
-        dumps({"type": "chunk", "requestId": "r", "sequence": i, "chunk": {"type": "text-delta", "id": "0", "delta": d}})
+        dumps(
+            {
+                "type": "chunk",
+                "requestId": "r",
+                "sequence": i,
+                "chunk": {"type": "text-delta", "id": "0", "delta": d},
+            }
+        )
         for i, d in enumerate(re.findall(r"\S+\s*", text))
     ]
 
@@ -142,9 +149,12 @@ async def run(stack: h.Stack, *, n: int = 20000, profile: bool = True) -> dict:
         "bare_per_delta": per_delta,
         "bare_per_delta_text_bytes_per_s": round(per_delta["text_bytes"] / per_delta["seconds"]),
         "ratio_text_bytes_vs_per_delta_replay": round(
-            (real["text_bytes"] / real["seconds"]) / (per_delta["text_bytes"] / per_delta["seconds"]), 3),
+            (real["text_bytes"] / real["seconds"]) / (per_delta["text_bytes"] / per_delta["seconds"]), 3
+        ),
         "bare_relay_text_bytes_per_s": round(relay["text_bytes"] / relay["seconds"]),
-        "ratio_text_bytes_vs_bare_relay": round((real["text_bytes"] / real["seconds"]) / (relay["text_bytes"] / relay["seconds"]), 3),
+        "ratio_text_bytes_vs_bare_relay": round(
+            (real["text_bytes"] / real["seconds"]) / (relay["text_bytes"] / relay["seconds"]), 3
+        ),
         "bare_relay_cpu_s_per_1000_deltas": round(relay["server_cpu_s"] / (relay["model_deltas"] / 1000), 4),
         "real_ws_bytes_per_s": round(real_bps),
         "bare_ws_bytes_per_s": round(bare_bps),
@@ -161,12 +171,17 @@ async def run(stack: h.Stack, *, n: int = 20000, profile: bool = True) -> dict:
     if prof:
         # A second, profiled run (py-spy slows the target a little, so it is not the measured one).
         real2, _ = await _real(stack, n, prof)
-        out["profile"] = {"file": str(prof.relative_to(h.ROOT)), "top_self": h.top_frames(prof, 12),
-                          "breakdown": h.breakdown(prof),
-                          "seconds_under_profiler": round(real2["seconds"], 2)}
-    h.log(f"relay: {out['ratio_bytes_per_s']}x bare bytes/s (its own frames), "
-          f"{out['ratio_text_bytes_vs_per_delta_replay']}x bare text bytes/s (one frame per delta), "
-          f"{out['server_cpu_s_per_1000_deltas']} cpu-s/1000 deltas")
+        out["profile"] = {
+            "file": str(prof.relative_to(h.ROOT)),
+            "top_self": h.top_frames(prof, 12),
+            "breakdown": h.breakdown(prof),
+            "seconds_under_profiler": round(real2["seconds"], 2),
+        }
+    h.log(
+        f"relay: {out['ratio_bytes_per_s']}x bare bytes/s (its own frames), "
+        f"{out['ratio_text_bytes_vs_per_delta_replay']}x bare text bytes/s (one frame per delta), "
+        f"{out['server_cpu_s_per_1000_deltas']} cpu-s/1000 deltas"
+    )
     return out
 
 

@@ -10,16 +10,17 @@ Target: ≤ 200 ms.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import time
 import uuid
 
 from bench import harness as h
 
 
-async def run(stack: h.Stack, *, chunks: int = 5000, spacing_ms: int = 4, timeout: float = 90.0,
-              profile: bool = True) -> dict:
+async def run(
+    stack: h.Stack, *, chunks: int = 5000, spacing_ms: int = 4, timeout: float = 90.0, profile: bool = True
+) -> dict:
     h.log(f"resume: live turn to {chunks} chunks, then resume from 0")
     chat_id = str(uuid.uuid4())
     live = await h.ws_connect(stack.ws_url(), stack.key)
@@ -92,8 +93,12 @@ async def run(stack: h.Stack, *, chunks: int = 5000, spacing_ms: int = 4, timeou
             finally:
                 await again.close()
                 h.profile_stop(spy)
-            out["profile"] = {"file": str(prof.relative_to(h.ROOT)), "note": "covers ~1 s of live streaming too",
-                              "top_self": h.top_frames(prof, 10), "breakdown": h.breakdown(prof)}
+            out["profile"] = {
+                "file": str(prof.relative_to(h.ROOT)),
+                "note": "covers ~1 s of live streaming too",
+                "top_self": h.top_frames(prof, 10),
+                "breakdown": h.breakdown(prof),
+            }
         if caught_up_ns is None:
             raise RuntimeError("the resumer never caught up")
         out.update(
@@ -132,7 +137,9 @@ async def run(stack: h.Stack, *, chunks: int = 5000, spacing_ms: int = 4, timeou
     out["ratio_vs_bare"] = round(out["catch_up_ms"] / out["bare_push_ms"], 1)
     out["target"] = "catch_up_ms <= 200"
     out["met"] = out["catch_up_ms"] <= 200
-    h.log(f"resume: caught up in {out['catch_up_ms']} ms over {out['replayed_chunks']} chunks (bare push {out['bare_push_ms']} ms)")
+    h.log(
+        f"resume: caught up in {out['catch_up_ms']} ms over {out['replayed_chunks']} chunks (bare push {out['bare_push_ms']} ms)"
+    )
     return out
 
 

@@ -101,12 +101,19 @@ async def run(stack: h.Stack, *, chats: int = 5, profile: bool = True) -> dict:
         "server_tree_rss_mb_after": round(rss, 1),
     }
     if prof:
-        out["profile"] = {"file": str(prof.relative_to(h.ROOT)), "top_self": h.top_frames(prof, 12),
-                          "breakdown": h.breakdown(prof)}
+        out["profile"] = {
+            "file": str(prof.relative_to(h.ROOT)),
+            "top_self": h.top_frames(prof, 12),
+            "breakdown": h.breakdown(prof),
+        }
     limit = 10 if stack.backend == "api" else 150
     out["target"] = f"followup_overhead_ms <= {limit}"
-    out["met"] = out["followup_overhead_ms"] is not None and out["followup_overhead_ms"] <= limit and not errors
-    h.log(f"ttft {stack.backend}: first {out['first_turn_overhead_ms']} ms, follow-up {out['followup_overhead_ms']} ms over the model")
+    out["met"] = (
+        out["followup_overhead_ms"] is not None and out["followup_overhead_ms"] <= limit and not errors
+    )
+    h.log(
+        f"ttft {stack.backend}: first {out['first_turn_overhead_ms']} ms, follow-up {out['followup_overhead_ms']} ms over the model"
+    )
     return out
 
 

@@ -131,13 +131,15 @@ class Processes:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
-        out = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        out = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         try:
             wait_port(port, proc, timeout=60)
         except Exception:
-            log(f"{name} failed to start; last log lines:\n{(self.workdir / f'{name}.log').read_text()[-3000:]}")
+            log(
+                f"{name} failed to start; last log lines:\n{(self.workdir / f'{name}.log').read_text()[-3000:]}"
+            )
             raise
         return proc
 
@@ -226,7 +228,11 @@ class Client:
                     view.frames.append(frame)
                     if frame["type"] == "chunk":
                         chunks += 1
-                        if stop_after is not None and chunks >= stop_after and frame["chunk"]["type"] not in TERMINAL:
+                        if (
+                            stop_after is not None
+                            and chunks >= stop_after
+                            and frame["chunk"]["type"] not in TERMINAL
+                        ):
                             view.cut, view.outcome = True, "cut"
                             return view
                     elif frame["type"] in ("end", "error", "no-active"):
@@ -253,7 +259,9 @@ class Client:
     def send_frame(chat_id: str, text: str) -> dict[str, Any]:
         return send_frame_dict(request_id=uuid.uuid4().hex, chat_id=chat_id, text=text)
 
-    async def resume(self, chat_id: str, turn_index: int, after: int | None, *, kind: str = "resume", turn_id: str = "") -> View:
+    async def resume(
+        self, chat_id: str, turn_index: int, after: int | None, *, kind: str = "resume", turn_id: str = ""
+    ) -> View:
         ws = await self.connect()
         try:
             rid = uuid.uuid4().hex
@@ -263,8 +271,13 @@ class Client:
             await ws.send(json.dumps(frame))
             # A resume from a sequence has no ``start`` chunk: it continues the turn the client was
             # reading (nothing else runs in this chat meanwhile).
-            view = View(kind=kind, chat_id=chat_id, turn_index=turn_index, after=-1 if after is None else after,
-                        turn_id=turn_id if after is not None and after >= 0 else "")
+            view = View(
+                kind=kind,
+                chat_id=chat_id,
+                turn_index=turn_index,
+                after=-1 if after is None else after,
+                turn_id=turn_id if after is not None and after >= 0 else "",
+            )
             return await self.read_view(ws, rid, view)
         finally:
             await ws.close()
@@ -346,7 +359,10 @@ class Client:
     async def _turn_double(self, chat_id: str, turn_index: int, text: str) -> None:
         a, b = await self.connect(self.ports[0]), await self.connect(self.ports[-1])
         try:
-            first, second = self.send_frame(chat_id, text), self.send_frame(chat_id, f"/long 3 double {turn_index}")
+            first, second = (
+                self.send_frame(chat_id, text),
+                self.send_frame(chat_id, f"/long 3 double {turn_index}"),
+            )
             await a.send(json.dumps(first))
             await b.send(json.dumps(second))
             v1, v2 = await asyncio.gather(
@@ -354,7 +370,11 @@ class Client:
                 self.read_view(b, second["requestId"], View("send", chat_id, turn_index)),
             )
             self.stats.counts["double sends"] += 1
-            refused = [v for v in (v1, v2) if v.outcome == "error" and "stream_already_active" in v.frames[-1].get("errorText", "")]
+            refused = [
+                v
+                for v in (v1, v2)
+                if v.outcome == "error" and "stream_already_active" in v.frames[-1].get("errorText", "")
+            ]
             self.stats.counts["double sends refused"] += len(refused)
             for v in refused:
                 self.stats.views.remove(v)
@@ -371,7 +391,9 @@ class Client:
         try:
             frame = self.send_frame(chat_id, text)
             await ws.send(json.dumps(frame))
-            main = asyncio.ensure_future(self.read_view(ws, frame["requestId"], View("send", chat_id, turn_index)))
+            main = asyncio.ensure_future(
+                self.read_view(ws, frame["requestId"], View("send", chat_id, turn_index))
+            )
             await asyncio.sleep(self.rng.random() * 0.3)
             tab = await self.resume(chat_id, turn_index, None, kind="tab")
             self.stats.counts["tab duplications"] += 1
@@ -390,8 +412,8 @@ class Client:
 def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Counter, list[str]]:
     from django.db.models import Count
 
-    from chat.runtime.locks import lock_holder, session_key
     from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage
+    from chat.runtime.locks import lock_holder, session_key
     from chat.runtime.persistence import MessageFolder
 
     counts: collections.Counter = collections.Counter()
@@ -410,18 +432,24 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
         if view.kind != "send" and view.after < 0:
             first = 0
         if seqs and seqs != list(range(seqs[0], seqs[0] + len(seqs))):
-            bad.append(f"view {view.kind} of {view.chat_id}#{view.turn_index}: gap or duplicate in {seqs[:50]}")
+            bad.append(
+                f"view {view.kind} of {view.chat_id}#{view.turn_index}: gap or duplicate in {seqs[:50]}"
+            )
         if seqs and seqs[0] != first and view.kind == "send":
             bad.append(f"send view of {view.chat_id}#{view.turn_index} starts at {seqs[0]}")
         terminals = [i for i, (_, c) in enumerate(chunks) if c["type"] in TERMINAL]
         if view.outcome == "end":
             if terminals != [len(chunks) - 1]:
-                bad.append(f"view of {view.chat_id}#{view.turn_index} ended without exactly one final terminal chunk")
+                bad.append(
+                    f"view of {view.chat_id}#{view.turn_index} ended without exactly one final terminal chunk"
+                )
         elif view.outcome in ("timeout",):
             bad.append(f"view of {view.chat_id}#{view.turn_index} timed out after {len(chunks)} chunks")
         elif view.outcome == "error":
-            bad.append(f"view of {view.chat_id}#{view.turn_index} failed on the server after {len(chunks)} chunks: "
-                       f"{view.frames[-1].get('errorText', '')[:100]}")
+            bad.append(
+                f"view of {view.chat_id}#{view.turn_index} failed on the server after {len(chunks)} chunks: "
+                f"{view.frames[-1].get('errorText', '')[:100]}"
+            )
         elif view.outcome == "closed" and not view.cut:
             bad.append(f"view of {view.chat_id}#{view.turn_index} was closed by the server")
         if not view.turn_id:
@@ -435,9 +463,14 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
             log_[seq] = chunk
 
     # 2. The turns clients saw: their status, their persisted message, their usage row.
-    sessions = {str(s.client_id): s for s in ChatSession.objects.filter(client_id__in={v.chat_id for v in stats.views})}
+    sessions = {
+        str(s.client_id): s
+        for s in ChatSession.objects.filter(client_id__in={v.chat_id for v in stats.views})
+    }
     turns = {str(t.pk): t for t in ChatTurn.objects.filter(session__in=sessions.values())}
-    usage_turns = set(str(t) for t in TokenUsage.objects.filter(turn__in=list(turns)).values_list("turn_id", flat=True))
+    usage_turns = set(
+        str(t) for t in TokenUsage.objects.filter(turn__in=list(turns)).values_list("turn_id", flat=True)
+    )
     rows: dict[str, list[ChatMessage]] = collections.defaultdict(list)
     for msg in ChatMessage.objects.filter(session__in=sessions.values(), role="assistant", kind="normal"):
         rows[str(msg.turn_id)].append(msg)
@@ -455,7 +488,11 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
             continue
         counts["turns fully observed"] += 1
         terminal = log_[seqs[-1]]
-        expected = {"finish": {"finished", "stopped"}, "error": {"failed", "interrupted"}, "abort": {"stopped"}}[terminal["type"]]
+        expected = {
+            "finish": {"finished", "stopped"},
+            "error": {"failed", "interrupted"},
+            "abort": {"stopped"},
+        }[terminal["type"]]
         if turn.status not in expected:
             bad.append(f"turn {turn_id}: client saw {terminal['type']} but the turn is {turn.status}")
         counts[f"turns {turn.status}"] += 1
@@ -473,7 +510,9 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
         else:
             counts["messages compared with the stream"] += 1
             if persisted[0].text != text or persisted[0].parts != parts:
-                bad.append(f"turn {turn_id}: persisted message differs from the stream ({persisted[0].text[:60]!r} vs {text[:60]!r})")
+                bad.append(
+                    f"turn {turn_id}: persisted message differs from the stream ({persisted[0].text[:60]!r} vs {text[:60]!r})"
+                )
     for turn_id, turn in turns.items():
         counts["turns in the database"] += 1
         if turn.status == ChatTurn.Status.RUNNING:
@@ -485,8 +524,10 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
 
     # 3. Sessions: unique sequences, no overlapping turns, no stuck lock.
     dupes = (
-        ChatMessage.objects.filter(session__in=sessions.values()).values("session", "sequence")
-        .annotate(n=Count("id")).filter(n__gt=1)
+        ChatMessage.objects.filter(session__in=sessions.values())
+        .values("session", "sequence")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
     )
     for row in dupes:
         bad.append(f"session {row['session']}: sequence {row['sequence']} used {row['n']} times")
@@ -557,7 +598,12 @@ def main(argv: list[str] | None = None) -> int:
         "CONN_MAX_AGE": "0",
     }
     env.pop("ANTHROPIC_API_KEY", None)
-    os.environ.update({k: env[k] for k in ("DEBUG", "DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DJANGO_SETTINGS_MODULE")})
+    os.environ.update(
+        {
+            k: env[k]
+            for k in ("DEBUG", "DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "DJANGO_SETTINGS_MODULE")
+        }
+    )
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -579,11 +625,18 @@ def main(argv: list[str] | None = None) -> int:
             client.force_login(user)
             cookies.append(f"sessionid={client.cookies['sessionid'].value}")
         model_port = free_port()
-        procs.start("scripted-model", [PY, "manage.py", "scripted_model", "--port", str(model_port)], env, model_port)
+        procs.start(
+            "scripted-model", [PY, "manage.py", "scripted_model", "--port", str(model_port)], env, model_port
+        )
         env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{model_port}"
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports):
-            procs.start(f"daphne-{i}", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "copilot_project.asgi:application"], env, port)
+            procs.start(
+                f"daphne-{i}",
+                [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "copilot_project.asgi:application"],
+                env,
+                port,
+            )
         log(f"two daphne processes on {ports}, scripted model on {model_port}; running")
         stats = Stats()
         t0 = time.monotonic()
@@ -608,7 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
-async def run_sessions(args: argparse.Namespace, seed: int, ports: list[int], cookies: list[str], stats: Stats) -> None:
+async def run_sessions(
+    args: argparse.Namespace, seed: int, ports: list[int], cookies: list[str], stats: Stats
+) -> None:
     sem = asyncio.Semaphore(args.concurrency)
 
     async def one(i: int) -> None:

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.stats import pct, r
-
 # The process helpers the tests use too (plain library code: no pytest, no Django).
 from tests.servers import free_port, wait_port
 
@@ -144,9 +142,23 @@ def profile(pid: int, seconds: float, out: Path, *, rate: int = 250) -> subproce
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt = "speedscope" if out.suffix == ".json" else ("raw" if out.suffix == ".txt" else "flamegraph")
     return subprocess.Popen(
-        [PYSPY, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", str(rate), "-f", fmt,
-         "-o", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            PYSPY,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(max(1, int(seconds))),
+            "-r",
+            str(rate),
+            "-f",
+            fmt,
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -190,7 +202,10 @@ BREAKDOWN = (
     ("db (django.db incl. connect/close)", ("django/db/",)),
     ("ssl context creation (new HTTP client)", ("create_default_context", "load_verify_locations")),
     ("anthropic client (SSE parse, pydantic)", ("anthropic/", "pydantic", "httpx/", "httpcore/")),
-    ("websocket out (consumer send, autobahn, twisted)", ("autobahn/", "twisted/internet/tcp", "consumers.py", "daphne/ws_protocol")),
+    (
+        "websocket out (consumer send, autobahn, twisted)",
+        ("autobahn/", "twisted/internet/tcp", "consumers.py", "daphne/ws_protocol"),
+    ),
     ("chat.persistence (folding)", ("chat/runtime/persistence.py",)),
     ("chat.streams", ("chat/runtime/streams.py",)),
     ("chat.turns (coalescer, heartbeat, title)", ("chat/runtime/",)),
@@ -264,7 +279,11 @@ class Stack:
 
     # -- env ------------------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "DATABASE_URL", "REDIS_URL"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ANTHROPIC_", "DATABASE_URL", "REDIS_URL"))
+        }
         env.update(
             # Production settings (DEBUG=true would wrap every cursor in CursorDebugWrapper and
             # keep connection.queries: ~8 % of daphne's samples at 100 streams).
@@ -302,11 +321,18 @@ class Stack:
 
     def manage(self, *args: str, input_text: str | None = None, timeout: float = 180) -> str:
         res = subprocess.run(
-            [PY, "manage.py", *args], env=self.env(), cwd=ROOT, input=input_text,
-            capture_output=True, text=True, timeout=timeout,
+            [PY, "manage.py", *args],
+            env=self.env(),
+            cwd=ROOT,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if res.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
+            raise RuntimeError(
+                f"manage.py {' '.join(args)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+            )
         return res.stdout
 
     def shell(self, code: str, timeout: float = 300) -> str:
@@ -321,7 +347,12 @@ class Stack:
             t0 = time.monotonic()
             # The model first: under DEBUG=false, migrate's system checks need ANTHROPIC_BASE_URL (agents.E002).
             port = free_port()
-            model = Proc("scripted_model", [PY, "manage.py", "scripted_model", "--port", str(port)], self.env(), self.tmp)
+            model = Proc(
+                "scripted_model",
+                [PY, "manage.py", "scripted_model", "--port", str(port)],
+                self.env(),
+                self.tmp,
+            )
             self.procs.append(model)
             wait_port(port, model.popen, timeout=60)
             self.model = model
@@ -330,10 +361,12 @@ class Stack:
             out = self.shell(SETUP_USER)
             self.key = next(line[4:] for line in out.splitlines() if line.startswith("KEY="))
             self.user_id = int(next(line[8:] for line in out.splitlines() if line.startswith("USER_ID=")))
-            for i in range(self.daphnes):
+            for _ in range(self.daphnes):
                 self.add_daphne()
-            log(f"stack up ({self.backend}, {'pg' if self.postgres else 'sqlite'}, "
-                f"{'redis' if self.redis else 'inmemory'}, {self.daphnes} daphne) in {time.monotonic() - t0:.1f}s: {self.tmp}")
+            log(
+                f"stack up ({self.backend}, {'pg' if self.postgres else 'sqlite'}, "
+                f"{'redis' if self.redis else 'inmemory'}, {self.daphnes} daphne) in {time.monotonic() - t0:.1f}s: {self.tmp}"
+            )
             return self
         except BaseException:
             self.close()
@@ -343,13 +376,22 @@ class Stack:
         port = free_port()
         proc = Proc(
             f"daphne{len(self.daphne)}",
-            [*os.environ.get("BENCH_DAPHNE", DAPHNE).split(), "-b", "127.0.0.1", "-p", str(port), "--proxy-headers", "copilot_project.asgi:application"],
-            self.env(), self.tmp,
+            [
+                *os.environ.get("BENCH_DAPHNE", DAPHNE).split(),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--proxy-headers",
+                "copilot_project.asgi:application",
+            ],
+            self.env(),
+            self.tmp,
         )
         self.procs.append(proc)
         try:
             wait_port(port, proc.popen, timeout=60)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever stopped it, show daphne's own log
             raise RuntimeError(f"daphne did not start:\n{proc.tail()}") from None
         self.daphne.append(proc)
         self.ports.append(port)
@@ -448,14 +490,23 @@ async def ws_connect(url: str, key: str | None = None):
 
     headers = {"Authorization": f"Bearer {key}"} if key else None
     return await websockets.connect(
-        url, additional_headers=headers, max_size=None, compression=None, open_timeout=60, ping_interval=None,
+        url,
+        additional_headers=headers,
+        max_size=None,
+        compression=None,
+        open_timeout=60,
+        ping_interval=None,
         max_queue=None,
     )
 
 
 def _is_terminal(raw: str) -> bool:
     # Server frames start with {"type":"chunk"... ; only the rare non-chunk frames need a parse.
-    return not raw.startswith('{"type":"chunk"') and json.loads(raw).get("type") in ("end", "error", "no-active")
+    return not raw.startswith('{"type":"chunk"') and json.loads(raw).get("type") in (
+        "end",
+        "error",
+        "no-active",
+    )
 
 
 @dataclass
@@ -470,8 +521,15 @@ class TurnRecord:
         return [(t, json.loads(raw)) for t, raw in self.frames]
 
 
-async def ws_turn(ws, *, chat_id: str, text: str, timeout: float = 120.0, stop_after_seq: int | None = None,
-                  record: TurnRecord | None = None) -> TurnRecord:
+async def ws_turn(
+    ws,
+    *,
+    chat_id: str,
+    text: str,
+    timeout: float = 120.0,
+    stop_after_seq: int | None = None,
+    record: TurnRecord | None = None,
+) -> TurnRecord:
     """Send one message and collect frames until ``end``/``error`` (or ``stop_after_seq``)."""
     rec = record or TurnRecord()
     rid = uuid.uuid4().hex[:12]
@@ -481,11 +539,14 @@ async def ws_turn(ws, *, chat_id: str, text: str, timeout: float = 120.0, stop_a
     return rec
 
 
-async def ws_resume(ws, *, chat_id: str, last_sequence: int | None, timeout: float = 120.0,
-                    record: TurnRecord | None = None) -> TurnRecord:
+async def ws_resume(
+    ws, *, chat_id: str, last_sequence: int | None, timeout: float = 120.0, record: TurnRecord | None = None
+) -> TurnRecord:
     rec = record or TurnRecord()
     rec.t_send = time.time_ns()
-    await ws.send(resume_frame(request_id=uuid.uuid4().hex[:12], chat_id=chat_id, last_sequence=last_sequence))
+    await ws.send(
+        resume_frame(request_id=uuid.uuid4().hex[:12], chat_id=chat_id, last_sequence=last_sequence)
+    )
     await _collect(ws, rec, timeout=timeout)
     return rec
 
@@ -517,7 +578,11 @@ async def _collect(ws, rec: TurnRecord, *, timeout: float, stop_after_seq: int |
                     if obj.get("type") != "end":
                         rec.error = obj.get("errorText") or obj.get("type")
                     return
-                if stop_after_seq is not None and frame_sequence(raw) >= stop_after_seq and not _is_terminal_chunk(raw):
+                if (
+                    stop_after_seq is not None
+                    and frame_sequence(raw) >= stop_after_seq
+                    and not _is_terminal_chunk(raw)
+                ):
                     return  # switch sockets mid-turn (after the turn's last chunk there is nothing to resume)
     except TimeoutError:
         rec.error = f"timeout after {timeout}s"
@@ -556,8 +621,6 @@ def stamps_of(rec: TurnRecord) -> list[tuple[int, int, int]]:
 # --------------------------------------------------------------------------------------------
 
 
-
-
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
@@ -565,7 +628,9 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def sync_bare_server(mode: str, env: dict[str, str] | None = None, logdir: Path | None = None, **kw: Any) -> tuple[Proc, int]:
+def sync_bare_server(
+    mode: str, env: dict[str, str] | None = None, logdir: Path | None = None, **kw: Any
+) -> tuple[Proc, int]:
     """Start ``bench/bare_server.py`` (the baseline) as its own process."""
     port = free_port()
     argv = [PY, str(ROOT / "bench" / "bare_server.py"), "--port", str(port), "--mode", mode]

@@ -47,7 +47,11 @@ def run_all(args: argparse.Namespace) -> dict:
     levels = tuple(int(x) for x in args.latency_levels.split(","))
     results: dict = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_start": os.getloadavg(),
+        },
         "args": vars(args),
         "benchmarks": {},
     }
@@ -66,41 +70,87 @@ def run_all(args: argparse.Namespace) -> dict:
     if only & {"relay", "latency", "resume", "ttft", "api"}:
         with h.Stack(backend="api") as stack:
             if "relay" in only:
-                guard("relay", lambda: asyncio.run(__import__("bench.bench_relay", fromlist=["run"]).run(
-                    stack, n=args.relay_n, profile=not args.no_profile)))
+                guard(
+                    "relay",
+                    lambda: asyncio.run(
+                        __import__("bench.bench_relay", fromlist=["run"]).run(
+                            stack, n=args.relay_n, profile=not args.no_profile
+                        )
+                    ),
+                )
             if "ttft" in only:
-                guard("ttft_api", lambda: asyncio.run(__import__("bench.bench_ttft", fromlist=["run"]).run(stack)))
+                guard(
+                    "ttft_api",
+                    lambda: asyncio.run(__import__("bench.bench_ttft", fromlist=["run"]).run(stack)),
+                )
             if "resume" in only:
-                guard("resume", lambda: asyncio.run(__import__("bench.bench_resume", fromlist=["run"]).run(
-                    stack, chunks=args.resume_chunks)))
+                guard(
+                    "resume",
+                    lambda: asyncio.run(
+                        __import__("bench.bench_resume", fromlist=["run"]).run(
+                            stack, chunks=args.resume_chunks
+                        )
+                    ),
+                )
             if "api" in only:
-                guard("api", lambda: __import__("bench.bench_api", fromlist=["run"]).run(stack, reps=args.api_reps))
+                guard(
+                    "api",
+                    lambda: __import__("bench.bench_api", fromlist=["run"]).run(stack, reps=args.api_reps),
+                )
             if "latency" in only:
-                guard("latency", lambda: asyncio.run(__import__("bench.bench_latency", fromlist=["run"]).run(
-                    stack, levels=levels, profile_level=None if args.no_profile else args.profile_level,
-                    level_timeout=args.level_timeout)))
+                guard(
+                    "latency",
+                    lambda: asyncio.run(
+                        __import__("bench.bench_latency", fromlist=["run"]).run(
+                            stack,
+                            levels=levels,
+                            profile_level=None if args.no_profile else args.profile_level,
+                            level_timeout=args.level_timeout,
+                        )
+                    ),
+                )
     if "ttft" in only and not args.skip_sdk:
         with h.Stack(backend="sdk") as stack:
-            guard("ttft_sdk", lambda: asyncio.run(__import__("bench.bench_ttft", fromlist=["run"]).run(stack, chats=3)))
+            guard(
+                "ttft_sdk",
+                lambda: asyncio.run(__import__("bench.bench_ttft", fromlist=["run"]).run(stack, chats=3)),
+            )
     if "dbwrites" in only:
         guard("dbwrites", lambda: _subprocess_bench("bench_db_writes"))
     if "jail" in only:
-        guard("jail", lambda: _subprocess_bench(
-            "bench_jail", *(["--quick"] if args.quick else []), *(["--skip-sdk"] if args.skip_sdk else []), timeout=600))
+        guard(
+            "jail",
+            lambda: _subprocess_bench(
+                "bench_jail",
+                *(["--quick"] if args.quick else []),
+                *(["--skip-sdk"] if args.skip_sdk else []),
+                timeout=600,
+            ),
+        )
     if "scaleout" in only:
         if _services_up():
             with h.Stack(backend="api", postgres=True, redis=True, daphnes=2) as stack:
+
                 def scaleout() -> dict:
                     mod = __import__("bench.bench_scaleout", fromlist=["run"])
                     runs = {}
                     for n in (int(x) for x in str(args.scale_streams).split(",")):
-                        runs[str(n)] = asyncio.run(mod.run(stack, streams=n, single_p99=_single_p99(bench, n),
-                                                           level_timeout=args.level_timeout))
+                        runs[str(n)] = asyncio.run(
+                            mod.run(
+                                stack,
+                                streams=n,
+                                single_p99=_single_p99(bench, n),
+                                level_timeout=args.level_timeout,
+                            )
+                        )
                         stack.restart_daphnes()  # what outlived its clients must not skew the next count
                     return {"runs": runs}
+
                 guard("scaleout", scaleout)
         else:
-            bench["scaleout"] = {"error": "PostgreSQL/Redis not reachable on 127.0.0.1 (BENCH_PG_URL/BENCH_REDIS_URL)"}
+            bench["scaleout"] = {
+                "error": "PostgreSQL/Redis not reachable on 127.0.0.1 (BENCH_PG_URL/BENCH_REDIS_URL)"
+            }
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return results
@@ -109,12 +159,13 @@ def run_all(args: argparse.Namespace) -> dict:
 def _subprocess_bench(module: str, *argv: str, timeout: float = 300) -> dict:
     """An in-process benchmark that configures Django itself, run as its own process (its last
     ``BENCH_JSON=`` line holds the figures)."""
-    proc = subprocess.run([h.PY, "-m", f"bench.{module}", *argv], cwd=h.ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [h.PY, "-m", f"bench.{module}", *argv], cwd=h.ROOT, capture_output=True, text=True, timeout=timeout
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON=")), None)
     if line is None:
         raise RuntimeError(f"{module} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("BENCH_JSON="):])
+    return json.loads(line[len("BENCH_JSON=") :])
 
 
 def _single_p99(bench: dict, streams: int) -> float | None:
@@ -143,63 +194,145 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
 
     if not err("relay"):
         x = b["relay"]
-        rows.append(("1 relay bytes/s", f"{x['real_ws_bytes_per_s']:,} B/s", f"bare {x['bare_ws_bytes_per_s']:,} B/s",
-                     f"{x['ratio_bytes_per_s']}x (≥0.5x)", _yn(x["met"])))
-        rows.append(("1 relay text bytes/s", f"{x['real_text_bytes_per_s']:,} B/s",
-                     f"bare, 1 frame/delta {x['bare_per_delta_text_bytes_per_s']:,} B/s",
-                     f"{x['ratio_text_bytes_vs_per_delta_replay']}x (≥0.5x)", _yn(x["ratio_text_bytes_vs_per_delta_replay"] >= 0.5)))
-        rows.append(("1 relay deltas/s", f"{x['model_deltas_per_s']:,}/s ({x['delta_frames_per_s']} frames/s)",
-                     f"bare relay {x['bare_relay']['model_deltas'] / x['bare_relay']['seconds']:,.0f}/s",
-                     f"{x['ratio_text_bytes_vs_bare_relay']}x", ""))
-        rows.append(("1 server CPU/1k deltas", f"{x['server_cpu_s_per_1000_deltas']} s",
-                     f"bare relay {x['bare_relay_cpu_s_per_1000_deltas']} s",
-                     f"{x['server_cpu_s_per_1000_deltas'] / max(1e-9, x['bare_relay_cpu_s_per_1000_deltas']):.1f}x", ""))
+        rows.append(
+            (
+                "1 relay bytes/s",
+                f"{x['real_ws_bytes_per_s']:,} B/s",
+                f"bare {x['bare_ws_bytes_per_s']:,} B/s",
+                f"{x['ratio_bytes_per_s']}x (≥0.5x)",
+                _yn(x["met"]),
+            )
+        )
+        rows.append(
+            (
+                "1 relay text bytes/s",
+                f"{x['real_text_bytes_per_s']:,} B/s",
+                f"bare, 1 frame/delta {x['bare_per_delta_text_bytes_per_s']:,} B/s",
+                f"{x['ratio_text_bytes_vs_per_delta_replay']}x (≥0.5x)",
+                _yn(x["ratio_text_bytes_vs_per_delta_replay"] >= 0.5),
+            )
+        )
+        rows.append(
+            (
+                "1 relay deltas/s",
+                f"{x['model_deltas_per_s']:,}/s ({x['delta_frames_per_s']} frames/s)",
+                f"bare relay {x['bare_relay']['model_deltas'] / x['bare_relay']['seconds']:,.0f}/s",
+                f"{x['ratio_text_bytes_vs_bare_relay']}x",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "1 server CPU/1k deltas",
+                f"{x['server_cpu_s_per_1000_deltas']} s",
+                f"bare relay {x['bare_relay_cpu_s_per_1000_deltas']} s",
+                f"{x['server_cpu_s_per_1000_deltas'] / max(1e-9, x['bare_relay_cpu_s_per_1000_deltas']):.1f}x",
+                "",
+            )
+        )
     if not err("latency"):
         for n, lv in b["latency"]["levels"].items():
             real, bare = lv["real"], lv["bare"]
             target = {"100": "p50≤+2, p99≤+25", "500": "0 err, p99≤+100"}.get(n, "")
             met = {"100": b["latency"].get("met_100"), "500": b["latency"].get("met_500")}.get(n)
-            rows.append((f"2 latency {n} streams", f"p50 {real['p50_ms']} / p99 {real['p99_ms']} ms, {real['errors']} err, "
-                         f"{real.get('server_cpu_ms_per_delta')} ms CPU/delta",
-                         f"bare p50 {bare['p50_ms']} / p99 {bare['p99_ms']} ms",
-                         f"+{lv['p50_above_baseline_ms']} / +{lv['p99_above_baseline_ms']} ms {target}", _yn(met)))
+            rows.append(
+                (
+                    f"2 latency {n} streams",
+                    f"p50 {real['p50_ms']} / p99 {real['p99_ms']} ms, {real['errors']} err, "
+                    f"{real.get('server_cpu_ms_per_delta')} ms CPU/delta",
+                    f"bare p50 {bare['p50_ms']} / p99 {bare['p99_ms']} ms",
+                    f"+{lv['p50_above_baseline_ms']} / +{lv['p99_above_baseline_ms']} ms {target}",
+                    _yn(met),
+                )
+            )
         if "max_streams_within_target" in b["latency"]:
-            rows.append(("2 latency capacity", f"target holds up to {b['latency']['max_streams_within_target']} streams",
-                         "levels " + ",".join(b["latency"]["levels"]), "", ""))
+            rows.append(
+                (
+                    "2 latency capacity",
+                    f"target holds up to {b['latency']['max_streams_within_target']} streams",
+                    "levels " + ",".join(b["latency"]["levels"]),
+                    "",
+                    "",
+                )
+            )
     if not err("scaleout"):
         for n, x in sorted(b["scaleout"].get("runs", {}).items(), key=lambda kv: int(kv[0])):
             r = x["real"]
-            rows.append((f"3 scale-out {n} streams", f"live p99 {r['p99_live_ms']} ms (all {r['p99_ms']}), "
-                         f"lost {r['lost_chunks']}, dup {r['duplicated_chunks']}, {r['errors']} err",
-                         f"1 process p99 {x.get('single_process_p99_ms')} ms",
-                         f"{x.get('p99_live_ratio')}x (≤2x, 0 lost/dup)", _yn(x.get("met"))))
+            rows.append(
+                (
+                    f"3 scale-out {n} streams",
+                    f"live p99 {r['p99_live_ms']} ms (all {r['p99_ms']}), "
+                    f"lost {r['lost_chunks']}, dup {r['duplicated_chunks']}, {r['errors']} err",
+                    f"1 process p99 {x.get('single_process_p99_ms')} ms",
+                    f"{x.get('p99_live_ratio')}x (≤2x, 0 lost/dup)",
+                    _yn(x.get("met")),
+                )
+            )
     if not err("dbwrites"):
         s = b["dbwrites"]["summary"]
-        rows.append(("4 DB writes text turn", f"{s['text_turn_writes']} (first turn "
-                     f"{s['text_first_turn_writes_with_chat_insert']} incl. the chat's INSERT)",
-                     f"1-delta turn {s['baseline_turn_writes']}",
-                     "≤6", _yn(s["met_text"])))
-        rows.append(("4 DB writes per tool call", f"{s['tool_writes_per_call']}",
-                     f"+{s['tool_writes_per_call_above_baseline']} above baseline", "≤3", _yn(s["met_tools"])))
+        rows.append(
+            (
+                "4 DB writes text turn",
+                f"{s['text_turn_writes']} (first turn "
+                f"{s['text_first_turn_writes_with_chat_insert']} incl. the chat's INSERT)",
+                f"1-delta turn {s['baseline_turn_writes']}",
+                "≤6",
+                _yn(s["met_text"]),
+            )
+        )
+        rows.append(
+            (
+                "4 DB writes per tool call",
+                f"{s['tool_writes_per_call']}",
+                f"+{s['tool_writes_per_call_above_baseline']} above baseline",
+                "≤3",
+                _yn(s["met_tools"]),
+            )
+        )
     if not err("resume"):
         x = b["resume"]
-        rows.append(("5 resume 5k chunks", f"{x['catch_up_ms']} ms ({x['replayed_chunks']} chunks)",
-                     f"bare push {x['bare_push_ms']} ms", f"{x['ratio_vs_bare']}x (≤200 ms)", _yn(x["met"])))
+        rows.append(
+            (
+                "5 resume 5k chunks",
+                f"{x['catch_up_ms']} ms ({x['replayed_chunks']} chunks)",
+                f"bare push {x['bare_push_ms']} ms",
+                f"{x['ratio_vs_bare']}x (≤200 ms)",
+                _yn(x["met"]),
+            )
+        )
     for backend in ("api", "sdk"):
         name = f"ttft_{backend}"
         if not err(name):
             x = b[name]
-            rows.append((f"6 TTFT {backend}", f"first +{x['first_turn_overhead_ms']} / follow-up +{x['followup_overhead_ms']} ms",
-                         f"model {x['model_first_delta_ms']} ms, bare relay {x['bare_relay_ttft_ms']} ms",
-                         x["target"].replace("followup_overhead_ms", "follow-up"), _yn(x["met"])))
+            rows.append(
+                (
+                    f"6 TTFT {backend}",
+                    f"first +{x['first_turn_overhead_ms']} / follow-up +{x['followup_overhead_ms']} ms",
+                    f"model {x['model_first_delta_ms']} ms, bare relay {x['bare_relay_ttft_ms']} ms",
+                    x["target"].replace("followup_overhead_ms", "follow-up"),
+                    _yn(x["met"]),
+                )
+            )
     if not err("api"):
         x = b["api"]
-        rows.append(("7 GET messages (10k)", f"p50 {x['messages_10k']['p50_ms']} / p99 {x['messages_10k']['p99_ms']} ms",
-                     f"100-msg p50 {x['baseline_messages_100']['p50_ms']} ms, 404 {x['baseline_auth_404']['p50_ms']} ms",
-                     f"{x['ratio_messages_p50']}x", ""))
-        rows.append(("7 GET sessions (1k)", f"p50 {x['sessions_1k_first_page']['p50_ms']} / p99 {x['sessions_1k_first_page']['p99_ms']} ms",
-                     f"10-session p50 {x['baseline_sessions_10']['p50_ms']} ms",
-                     f"{x['ratio_sessions_p50']}x", ""))
+        rows.append(
+            (
+                "7 GET messages (10k)",
+                f"p50 {x['messages_10k']['p50_ms']} / p99 {x['messages_10k']['p99_ms']} ms",
+                f"100-msg p50 {x['baseline_messages_100']['p50_ms']} ms, 404 {x['baseline_auth_404']['p50_ms']} ms",
+                f"{x['ratio_messages_p50']}x",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "7 GET sessions (1k)",
+                f"p50 {x['sessions_1k_first_page']['p50_ms']} / p99 {x['sessions_1k_first_page']['p99_ms']} ms",
+                f"10-session p50 {x['baseline_sessions_10']['p50_ms']} ms",
+                f"{x['ratio_sessions_p50']}x",
+                "",
+            )
+        )
     if not err("jail"):
         from bench.bench_jail import rows as jail_rows
 
@@ -210,8 +343,10 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
 def print_table(rows) -> str:
     head = ("benchmark", "measured", "baseline (same run)", "ratio / vs target", "met")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(head, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     text = "\n".join(lines)
     print(text)

@@ -16,9 +16,9 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -29,11 +29,6 @@ from django.utils.safestring import SafeString, mark_safe
 
 from chat import charts
 from chat.apikeys import api_key_create, api_key_revoke
-from chat.ops import lock_state, session_release_stuck_lock
-from chat.runtime import turn_stop_session
-from chat.selectors import session_has_active_turn, session_list_for_admin, turn_list_recent, usage_per_day, usage_per_model, usage_top_users
-from chat.services import message_clear_trailing_error_markers, session_archive
-from chat.usage import budget_status
 from chat.models import (
     ApiKey,
     ChatMessage,
@@ -44,6 +39,18 @@ from chat.models import (
     UsageChart,
     UserBudget,
 )
+from chat.ops import lock_state, session_release_stuck_lock
+from chat.runtime import turn_stop_session
+from chat.selectors import (
+    session_has_active_turn,
+    session_list_for_admin,
+    turn_list_recent,
+    usage_per_day,
+    usage_per_model,
+    usage_top_users,
+)
+from chat.services import message_clear_trailing_error_markers, session_archive
+from chat.usage import budget_status
 
 MESSAGE_INLINE_LIMIT = 200
 PART_TEXT_LIMIT = 4000
@@ -97,11 +104,23 @@ def render_message(message: ChatMessage) -> SafeString:
         elif kind.startswith("tool-") or kind == "dynamic-tool":
             name = part.get("toolName") or kind.removeprefix("tool-")
             state = part.get("state", "")
-            body = [format_html("<div>input:</div><pre style=\"white-space:pre-wrap\">{}</pre>", _clip(part.get("input", {}), 2000))]
+            body = [
+                format_html(
+                    '<div>input:</div><pre style="white-space:pre-wrap">{}</pre>',
+                    _clip(part.get("input", {}), 2000),
+                )
+            ]
             if "output" in part:
-                body.append(format_html('<div>output:</div><pre style="white-space:pre-wrap">{}</pre>', _clip(part.get("output"))))
+                body.append(
+                    format_html(
+                        '<div>output:</div><pre style="white-space:pre-wrap">{}</pre>',
+                        _clip(part.get("output")),
+                    )
+                )
             if part.get("errorText"):
-                body.append(format_html('<div style="color:#ba2121">error: {}</div>', _clip(part["errorText"], 1000)))
+                body.append(
+                    format_html('<div style="color:#ba2121">error: {}</div>', _clip(part["errorText"], 1000))
+                )
             out.append(
                 format_html(
                     "<details><summary>tool <code>{}</code> {} <small>{}</small></summary>{}</details>",
@@ -112,11 +131,21 @@ def render_message(message: ChatMessage) -> SafeString:
                 )
             )
         elif kind == "file":
-            out.append(format_html("<div>file: <code>{}</code> ({})</div>", part.get("filename", "?"), part.get("mediaType", "")))
+            out.append(
+                format_html(
+                    "<div>file: <code>{}</code> ({})</div>",
+                    part.get("filename", "?"),
+                    part.get("mediaType", ""),
+                )
+            )
         elif kind in {"step-start", "source-url", "source-document"}:
             continue
         else:
-            out.append(format_html('<details><summary>{}</summary><pre>{}</pre></details>', kind or "part", _clip(part, 1000)))
+            out.append(
+                format_html(
+                    "<details><summary>{}</summary><pre>{}</pre></details>", kind or "part", _clip(part, 1000)
+                )
+            )
     if not parts and message.text:
         out.append(format_html('<div style="white-space:pre-wrap">{}</div>', _clip(message.text)))
     return mark_safe("".join(out)) if out else mark_safe("<em>(empty)</em>")
@@ -200,7 +229,14 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "transcript",
     )
     list_display_links = ("short_id", "title_or_id")
-    list_filter = (ActiveTurnFilter, ErrorMarkerFilter, "backend", "archived", ("last_activity_at", DateFieldListFilter), ("created_at", DateFieldListFilter))
+    list_filter = (
+        ActiveTurnFilter,
+        ErrorMarkerFilter,
+        "backend",
+        "archived",
+        ("last_activity_at", DateFieldListFilter),
+        ("created_at", DateFieldListFilter),
+    )
     search_fields = ("title", "owner__username", "client_id", "agent_session_id")
     ordering = ("-last_activity_at",)
     list_per_page = 50
@@ -233,7 +269,13 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "recent_turns",
     )
     inlines = [ChatMessageInline]
-    actions = ["clear_error_markers", "stop_active_turn", "release_stuck_lock", "archive_sessions", "unarchive_sessions"]
+    actions = [
+        "clear_error_markers",
+        "stop_active_turn",
+        "release_stuck_lock",
+        "archive_sessions",
+        "unarchive_sessions",
+    ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatSession]:
         return session_list_for_admin()
@@ -338,7 +380,8 @@ class ChatSessionAdmin(admin.ModelAdmin):
             cleared += message_clear_trailing_error_markers(session_id=session.pk)
         self.message_user(
             request,
-            f"Cleared {cleared} error marker(s)" + (f"; skipped {skipped} session(s) with an active turn." if skipped else "."),
+            f"Cleared {cleared} error marker(s)"
+            + (f"; skipped {skipped} session(s) with an active turn." if skipped else "."),
             messages.SUCCESS if not skipped else messages.WARNING,
         )
 
@@ -353,11 +396,15 @@ class ChatSessionAdmin(admin.ModelAdmin):
                 idle += 1
         self.message_user(
             request,
-            f"Asked {stopped} active turn(s) to stop" + (f"; {idle} session(s) had no active turn." if idle else "."),
+            f"Asked {stopped} active turn(s) to stop"
+            + (f"; {idle} session(s) had no active turn." if idle else "."),
             messages.SUCCESS if stopped else messages.WARNING,
         )
 
-    @admin.action(description="Release a stuck lock (expired lease or dead worker) and mark its turn interrupted", permissions=["change"])
+    @admin.action(
+        description="Release a stuck lock (expired lease or dead worker) and mark its turn interrupted",
+        permissions=["change"],
+    )
     def release_stuck_lock(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
         for session in queryset:
             released, detail = session_release_stuck_lock(session_id=session.pk)
@@ -391,7 +438,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(ChatTurn)
 class ChatTurnAdmin(ReadOnlyAdmin):
-    list_display = ("id", "session", "status", "backend", "model", "worker", "started_at", "heartbeat_at", "ended_at", "finish_reason", "error_code")
+    list_display = (
+        "id",
+        "session",
+        "status",
+        "backend",
+        "model",
+        "worker",
+        "started_at",
+        "heartbeat_at",
+        "ended_at",
+        "finish_reason",
+        "error_code",
+    )
     list_filter = ("status", "backend", "error_code", ("started_at", DateFieldListFilter))
     search_fields = ("session__title", "worker", "error_code")
     list_select_related = ("session",)
@@ -477,10 +536,23 @@ class TokenUsageAdmin(ReadOnlyAdmin):
             "title": f"Token usage, last {CHART_DAYS} days",
             "opts": self.model._meta,
             "since": since,
-            "totals": {"tokens": f"{sum(tokens):,}", "weighted": f"{sum(weighted):,}", "cost": charts.fmt_usd(sum(costs))},
-            "chart_tokens": charts.column_chart(title="Tokens per day (all classes)", labels=labels, values=tokens),
-            "chart_weighted": charts.column_chart(title="Weighted tokens per day (budget units)", labels=labels, values=weighted, color="#5b80b2"),
-            "chart_cost": charts.column_chart(title="Cost per day (USD)", labels=labels, values=costs, fmt=charts.fmt_usd, color="#c77700"),
+            "totals": {
+                "tokens": f"{sum(tokens):,}",
+                "weighted": f"{sum(weighted):,}",
+                "cost": charts.fmt_usd(sum(costs)),
+            },
+            "chart_tokens": charts.column_chart(
+                title="Tokens per day (all classes)", labels=labels, values=tokens
+            ),
+            "chart_weighted": charts.column_chart(
+                title="Weighted tokens per day (budget units)",
+                labels=labels,
+                values=weighted,
+                color="#5b80b2",
+            ),
+            "chart_cost": charts.column_chart(
+                title="Cost per day (USD)", labels=labels, values=costs, fmt=charts.fmt_usd, color="#c77700"
+            ),
             "chart_models": charts.bar_chart(
                 title="Weighted tokens per model",
                 labels=[r["model"] or "?" for r in per_model],
@@ -503,7 +575,9 @@ class UsageChartAdmin(admin.ModelAdmin):
     """An admin-index entry that opens the charts page."""
 
     def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff and request.user.has_perm("chat.view_tokenusage")
+        return (
+            request.user.is_active and request.user.is_staff and request.user.has_perm("chat.view_tokenusage")
+        )
 
     def has_module_permission(self, request):
         return self.has_view_permission(request)
@@ -589,7 +663,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["revoke_keys"]
 
-    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
         """Create a key for a user through chat.apikeys; the full key is rendered once on the
         response (never stored, never put in a message cookie)."""
         if not self.has_add_permission(request):
@@ -597,7 +673,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         form = ApiKeyCreateForm(request.POST or None)
         raw_key = None
         if request.method == "POST" and form.is_valid():
-            api_key, raw_key = api_key_create(owner=form.cleaned_data["owner"], name=form.cleaned_data["name"])
+            api_key, raw_key = api_key_create(
+                owner=form.cleaned_data["owner"], name=form.cleaned_data["name"]
+            )
             self.log_addition(request, api_key, [{"added": {}}])
         context = {
             **self.admin_site.each_context(request),
@@ -623,7 +701,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 class ApiKeyCreateForm(forms.Form):
-    owner = forms.ModelChoiceField(queryset=get_user_model().objects.filter(is_active=True).order_by("username"))
+    owner = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True).order_by("username")
+    )
     name = forms.CharField(max_length=100)
 
 
@@ -655,8 +735,13 @@ class UserBudgetAdmin(admin.ModelAdmin):
             mark_safe("<br>"),
             "{}: {} used, {} reserved of {} (resets {} UTC)",
             (
-                (name, f"{s['used']:,}", f"{s['reserved']:,}", f"{s['limit']:,}", f"{s['resets_at']:%Y-%m-%d %H:%M}")
+                (
+                    name,
+                    f"{s['used']:,}",
+                    f"{s['reserved']:,}",
+                    f"{s['limit']:,}",
+                    f"{s['resets_at']:%Y-%m-%d %H:%M}",
+                )
                 for name, s in (("day", status["day"]), ("week", status["week"]))
             ),
         )
-

@@ -64,7 +64,11 @@ def api_key_create(*, owner: Any, name: str) -> tuple[ApiKey, str]:
         if not ApiKey.objects.filter(prefix=prefix).exists():
             break
     api_key = ApiKey.objects.create(
-        owner=owner, name=name[:100], prefix=prefix, salt=salt, hashed_key=api_key_hash(secret=secret, salt=salt)
+        owner=owner,
+        name=name[:100],
+        prefix=prefix,
+        salt=salt,
+        hashed_key=api_key_hash(secret=secret, salt=salt),
     )
     return api_key, f"{KEY_SCHEME}_{prefix}_{secret}"
 

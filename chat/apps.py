@@ -21,7 +21,13 @@ class ChatConfig(AppConfig):
         # A key or its owner changed through the ORM in this process: the websocket handshake's
         # key cache (chat.apikeys) must not answer from the old row.
         post_save.connect(forget_key, sender=ApiKey, dispatch_uid="chat.apikey_cache.key_saved", weak=False)
-        post_delete.connect(forget_key, sender=ApiKey, dispatch_uid="chat.apikey_cache.key_deleted", weak=False)
+        post_delete.connect(
+            forget_key, sender=ApiKey, dispatch_uid="chat.apikey_cache.key_deleted", weak=False
+        )
         user_model = get_user_model()
-        post_save.connect(forget_owner, sender=user_model, dispatch_uid="chat.apikey_cache.owner_saved", weak=False)
-        post_delete.connect(forget_owner, sender=user_model, dispatch_uid="chat.apikey_cache.owner_deleted", weak=False)
+        post_save.connect(
+            forget_owner, sender=user_model, dispatch_uid="chat.apikey_cache.owner_saved", weak=False
+        )
+        post_delete.connect(
+            forget_owner, sender=user_model, dispatch_uid="chat.apikey_cache.owner_deleted", weak=False
+        )

@@ -64,7 +64,9 @@ def column_chart(
                 f"{escape(label)}</text>"
             )
     if not values:
-        out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" fill="#999">no data</text>')
+        out.append(
+            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" fill="#999">no data</text>'
+        )
     out.append("</svg>")
     return mark_safe("".join(out))
 

@@ -26,9 +26,11 @@ except ImportError:  # pragma: no cover - another ASGI server
 
     class _Disconnected(Exception):  # type: ignore[no-redef]
         pass
+
+
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat import runtime
@@ -45,7 +47,7 @@ REPLAY_YIELD_EVERY = 256  # frames sent back to back before yielding to the even
 
 RATE_LIMITED_TEXT = "Too many frames on this connection; slow down (this frame was ignored)."
 # Cheap look at a frame's requestId without parsing it (for the rate-limit error frame).
-_REQUEST_ID_RE = re.compile(r'"requestId"\s*:\s*"([^"\\]{1,%d})"' % MAX_ID_CHARS)
+_REQUEST_ID_RE = re.compile(r'"requestId"\s*:\s*"([^"\\]{1,' + str(MAX_ID_CHARS) + r'})"')
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -80,7 +82,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.requests: dict[str, asyncio.Task] = {}
         self.request_chats: dict[str, str] = {}
         self.bucket = TokenBucket(
-            rate=float(getattr(settings, "WS_FRAME_RATE", 10.0)), burst=float(getattr(settings, "WS_FRAME_BURST", 40))
+            rate=float(getattr(settings, "WS_FRAME_RATE", 10.0)),
+            burst=float(getattr(settings, "WS_FRAME_BURST", 40)),
         )
         await self.accept()
 
@@ -100,7 +103,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             await self._receive_frame(raw)
-        except Exception:  # noqa: BLE001 - a frame must never take the socket down
+        except Exception:
             logger.exception("handling a websocket frame failed")
             await self._error(None, "The server could not handle this frame.", code="server_error")
 
@@ -114,7 +117,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._abort(frame)
             return
         if frame.request_id in self.requests:
-            await self._error(frame.request_id, "A request with this requestId is already running.", code="invalid_request")
+            await self._error(
+                frame.request_id, "A request with this requestId is already running.", code="invalid_request"
+            )
             return
         if not await self._key_still_active():
             # The socket's API key was revoked (here, or elsewhere within API_KEY_CACHE_SECONDS):
@@ -123,7 +128,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=UNAUTHENTICATED_CLOSE_CODE)
             return
         if len(self.requests) >= MAX_REQUESTS_PER_SOCKET:
-            await self._error(frame.request_id, "Too many concurrent requests on this connection.", code="rate_limited")
+            await self._error(
+                frame.request_id, "Too many concurrent requests on this connection.", code="rate_limited"
+            )
             return
         self.request_chats[frame.request_id] = frame.chat_id
         coro = self._send_request(frame) if isinstance(frame, SendFrame) else self._resume_request(frame)
@@ -176,7 +183,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if exc.code != "connection_closed":
                 await self._error(rid, exc.message, code=exc.code)
             return
-        except Exception:  # noqa: BLE001 - never crash the socket
+        except Exception:
             logger.exception("starting a turn failed")
             await self._error(rid, "The server could not start this response.", code="server_error")
             return
@@ -190,7 +197,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except runtime.TurnRefused as exc:
             await self._error(rid, exc.message, code=exc.code)
             return
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("resuming failed")
             await self._error(rid, "The server could not resume this chat.", code="server_error")
             return
@@ -235,9 +242,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # The client closed the socket before its disconnect reached us: nobody to tell, and
             # the turn runs on (it outlives connections); a resume picks it up.
             return
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("forwarding request %s failed", rid)
-            await self._error(rid, "The stream failed on the server; resume to continue.", code="server_error")
+            await self._error(
+                rid, "The stream failed on the server; resume to continue.", code="server_error"
+            )
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -252,12 +261,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return  # unknown or long-finished request: nothing to stop
         try:
             await runtime.turn_stop(user=self.user, chat_id=chat_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("abort failed")
-            await self._error(frame.request_id, "The server could not stop this response.", code="server_error")
+            await self._error(
+                frame.request_id, "The server could not stop this response.", code="server_error"
+            )
 
     async def _error(self, rid: str | None, text: str, *, code: str = "invalid_request") -> None:
         try:
-            await self.send(text_data=_dumps({"type": "error", "requestId": rid, "errorText": text, "code": code}))
+            await self.send(
+                text_data=_dumps({"type": "error", "requestId": rid, "errorText": text, "code": code})
+            )
         except _Disconnected:
             pass  # the socket is gone: there is nobody left to tell

@@ -17,7 +17,9 @@ class ChatSession(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions"
+    )
     client_id = models.CharField(max_length=200)
     title = models.CharField(max_length=200, blank=True, default="")
     backend = models.CharField(max_length=10, blank=True, default="")
@@ -31,7 +33,9 @@ class ChatSession(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["owner", "client_id"], name="chat_session_unique_client_id_per_owner"),
+            models.UniqueConstraint(
+                fields=["owner", "client_id"], name="chat_session_unique_client_id_per_owner"
+            ),
         ]
         indexes = [
             models.Index(fields=["owner", "archived", "-last_activity_at"], name="chat_session_owner_recent"),
@@ -106,7 +110,9 @@ class ChatMessage(models.Model):
     parts = models.JSONField(default=list, blank=True)
     # Marker details: error code, retryable, reset time; client message id; usage.
     metadata = models.JSONField(default=dict, blank=True)
-    turn = models.ForeignKey(ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
+    turn = models.ForeignKey(
+        ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -123,8 +129,12 @@ class TokenUsage(models.Model):
     """Tokens and cost of one turn (or of a background call such as title generation)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_usage")
-    session = models.ForeignKey(ChatSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
-    turn = models.OneToOneField(ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    session = models.ForeignKey(
+        ChatSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
+    turn = models.OneToOneField(
+        ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
     purpose = models.CharField(max_length=20, default="turn")  # turn | title
     model = models.CharField(max_length=100)
     backend = models.CharField(max_length=10)
@@ -166,7 +176,9 @@ class RateLimitRecord(models.Model):
 class UserBudget(models.Model):
     """Per-user overrides of the token budgets (null: the settings default)."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_budget")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_budget"
+    )
     daily_limit = models.PositiveBigIntegerField(null=True, blank=True)
     weekly_limit = models.PositiveBigIntegerField(null=True, blank=True)
 

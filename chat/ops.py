@@ -99,7 +99,9 @@ class LockState:
 
     def describe(self) -> str:
         if self.holder is None:
-            return "no lock held" + (f", {len(self.running_turns)} turn(s) still marked running" if self.running_turns else "")
+            return "no lock held" + (
+                f", {len(self.running_turns)} turn(s) still marked running" if self.running_turns else ""
+            )
         until = dt.datetime.fromtimestamp(self.holder.expires_at, dt.UTC)
         state = "expired" if self.expired else ("owner gone" if self.worker_gone else "live")
         return f"lock held by {self.holder.worker or '?'} until {until:%H:%M:%S} UTC ({state})"
@@ -127,8 +129,13 @@ def session_release_stuck_lock(*, session_id: Any) -> tuple[bool, str]:
     released = False
     if state.holder is not None:
         released = locks.lock_force_release(session_lock_key(session_id))
-    interrupted = sum(turn_mark_interrupted(turn_id=turn.pk, reason="interrupted") for turn in state.running_turns)
-    return True, f"{'lock released' if released else 'no lock to release'}, {interrupted} turn(s) marked interrupted"
+    interrupted = sum(
+        turn_mark_interrupted(turn_id=turn.pk, reason="interrupted") for turn in state.running_turns
+    )
+    return (
+        True,
+        f"{'lock released' if released else 'no lock to release'}, {interrupted} turn(s) marked interrupted",
+    )
 
 
 @dataclass
@@ -144,7 +151,9 @@ def turns_expire_stale(*, lease: float | None = None, dry_run: bool = False) -> 
     lease = lease_seconds() if lease is None else lease
     shared = locks_shared()
     now = timezone.now()
-    candidates: dict[Any, ChatTurn] = {turn.pk: turn for turn in turn_list_stale(lease_seconds=lease, now=now)}
+    candidates: dict[Any, ChatTurn] = {
+        turn.pk: turn for turn in turn_list_stale(lease_seconds=lease, now=now)
+    }
     if shared:
         grace = min(lease, LOCK_GONE_GRACE_SECONDS)
         for turn in turn_list_stale(lease_seconds=grace, now=now):
@@ -152,7 +161,12 @@ def turns_expire_stale(*, lease: float | None = None, dry_run: bool = False) -> 
     result = ExpireResult()
     for turn in candidates.values():
         state = lock_state(session_id=turn.session_id) if shared else None
-        if state is not None and state.holder is not None and not state.expired and state.worker_gone is not True:
+        if (
+            state is not None
+            and state.holder is not None
+            and not state.expired
+            and state.worker_gone is not True
+        ):
             # The lease is still being refreshed by a live worker: not dead, whatever the row says.
             result.skipped_live_lock.append(str(turn.pk))
             continue
@@ -232,7 +246,9 @@ def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> Wo
         if shared and locks.lock_holder(session_lock_key(session_id)) is not None:
             result.skip("active turn", entry)
             continue
-        last_activity = ChatSession.objects.filter(pk=session_id).values_list("last_activity_at", flat=True).first()
+        last_activity = (
+            ChatSession.objects.filter(pk=session_id).values_list("last_activity_at", flat=True).first()
+        )
         if last_activity is not None and last_activity >= cutoff:
             result.skip("recent", entry)
             continue

@@ -118,7 +118,10 @@ def allowed_media_type(media_type: str) -> bool:
 
 def _id(value: Any, name: str, request_id: str | None) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
-        raise ProtocolError(f"Field '{name}' must be a non-empty string of at most {MAX_ID_CHARS} characters.", request_id=request_id)
+        raise ProtocolError(
+            f"Field '{name}' must be a non-empty string of at most {MAX_ID_CHARS} characters.",
+            request_id=request_id,
+        )
     problem = text_problem(value)
     if problem is not None:
         raise ProtocolError(f"Field '{name}': {problem}", request_id=request_id)
@@ -231,7 +234,9 @@ def frame_parse(raw: str | bytes | None) -> Frame:
     request_id = obj.get("requestId")
     request_id = (
         request_id
-        if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS and text_problem(request_id) is None
+        if isinstance(request_id, str)
+        and 0 < len(request_id) <= MAX_ID_CHARS
+        and text_problem(request_id) is None
         else None
     )  # a requestId that cannot be echoed back (NUL, lone surrogate) is no requestId
     kind = obj.get("type")
@@ -258,12 +263,16 @@ def frame_parse(raw: str | bytes | None) -> Frame:
         messages = obj.get("messages")
         if not isinstance(messages, list):
             raise ProtocolError("Field 'messages' must be a list.", request_id=request_id)
-        newest = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+        newest = next(
+            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
+        )
         if trigger == "regenerate-message":
             message = None
         else:
             if newest is None:
                 raise ProtocolError("The request has no user message.", request_id=request_id)
             message = user_message_parse(newest, request_id=request_id)
-        return SendFrame(request_id=request_id, chat_id=chat_id, trigger=trigger, message_id=message_id, message=message)
+        return SendFrame(
+            request_id=request_id, chat_id=chat_id, trigger=trigger, message_id=message_id, message=message
+        )
     raise ProtocolError(f"Unknown frame type {str(kind)[:40]!r}.", request_id=request_id)

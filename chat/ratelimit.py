@@ -57,6 +57,7 @@ class TokenBucket:
 
 # --- login throttling ------------------------------------------------------------------------------
 
+
 def login_failure_limit() -> int:
     return int(getattr(settings, "LOGIN_FAILURE_LIMIT", DEFAULT_LOGIN_FAILURE_LIMIT))
 
@@ -100,6 +101,7 @@ def login_failures_clear(*, username: str, ip: str) -> None:
 
 
 # --- failed API-key attempts ----------------------------------------------------------------------
+
 
 def api_key_failure_limit() -> int:
     return int(getattr(settings, "API_KEY_FAILURE_LIMIT", DEFAULT_API_KEY_FAILURE_LIMIT))

@@ -14,10 +14,10 @@
 from __future__ import annotations
 
 import math
-from urllib.parse import urlsplit
-from asgiref.sync import iscoroutinefunction
 from typing import Any
+from urllib.parse import urlsplit
 
+from asgiref.sync import iscoroutinefunction
 from django import forms
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
@@ -33,8 +33,7 @@ from django.utils.http import is_same_domain
 from chat import ratelimit
 
 TOO_MANY_ATTEMPTS = (
-    "Too many failed sign-in attempts for this account from your address. "
-    "Try again in %(minutes)d minutes."
+    "Too many failed sign-in attempts for this account from your address. Try again in %(minutes)d minutes."
 )
 
 DEFAULT_CSP = (
@@ -48,7 +47,9 @@ CSP_EXEMPT_PREFIXES = ("/admin/", "/api/")
 
 
 class ThrottledModelBackend(ModelBackend):
-    def authenticate(self, request: Any, username: str | None = None, password: str | None = None, **kwargs: Any) -> Any:
+    def authenticate(
+        self, request: Any, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> Any:
         if username is None:
             username = kwargs.get(self._username_field())
         if username is None or password is None:
@@ -80,7 +81,9 @@ class ThrottledAuthenticationForm(AuthenticationForm):
     throttled = False  # read by registration/login.html
 
     def _locked(self, username: str | None) -> bool:
-        return bool(username) and ratelimit.login_is_locked(username=username, ip=ratelimit.client_ip(self.request))
+        return bool(username) and ratelimit.login_is_locked(
+            username=username, ip=ratelimit.client_ip(self.request)
+        )
 
     def _too_many(self) -> forms.ValidationError:
         self.throttled = True
@@ -132,6 +135,7 @@ def content_security_policy_middleware(get_response: Any) -> Any:
 
 
 # --- websocket Origin ------------------------------------------------------------------------------
+
 
 class _HandshakeRequest(HttpRequest):
     """The websocket handshake seen as a Django request, for ``get_host()`` and ``is_secure()``:
@@ -197,7 +201,10 @@ def websocket_origin_allowed(scope: dict[str, Any]) -> bool:
         parsed = urlsplit(origin)
     except ValueError:
         return False
-    return any(is_same_domain(parsed.netloc, host) for host in trusted.allowed_origin_subdomains.get(parsed.scheme, ()))
+    return any(
+        is_same_domain(parsed.netloc, host)
+        for host in trusted.allowed_origin_subdomains.get(parsed.scheme, ())
+    )
 
 
 class WebsocketOriginValidator:

@@ -41,7 +41,9 @@ def session_get_for_user(*, user: Any, chat_id: str) -> ChatSession | None:
     return session
 
 
-def session_list_for_user(*, user: Any, include_archived: bool = False, search: str = "") -> QuerySet[ChatSession]:
+def session_list_for_user(
+    *, user: Any, include_archived: bool = False, search: str = ""
+) -> QuerySet[ChatSession]:
     qs = ChatSession.objects.filter(owner=user)
     if not include_archived:
         qs = qs.filter(archived=False)
@@ -109,7 +111,11 @@ def session_list_for_admin() -> QuerySet[ChatSession]:
     ``has_active_turn``, ``last_kind`` (kind of the newest message) and ``owner`` joined."""
     last_kind = ChatMessage.objects.filter(session=OuterRef("pk")).order_by("-sequence").values("kind")[:1]
     message_count = (
-        ChatMessage.objects.filter(session=OuterRef("pk")).order_by().values("session").annotate(c=Count("pk")).values("c")[:1]
+        ChatMessage.objects.filter(session=OuterRef("pk"))
+        .order_by()
+        .values("session")
+        .annotate(c=Count("pk"))
+        .values("c")[:1]
     )
     return ChatSession.objects.select_related("owner").annotate(
         message_count=Coalesce(Subquery(message_count), 0),
@@ -124,7 +130,9 @@ def message_trailing_error_markers(*, session_id: Any) -> list[ChatMessage]:
     or system marker does not end it: it stays, the error markers before it are trailing too —
     and stops at the first normal message: a marker followed by one is not trailing."""
     found: list[ChatMessage] = []
-    for message in ChatMessage.objects.filter(session_id=session_id).order_by("-sequence")[:TRAILING_SCAN_LIMIT]:
+    for message in ChatMessage.objects.filter(session_id=session_id).order_by("-sequence")[
+        :TRAILING_SCAN_LIMIT
+    ]:
         if message.kind not in ChatMessage.MARKER_KINDS:
             break
         if message.kind in ChatMessage.ERROR_KINDS:

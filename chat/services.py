@@ -12,21 +12,30 @@ from django.db.models import Q
 from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession
-from chat.selectors import message_last_sequence, message_trailing_error_markers, session_get_for_user, session_has_active_turn
+from chat.selectors import (
+    message_last_sequence,
+    message_trailing_error_markers,
+    session_get_for_user,
+    session_has_active_turn,
+)
 
 logger = logging.getLogger(__name__)
 
 SEQUENCE_RETRIES = 20
 
 
-def session_create(*, owner: Any, client_id: str | None = None, title: str = "", backend: str = "", model: str = "") -> ChatSession:
+def session_create(
+    *, owner: Any, client_id: str | None = None, title: str = "", backend: str = "", model: str = ""
+) -> ChatSession:
     session = ChatSession(owner=owner, title=title[:200], backend=backend, model=model)
     session.client_id = client_id or str(session.id)
     session.save()
     return session
 
 
-def session_get_or_create_for_user(*, user: Any, chat_id: str, backend: str = "", model: str = "") -> tuple[ChatSession, bool]:
+def session_get_or_create_for_user(
+    *, user: Any, chat_id: str, backend: str = "", model: str = ""
+) -> tuple[ChatSession, bool]:
     """The caller's session for ``chat_id``, creating it when the caller has none (CONTRACT §5).
 
     A chat id that names another user's session simply creates a new session for the caller:
@@ -67,7 +76,9 @@ def message_append(
         try:
             with transaction.atomic():
                 if connection.features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises
-                    ChatSession.objects.select_for_update().filter(pk=session.pk).values_list("pk", flat=True).first()
+                    ChatSession.objects.select_for_update().filter(pk=session.pk).values_list(
+                        "pk", flat=True
+                    ).first()
                 sequence = message_last_sequence(session_id=session.pk) + 1
                 message = ChatMessage.objects.create(
                     session=session,
@@ -155,5 +166,7 @@ def rate_limit_record_purge(*, created_before: _dt.datetime, now: _dt.datetime |
     """Delete rate-limit records created before ``created_before`` that are no longer active."""
 
     now = now or timezone.now()
-    qs = RateLimitRecord.objects.filter(created_at__lt=created_before).filter(Q(resets_at__isnull=True) | Q(resets_at__lte=now))
+    qs = RateLimitRecord.objects.filter(created_at__lt=created_before).filter(
+        Q(resets_at__isnull=True) | Q(resets_at__lte=now)
+    )
     return qs.delete()[0]

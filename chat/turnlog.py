@@ -38,7 +38,10 @@ def _usage_fields(usage: Any) -> dict[str, Any]:
     if usage is None:
         return {}
     get = usage.get if isinstance(usage, dict) else (lambda name, default=0: getattr(usage, name, default))
-    fields = {name: int(get(name, 0) or 0) for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
+    fields = {
+        name: int(get(name, 0) or 0)
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+    }
     try:
         fields["weighted_tokens"] = weighted_tokens(Usage(**fields))
     except Exception:  # noqa: BLE001 - logging must never fail a turn
@@ -63,8 +66,10 @@ def format_fields(fields: dict[str, Any]) -> str:
 
 def _emit(level: int, event: str, fields: dict[str, Any]) -> None:
     try:
-        logger.log(level, "%s %s", event, format_fields(fields), extra={"copilot": {"event": event, **fields}})
-    except Exception:  # noqa: BLE001 - logging must never fail a turn
+        logger.log(
+            level, "%s %s", event, format_fields(fields), extra={"copilot": {"event": event, **fields}}
+        )
+    except Exception:
         logging.getLogger("chat.logging").debug("could not log %s", event, exc_info=True)
 
 

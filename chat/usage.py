@@ -77,7 +77,12 @@ def weighted_tokens(usage: Usage) -> int:
 
 
 def _totals(
-    *, user_id: Any, now: dt.datetime, day_start: dt.datetime, week_start: dt.datetime, reserved: bool = True,
+    *,
+    user_id: Any,
+    now: dt.datetime,
+    day_start: dt.datetime,
+    week_start: dt.datetime,
+    reserved: bool = True,
     model: str | None = None,
 ) -> dict[str, Any]:
     """One statement for everything a check needs: the user's limit overrides, committed usage
@@ -97,9 +102,12 @@ def _totals(
         f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
     ]
     params: list[Any] = [
-        user_id, user_id,
-        user_id, ops.adapt_datetimefield_value(day_start),
-        user_id, ops.adapt_datetimefield_value(week_start),
+        user_id,
+        user_id,
+        user_id,
+        ops.adapt_datetimefield_value(day_start),
+        user_id,
+        ops.adapt_datetimefield_value(week_start),
     ]
     if reserved:
         parts.append(
@@ -108,7 +116,8 @@ def _totals(
             f" AND t.{q('reserved_tokens')} > 0 AND t.{q('started_at')} > %s)"
         )
         params += [
-            user_id, ChatTurn.Status.RUNNING.value,
+            user_id,
+            ChatTurn.Status.RUNNING.value,
             ops.adapt_datetimefield_value(now - dt.timedelta(seconds=settings.TURN_RESERVE_TTL_SECONDS)),
         ]
     if model is not None:
@@ -157,38 +166,76 @@ def _fmt(when: dt.datetime) -> str:
 
 
 def usage_record(
-    *, user: Any, session: ChatSession | None, turn: ChatTurn | None, model: str, backend: str, usage: Usage, purpose: str = "turn"
+    *,
+    user: Any,
+    session: ChatSession | None,
+    turn: ChatTurn | None,
+    model: str,
+    backend: str,
+    usage: Usage,
+    purpose: str = "turn",
 ) -> TokenUsage:
     """One TokenUsage row (a chat title's, or a turn's: per turn, even when it failed or was
     stopped). Reservations are not touched: a turn's is released by the write that records its
     end (``ChatTurn.reserved_tokens``)."""
-    row = _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
+    row = _token_usage(
+        user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage
+    )
     row.save(force_insert=True)
     return row
 
 
-def usage_records_create(*, user: Any, session: ChatSession | None, records: list[tuple[ChatTurn | None, str, str, str, Usage]]) -> None:
+def usage_records_create(
+    *, user: Any, session: ChatSession | None, records: list[tuple[ChatTurn | None, str, str, str, Usage]]
+) -> None:
     """Several TokenUsage rows in one INSERT (a turn's row and its chat title's), each
     ``(turn, purpose, model, backend, usage)``. Reservations are not touched (see ``usage_record``)."""
-    TokenUsage.objects.bulk_create([
-        _token_usage(user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage)
-        for turn, purpose, model, backend, usage in records
-    ])
-
-
-def _token_usage(
-    *, user: Any, session: ChatSession | None, turn: ChatTurn | None, purpose: str, model: str, backend: str, usage: Usage
-) -> TokenUsage:
-    """An unsaved TokenUsage row for ``usage`` (its weighted tokens and cost computed here)."""
-    return TokenUsage(
-        user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend,
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
-        weighted_tokens=weighted_tokens(usage), cost_usd=round(usage.cost_usd, 6),
+    TokenUsage.objects.bulk_create(
+        [
+            _token_usage(
+                user=user,
+                session=session,
+                turn=turn,
+                purpose=purpose,
+                model=model,
+                backend=backend,
+                usage=usage,
+            )
+            for turn, purpose, model, backend, usage in records
+        ]
     )
 
 
-def rate_limit_record_upstream(*, user: Any, session: ChatSession | None, model: str, error: AgentError) -> RateLimitRecord:
+def _token_usage(
+    *,
+    user: Any,
+    session: ChatSession | None,
+    turn: ChatTurn | None,
+    purpose: str,
+    model: str,
+    backend: str,
+    usage: Usage,
+) -> TokenUsage:
+    """An unsaved TokenUsage row for ``usage`` (its weighted tokens and cost computed here)."""
+    return TokenUsage(
+        user=user,
+        session=session,
+        turn=turn,
+        purpose=purpose,
+        model=model,
+        backend=backend,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        weighted_tokens=weighted_tokens(usage),
+        cost_usd=round(usage.cost_usd, 6),
+    )
+
+
+def rate_limit_record_upstream(
+    *, user: Any, session: ChatSession | None, model: str, error: AgentError
+) -> RateLimitRecord:
     """Record an upstream rate limit; while its ``resets_at`` is in the future, ``budget_check``
     refuses new turns on ``model`` (for every user: the limit belongs to the server's account)."""
     resets_at = error.resets_at
@@ -206,14 +253,20 @@ def rate_limit_record_upstream(*, user: Any, session: ChatSession | None, model:
 
 def _record_budget_refusal(*, user: Any, model: str, error: AgentError) -> None:
     RateLimitRecord.objects.create(
-        user=user, source=RateLimitRecord.Source.BUDGET, model=model, resets_at=error.resets_at, raw_message=error.message[:2000]
+        user=user,
+        source=RateLimitRecord.Source.BUDGET,
+        model=model,
+        resets_at=error.resets_at,
+        raw_message=error.message[:2000],
     )
 
 
 # --- Checks --------------------------------------------------------------------------------------
 
 
-def _over_limit(*, used_day: int, used_week: int, daily: int, weekly: int, now: dt.datetime) -> AgentError | None:
+def _over_limit(
+    *, used_day: int, used_week: int, daily: int, weekly: int, now: dt.datetime
+) -> AgentError | None:
     """The refusal when a window is used up (the one resetting last wins when both are)."""
     _, day_reset = day_window(now)
     _, week_reset = week_window(now)
@@ -250,7 +303,9 @@ def budget_check(*, user: Any, model: str, reserve: Callable[[int], None]) -> No
         # is its own statement so the totals read after it see what the previous holder
         # committed (READ COMMITTED takes a new snapshot per statement).
         if connection.features.has_select_for_update:
-            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list(
+                "pk", flat=True
+            ).first()
         totals = _totals(user_id=user.pk, now=now, day_start=day_start, week_start=week_start, model=model)
         upstream_resets_at = totals["upstream_resets_at"]
         if upstream_resets_at is not None:
@@ -307,7 +362,8 @@ def budget_status(*, user: Any) -> dict[str, Any]:
     reserved = totals["reserved"]
     out: dict[str, Any] = {"unit": "weighted_tokens"}
     for name, used, reset, limit in (
-        ("day", totals["used_day"], day_reset, daily), ("week", totals["used_week"], week_reset, weekly)
+        ("day", totals["used_day"], day_reset, daily),
+        ("week", totals["used_week"], week_reset, weekly),
     ):
         out[name] = {
             "used": used,

@@ -14,7 +14,6 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from agents.jail import jail_report as _report_jail  # noqa: E402
 from chat.api.auth import websocket_auth_stack  # noqa: E402
-
 from copilot_project.routing import websocket_urlpatterns  # noqa: E402
 from copilot_project.serverpatches import install as _install_server_patches  # noqa: E402
 

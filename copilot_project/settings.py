@@ -30,7 +30,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 if not DEBUG:
-    _missing = [name for name, value in (("SECRET_KEY", SECRET_KEY), ("ALLOWED_HOSTS", ALLOWED_HOSTS)) if not value]
+    _missing = [
+        name for name, value in (("SECRET_KEY", SECRET_KEY), ("ALLOWED_HOSTS", ALLOWED_HOSTS)) if not value
+    ]
     if _missing:
         raise ImproperlyConfigured(
             f"DEBUG is false (the production default) but {' and '.join(_missing)} "
@@ -144,7 +146,9 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+    }
 
 # --- Auth ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -235,7 +239,9 @@ SPECTACULAR_SETTINGS = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=32 * 1024 * 1024)
 API_SSE_HEARTBEAT_SECONDS = env.float("API_SSE_HEARTBEAT_SECONDS", default=15.0)
 API_KEY_TOUCH_INTERVAL = env.float("API_KEY_TOUCH_INTERVAL", default=60.0)  # seconds between last_used writes
-API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)  # websocket handshake key cache; 0 = off
+API_KEY_CACHE_SECONDS = env.float(
+    "API_KEY_CACHE_SECONDS", default=5.0
+)  # websocket handshake key cache; 0 = off
 # Failed API-key attempts (REST and websocket handshake) per client IP (chat.ratelimit): after
 # API_KEY_FAILURE_LIMIT failures in an API_KEY_FAILURE_WINDOW-second window, every Bearer attempt from
 # that address gets 429 + Retry-After (handshake: refused) until the window ends. 0 = off.
@@ -289,7 +295,9 @@ AGENT_JAIL = env.str("AGENT_JAIL", default="bwrap")
 if AGENT_JAIL not in {"bwrap", "off"}:
     raise ImproperlyConfigured(f"AGENT_JAIL must be 'bwrap' or 'off', not {AGENT_JAIL!r}.")
 if AGENT_JAIL == "off" and not DEBUG:
-    raise ImproperlyConfigured("AGENT_JAIL=off is accepted only with DEBUG=true: tools never run unjailed in production.")
+    raise ImproperlyConfigured(
+        "AGENT_JAIL=off is accepted only with DEBUG=true: tools never run unjailed in production."
+    )
 # When the server runs as root, each workspace's jails run as a host uid of their own, from
 # AGENT_JAIL_UID to AGENT_JAIL_UID + AGENT_JAIL_UID_RANGE - 1 (no accounts needed).
 AGENT_JAIL_UID = env.int("AGENT_JAIL_UID", default=64100)

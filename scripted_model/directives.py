@@ -121,7 +121,9 @@ def user_texts(message: dict[str, Any] | None) -> list[str]:
     """Text blocks of a user message, in order."""
     if message is None:
         return []
-    return [str(b.get("text", "")) for b in content_blocks_list(message.get("content")) if b.get("type") == "text"]
+    return [
+        str(b.get("text", "")) for b in content_blocks_list(message.get("content")) if b.get("type") == "text"
+    ]
 
 
 def spoken_text(texts: Iterable[str]) -> str:
@@ -142,7 +144,9 @@ def tool_result_text(block: dict[str, Any]) -> str:
     if isinstance(content, str):
         text = content
     else:
-        text = "\n".join(str(b.get("text", "")) for b in content_blocks_list(content) if b.get("type") == "text")
+        text = "\n".join(
+            str(b.get("text", "")) for b in content_blocks_list(content) if b.get("type") == "text"
+        )
     return _REMINDER_RE.sub("", text).strip()
 
 

@@ -148,14 +148,29 @@ def check_thinking(body: dict[str, Any]) -> tuple[ApiError | None, list[dict[str
             kind = block.get("type")
             if kind == "thinking":
                 valid = block.get("signature") == thinking_signature(str(block.get("thinking", "")))
-                newest.append({"type": kind, "thinking": block.get("thinking"), "signature": block.get("signature"), "valid": valid})
+                newest.append(
+                    {
+                        "type": kind,
+                        "thinking": block.get("thinking"),
+                        "signature": block.get("signature"),
+                        "valid": valid,
+                    }
+                )
                 if not valid:
-                    return ApiError(400, "invalid_request_error", f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"), newest
+                    return ApiError(
+                        400,
+                        "invalid_request_error",
+                        f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block",
+                    ), newest
             elif kind == "redacted_thinking":
                 valid = redacted_valid(block.get("data"))
                 newest.append({"type": kind, "data": block.get("data"), "valid": valid})
                 if not valid:
-                    return ApiError(400, "invalid_request_error", f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"), newest
+                    return ApiError(
+                        400,
+                        "invalid_request_error",
+                        f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block",
+                    ), newest
     return None, newest
 
 
@@ -266,7 +281,8 @@ class ReplyPlanner:
         messages = body.get("messages") or []
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         if last.get("role") == "assistant" and any(
-            b.get("type") == "server_tool_use" and "_pause_" in str(b.get("id")) for b in content_blocks_list(last.get("content"))
+            b.get("type") == "server_tool_use" and "_pause_" in str(b.get("id"))
+            for b in content_blocks_list(last.get("content"))
         ):
             # ``pause_turn`` continuation: the client sent the paused turn back as the last message.
             text = "The search finished after the pause: the scripted model answers offline."
@@ -282,11 +298,17 @@ class ReplyPlanner:
             return Plan("after_refusal", [text_block(split_words(AFTER_REFUSAL_TEXT))])
         if directive is None:
             return Plan("echo", [text_block(split_words(echo_text(said)))])
-        if directive.name == "ctx-exceeded" and directive.numbers and request_chars(body) <= directive.numbers[0]:
+        if (
+            directive.name == "ctx-exceeded"
+            and directive.numbers
+            and request_chars(body) <= directive.numbers[0]
+        ):
             return Plan("echo", [text_block(split_words(echo_text(said)))])
         return self._for_directive(directive, said)
 
-    def _after_tools(self, results: list[dict[str, Any]], returned: list[dict[str, Any]] | None = None) -> Plan:
+    def _after_tools(
+        self, results: list[dict[str, Any]], returned: list[dict[str, Any]] | None = None
+    ) -> Plan:
         outputs = [tool_result_text(r) for r in results]
         multi = len(results) > 1 or "_tools_" in str(results[0].get("tool_use_id", ""))
         if multi:
@@ -369,15 +391,25 @@ class ReplyPlanner:
         """Directives for the parts of the real stream grammar (docs/scripted_model.md)."""
         if d.name in ("signed-think", "redacted-think"):
             thoughts = split_words("I should run a command to check before answering.", 3)
-            blocks = [PlannedBlock("thinking", pieces=thoughts, signature=thinking_signature("".join(thoughts)))]
+            blocks = [
+                PlannedBlock("thinking", pieces=thoughts, signature=thinking_signature("".join(thoughts)))
+            ]
             if d.name == "redacted-think":
                 nonce = f"{next(self._ids):06d}"
-                blocks.append(PlannedBlock("redacted_thinking", raw={"type": "redacted_thinking", "data": redacted_data(nonce)}))
+                blocks.append(
+                    PlannedBlock(
+                        "redacted_thinking", raw={"type": "redacted_thinking", "data": redacted_data(nonce)}
+                    )
+                )
             word = "signed" if d.name == "signed-think" else "redacted"
             blocks.append(tool_use_block(self._tool_id("think"), f"echo {word}", f"Echo {word}"))
             return Plan(d.name, blocks, stop_reason="tool_use")
         if d.name == "websearch":
-            return Plan("websearch", self._search_blocks("websearch") + [self._cited_answer()], usage_extra=_SEARCH_USAGE)
+            return Plan(
+                "websearch",
+                self._search_blocks("websearch") + [self._cited_answer()],
+                usage_extra=_SEARCH_USAGE,
+            )
         if d.name == "citations":
             citation = {
                 "type": "char_location",
@@ -396,11 +428,23 @@ class ReplyPlanner:
                 pieces=["something ", "new"],
                 raw={"type": "future_block_type", "future_field": {"nested": True}},
             )
-            unknown = ("future_event", {"type": "future_event", "detail": "an event type newer than the client"})
-            return Plan("future", [text_block(["Known text ", "before the future."]), future], unknown_events=[unknown])
+            unknown = (
+                "future_event",
+                {"type": "future_event", "detail": "an event type newer than the client"},
+            )
+            return Plan(
+                "future",
+                [text_block(["Known text ", "before the future."]), future],
+                unknown_events=[unknown],
+            )
         if d.name == "midstream-error":
             words = split_words("This answer starts streaming and then the server", 2)
-            return Plan("midstream_error", [text_block(words)], error_after=3, stream_error=ApiError(529, "overloaded_error", "Overloaded"))
+            return Plan(
+                "midstream_error",
+                [text_block(words)],
+                error_after=3,
+                stream_error=ApiError(529, "overloaded_error", "Overloaded"),
+            )
         if d.name == "maxtokens-tool":
             block = tool_use_block(self._tool_id("bash"), "echo never-runs-cut", "Run echo never-runs-cut")
             block.pieces = block.pieces[:1]  # the output limit cuts the input JSON
@@ -409,9 +453,16 @@ class ReplyPlanner:
             return Plan("maxtokens_tool", [intro, block], stop_reason="max_tokens")
         if d.name == "pause":
             intro = text_block(["Let me search ", "for that."])
-            return Plan("pause", [intro, *self._search_blocks("pause")], stop_reason="pause_turn", usage_extra=_SEARCH_USAGE)
+            return Plan(
+                "pause",
+                [intro, *self._search_blocks("pause")],
+                stop_reason="pause_turn",
+                usage_extra=_SEARCH_USAGE,
+            )
         if d.name == "refusal":
-            return Plan("refusal", [text_block(["I can help with ", "many things, but"])], stop_reason="refusal")
+            return Plan(
+                "refusal", [text_block(["I can help with ", "many things, but"])], stop_reason="refusal"
+            )
         if d.name == "ctx-exceeded":
             return Plan("ctx_exceeded", [], stop_reason="model_context_window_exceeded")
         return None
@@ -419,10 +470,20 @@ class ReplyPlanner:
     def _search_blocks(self, kind: str) -> list[PlannedBlock]:
         tool_id = f"srvtoolu_{kind}_{next(self._ids):06d}"
         query = {"query": "scripted model offline"}
-        use = PlannedBlock("server_tool_use", pieces=_split_json(query, 2), tool_id=tool_id, tool_name="web_search", tool_input=query)
+        use = PlannedBlock(
+            "server_tool_use",
+            pieces=_split_json(query, 2),
+            tool_id=tool_id,
+            tool_name="web_search",
+            tool_input=query,
+        )
         result = PlannedBlock(
             "web_search_tool_result",
-            raw={"type": "web_search_tool_result", "tool_use_id": tool_id, "content": [dict(r) for r in _SEARCH_RESULTS]},
+            raw={
+                "type": "web_search_tool_result",
+                "tool_use_id": tool_id,
+                "content": [dict(r) for r in _SEARCH_RESULTS],
+            },
         )
         return [use, result]
 

@@ -214,7 +214,12 @@ async def stream_plan(plan: Plan, out: SSEWriter, *, message_id: str, model: str
                 for number, piece in enumerate(block.pieces):
                     if number in block.citations:
                         delta = {"type": "citations_delta", "citation": block.citations[number]}
-                        out.add(sse_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+                        out.add(
+                            sse_event(
+                                "content_block_delta",
+                                {"type": "content_block_delta", "index": index, "delta": delta},
+                            )
+                        )
                     await wait_turn()
                     text = stamp() if stamp is not None and block.type == "text" else piece
                     out.add(prefix + json.dumps(text, ensure_ascii=False).encode() + b"}}\n\n")

@@ -25,7 +25,11 @@ def uses_redis() -> bool:
 
 def require_services(*, postgres: bool = False, redis: bool = False) -> None:
     """Skip (outside CI) or fail (in CI) when the configured stack lacks PostgreSQL/Redis."""
-    missing = [name for name, wanted, have in (("PostgreSQL", postgres, uses_postgres()), ("Redis", redis, uses_redis())) if wanted and not have]
+    missing = [
+        name
+        for name, wanted, have in (("PostgreSQL", postgres, uses_postgres()), ("Redis", redis, uses_redis()))
+        if wanted and not have
+    ]
     if not missing:
         return
     reason = f"needs {' and '.join(missing)} (set DATABASE_URL / REDIS_URL; .ci/run does)"
@@ -34,7 +38,9 @@ def require_services(*, postgres: bool = False, redis: bool = False) -> None:
     pytest.skip(reason)
 
 
-def run_threads(target: Callable[[int], object], count: int, *, join_timeout: float = 120.0) -> list[BaseException]:
+def run_threads(
+    target: Callable[[int], object], count: int, *, join_timeout: float = 120.0
+) -> list[BaseException]:
     """Run ``target(0)`` … ``target(count - 1)`` in real threads (each with its own database
     connection, closed when it ends) and wait for them; returns what they raised."""
     errors: list[BaseException] = []

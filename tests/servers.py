@@ -163,10 +163,21 @@ class DaphneServer:
 
     def launch(self) -> DaphneServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*_daphne_argv(), "-b", HOST, "-p", str(self.port), *self.args, "copilot_project.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                *_daphne_argv(),
+                "-b",
+                HOST,
+                "-p",
+                str(self.port),
+                *self.args,
+                "copilot_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         return self
 

@@ -31,7 +31,16 @@ class KindFilter(admin.SimpleListFilter):
 
 @admin.register(Transcript)
 class TranscriptAdmin(admin.ModelAdmin):
-    list_display = ("session_link", "subpath", "owner", "chat", "entry_count", "size", "updated_at", "project_key")
+    list_display = (
+        "session_link",
+        "subpath",
+        "owner",
+        "chat",
+        "entry_count",
+        "size",
+        "updated_at",
+        "project_key",
+    )
     list_display_links = None
     list_filter = (KindFilter, "updated_at")
     date_hierarchy = "updated_at"
@@ -44,7 +53,9 @@ class TranscriptAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         from chat.models import ChatSession
 
-        chats = ChatSession.objects.filter(agent_session_id=OuterRef("session_id")).order_by("-last_activity_at")
+        chats = ChatSession.objects.filter(agent_session_id=OuterRef("session_id")).order_by(
+            "-last_activity_at"
+        )
         return (
             super()
             .get_queryset(request)
@@ -62,13 +73,19 @@ class TranscriptAdmin(admin.ModelAdmin):
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
         if term:
-            chat_q = Q(owner__username__icontains=term) | Q(owner__email__icontains=term) | Q(title__icontains=term)
+            chat_q = (
+                Q(owner__username__icontains=term)
+                | Q(owner__email__icontains=term)
+                | Q(title__icontains=term)
+            )
             chat_q |= Q(client_id=term)
             try:
                 chat_q |= Q(id=uuid.UUID(term))
             except ValueError:
                 pass
-            agent_ids = ChatSession.objects.filter(chat_q).exclude(agent_session_id="").values("agent_session_id")
+            agent_ids = (
+                ChatSession.objects.filter(chat_q).exclude(agent_session_id="").values("agent_session_id")
+            )
             results = results | queryset.filter(session_id__in=agent_ids)
         return results, may_have_duplicates
 
@@ -76,7 +93,9 @@ class TranscriptAdmin(admin.ModelAdmin):
     def session_link(self, obj):
         url = reverse("transcripts:viewer", args=[obj.session_id])
         anchor = f"#{obj.subpath}" if obj.subpath else ""
-        return format_html('<a href="{}?{}{}">{}</a>', url, urlencode({"project": obj.project_key}), anchor, obj.session_id)
+        return format_html(
+            '<a href="{}?{}{}">{}</a>', url, urlencode({"project": obj.project_key}), anchor, obj.session_id
+        )
 
     @admin.display(description="owner", ordering="chat_owner")
     def owner(self, obj):

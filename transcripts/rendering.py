@@ -98,7 +98,15 @@ def block_text(content: Any) -> str:
 
 def _meta_item(entry: StoredEntry, label: str) -> Item:
     text, cut = _clip(_pretty(entry.data), MAX_META_CHARS)
-    return Item(kind="meta", seq=entry.seq, size=entry.size, timestamp=_ts(entry.data), label=label, text=text, truncated=cut)
+    return Item(
+        kind="meta",
+        seq=entry.seq,
+        size=entry.size,
+        timestamp=_ts(entry.data),
+        label=label,
+        text=text,
+        truncated=cut,
+    )
 
 
 def _agent_id(result: Any) -> str:
@@ -123,9 +131,24 @@ def render_entries(entries: list[StoredEntry]) -> list[Item]:
             content = message.get("content")
             if entry.get("isCompactSummary"):
                 text, cut = _clip(block_text(content))
-                items.append(Item(kind="compact_summary", seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut))
+                items.append(
+                    Item(
+                        kind="compact_summary",
+                        seq=stored.seq,
+                        size=stored.size,
+                        timestamp=ts,
+                        text=text,
+                        truncated=cut,
+                    )
+                )
                 continue
-            blocks = content if isinstance(content, list) else [{"type": "text", "text": content}] if isinstance(content, str) else []
+            blocks = (
+                content
+                if isinstance(content, list)
+                else [{"type": "text", "text": content}]
+                if isinstance(content, str)
+                else []
+            )
             texts: list[str] = []
             for block in blocks:
                 if not isinstance(block, dict):
@@ -135,7 +158,13 @@ def render_entries(entries: list[StoredEntry]) -> list[Item]:
                     out, cut = _clip(out_text)
                     tool = tools.get(str(block.get("tool_use_id", "")))
                     if tool is None:  # result without a visible call (e.g. after compaction)
-                        tool = Item(kind="tool_result", seq=stored.seq, size=stored.size, timestamp=ts, tool_id=str(block.get("tool_use_id", "")))
+                        tool = Item(
+                            kind="tool_result",
+                            seq=stored.seq,
+                            size=stored.size,
+                            timestamp=ts,
+                            tool_id=str(block.get("tool_use_id", "")),
+                        )
                         items.append(tool)
                     tool.output, tool.output_truncated = out, cut
                     tool.output_size = len(out_text.encode("utf-8", "replace"))
@@ -149,16 +178,42 @@ def render_entries(entries: list[StoredEntry]) -> list[Item]:
             if any(t.strip() for t in texts):
                 text, cut = _clip("\n".join(texts))
                 kind = "meta" if entry.get("isMeta") else "user"
-                items.append(Item(kind=kind, seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut, label="meta user message" if kind == "meta" else ""))
+                items.append(
+                    Item(
+                        kind=kind,
+                        seq=stored.seq,
+                        size=stored.size,
+                        timestamp=ts,
+                        text=text,
+                        truncated=cut,
+                        label="meta user message" if kind == "meta" else "",
+                    )
+                )
             continue
 
         if etype == "assistant" and message is not None:
             content = message.get("content")
             if entry.get("isApiErrorMessage") or entry.get("error"):
                 text, cut = _clip(block_text(content) or _pretty(entry.get("error")))
-                items.append(Item(kind="error", seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut, label=str(entry.get("error") or "API error")))
+                items.append(
+                    Item(
+                        kind="error",
+                        seq=stored.seq,
+                        size=stored.size,
+                        timestamp=ts,
+                        text=text,
+                        truncated=cut,
+                        label=str(entry.get("error") or "API error"),
+                    )
+                )
                 continue
-            blocks = content if isinstance(content, list) else [{"type": "text", "text": content}] if isinstance(content, str) else []
+            blocks = (
+                content
+                if isinstance(content, list)
+                else [{"type": "text", "text": content}]
+                if isinstance(content, str)
+                else []
+            )
             for block in blocks:
                 if not isinstance(block, dict):
                     continue
@@ -166,16 +221,41 @@ def render_entries(entries: list[StoredEntry]) -> list[Item]:
                 if btype == "text":
                     text, cut = _clip(str(block.get("text", "")))
                     if text.strip():
-                        items.append(Item(kind="assistant", seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut, label=str(message.get("model", ""))))
+                        items.append(
+                            Item(
+                                kind="assistant",
+                                seq=stored.seq,
+                                size=stored.size,
+                                timestamp=ts,
+                                text=text,
+                                truncated=cut,
+                                label=str(message.get("model", "")),
+                            )
+                        )
                 elif btype in ("thinking", "redacted_thinking"):
                     raw = str(block.get("thinking", "")) if btype == "thinking" else "[redacted thinking]"
                     text, cut = _clip(raw)
-                    items.append(Item(kind="thinking", seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut))
+                    items.append(
+                        Item(
+                            kind="thinking",
+                            seq=stored.seq,
+                            size=stored.size,
+                            timestamp=ts,
+                            text=text,
+                            truncated=cut,
+                        )
+                    )
                 elif btype in ("tool_use", "server_tool_use", "mcp_tool_use"):
                     tool_input, cut = _clip(_pretty(block.get("input", {})))
                     tool = Item(
-                        kind="tool", seq=stored.seq, size=stored.size, timestamp=ts, tool_id=str(block.get("id", "")),
-                        name=str(block.get("name", "")), input=tool_input, truncated=cut,
+                        kind="tool",
+                        seq=stored.seq,
+                        size=stored.size,
+                        timestamp=ts,
+                        tool_id=str(block.get("id", "")),
+                        name=str(block.get("name", "")),
+                        input=tool_input,
+                        truncated=cut,
                     )
                     tools[tool.tool_id] = tool
                     items.append(tool)
@@ -188,17 +268,41 @@ def render_entries(entries: list[StoredEntry]) -> list[Item]:
             if subtype == "compact_boundary":
                 meta = entry.get("compactMetadata") or {}
                 text = str(entry.get("content", "Conversation compacted"))
-                items.append(Item(kind="compact", seq=stored.seq, size=stored.size, timestamp=ts, text=text, extra=meta if isinstance(meta, dict) else {}))
+                items.append(
+                    Item(
+                        kind="compact",
+                        seq=stored.seq,
+                        size=stored.size,
+                        timestamp=ts,
+                        text=text,
+                        extra=meta if isinstance(meta, dict) else {},
+                    )
+                )
                 continue
             level = str(entry.get("level", ""))
-            text, cut = _clip(block_text(entry.get("content")) or _pretty({k: v for k, v in entry.items() if k not in ("parentUuid", "uuid", "sessionId")}))
+            text, cut = _clip(
+                block_text(entry.get("content"))
+                or _pretty({k: v for k, v in entry.items() if k not in ("parentUuid", "uuid", "sessionId")})
+            )
             kind = "error" if level == "error" or "error" in subtype else "system"
-            items.append(Item(kind=kind, seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut, label=subtype or "system"))
+            items.append(
+                Item(
+                    kind=kind,
+                    seq=stored.seq,
+                    size=stored.size,
+                    timestamp=ts,
+                    text=text,
+                    truncated=cut,
+                    label=subtype or "system",
+                )
+            )
             continue
 
         if etype == "summary":
             text, cut = _clip(str(entry.get("summary", "")))
-            items.append(Item(kind="summary", seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut))
+            items.append(
+                Item(kind="summary", seq=stored.seq, size=stored.size, timestamp=ts, text=text, truncated=cut)
+            )
             continue
 
         label = str(etype or "entry")

@@ -20,7 +20,9 @@ _PATTERNS = [
     re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)(authorization\s*[:=]\s*[\"']?\s*bearer\s+)[A-Za-z0-9._~+/=\-]{8,}"),
     re.compile(r"(?i)(x-api-key\s*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/=\-]{8,}"),
-    re.compile(r"(?i)((?:ANTHROPIC_API_KEY|ANTHROPIC_AUTH_TOKEN|SECRET_KEY|CLAUDE_CODE_OAUTH_TOKEN)[\"']?\s*[:=]\s*[\"']?)[^\s\"']{8,}"),
+    re.compile(
+        r"(?i)((?:ANTHROPIC_API_KEY|ANTHROPIC_AUTH_TOKEN|SECRET_KEY|CLAUDE_CODE_OAUTH_TOKEN)[\"']?\s*[:=]\s*[\"']?)[^\s\"']{8,}"
+    ),
 ]
 
 

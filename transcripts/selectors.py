@@ -42,7 +42,9 @@ def transcript_entries(*, transcript: Transcript) -> Iterator[StoredEntry]:
         yield StoredEntry(seq=seq, size=size, data=parsed)
 
 
-def transcript_entries_scrubbed(*, transcript: Transcript, scrubber: Scrubber | None = None) -> Iterator[StoredEntry]:
+def transcript_entries_scrubbed(
+    *, transcript: Transcript, scrubber: Scrubber | None = None
+) -> Iterator[StoredEntry]:
     scrubber = scrubber or Scrubber()
     for entry in transcript_entries(transcript=transcript):
         entry.data = scrubber.deep(entry.data)
@@ -52,7 +54,12 @@ def transcript_entries_scrubbed(*, transcript: Transcript, scrubber: Scrubber | 
 def transcript_jsonl_lines(*, transcript: Transcript) -> Iterator[str]:
     """The transcript as JSONL (one entry per line, secrets scrubbed) for download."""
     for entry in transcript_entries_scrubbed(transcript=transcript):
-        yield json.dumps(entry.data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace").decode() + "\n"
+        yield (
+            json.dumps(entry.data, ensure_ascii=False, separators=(",", ":"))
+            .encode("utf-8", "replace")
+            .decode()
+            + "\n"
+        )
 
 
 def chat_sessions_for_agent_session(*, agent_session_id: str) -> list[Any]:

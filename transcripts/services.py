@@ -36,7 +36,7 @@ def _turn_is_active(chat_session_id: str) -> bool:
     """``chat.runtime.turn_is_active``; an unknown state (the check failed) counts as active."""
     try:
         return turn_is_active(session_id=chat_session_id)
-    except Exception:  # noqa: BLE001 - be conservative: an unknown state is "active"
+    except Exception:
         logger.warning("turn_is_active failed for %s; keeping its transcript", chat_session_id, exc_info=True)
         return True
 

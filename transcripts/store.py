@@ -104,10 +104,14 @@ class DjangoSessionStore(SessionStore):
     # --- optional ---------------------------------------------------------------------------
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
-        return await sync_to_async(self._list_sessions_sync, thread_sensitive=True)(self.project_key or project_key)
+        return await sync_to_async(self._list_sessions_sync, thread_sensitive=True)(
+            self.project_key or project_key
+        )
 
     async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
-        return await sync_to_async(self._list_summaries_sync, thread_sensitive=True)(self.project_key or project_key)
+        return await sync_to_async(self._list_summaries_sync, thread_sensitive=True)(
+            self.project_key or project_key
+        )
 
     async def delete(self, key: SessionKey) -> None:
         await sync_to_async(self._delete_sync, thread_sensitive=True)(self._pin(key))
@@ -220,9 +224,9 @@ class DjangoSessionStore(SessionStore):
     def _list_sessions_sync(self, project_key: str) -> list[SessionStoreListEntry]:
         return [
             {"session_id": session_id, "mtime": mtime}
-            for session_id, mtime in Transcript.objects.filter(project_key=project_key, subpath="").values_list(
-                "session_id", "mtime"
-            )
+            for session_id, mtime in Transcript.objects.filter(
+                project_key=project_key, subpath=""
+            ).values_list("session_id", "mtime")
         ]
 
     def _list_summaries_sync(self, project_key: str) -> list[SessionSummaryEntry]:

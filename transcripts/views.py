@@ -44,7 +44,9 @@ def viewer(request, session_id: str):
     sections = []
     for row in rows:
         entries = list(selectors.transcript_entries_scrubbed(transcript=row, scrubber=scrubber))
-        sections.append({"transcript": row, "items": render_entries(entries), "anchor": row.subpath or "main"})
+        sections.append(
+            {"transcript": row, "items": render_entries(entries), "anchor": row.subpath or "main"}
+        )
     projects = sorted({row.project_key for row in rows})
     context = {
         **admin.site.each_context(request),
@@ -68,7 +70,11 @@ def download(request, session_id: str):
     _require_view_permission(request)
     project_key = request.GET.get("project") or None
     subpath = request.GET.get("subpath", "")
-    rows = [row for row in selectors.transcript_list_for_session(session_id=session_id, project_key=project_key) if row.subpath == subpath]
+    rows = [
+        row
+        for row in selectors.transcript_list_for_session(session_id=session_id, project_key=project_key)
+        if row.subpath == subpath
+    ]
     if not rows:
         raise Http404("No such transcript.")
     row = rows[0]

@@ -81,7 +81,9 @@ def _user_content(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             content.append({"type": "text", "text": str(part["text"])})
         elif kind == "file":
             name = part.get("filename") or "file"
-            content.append({"type": "text", "text": f"[attached earlier: {name} ({part.get('mediaType', '')})]"})
+            content.append(
+                {"type": "text", "text": f"[attached earlier: {name} ({part.get('mediaType', '')})]"}
+            )
     return content
 
 
@@ -102,18 +104,40 @@ def _assistant_messages(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for part in parts:
         kind = part.get("type")
         name = _tool_name(part)
-        if name is not None and (part.get("providerExecuted") or str(part.get("toolCallId", "")).startswith("srvtoolu_")):
+        if name is not None and (
+            part.get("providerExecuted") or str(part.get("toolCallId", "")).startswith("srvtoolu_")
+        ):
             continue  # a server tool (web search) the API ran itself: not a tool_use of ours
         if name is not None:
             tool_id = str(part["toolCallId"])
             tool_input = part.get("input")
-            content.append({"type": "tool_use", "id": tool_id, "name": name, "input": tool_input if isinstance(tool_input, dict) else {}})
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": tool_id,
+                    "name": name,
+                    "input": tool_input if isinstance(tool_input, dict) else {},
+                }
+            )
             state = part.get("state")
             if state == "output-available":
-                results.append({"type": "tool_result", "tool_use_id": tool_id, "content": _output_text(part.get("output"))})
+                results.append(
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": tool_id,
+                        "content": _output_text(part.get("output")),
+                    }
+                )
             else:
                 error = part.get("errorText") if state == "output-error" else UNFINISHED_TOOL
-                results.append({"type": "tool_result", "tool_use_id": tool_id, "content": str(error or UNFINISHED_TOOL), "is_error": True})
+                results.append(
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": tool_id,
+                        "content": str(error or UNFINISHED_TOOL),
+                        "is_error": True,
+                    }
+                )
         elif kind == "text" and str(part.get("text", "")).strip():
             if results:  # text after tool results: the next step
                 flush()
@@ -146,17 +170,31 @@ def _repair_pairs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for index, message in enumerate(messages):
         if message["role"] == "user":
             previous = out[-1] if out and out[-1]["role"] == "assistant" else None
-            wanted = {b["id"] for b in previous["content"] if b.get("type") == "tool_use"} if previous else set()
-            content = [b for b in message["content"] if b.get("type") != "tool_result" or b.get("tool_use_id") in wanted]
+            wanted = (
+                {b["id"] for b in previous["content"] if b.get("type") == "tool_use"} if previous else set()
+            )
+            content = [
+                b
+                for b in message["content"]
+                if b.get("type") != "tool_result" or b.get("tool_use_id") in wanted
+            ]
             if content:
                 out.append({"role": "user", "content": content})
             continue
         out.append(message)
         uses = [b["id"] for b in message["content"] if b.get("type") == "tool_use"]
         if uses:
-            following = messages[index + 1] if index + 1 < len(messages) and messages[index + 1]["role"] == "user" else None
+            following = (
+                messages[index + 1]
+                if index + 1 < len(messages) and messages[index + 1]["role"] == "user"
+                else None
+            )
             answered = {b.get("tool_use_id") for b in following["content"]} if following else set()
-            missing = [{"type": "tool_result", "tool_use_id": tid, "content": UNFINISHED_TOOL, "is_error": True} for tid in uses if tid not in answered]
+            missing = [
+                {"type": "tool_result", "tool_use_id": tid, "content": UNFINISHED_TOOL, "is_error": True}
+                for tid in uses
+                if tid not in answered
+            ]
             if missing:
                 if following is None:
                     messages.insert(index + 1, {"role": "user", "content": missing})
@@ -177,7 +215,9 @@ def history_to_messages(history: list[HistoryMessage]) -> list[dict[str, Any]]:
             messages.extend(_assistant_messages(item.parts))
     messages = _repair_pairs(_merge(messages))
     if messages and messages[0]["role"] != "user":
-        messages.insert(0, {"role": "user", "content": [{"type": "text", "text": "(conversation continues)"}]})
+        messages.insert(
+            0, {"role": "user", "content": [{"type": "text", "text": "(conversation continues)"}]}
+        )
     return messages
 
 
@@ -206,12 +246,18 @@ class ApiBackend:
         if text.strip():
             content.append({"type": "text", "text": text})
         if not content:
-            raise AgentError(ErrorKind.INVALID_REQUEST, detail="empty user message", message="The message is empty.")
+            raise AgentError(
+                ErrorKind.INVALID_REQUEST, detail="empty user message", message="The message is empty."
+            )
         return {"role": "user", "content": content}
 
     def build_messages(self, inp: TurnInput) -> list[dict[str, Any]]:
         history = list(inp.history)
-        if history and history[-1].role == "user" and _text_of(history[-1]).strip() == (inp.user_text or "").strip():
+        if (
+            history
+            and history[-1].role == "user"
+            and _text_of(history[-1]).strip() == (inp.user_text or "").strip()
+        ):
             history = history[:-1]  # the new message was already persisted into the history
         return _merge(history_to_messages(history) + [self._new_user_message(inp)])
 
@@ -223,7 +269,10 @@ class ApiBackend:
         tools[-1]["cache_control"] = CACHE
         request_messages = list(messages)
         # the newest user message (a pause_turn continuation ends with the assistant's turn)
-        at = max((i for i, m in enumerate(request_messages) if m["role"] == "user"), default=len(request_messages) - 1)
+        at = max(
+            (i for i, m in enumerate(request_messages) if m["role"] == "user"),
+            default=len(request_messages) - 1,
+        )
         last = dict(request_messages[at])
         last["content"] = [dict(b) for b in last["content"]]
         last["content"][-1]["cache_control"] = CACHE
@@ -287,7 +336,11 @@ class ApiBackend:
                     continue
                 if stop_reason != "tool_use" or not tool_uses:
                     yield events.finish_step()
-                    result.finish_reason = "stop" if stop_reason in ("end_turn", "stop_sequence", None) else ("content-filter" if stop_reason == "refusal" else "stop")
+                    result.finish_reason = (
+                        "stop"
+                        if stop_reason in ("end_turn", "stop_sequence", None)
+                        else ("content-filter" if stop_reason == "refusal" else "stop")
+                    )
                     return
                 for block in tool_uses:
                     if block["id"] in state.get("cut", ()):  # invalid JSON: shown now, run with {}
@@ -305,13 +358,22 @@ class ApiBackend:
                 yield events.finish_step()  # a step = one model call plus its tool executions
                 over = next((o for o in outcomes if o.over_quota), None)
                 if over is not None:  # the workspace quota (agents/jail.py) ends the turn
-                    raise AgentError(ErrorKind.POLICY, detail="workspace quota exceeded", message=over.output.rsplit("\n\n", 1)[-1])
+                    raise AgentError(
+                        ErrorKind.POLICY,
+                        detail="workspace quota exceeded",
+                        message=over.output.rsplit("\n\n", 1)[-1],
+                    )
                 messages.append({"role": "assistant", "content": content})
                 messages.append(
                     {
                         "role": "user",
                         "content": [
-                            {"type": "tool_result", "tool_use_id": b["id"], "content": o.output or "(no output)", **({"is_error": True} if o.is_error else {})}
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": b["id"],
+                                "content": o.output or "(no output)",
+                                **({"is_error": True} if o.is_error else {}),
+                            }
                             for b, o in zip(tool_uses, outcomes, strict=True)
                         ],
                     }
@@ -325,13 +387,19 @@ class ApiBackend:
             stop_task.cancel()
 
     async def _run_tools(
-        self, inp: TurnInput, tool_uses: list[dict[str, Any]], limiter: SubagentLimiter, stop_task: asyncio.Future[Any]
+        self,
+        inp: TurnInput,
+        tool_uses: list[dict[str, Any]],
+        limiter: SubagentLimiter,
+        stop_task: asyncio.Future[Any],
     ) -> list[ToolOutcome] | None:
         """Run the tool calls concurrently; None when stopped meanwhile (tools are cancelled)."""
         if inp.stop.is_set():
             return None
         gathered = asyncio.ensure_future(
-            asyncio.gather(*(run_tool(inp.workspace, b["name"], b["input"], limiter=limiter) for b in tool_uses))
+            asyncio.gather(
+                *(run_tool(inp.workspace, b["name"], b["input"], limiter=limiter) for b in tool_uses)
+            )
         )
         done, _ = await asyncio.wait({gathered, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if gathered in done:
@@ -359,7 +427,9 @@ class ApiBackend:
         of the SDK's typed events, which built pydantic models per delta (a quarter of the relay's
         CPU, docs/performance.md cause C); error events raise exactly as the SDK's iterator does.
         Stop is raced without a task per event: ``_StopGuard`` cancels the read in flight."""
-        create = asyncio.ensure_future(client.messages.create(stream=True, **self.request_params(inp, messages)))
+        create = asyncio.ensure_future(
+            client.messages.create(stream=True, **self.request_params(inp, messages))
+        )
         done, _ = await asyncio.wait({create, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if create not in done:
             create.cancel()

@@ -51,8 +51,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, HookMatcher, ResultMessage, project_key_for_directory
-from claude_agent_sdk._errors import CLIConnectionError, CLIJSONDecodeError, CLINotFoundError, ClaudeSDKError, ProcessError
+from claude_agent_sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    HookMatcher,
+    ResultMessage,
+    project_key_for_directory,
+)
+from claude_agent_sdk._errors import (
+    ClaudeSDKError,
+    CLIConnectionError,
+    CLIJSONDecodeError,
+    CLINotFoundError,
+    ProcessError,
+)
 
 from agents.attachments import prepare_attachments
 from agents.backends.sdk_adapter import SdkTranslator
@@ -79,12 +91,50 @@ except ImportError:  # older SDKs do not warn
 # for the model), the ones pre-approved (each still passes the PreToolUse hook) and the ones never
 # allowed. Task/Agent (sub-agents) are available but not pre-approved: can_use_tool decides,
 # with the SubagentLimiter.
-SDK_TOOLS = ["Bash", "Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS", "NotebookEdit", "TodoWrite", "Task", "Agent"]
-SDK_ALLOWED_TOOLS = ["Bash", "Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS", "NotebookEdit", "TodoWrite"]
+SDK_TOOLS = [
+    "Bash",
+    "Read",
+    "Write",
+    "Edit",
+    "MultiEdit",
+    "Glob",
+    "Grep",
+    "LS",
+    "NotebookEdit",
+    "TodoWrite",
+    "Task",
+    "Agent",
+]
+SDK_ALLOWED_TOOLS = [
+    "Bash",
+    "Read",
+    "Write",
+    "Edit",
+    "MultiEdit",
+    "Glob",
+    "Grep",
+    "LS",
+    "NotebookEdit",
+    "TodoWrite",
+]
 SDK_DISALLOWED_TOOLS = [
-    "WebFetch", "WebSearch", "AskUserQuestion", "EnterPlanMode", "ExitPlanMode", "EnterWorktree", "ExitWorktree",
-    "CronCreate", "CronDelete", "CronList", "ScheduleWakeup", "Monitor", "Workflow", "Skill", "SendMessage",
-    "KillShell", "BashOutput",
+    "WebFetch",
+    "WebSearch",
+    "AskUserQuestion",
+    "EnterPlanMode",
+    "ExitPlanMode",
+    "EnterWorktree",
+    "ExitWorktree",
+    "CronCreate",
+    "CronDelete",
+    "CronList",
+    "ScheduleWakeup",
+    "Monitor",
+    "Workflow",
+    "Skill",
+    "SendMessage",
+    "KillShell",
+    "BashOutput",
 ]
 
 INTERRUPT_TIMEOUT_SECONDS = 5.0
@@ -98,7 +148,14 @@ _SECRET_ENV_RE = re.compile(
     re.IGNORECASE,
 )
 _LAUNCHER_KEEP = frozenset({"PATH", "LANG", "LC_ALL"})  # what a jailed CLI's launcher inherits
-_TEARDOWN_NOISE = ("cancel scope", "different task", "contextvar", "token", "was created in a different context", "event loop is closed")
+_TEARDOWN_NOISE = (
+    "cancel scope",
+    "different task",
+    "contextvar",
+    "token",
+    "was created in a different context",
+    "event loop is closed",
+)
 
 
 def use_credential_proxy() -> bool:
@@ -176,7 +233,10 @@ def history_context(history: list[HistoryMessage]) -> str:
         for part in message.parts:
             if part.get("type") == "text" and part.get("text"):
                 texts.append(str(part["text"]))
-            elif str(part.get("type", "")).startswith("tool-") and part.get("state") in ("output-available", "output-error"):
+            elif str(part.get("type", "")).startswith("tool-") and part.get("state") in (
+                "output-available",
+                "output-error",
+            ):
                 name = str(part.get("type", ""))[5:]
                 texts.append(f"[used tool {name}]")
         if texts:
@@ -242,13 +302,20 @@ def transcript_gap(history: list[HistoryMessage], transcript_user_texts: list[st
 def _entry_user_texts(entries: list[dict[str, Any]]) -> list[str]:
     texts: list[str] = []
     for entry in entries:
-        if not isinstance(entry, dict) or entry.get("type") != "user" or entry.get("isMeta") or entry.get("isCompactSummary"):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("type") != "user"
+            or entry.get("isMeta")
+            or entry.get("isCompactSummary")
+        ):
             continue
         content = (entry.get("message") or {}).get("content")
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts += [str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"]
+            texts += [
+                str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"
+            ]
     return texts
 
 
@@ -341,7 +408,11 @@ def classify_sdk_exception(exc: BaseException) -> AgentError:
         return exc
     text = scrub(f"{exc} {getattr(exc, 'stderr', '') or ''}").strip()
     if isinstance(exc, CLINotFoundError):
-        return AgentError(ErrorKind.UNKNOWN, detail=text[:500], message="The agent runtime is not installed correctly. Ask an operator.")
+        return AgentError(
+            ErrorKind.UNKNOWN,
+            detail=text[:500],
+            message="The agent runtime is not installed correctly. Ask an operator.",
+        )
     found = classify_text(text)
     if found is not None:
         return found
@@ -352,7 +423,9 @@ def classify_sdk_exception(exc: BaseException) -> AgentError:
     return classify_exception(exc)
 
 
-async def _prompt_messages(text: str, blocks: list[dict[str, Any]], context: str = "") -> AsyncIterator[dict[str, Any]]:
+async def _prompt_messages(
+    text: str, blocks: list[dict[str, Any]], context: str = ""
+) -> AsyncIterator[dict[str, Any]]:
     content: list[dict[str, Any]] = [{"type": "text", "text": context}] if context else []
     content += [{"type": "text", "text": text or " "}, *blocks]
     yield {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
@@ -401,7 +474,7 @@ def max_cli_processes() -> int:
     return agent_config().sdk_max_cli_processes
 
 
-async def _cli_room(pool: "_Pool") -> None:
+async def _cli_room(pool: _Pool) -> None:
     """Return once one more CLI may start in this worker (see ``max_cli_processes``). No await
     between the return and the caller registering its owner task: the check holds."""
     limit = max_cli_processes()
@@ -419,7 +492,8 @@ async def _cli_room(pool: "_Pool") -> None:
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise AgentError(
-                ErrorKind.OVERLOADED, detail=f"{len(live)} CLI processes busy (AGENT_SDK_MAX_CLI_PROCESSES={limit})",
+                ErrorKind.OVERLOADED,
+                detail=f"{len(live)} CLI processes busy (AGENT_SDK_MAX_CLI_PROCESSES={limit})",
                 message="The server is running as many agents as it may (too_many_turns). Please try again in a moment.",
             )
         await asyncio.wait(live, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
@@ -434,16 +508,22 @@ class _Router:
         self.policy = ToolPolicy(workspace, limiter=SubagentLimiter())
         self.compaction_sink: Any = None  # () -> None, the current turn's "compaction started"
 
-    async def pre_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+    async def pre_tool_use(
+        self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
         return await self.policy.pre_tool_use(input_data, tool_use_id, context)
 
-    async def post_tool_use(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+    async def post_tool_use(
+        self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
         return await self.policy.post_tool_use(input_data, tool_use_id, context)
 
     async def can_use_tool(self, tool_name: str, tool_input: dict[str, Any], context: Any) -> Any:
         return await self.policy.can_use_tool(tool_name, tool_input, context)
 
-    async def on_compact(self, input_data: dict[str, Any], tool_use_id: str | None, context: Any) -> dict[str, Any]:
+    async def on_compact(
+        self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
         # The CLI compacts its own context (PreCompact hook): tell the user, nothing else.
         sink = self.compaction_sink
         if sink is not None:
@@ -545,7 +625,7 @@ class _Pool:
             kept.next_job.set_result(None)
 
 
-_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool]" = weakref.WeakKeyDictionary()
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
 
 
 def _pool() -> _Pool:
@@ -562,7 +642,13 @@ def kept_clients() -> list[dict[str, Any]]:
     if pool is None:
         return []
     return [
-        {"session_id": k.session_id, "pid": k.pid, "cli_session_id": k.cli_session_id, "turns": k.turns, "idle_since": k.idle_since}
+        {
+            "session_id": k.session_id,
+            "pid": k.pid,
+            "cli_session_id": k.cli_session_id,
+            "turns": k.turns,
+            "idle_since": k.idle_since,
+        }
         for k in pool.idle.values()
     ]
 
@@ -609,7 +695,11 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
     """What a kept client must match to serve a turn: the session, its workspace, the model and
     every option the CLI was started with (system prompt, environment, transcript store, limits)."""
     store = inp.session_store
-    store_id = None if store is None else (type(store).__module__, type(store).__qualname__, getattr(store, "project_key", None))
+    store_id = (
+        None
+        if store is None
+        else (type(store).__module__, type(store).__qualname__, getattr(store, "project_key", None))
+    )
     config = agent_config()
     return (
         inp.session_id,
@@ -696,7 +786,9 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
 async def _serve(kept: _Kept, job: _Job) -> bool:
     """Run one turn, report its end to the job's reader; True when the client may be kept."""
     try:
-        reusable = await _run_turn(kept, job.inp, job.result, lambda chunk: job.queue.put_nowait(("chunk", chunk)))
+        reusable = await _run_turn(
+            kept, job.inp, job.result, lambda chunk: job.queue.put_nowait(("chunk", chunk))
+        )
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001 - handed to stream(), which raises it
@@ -721,7 +813,9 @@ async def _connect(
     """(connected client, whether it resumed ``inp.agent_session_id``)."""
     resume = inp.agent_session_id or None
     try:
-        options = build_options(inp, workspace, policy, resume=resume, on_compact=on_compact, credential=credential)
+        options = build_options(
+            inp, workspace, policy, resume=resume, on_compact=on_compact, credential=credential
+        )
         return await _open(options), bool(resume)
     except Exception as exc:
         if not resume:
@@ -729,7 +823,9 @@ async def _connect(
         # The transcript to resume is gone (workspace wiped, other host): start afresh with the
         # history from the database as context in the prompt instead.
         log.info("cannot resume CLI session %s (%s); starting a new one", resume, scrub(str(exc))[:200])
-    return await _open(build_options(inp, workspace, policy, resume=None, on_compact=on_compact, credential=credential)), False
+    return await _open(
+        build_options(inp, workspace, policy, resume=None, on_compact=on_compact, credential=credential)
+    ), False
 
 
 async def _context_and_texts(inp: TurnInput, workspace: Path, resumed: bool) -> tuple[str, list[str]]:
@@ -748,7 +844,12 @@ async def _context_and_texts(inp: TurnInput, workspace: Path, resumed: bool) -> 
 def _gap_context(inp: TurnInput, history: list[HistoryMessage], texts: list[str]) -> str:
     gap = transcript_gap(history, texts)
     if gap:
-        log.info("CLI session %s misses %d of %d messages; adding them as context", inp.agent_session_id, len(gap), len(history))
+        log.info(
+            "CLI session %s misses %d of %d messages; adding them as context",
+            inp.agent_session_id,
+            len(gap),
+            len(history),
+        )
     return context_block(gap, GAP_NOTE)
 
 
@@ -804,7 +905,9 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
         try:
             await _send(client, text, blocks, context)
         except Exception as exc:  # noqa: BLE001 - the CLI died while parked: start a new one
-            log.info("kept CLI of session %s unusable (%s); reconnecting", inp.session_id, scrub(str(exc))[:200])
+            log.info(
+                "kept CLI of session %s unusable (%s); reconnecting", inp.session_id, scrub(str(exc))[:200]
+            )
             kept.client = None
             await _disconnect(client)
             client = None
@@ -902,14 +1005,29 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
 
 
 def _copy_usage(usage: Any) -> Usage:
-    return Usage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, usage.cost_usd)
+    return Usage(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.cost_usd,
+    )
 
 
 def _fill_result(result: TurnResult, translator: SdkTranslator) -> None:
 
     final = translator.result
-    reported = Usage.from_api(final.usage, cost_usd=final.total_cost_usd) if final is not None and final.usage else None
-    if reported is not None and (reported.input_tokens or reported.output_tokens or reported.cache_read_tokens or reported.cache_write_tokens):
+    reported = (
+        Usage.from_api(final.usage, cost_usd=final.total_cost_usd)
+        if final is not None and final.usage
+        else None
+    )
+    if reported is not None and (
+        reported.input_tokens
+        or reported.output_tokens
+        or reported.cache_read_tokens
+        or reported.cache_write_tokens
+    ):
         result.usage = reported
     else:
         result.usage = _copy_usage(translator.usage)

@@ -52,9 +52,9 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import StreamEvent
 
 from agents import events
-from agents.translate import StreamTranslator
 from agents.errors import AgentError, ErrorKind, classify_status, classify_text, scrub
 from agents.events import Chunk
+from agents.translate import StreamTranslator
 from agents.turn import Usage
 
 log = logging.getLogger(__name__)
@@ -269,16 +269,25 @@ class SdkTranslator:
             text = self._assistant_error[1]
         if result is not None and result.result:
             text = result.result
-        if self.context_exceeded and self._assistant_error is not None or (
-            result is not None and result.stop_reason == "model_context_window_exceeded"
+        if (
+            self.context_exceeded
+            and self._assistant_error is not None
+            or (result is not None and result.stop_reason == "model_context_window_exceeded")
         ):
-            return AgentError(ErrorKind.PROMPT_TOO_LONG, detail=scrub(text or "stop_reason model_context_window_exceeded")[:500])
+            return AgentError(
+                ErrorKind.PROMPT_TOO_LONG,
+                detail=scrub(text or "stop_reason model_context_window_exceeded")[:500],
+            )
         if result is not None and result.is_error and self._completed_despite_diagnostic(result):
             log.info("CLI result error_during_execution after a completed answer ignored: %s", result.errors)
             return None
         if result is not None and result.is_error:
             return self._classify(result, text)
-        if result is not None and looks_like_cli_error(result.result) and not self._produced_text_matching(result.result):
+        if (
+            result is not None
+            and looks_like_cli_error(result.result)
+            and not self._produced_text_matching(result.result)
+        ):
             # A "successful" result whose text is an error (lessons 5 and 9).
             found = classify_text(result.result or "")
             if found is not None:
@@ -299,7 +308,11 @@ class SdkTranslator:
         if self._rate_limit_error is not None:
             return self._rate_limit_error
         by_text = classify_text(text)
-        if by_text is not None and by_text.kind in (ErrorKind.PROMPT_TOO_LONG, ErrorKind.RATE_LIMITED) and by_text.resets_at:
+        if (
+            by_text is not None
+            and by_text.kind in (ErrorKind.PROMPT_TOO_LONG, ErrorKind.RATE_LIMITED)
+            and by_text.resets_at
+        ):
             return by_text
         if status:
             error = classify_status(int(status), text)
@@ -340,7 +353,9 @@ class SdkTranslator:
             self._streamed.add(self.stream.message_id)
         elif kind == "message_delta" and self.stream.stop_reason:
             self.refused = self.refused or self.stream.stop_reason == "refusal"
-            self.context_exceeded = self.context_exceeded or self.stream.stop_reason == "model_context_window_exceeded"
+            self.context_exceeded = (
+                self.context_exceeded or self.stream.stop_reason == "model_context_window_exceeded"
+            )
         elif kind == "message_stop":
             self.step_boundaries += 1
             if self._step_tools:
@@ -358,7 +373,11 @@ class SdkTranslator:
                 self._tool_names[chunk["toolCallId"]] = chunk["toolName"]
                 if not chunk.get("providerExecuted"):
                     self._step_tools.add(chunk["toolCallId"])
-            elif kind == "tool-input-available" and not chunk.get("providerExecuted") and self.breaker is not None:
+            elif (
+                kind == "tool-input-available"
+                and not chunk.get("providerExecuted")
+                and self.breaker is not None
+            ):
                 self.breaker.record(chunk["toolName"], chunk["input"])
         return chunks
 
@@ -422,7 +441,11 @@ class SdkTranslator:
                 continue
             elif isinstance(block, TextBlock) and block.text:
                 pid = f"text-{message.message_id or message.uuid}-{index}"
-                out += self._ensure_step() + [events.text_start(pid), events.text_delta(pid, block.text), events.text_end(pid)]
+                out += self._ensure_step() + [
+                    events.text_start(pid),
+                    events.text_delta(pid, block.text),
+                    events.text_end(pid),
+                ]
             elif isinstance(block, ThinkingBlock) and block.thinking:
                 pid = f"reasoning-{message.message_id or message.uuid}-{index}"
                 out += self._ensure_step() + [

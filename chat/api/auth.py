@@ -55,7 +55,9 @@ class BearerKeyAuthentication(authentication.BaseAuthentication):
         ip = ratelimit.client_ip(request)
         wait = ratelimit.api_key_blocked_for(ip=ip)
         if wait:
-            raise exceptions.Throttled(wait=wait, detail="Too many failed API-key attempts from this address.")
+            raise exceptions.Throttled(
+                wait=wait, detail="Too many failed API-key attempts from this address."
+            )
         if not token:
             ratelimit.api_key_failure_record(ip=ip)
             raise exceptions.AuthenticationFailed("Empty bearer token.")
@@ -74,10 +76,15 @@ class BearerKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
-        return {"type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer cps_…`"}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key: `Authorization: Bearer cps_…`",
+        }
 
 
 # --- websocket ----------------------------------------------------------------------------------
+
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope.get("headers", []):
@@ -154,7 +161,9 @@ async def _handshake_key(token: str) -> ApiKey | None:
     if entry is None or entry[0] is not loop:
         # Off the serialised database thread (thread_sensitive=False): a handshake must not queue
         # behind this process's turn starts and ends.
-        future = asyncio.ensure_future(database_sync_to_async(api_key_authenticate, thread_sensitive=False)(raw_key=token))
+        future = asyncio.ensure_future(
+            database_sync_to_async(api_key_authenticate, thread_sensitive=False)(raw_key=token)
+        )
         _inflight[token] = (loop, future)
         future.add_done_callback(lambda _f: _inflight.pop(token, None))
     else:

@@ -30,7 +30,7 @@ class AsyncAPIView(APIView):
             response = handler(request, *args, **kwargs)
             if inspect.isawaitable(response):
                 response = await response
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - DRF's own handler decides, as in APIView.dispatch
             response = await sync_to_async(self.handle_exception)(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
         return self.response

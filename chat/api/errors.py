@@ -11,48 +11,18 @@ import logging
 import math
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from chat.api.exceptions import NOT_FOUND_MESSAGE, ApiError, NotFoundError
+
 logger = logging.getLogger(__name__)
-
-NOT_FOUND_MESSAGE = "Not found."
-
-
-class ApiError(exceptions.APIException):
-    """An API error with an explicit code; ``retry_after`` (seconds) adds a Retry-After header."""
-
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "invalid_request"
-    default_detail = "Invalid request."
-
-    def __init__(self, message: str | None = None, *, code: str | None = None, status_code: int | None = None,
-                 retry_after: float | None = None, details: Any = None) -> None:
-        super().__init__(message or self.default_detail, code or self.default_code)
-        if status_code is not None:
-            self.status_code = status_code
-        self.error_code = code or self.default_code
-        self.message = str(message or self.default_detail)
-        self.retry_after = retry_after
-        self.details = details
-
-
-class NotFoundError(ApiError):
-    status_code = status.HTTP_404_NOT_FOUND
-    default_code = "not_found"
-    default_detail = NOT_FOUND_MESSAGE
-
-
-class ConflictError(ApiError):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "stream_already_active"
-    default_detail = "A turn is already running in this session."
 
 
 def retry_after_seconds(resets_at: dt.datetime | None, default: float = 60.0) -> int:
@@ -83,8 +53,9 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
-def error_response(code: str, message: str, status_code: int, *, details: Any = None,
-                   retry_after: float | None = None) -> JsonResponse:
+def error_response(
+    code: str, message: str, status_code: int, *, details: Any = None, retry_after: float | None = None
+) -> JsonResponse:
     """A plain Django response with the API error body (for non-DRF code paths)."""
     response = JsonResponse(error_body(code, message, details), status=status_code)
     if retry_after is not None:
@@ -102,7 +73,8 @@ def _code_for(exc: exceptions.APIException) -> str:
 def request_too_large() -> ApiError:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return ApiError(
-        f"The request body is larger than {limit} bytes.", code="request_too_large",
+        f"The request body is larger than {limit} bytes.",
+        code="request_too_large",
         status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     )
 

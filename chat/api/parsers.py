@@ -20,7 +20,7 @@ from rest_framework import exceptions
 from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.utils.json import strict_constant
 
-from chat.api.errors import ApiError
+from chat.api.exceptions import ApiError
 from chat.protocol import json_text_problem
 
 
@@ -31,7 +31,9 @@ class StrictJSONParser(JSONParser):
             text = codecs.getreader(encoding)(stream).read()
             data = json.loads(text, parse_constant=strict_constant)
         except RecursionError:
-            raise ApiError("The JSON body is nested too deeply.", details={"body": ["nested too deeply"]}) from None
+            raise ApiError(
+                "The JSON body is nested too deeply.", details={"body": ["nested too deeply"]}
+            ) from None
         except ValueError as exc:  # includes UnicodeDecodeError
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
         problem = json_text_problem(data)

@@ -66,7 +66,9 @@ def usage_summary_for_user(*, user: Any) -> dict[str, Any]:
 
 def session_active_ids(*, session_ids: list[Any]) -> set[Any]:
     """Which of these sessions have a running turn (one query)."""
-    return set(turn_running_queryset().filter(session_id__in=session_ids).values_list("session_id", flat=True))
+    return set(
+        turn_running_queryset().filter(session_id__in=session_ids).values_list("session_id", flat=True)
+    )
 
 
 def session_list_filtered(*, user: Any, archived: str = "false", search: str = "") -> QuerySet[ChatSession]:

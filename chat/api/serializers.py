@@ -9,7 +9,6 @@ from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
-
 NO_NUL_PATTERN = "^[^\\u0000]*$"
 
 
@@ -48,7 +47,9 @@ class StrictCharFieldSchema(OpenApiSerializerFieldExtension):
 
 
 class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField(help_text="Machine-readable error code, e.g. `not_found`, `stream_already_active`.")
+    code = serializers.CharField(
+        help_text="Machine-readable error code, e.g. `not_found`, `stream_already_active`."
+    )
     message = serializers.CharField(help_text="Human-readable explanation.")
     details = serializers.JSONField(required=False, help_text="Field errors for `invalid_request`.")
 
@@ -58,15 +59,38 @@ class ErrorSerializer(serializers.Serializer):
 
 
 _ERRORS: dict[int, tuple[str, str, str]] = {
-    400: ("invalid_request", "The request is invalid; see details.", "Validation failed (field errors under `error.details`)."),
-    401: ("not_authenticated", "Authentication credentials were not provided.", "Missing, invalid or revoked credentials."),
-    403: ("permission_denied", "CSRF Failed: CSRF token missing.", "Session-authenticated write without a CSRF token."),
+    400: (
+        "invalid_request",
+        "The request is invalid; see details.",
+        "Validation failed (field errors under `error.details`).",
+    ),
+    401: (
+        "not_authenticated",
+        "Authentication credentials were not provided.",
+        "Missing, invalid or revoked credentials.",
+    ),
+    403: (
+        "permission_denied",
+        "CSRF Failed: CSRF token missing.",
+        "Session-authenticated write without a CSRF token.",
+    ),
     404: ("not_found", "Not found.", "No such object for this user (another user's object looks the same)."),
     405: ("method_not_allowed", 'Method "PUT" not allowed.', "Method not allowed."),
-    409: ("stream_already_active", "A turn is already running in this session.", "A turn is already running."),
-    429: ("throttled", "Too many requests. Retry in 12 s.", "Throttled or over budget; see the `Retry-After` header."),
-    503: ("unavailable", "The server is restarting. Please try again in a moment.",
-          "This worker is shutting down; retry after `Retry-After` seconds."),
+    409: (
+        "stream_already_active",
+        "A turn is already running in this session.",
+        "A turn is already running.",
+    ),
+    429: (
+        "throttled",
+        "Too many requests. Retry in 12 s.",
+        "Throttled or over budget; see the `Retry-After` header.",
+    ),
+    503: (
+        "unavailable",
+        "The server is restarting. Please try again in a moment.",
+        "This worker is shutting down; retry after `Retry-After` seconds.",
+    ),
 }
 
 
@@ -77,7 +101,11 @@ def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
         out[status] = OpenApiResponse(
             ErrorSerializer,
             description=description,
-            examples=[OpenApiExample(code, value={"error": {"code": code, "message": message}}, status_codes=[str(status)])],
+            examples=[
+                OpenApiExample(
+                    code, value={"error": {"code": code, "message": message}}, status_codes=[str(status)]
+                )
+            ],
         )
     return out
 
@@ -88,7 +116,9 @@ def with_errors(responses: dict[int, Any], *statuses: int) -> dict[int, Any]:
 
 class SessionSerializer(serializers.Serializer):
     id = serializers.UUIDField(help_text="The session UUID (also accepted wherever a chat id is).")
-    client_id = serializers.CharField(help_text="The chat id the client chose (equals `id` for server-created sessions).")
+    client_id = serializers.CharField(
+        help_text="The chat id the client chose (equals `id` for server-created sessions)."
+    )
     title = serializers.CharField(allow_blank=True)
     archived = serializers.BooleanField()
     active = serializers.BooleanField(help_text="A turn is running in this session.")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from chat.models import ChatSession
 
 
-def session_update(*, session: ChatSession, title: str | None = None, archived: bool | None = None) -> ChatSession:
+def session_update(
+    *, session: ChatSession, title: str | None = None, archived: bool | None = None
+) -> ChatSession:
     fields = []
     if title is not None:
         session.title = title[:200]

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -67,7 +67,9 @@ async def sse_stream(
                 break
             except Exception as exc:  # noqa: BLE001 - e.g. StreamLagged: tell the client, end cleanly
                 logger.warning("SSE stream failed: %r", exc)
-                message = getattr(exc, "message", "") or "The stream failed on the server; resume to continue."
+                message = (
+                    getattr(exc, "message", "") or "The stream failed on the server; resume to continue."
+                )
                 yield error_event(message)
                 break
             yield sse_event(sequence, raw)

@@ -6,37 +6,47 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0001_initial'),
+        ("chat", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UsageChart',
-            fields=[
-            ],
+            name="UsageChart",
+            fields=[],
             options={
-                'verbose_name': 'usage chart',
-                'verbose_name_plural': 'usage charts',
-                'proxy': True,
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "usage chart",
+                "verbose_name_plural": "usage charts",
+                "proxy": True,
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('chat.tokenusage',),
+            bases=("chat.tokenusage",),
         ),
         migrations.CreateModel(
-            name='BudgetReservation',
+            name="BudgetReservation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tokens', models.PositiveBigIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(db_index=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='budget_reservations', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("tokens", models.PositiveBigIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(db_index=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="budget_reservations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['user', 'expires_at'], name='reservation_user_expiry')],
+                "indexes": [models.Index(fields=["user", "expires_at"], name="reservation_user_expiry")],
             },
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0002_budget_reservation'),
+        ("chat", "0002_budget_reservation"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='chatturn',
-            name='reserved_tokens',
+            model_name="chatturn",
+            name="reserved_tokens",
             field=models.PositiveBigIntegerField(default=0),
         ),
     ]

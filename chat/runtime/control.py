@@ -44,7 +44,9 @@ async def turn_active_id(*, session_id: Any) -> str | None:
 def turn_is_active(*, session_id: Any) -> bool:
     """``turn_active_id`` for sync callers (admin, transcripts): is a turn running in this
     session (in any process)?"""
-    return registry.get(session_id) is not None or locks.lock_holder(locks.session_key(session_id)) is not None
+    return (
+        registry.get(session_id) is not None or locks.lock_holder(locks.session_key(session_id)) is not None
+    )
 
 
 def control_channel() -> str:
@@ -70,7 +72,8 @@ async def turn_stop_session(*, session_id: Any) -> bool:
         holder = await locks.lock_holder_async(locks.session_key(session_id))
         if holder is not None:
             await locks.async_redis().publish(
-                control_channel(), json.dumps({"op": "stop", "session_id": session_id, "turn_id": holder.meta.get("turn_id")})
+                control_channel(),
+                json.dumps({"op": "stop", "session_id": session_id, "turn_id": holder.meta.get("turn_id")}),
             )
             return True
     return False
@@ -112,7 +115,7 @@ async def _control_listen(ready: asyncio.Future) -> None:
                     rt.inp.stop.set()
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - restarted by the next turn_start
+    except Exception as exc:
         logger.exception("turn control listener failed")
         if not ready.done():
             ready.set_exception(exc)

@@ -24,7 +24,9 @@ def _alive_check(session_id: str, turn_id: str) -> Callable[[], Awaitable[bool]]
 def turn_listen(*, handle: TurnHandle, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
     """The chunks of a turn the caller just started (from ``after_sequence + 1``)."""
     return streams.stream_read(
-        turn_id=handle.turn_id, after_sequence=after_sequence, is_alive=_alive_check(handle.session_id, handle.turn_id)
+        turn_id=handle.turn_id,
+        after_sequence=after_sequence,
+        is_alive=_alive_check(handle.session_id, handle.turn_id),
     )
 
 
@@ -56,4 +58,6 @@ async def turn_subscribe(
     if found is None:
         return None
     session_id, turn_id = found
-    return streams.stream_read(turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id))
+    return streams.stream_read(
+        turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id)
+    )

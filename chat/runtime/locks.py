@@ -87,7 +87,7 @@ _REFRESH = (
 
 _sync_client = None
 _sync_client_lock = threading.Lock()
-_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
 
 def use_redis() -> bool:
@@ -109,7 +109,9 @@ REDIS_BLOCKING_POOL_SIZE = 2048  # settings.REDIS_BLOCKING_POOL_SIZE overrides
 REDIS_POOL_TIMEOUT = 10.0  # seconds a command waits for a free connection
 REDIS_RETRIES = 3
 
-_async_blocking_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+_async_blocking_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _retry_kwargs(retry_cls) -> dict[str, Any]:
@@ -129,8 +131,10 @@ def sync_redis():
     with _sync_client_lock:
         if _sync_client is None:
             pool = redis.BlockingConnectionPool.from_url(
-                settings.REDIS_URL, decode_responses=True,
-                max_connections=_pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE), timeout=REDIS_POOL_TIMEOUT,
+                settings.REDIS_URL,
+                decode_responses=True,
+                max_connections=_pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE),
+                timeout=REDIS_POOL_TIMEOUT,
             )
             _sync_client = redis.Redis(connection_pool=pool, **_retry_kwargs(Retry))
         return _sync_client
@@ -141,7 +145,10 @@ def _async_client(registry, size: int):
     client = registry.get(loop)
     if client is None:
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, decode_responses=True, max_connections=size, timeout=REDIS_POOL_TIMEOUT,
+            settings.REDIS_URL,
+            decode_responses=True,
+            max_connections=size,
+            timeout=REDIS_POOL_TIMEOUT,
         )
         client = aioredis.Redis(connection_pool=pool, **_retry_kwargs(AsyncRetry))
         registry[loop] = client
@@ -157,7 +164,9 @@ def async_redis():
 def async_redis_blocking():
     """The asyncio Redis client for commands that hold a connection for long (``XREAD BLOCK``,
     pub/sub subscriptions): its own pool, so they never starve ``async_redis()``."""
-    return _async_client(_async_blocking_clients, _pool_size("REDIS_BLOCKING_POOL_SIZE", REDIS_BLOCKING_POOL_SIZE))
+    return _async_client(
+        _async_blocking_clients, _pool_size("REDIS_BLOCKING_POOL_SIZE", REDIS_BLOCKING_POOL_SIZE)
+    )
 
 
 def _lock_keys(key: str) -> tuple[str, str]:
@@ -196,7 +205,9 @@ def _redis_info(now: float, meta: dict[str, Any] | None) -> str:
     return json.dumps({"worker": WORKER_ID, "acquired_at": now, "meta": meta or {}})
 
 
-async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
+async def lock_acquire(
+    key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None
+) -> str | None:
     """Take the lock; returns the owner token, or None when someone else holds it."""
     token, now = secrets.token_hex(16), time.time()
     if not use_redis():
@@ -211,7 +222,9 @@ async def lock_acquire(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, An
     return token
 
 
-def lock_acquire_sync(key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> str | None:
+def lock_acquire_sync(
+    key: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None
+) -> str | None:
     """``lock_acquire`` for sync code (``chat.runtime.start`` takes the session lock inside its single
     database hop at turn start). Thread-safe; with Redis it uses the process's sync client."""
     token, now = secrets.token_hex(16), time.time()
@@ -245,7 +258,9 @@ async def lock_refresh(key: str, token: str, *, ttl: float = DEFAULT_TTL) -> boo
             info = _local_get(key)
             if info is None or info.token != token:
                 return False
-            _local[key] = LockInfo(info.key, token, info.worker, info.acquired_at, time.time() + ttl, info.meta)
+            _local[key] = LockInfo(
+                info.key, token, info.worker, info.acquired_at, time.time() + ttl, info.meta
+            )
         return True
     lock_key, info_key = _lock_keys(key)
     return bool(await async_redis().eval(_REFRESH, 2, lock_key, info_key, token, int(ttl * 1000)))
@@ -270,7 +285,9 @@ def _forced_key(token: str) -> str:
     return redis_key(f"lockforced:{token}")
 
 
-async def lock_reclaim(key: str, token: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None) -> bool:
+async def lock_reclaim(
+    key: str, token: str, *, ttl: float = DEFAULT_TTL, meta: dict[str, Any] | None = None
+) -> bool:
     """Take the lock back with the same token after it vanished without being released (Redis
     restarted without its data). False when someone else holds it or an operator force-released
     this token (``lock_force_release``: the holder must stop). In-process locks never vanish
@@ -286,7 +303,9 @@ async def lock_reclaim(key: str, token: str, *, ttl: float = DEFAULT_TTL, meta: 
     ms = int(ttl * 1000)
     if not await client.set(lock_key, token, nx=True, px=ms):
         return await client.get(lock_key) == token
-    await client.set(info_key, json.dumps({"worker": WORKER_ID, "acquired_at": time.time(), "meta": meta or {}}), px=ms)
+    await client.set(
+        info_key, json.dumps({"worker": WORKER_ID, "acquired_at": time.time(), "meta": meta or {}}), px=ms
+    )
     return True
 
 

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 FLUSH_INTERVAL = 2.0  # seconds between snapshot writes while text streams
 
 # Chunks after which the row is written promptly.
-BOUNDARY_TYPES = frozenset({"tool-input-available", "tool-output-available", "tool-output-error", "finish-step"})
+BOUNDARY_TYPES = frozenset(
+    {"tool-input-available", "tool-output-available", "tool-output-error", "finish-step"}
+)
 
 
 class MessageFolder:
@@ -118,7 +120,12 @@ class MessageFolder:
     def _tool(self, call_id: str, name: str | None) -> dict[str, Any]:
         part = self._tools.get(call_id)
         if part is None:
-            part = {"type": f"tool-{name or 'unknown'}", "toolCallId": call_id, "state": "input-streaming", "input": None}
+            part = {
+                "type": f"tool-{name or 'unknown'}",
+                "toolCallId": call_id,
+                "state": "input-streaming",
+                "input": None,
+            }
             self._tools[call_id] = part
             self.parts.append(part)
         return part
@@ -158,12 +165,18 @@ def db_connection_reset_if_broken() -> None:
             connection.close()
         elif connection.errors_occurred:
             connection.close_if_unusable_or_obsolete()
-    except Exception:  # noqa: BLE001 - best effort: the query that follows reports real trouble
+    except Exception:
         logger.debug("resetting the database connection failed", exc_info=True)
 
 
 def assistant_message_save(
-    *, session: ChatSession, turn: ChatTurn, message_pk: int | None, parts: list, text: str, metadata: dict,
+    *,
+    session: ChatSession,
+    turn: ChatTurn,
+    message_pk: int | None,
+    parts: list,
+    text: str,
+    metadata: dict,
     lookup: bool = True,
 ) -> int:
     """Create (first call) or update the turn's assistant row; returns its pk.
@@ -174,13 +187,20 @@ def assistant_message_save(
     db_connection_reset_if_broken()
     if message_pk is None and lookup:
         message_pk = (
-            ChatMessage.objects.filter(turn=turn, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.NORMAL)
+            ChatMessage.objects.filter(
+                turn=turn, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.NORMAL
+            )
             .values_list("pk", flat=True)
             .first()
         )
     if message_pk is None:
         return message_append(
-            session=session, role=ChatMessage.Role.ASSISTANT, text=text, parts=parts, metadata=metadata, turn=turn
+            session=session,
+            role=ChatMessage.Role.ASSISTANT,
+            text=text,
+            parts=parts,
+            metadata=metadata,
+            turn=turn,
         ).pk
     ChatMessage.objects.filter(pk=message_pk).update(parts=parts, text=text, metadata=metadata)
     return message_pk
@@ -189,7 +209,9 @@ def assistant_message_save(
 class MessageWriter:
     """Writes the folder's snapshots to one assistant row: at boundaries and every few seconds."""
 
-    def __init__(self, *, session: ChatSession, turn: ChatTurn, folder: MessageFolder, interval: float | None = None):
+    def __init__(
+        self, *, session: ChatSession, turn: ChatTurn, folder: MessageFolder, interval: float | None = None
+    ):
         self.session = session
         self.turn = turn
         self.folder = folder
@@ -239,7 +261,7 @@ class MessageWriter:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the final write retries; never kill the turn
+            except Exception:
                 logger.exception("intermediate save of turn %s failed", self.turn.pk)
 
     def stop(self) -> None:
@@ -257,7 +279,12 @@ class MessageWriter:
             parts, text, metadata = self.folder.snapshot()
             lookup, self._attempted = self._attempted, True
             self.message_pk = await database_sync_to_async(assistant_message_save)(
-                session=self.session, turn=self.turn, message_pk=self.message_pk, parts=parts, text=text, metadata=metadata,
+                session=self.session,
+                turn=self.turn,
+                message_pk=self.message_pk,
+                parts=parts,
+                text=text,
+                metadata=metadata,
                 lookup=lookup,
             )
             self._written_version = version
@@ -271,7 +298,12 @@ class MessageWriter:
         parts, text, metadata = self.folder.snapshot()
         lookup, self._attempted = self._attempted, True
         self.message_pk = assistant_message_save(
-            session=self.session, turn=self.turn, message_pk=self.message_pk, parts=parts, text=text, metadata=metadata,
+            session=self.session,
+            turn=self.turn,
+            message_pk=self.message_pk,
+            parts=parts,
+            text=text,
+            metadata=metadata,
             lookup=lookup,
         )
         self._written_version = version

@@ -40,7 +40,9 @@ TOO_MANY_USER_TEXT = (
     "You have reached the most replies generated at once ({n}) (too_many_turns). "
     "Wait for one to finish or stop one, then send again."
 )
-TOO_MANY_WORKER_TEXT = "The server is generating too many replies right now (too_many_turns). Please try again in a few seconds."
+TOO_MANY_WORKER_TEXT = (
+    "The server is generating too many replies right now (too_many_turns). Please try again in a few seconds."
+)
 
 
 def max_turns_per_user() -> int:
@@ -114,7 +116,9 @@ class RunningTurn:
     task: asyncio.Task | None = None  # the task running the turn (``TurnRegistry.spawn``)
 
     def __post_init__(self) -> None:
-        self.writer = MessageWriter(session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id))
+        self.writer = MessageWriter(
+            session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id)
+        )
         self.coalescer = Coalescer(self.emit)
 
     def emit(self, chunk: Chunk) -> None:
@@ -145,7 +149,9 @@ class TurnRegistry:
         """The turn running in this process for the session, or None."""
         return self._running.get(str(session_id))
 
-    def spawn(self, coro: Coroutine, *, turn: RunningTurn | None = None, background: bool = False) -> asyncio.Task:
+    def spawn(
+        self, coro: Coroutine, *, turn: RunningTurn | None = None, background: bool = False
+    ) -> asyncio.Task:
         """Run ``coro`` as a task this registry keeps a reference to. With ``turn``: the task runs
         that turn, which is registered under its session until ``discard``. ``background``: a
         long-lived helper (the control listener) that ``wait_idle`` does not wait for."""
@@ -168,7 +174,9 @@ class TurnRegistry:
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until this process runs no turn nor background work of one (tests, shutdown)."""
         loop = asyncio.get_running_loop()
-        pending = [t for t in self._tasks if t.get_loop() is loop and not t.done() and t not in self._background]
+        pending = [
+            t for t in self._tasks if t.get_loop() is loop and not t.done() and t not in self._background
+        ]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 
@@ -188,7 +196,8 @@ class TurnRegistry:
             waiter.cancel()
         if pending:
             late = [
-                rt.task for rt in running
+                rt.task
+                for rt in running
                 if rt.task is not None and rt.task.get_loop() is loop and not rt.task.done()
             ]
             for task in late:

@@ -65,13 +65,15 @@ async def turn_run(rt: RunningTurn) -> None:
             rt.coalescer.push(chunk)
     except asyncio.CancelledError:
         cancelled = True
-    except Exception as exc:  # noqa: BLE001 - run_turn should never raise; end the turn cleanly anyway
+    except Exception as exc:
         logger.exception("turn %s failed outside the runtime", rt.turn_id)
         result.error = AgentError(ErrorKind.UNKNOWN, detail=f"{type(exc).__name__}: {exc}")
     finally:
         heartbeat_task.cancel()
         watchdog_task.cancel()
-        fin = asyncio.get_running_loop().create_task(_finish(rt, result, terminal, cancelled, writer_task, title_task))
+        fin = asyncio.get_running_loop().create_task(
+            _finish(rt, result, terminal, cancelled, writer_task, title_task)
+        )
         while not fin.done():
             try:
                 await asyncio.shield(fin)
@@ -82,8 +84,12 @@ async def turn_run(rt: RunningTurn) -> None:
 
 
 async def _finish(
-    rt: RunningTurn, result: TurnResult, terminal: Chunk | None, cancelled: bool,
-    writer_task: asyncio.Task, title_task: asyncio.Task | None,
+    rt: RunningTurn,
+    result: TurnResult,
+    terminal: Chunk | None,
+    cancelled: bool,
+    writer_task: asyncio.Task,
+    title_task: asyncio.Task | None,
 ) -> None:
     """Flush, persist the final state, record usage, release the lock, then publish the
     terminal chunk and close the stream. Every step runs even if an earlier one failed."""
@@ -97,9 +103,12 @@ async def _finish(
     if terminal is None:
         if result.error is None and not result.stopped:
             result.error = AgentError(
-                ErrorKind.UNKNOWN, detail="interrupted" if cancelled else "stream ended without a terminal chunk"
+                ErrorKind.UNKNOWN,
+                detail="interrupted" if cancelled else "stream ended without a terminal chunk",
             )
-        terminal = events.finish("stop", {"stopped": True}) if result.stopped else events.error(result.error.message)
+        terminal = (
+            events.finish("stop", {"stopped": True}) if result.stopped else events.error(result.error.message)
+        )
     elif terminal["type"] == "error" and result.error is None:
         result.error = AgentError(ErrorKind.UNKNOWN, message=terminal.get("errorText") or "")
     rt.writer.feed(terminal)
@@ -138,14 +147,20 @@ async def _finish(
                 if not saved:
                     rt.writer.flush_final_sync()
                 return _record_end(
-                    rt=rt, result=result, status=status, chunk_count=rt.stream.next_sequence + (2 if title else 1),
-                    skip=done_steps, title=title,
+                    rt=rt,
+                    result=result,
+                    status=status,
+                    chunk_count=rt.stream.next_sequence + (2 if title else 1),
+                    skip=done_steps,
+                    title=title,
                 )
 
             failed = await database_sync_to_async(end_writes)()
             saved = True
-        except Exception:  # noqa: BLE001
-            logger.warning("final save of turn %s failed (attempt %d)", rt.turn_id, attempt, exc_info=attempt == 1)
+        except Exception:
+            logger.warning(
+                "final save of turn %s failed (attempt %d)", rt.turn_id, attempt, exc_info=attempt == 1
+            )
             continue
         if not failed:
             break
@@ -156,7 +171,7 @@ async def _finish(
     await rt.stream.mirror_flush()
     try:
         await locks.lock_release(locks.session_key(rt.session_id), rt.lock_token)
-    except Exception:  # noqa: BLE001 - the TTL frees it anyway
+    except Exception:
         logger.exception("releasing the lock of turn %s failed", rt.turn_id)
     registry.discard(rt)
     registry.slot_free(rt.slot)
@@ -168,7 +183,12 @@ async def _finish(
 
 
 def _record_end(
-    *, rt: RunningTurn, result: TurnResult, status: str, chunk_count: int, skip: set[str] | None = None,
+    *,
+    rt: RunningTurn,
+    result: TurnResult,
+    status: str,
+    chunk_count: int,
+    skip: set[str] | None = None,
     title: tuple[str, Usage] | None = None,
 ) -> list[str]:
     """Record the end of a turn; returns the steps that failed (``skip`` collects those done, so
@@ -182,20 +202,41 @@ def _record_end(
         usages.append((None, "title", rt.inp.model, rt.inp.backend, title[1]))
     steps = [
         ("marker", lambda: _persist_marker(rt=rt, result=result)),
-        ("turn", lambda: ChatTurn.objects.filter(pk=turn.pk).update(
-            status=status, finish_reason=result.finish_reason or ("error" if error else ""),
-            error_code=(rt.fault_code if error is rt.fault else error.code) if error is not None and not result.stopped else "",
-            chunk_count=chunk_count, ended_at=timezone.now(), reserved_tokens=0,
-        )),
+        (
+            "turn",
+            lambda: ChatTurn.objects.filter(pk=turn.pk).update(
+                status=status,
+                finish_reason=result.finish_reason or ("error" if error else ""),
+                error_code=(rt.fault_code if error is rt.fault else error.code)
+                if error is not None and not result.stopped
+                else "",
+                chunk_count=chunk_count,
+                ended_at=timezone.now(),
+                reserved_tokens=0,
+            ),
+        ),
         ("usage", lambda: chat_usage.usage_records_create(user=rt.user, session=session, records=usages)),
-        ("session", lambda: _session_after_turn(
-            session=session, agent_session_id=result.agent_session_id, title=title[0] if title else None,
-        )),
+        (
+            "session",
+            lambda: _session_after_turn(
+                session=session,
+                agent_session_id=result.agent_session_id,
+                title=title[0] if title else None,
+            ),
+        ),
     ]
     if error is not None and error.kind == ErrorKind.RATE_LIMITED and not result.stopped:
-        steps.append(("rate limit", lambda: chat_usage.rate_limit_record_upstream(
-            user=rt.user, session=session, model=result.model or rt.inp.model, error=error,
-        )))
+        steps.append(
+            (
+                "rate limit",
+                lambda: chat_usage.rate_limit_record_upstream(
+                    user=rt.user,
+                    session=session,
+                    model=result.model or rt.inp.model,
+                    error=error,
+                ),
+            )
+        )
     steps.append(("log", lambda: _log_end(rt=rt, result=result)))
     skip = set() if skip is None else skip
     db_connection_reset_if_broken()
@@ -205,7 +246,7 @@ def _record_end(
             continue
         try:
             step()
-        except Exception:  # noqa: BLE001 - one failed record must not skip the others
+        except Exception:
             logger.exception("turn %s: recording %s failed", turn.pk, name)
             failed.append(name)
             if name != "log":
@@ -227,7 +268,9 @@ def _log_end(*, rt: RunningTurn, result: TurnResult) -> None:
         "duration_s": (timezone.now() - rt.turn.started_at).total_seconds(),
     }
     finish_reason = "stopped" if result.stopped else (result.finish_reason or ("error" if error else ""))
-    log_turn(**common, usage=result.usage, finish_reason=finish_reason, error_code=error.code if error else "")
+    log_turn(
+        **common, usage=result.usage, finish_reason=finish_reason, error_code=error.code if error else ""
+    )
     if error is not None:
         log_error(**common, error_code=error.code, detail=error.detail, retryable=error.user_may_retry)
 
@@ -235,8 +278,13 @@ def _log_end(*, rt: RunningTurn, result: TurnResult) -> None:
 def _persist_marker(*, rt: RunningTurn, result: TurnResult) -> None:
     if result.stopped:
         message_append(
-            session=rt.session, role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.STOPPED,
-            text="Stopped.", parts=[], metadata={"stopped": True}, turn=rt.turn,
+            session=rt.session,
+            role=ChatMessage.Role.ASSISTANT,
+            kind=ChatMessage.Kind.STOPPED,
+            text="Stopped.",
+            parts=[],
+            metadata={"stopped": True},
+            turn=rt.turn,
         )
     elif result.error is not None:
         error = result.error
@@ -255,7 +303,9 @@ def _persist_marker(*, rt: RunningTurn, result: TurnResult) -> None:
         )
 
 
-def _session_after_turn(*, session: ChatSession, agent_session_id: str | None, title: str | None = None) -> None:
+def _session_after_turn(
+    *, session: ChatSession, agent_session_id: str | None, title: str | None = None
+) -> None:
     now = timezone.now()
     updates: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
     if agent_session_id:

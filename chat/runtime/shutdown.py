@@ -51,7 +51,7 @@ SHUTDOWN_REFUSED_TEXT = "The server is restarting. Please try again in a moment.
 SHUTDOWN_ERROR_TEXT = "The server restarted while answering. Your partial answer was kept; please try again."
 
 _shutting_down = False
-_installed: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+_installed: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def shutting_down() -> bool:
@@ -74,12 +74,15 @@ def install() -> bool:
     reactor = sys.modules.get("twisted.internet.reactor")
     if reactor is None or getattr(reactor, "_asyncioEventloop", None) is not loop:
         return False
+
     def before_shutdown():
         logger.info("shutdown: interrupting running turns (grace %.1fs)", grace_seconds())
         exit_watchdog(grace_seconds() + SHUTDOWN_EXIT_MARGIN)
         future = asyncio.ensure_future(turns_interrupt_all(grace=grace_seconds()), loop=loop)
         deferred = defer.Deferred.fromFuture(future)
-        deferred.addErrback(lambda failure: logger.error("shutdown hook failed: %s", failure.getErrorMessage()))
+        deferred.addErrback(
+            lambda failure: logger.error("shutdown hook failed: %s", failure.getErrorMessage())
+        )
         return deferred
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
@@ -96,7 +99,9 @@ def exit_watchdog(seconds: float) -> threading.Thread:
         if _watchdog_cancel.wait(seconds):
             return
         held = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-        logger.error("shutdown: still running %.0fs after the signal (threads: %s); exiting now", seconds, held or "-")
+        logger.error(
+            "shutdown: still running %.0fs after the signal (threads: %s); exiting now", seconds, held or "-"
+        )
         for handler in logging.getLogger().handlers:
             try:
                 handler.flush()
@@ -118,12 +123,14 @@ async def close_agent_clients(timeout: float = 5.0) -> int:
     were still open."""
     try:
         return await close_all_clients(timeout=timeout)
-    except Exception:  # noqa: BLE001 - shutdown goes on
+    except Exception:
         logger.warning("shutdown: closing kept CLI clients failed", exc_info=True)
         return 0
 
 
-async def turns_interrupt_all(*, grace: float = DEFAULT_GRACE_SECONDS, reason: str = "server_shutdown") -> int:
+async def turns_interrupt_all(
+    *, grace: float = DEFAULT_GRACE_SECONDS, reason: str = "server_shutdown"
+) -> int:
     """Interrupt every turn running in this process (see the module docstring); returns how many."""
     global _shutting_down
     _shutting_down = True

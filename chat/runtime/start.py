@@ -95,8 +95,15 @@ async def turn_start(
         turn_id = str(uuid.uuid4())
         # The one database hop of the start: the model call starts right after it.
         prepared = await database_sync_to_async(_turn_prepare)(
-            user=user, chat_id=chat_id, turn_id=turn_id, text=text, attachments=attachments,
-            trigger=trigger, client_message_id=client_message_id, slot=slot, alive=alive,
+            user=user,
+            chat_id=chat_id,
+            turn_id=turn_id,
+            text=text,
+            attachments=attachments,
+            trigger=trigger,
+            client_message_id=client_message_id,
+            slot=slot,
+            alive=alive,
         )
         running = await _turn_running(prepared=prepared, user=user, slot=slot)
     except BaseException:
@@ -147,7 +154,9 @@ def _turn_prepare(
     key = locks.session_key(session.pk)
     if registry.get(session.pk) is not None:
         raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
-    token = locks.lock_acquire_sync(key, ttl=supervision.LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk})
+    token = locks.lock_acquire_sync(
+        key, ttl=supervision.LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk}
+    )
     if token is None:
         raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
     try:
@@ -155,28 +164,35 @@ def _turn_prepare(
         try:
             with transaction.atomic():
                 return _turn_messages(
-                    session=session, user=user, turn=turn, text=text, attachments=attachments, trigger=trigger,
-                    client_message_id=client_message_id, new_session=created, lock_token=token,
+                    session=session,
+                    user=user,
+                    turn=turn,
+                    text=text,
+                    attachments=attachments,
+                    trigger=trigger,
+                    client_message_id=client_message_id,
+                    new_session=created,
+                    lock_token=token,
                 )
         except BaseException:
             # Nothing refers to the turn row yet (that transaction rolled back): drop it, and
             # with it the reservation.
             try:
                 ChatTurn.objects.filter(pk=turn.pk).delete()
-            except Exception:  # noqa: BLE001 - the reservation expires anyway
+            except Exception:
                 logger.exception("dropping turn %s after a failed start failed", turn.pk)
             raise
     except BaseException as exc:
         try:
             locks.lock_release_sync(key, token)
-        except Exception:  # noqa: BLE001 - the TTL frees it anyway
+        except Exception:
             logger.exception("releasing the lock of a refused turn failed")
         if created and isinstance(exc, TurnRefused) and exc.code == "too_many_turns":
             # Nothing refers to the chat this hop created (no turn, no message): drop it, so a
             # refused flood of new chat ids leaves no empty chats behind.
             try:
                 ChatSession.objects.filter(pk=session.pk).exclude(turns__isnull=False).delete()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("dropping the empty chat of a refused turn failed")
         raise
 
@@ -200,11 +216,20 @@ def _turn_admit(*, session: ChatSession, user: Any, turn_id: str, trigger: str) 
             # The user's live running turns (any process), under the user's lock budget_check
             # took: two starts of one user cannot both pass. Raising rolls back.
             per_user = max_turns_per_user()
-            if per_user and turn_live_count_for_user(user_id=user.pk, lease_seconds=supervision.LOCK_TTL) >= per_user:
+            if (
+                per_user
+                and turn_live_count_for_user(user_id=user.pk, lease_seconds=supervision.LOCK_TTL) >= per_user
+            ):
                 raise too_many_for_user()
             turn = ChatTurn.objects.create(
-                id=turn_id, session=session, trigger=trigger, backend=backend, model=model,
-                worker=locks.WORKER_ID, heartbeat_at=timezone.now(), reserved_tokens=sum(reserved),
+                id=turn_id,
+                session=session,
+                trigger=trigger,
+                backend=backend,
+                model=model,
+                worker=locks.WORKER_ID,
+                heartbeat_at=timezone.now(),
+                reserved_tokens=sum(reserved),
             )
     if refusal is not None:
         code = "rate_limited" if refusal.kind == ErrorKind.RATE_LIMITED else "budget_exceeded"
@@ -213,8 +238,16 @@ def _turn_admit(*, session: ChatSession, user: Any, turn_id: str, trigger: str) 
 
 
 def _turn_messages(
-    *, session: ChatSession, user: Any, turn: ChatTurn, text: str, attachments: list[Attachment], trigger: str,
-    client_message_id: str | None, new_session: bool, lock_token: str,
+    *,
+    session: ChatSession,
+    user: Any,
+    turn: ChatTurn,
+    text: str,
+    attachments: list[Attachment],
+    trigger: str,
+    client_message_id: str | None,
+    new_session: bool,
+    lock_token: str,
 ) -> _Prepared:
     """Inside one transaction: clear what a dead worker left, store the user message (or pick
     the one to regenerate), read the history, build the TurnInput."""
@@ -227,7 +260,9 @@ def _turn_messages(
             message_clear_trailing_error_markers(session_id=session.pk, allow_active=True)  # lesson 6
     if trigger == "regenerate-message":
         last_user = (
-            ChatMessage.objects.filter(session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
+            ChatMessage.objects.filter(
+                session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL
+            )
             .order_by("-sequence")
             .first()
         )
@@ -235,8 +270,12 @@ def _turn_messages(
             raise TurnRefused("invalid_request", "There is no message to regenerate.")
         ChatMessage.objects.filter(session=session, sequence__gt=last_user.sequence).delete()
         user_msg = last_user
-        text = "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
-        attachments = [a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a]
+        text = (
+            "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
+        )
+        attachments = [
+            a for a in (_attachment_from_part(p) for p in user_msg.parts if p.get("type") == "file") if a
+        ]
         if user_msg.turn_id is None:
             ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
     else:
@@ -254,9 +293,16 @@ def _turn_messages(
     needs_title = not session.title and not any(m.role == "user" for m in history)
     # The session row is touched once, when the turn ends (chat.runtime.runner).
     inp = turn_input_build(
-        session=session, user=user, text=text, attachments=attachments, history=history, message_id=f"msg-{turn_id}"
+        session=session,
+        user=user,
+        text=text,
+        attachments=attachments,
+        history=history,
+        message_id=f"msg-{turn_id}",
     )
-    return _Prepared(session=session, turn=turn, inp=inp, user_text=text, needs_title=needs_title, lock_token=lock_token)
+    return _Prepared(
+        session=session, turn=turn, inp=inp, user_text=text, needs_title=needs_title, lock_token=lock_token
+    )
 
 
 def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
@@ -264,9 +310,16 @@ def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
     session lock, so no live turn can exist. Mark them interrupted (their marker would be cleared
     by this new turn anyway, lesson 6), so a session never shows two running turns. (Called only
     when ``_session_leftovers`` found one, so the common start issues no write here.)"""
-    return ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING).exclude(pk=exclude).update(
-        status=ChatTurn.Status.INTERRUPTED, error_code="interrupted", finish_reason="error", ended_at=timezone.now(),
-        reserved_tokens=0,
+    return (
+        ChatTurn.objects.filter(session=session, status=ChatTurn.Status.RUNNING)
+        .exclude(pk=exclude)
+        .update(
+            status=ChatTurn.Status.INTERRUPTED,
+            error_code="interrupted",
+            finish_reason="error",
+            ended_at=timezone.now(),
+            reserved_tokens=0,
+        )
     )
 
 
@@ -376,13 +429,23 @@ async def _turn_running(*, prepared: _Prepared, user: Any, slot: Slot) -> Runnin
         inp = prepared.inp
 
         async def step_check(usage_so_far: Usage) -> None:
-            await database_sync_to_async(chat_usage.budget_step_check)(user=user, model=inp.model, usage_so_far=usage_so_far)
+            await database_sync_to_async(chat_usage.budget_step_check)(
+                user=user, model=inp.model, usage_so_far=usage_so_far
+            )
 
         inp.step_check = step_check
         return RunningTurn(
-            turn_id=str(prepared.turn.pk), session_id=session_id, user=user, session=prepared.session, turn=prepared.turn,
-            inp=inp, stream=streams.stream_open(turn_id=str(prepared.turn.pk), session_id=session_id),
-            lock_token=prepared.lock_token, user_text=prepared.user_text, needs_title=prepared.needs_title, slot=slot,
+            turn_id=str(prepared.turn.pk),
+            session_id=session_id,
+            user=user,
+            session=prepared.session,
+            turn=prepared.turn,
+            inp=inp,
+            stream=streams.stream_open(turn_id=str(prepared.turn.pk), session_id=session_id),
+            lock_token=prepared.lock_token,
+            user_text=prepared.user_text,
+            needs_title=prepared.needs_title,
+            slot=slot,
         )
     except BaseException:
         await asyncio.shield(locks.lock_release(key, prepared.lock_token))
@@ -396,11 +459,14 @@ async def _turn_abandon(turn: ChatTurn) -> None:
 
     def abandon() -> None:
         ChatTurn.objects.filter(pk=turn.pk, status=ChatTurn.Status.RUNNING).update(
-            status=ChatTurn.Status.FAILED, error_code="not_started", finish_reason="error",
-            ended_at=timezone.now(), reserved_tokens=0,
+            status=ChatTurn.Status.FAILED,
+            error_code="not_started",
+            finish_reason="error",
+            ended_at=timezone.now(),
+            reserved_tokens=0,
         )
 
     try:
         await database_sync_to_async(abandon)()
-    except Exception:  # noqa: BLE001 - reservations expire anyway
+    except Exception:
         logger.exception("abandoning turn %s failed", turn.pk)

@@ -60,7 +60,9 @@ class StreamLagged(Exception):
 
     code = "stream_lagged"
 
-    def __init__(self, message: str = "This stream fell too far behind; reload the chat to continue.") -> None:
+    def __init__(
+        self, message: str = "This stream fell too far behind; reload the chat to continue."
+    ) -> None:
         super().__init__(message)
         self.message = message
 
@@ -208,7 +210,7 @@ class _Mirror:
     """Per event loop: writes the pending chunks of every turn of this process to Redis, one
     pipeline per round, one round in flight at a time."""
 
-    _by_loop: "dict[asyncio.AbstractEventLoop, _Mirror]" = {}
+    _by_loop: dict[asyncio.AbstractEventLoop, _Mirror] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -218,7 +220,7 @@ class _Mirror:
         self.task = loop.create_task(self._run())
 
     @classmethod
-    def for_loop(cls) -> "_Mirror":
+    def for_loop(cls) -> _Mirror:
         loop = asyncio.get_running_loop()
         mirror = cls._by_loop.get(loop)
         if mirror is None or mirror.task.done():
@@ -243,7 +245,7 @@ class _Mirror:
                 await self._write(streams)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - never let the mirror die
+            except Exception:
                 logger.exception("redis mirror round failed")
                 for stream in streams:
                     for waiter in stream._flush_waiters:
@@ -265,7 +267,13 @@ class _Mirror:
             final = stream.closed and stream._mirror_done is not None
             key = _log_key(stream.turn_id)
             for seq, raw, kind in batch:
-                cmds.append(("xadd", (key, {"c": raw, "t": kind}), {"id": f"0-{seq + 1}", "maxlen": MAX_LOG_CHUNKS, "approximate": True}))
+                cmds.append(
+                    (
+                        "xadd",
+                        (key, {"c": raw, "t": kind}),
+                        {"id": f"0-{seq + 1}", "maxlen": MAX_LOG_CHUNKS, "approximate": True},
+                    )
+                )
             ttl = int(RETENTION_SECONDS) if final else RUNNING_TTL_SECONDS
             session_key = _session_turn_key(stream.session_id)
             now = time.monotonic()
@@ -304,10 +312,15 @@ class _Mirror:
                     fut.set_result(None)
             if error is not None:
                 if not stream._mirror_failing:  # once per turn and outage
-                    logger.warning("redis mirror of turn %s failed: %s: %s", stream.turn_id, type(error).__name__, error)
+                    logger.warning(
+                        "redis mirror of turn %s failed: %s: %s", stream.turn_id, type(error).__name__, error
+                    )
                 stream._mirror_failing = True
             elif stream._mirror_failing:
-                logger.warning("redis mirror of turn %s works again (a remote listener may have missed chunks)", stream.turn_id)
+                logger.warning(
+                    "redis mirror of turn %s works again (a remote listener may have missed chunks)",
+                    stream.turn_id,
+                )
                 stream._mirror_failing = False
             if final and not stream._mirror_done.done():
                 stream._mirror_done.set_result(None)
@@ -461,7 +474,11 @@ class Coalescer:
             if self.handle is None:
                 self.emit(chunk)
                 loop = asyncio.get_running_loop()
-                self.handle = loop.call_soon(self._tick) if self.window <= 0 else loop.call_later(self.window, self._tick)
+                self.handle = (
+                    loop.call_soon(self._tick)
+                    if self.window <= 0
+                    else loop.call_later(self.window, self._tick)
+                )
             else:
                 self.pending.append(chunk)
             return

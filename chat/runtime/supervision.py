@@ -32,7 +32,9 @@ from chat.runtime.registry import RunningTurn
 logger = logging.getLogger(__name__)
 
 LOCK_TTL = 30.0  # seconds; refreshed every LOCK_TTL / 3 by the turn's heartbeat
-DEFAULT_IDLE_TIMEOUT = 90.0  # seconds without a model chunk (tools running excepted); AGENT_STREAM_IDLE_TIMEOUT
+DEFAULT_IDLE_TIMEOUT = (
+    90.0  # seconds without a model chunk (tools running excepted); AGENT_STREAM_IDLE_TIMEOUT
+)
 
 
 def idle_timeout() -> float:
@@ -51,15 +53,19 @@ async def heartbeat(rt: RunningTurn) -> None:
                 # an operator force-released it or another turn holds the session now.
                 meta = {"turn_id": rt.turn_id, "user_id": getattr(rt.user, "pk", None)}
                 if await locks.lock_reclaim(key, rt.lock_token, ttl=LOCK_TTL, meta=meta):
-                    logger.warning("turn %s: its session lock vanished (Redis restart?); re-took it", rt.turn_id)
+                    logger.warning(
+                        "turn %s: its session lock vanished (Redis restart?); re-took it", rt.turn_id
+                    )
                     continue
                 logger.warning("turn %s lost its session lock; stopping it", rt.turn_id)
                 rt.inp.stop.set()
                 return
-            await database_sync_to_async(ChatTurn.objects.filter(pk=rt.turn.pk).update)(heartbeat_at=timezone.now())
+            await database_sync_to_async(ChatTurn.objects.filter(pk=rt.turn.pk).update)(
+                heartbeat_at=timezone.now()
+            )
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("heartbeat of turn %s failed", rt.turn_id)
 
 
@@ -112,8 +118,13 @@ async def title_generate(rt: RunningTurn) -> None:
             stored = bool(ChatSession.objects.filter(pk=rt.session.pk, title="").update(title=title[:200]))
             if usage.input_tokens or usage.output_tokens:
                 chat_usage.usage_record(
-                    user=rt.user, session=rt.session, turn=None, model=rt.inp.model, backend=rt.inp.backend,
-                    usage=usage, purpose="title",
+                    user=rt.user,
+                    session=rt.session,
+                    turn=None,
+                    model=rt.inp.model,
+                    backend=rt.inp.backend,
+                    usage=usage,
+                    purpose="title",
                 )
             return stored
 
@@ -122,5 +133,5 @@ async def title_generate(rt: RunningTurn) -> None:
             rt.stream.append(events.session_info({"id": rt.session_id, "title": title}))
     except asyncio.CancelledError:
         raise
-    except Exception:  # noqa: BLE001 - a title is never worth failing a turn
+    except Exception:
         logger.exception("title for session %s failed", rt.session_id)

@@ -43,7 +43,9 @@ def chunk_types(chunks: list[Chunk]) -> list[str]:
     return out
 
 
-def requests_since(server: ScriptedModelServer, mark: int, path: str = "/v1/messages") -> list[dict[str, Any]]:
+def requests_since(
+    server: ScriptedModelServer, mark: int, path: str = "/v1/messages"
+) -> list[dict[str, Any]]:
     """Requests the server logged after ``mark`` (= ``server.request_count`` taken before).
 
     ``request_count`` keeps growing while the log itself is bounded, so this stays right in a

@@ -22,7 +22,16 @@ PNG_1x1 = bytes.fromhex(
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
 
-TEXT_TURN = ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+TEXT_TURN = [
+    "start",
+    "start-step",
+    "text-start",
+    "text-delta",
+    "text-end",
+    "finish-step",
+    "data-usage",
+    "finish",
+]
 ERROR_TURN = ["start", "data-usage", "error"]
 
 
@@ -62,12 +71,18 @@ async def test_tool_bash_sequence(workspace, scripted_model):
     assert chunk_types(chunks) == [
         "start",
         "start-step",
-        "text-start", "text-delta", "text-end",
-        "tool-input-start", "tool-input-delta", "tool-input-available",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "tool-input-start",
+        "tool-input-delta",
+        "tool-input-available",
         "tool-output-available",
         "finish-step",
         "start-step",
-        "text-start", "text-delta", "text-end",
+        "text-start",
+        "text-delta",
+        "text-end",
         "finish-step",
         "data-usage",
         "finish",
@@ -82,7 +97,10 @@ async def test_tool_bash_sequence(workspace, scripted_model):
     assert [m["role"] for m in second] == ["user", "assistant", "user"]
     assert second[1]["content"][-1]["type"] == "tool_use"
     assert second[2]["content"][0] == {
-        "type": "tool_result", "tool_use_id": available["toolCallId"], "content": "hi", "cache_control": {"type": "ephemeral"},
+        "type": "tool_result",
+        "tool_use_id": available["toolCallId"],
+        "content": "hi",
+        "cache_control": {"type": "ephemeral"},
     }
     # usage summed over both model calls (the scripted model bills 5 + 1 streamed pieces)
     assert result.usage.output_tokens == 6
@@ -90,9 +108,15 @@ async def test_tool_bash_sequence(workspace, scripted_model):
     assert result.usage.cache_read_tokens + result.usage.cache_write_tokens > 0
     data = usage_chunk(chunks)
     assert (data["inputTokens"], data["outputTokens"], data["cacheReadTokens"], data["cacheWriteTokens"]) == (
-        result.usage.input_tokens, result.usage.output_tokens, result.usage.cache_read_tokens, result.usage.cache_write_tokens,
+        result.usage.input_tokens,
+        result.usage.output_tokens,
+        result.usage.cache_read_tokens,
+        result.usage.cache_write_tokens,
     )
-    assert data["costUsd"] == pytest.approx(cost_usd("claude-sonnet-4-5", result.usage), abs=1e-6) and data["costUsd"] > 0
+    assert (
+        data["costUsd"] == pytest.approx(cost_usd("claude-sonnet-4-5", result.usage), abs=1e-6)
+        and data["costUsd"] > 0
+    )
 
 
 async def test_parallel_tools(workspace, scripted_model):
@@ -103,7 +127,16 @@ async def test_parallel_tools(workspace, scripted_model):
         ["start", "start-step"]
         + ["tool-input-start", "tool-input-delta", "tool-input-available"] * 3
         + ["tool-output-available"] * 3
-        + ["finish-step", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+        + [
+            "finish-step",
+            "start-step",
+            "text-start",
+            "text-delta",
+            "text-end",
+            "finish-step",
+            "data-usage",
+            "finish",
+        ]
     )
     starts = [c["toolCallId"] for c in chunks if c["type"] == "tool-input-start"]
     outputs = {c["toolCallId"]: c["output"] for c in chunks if c["type"] == "tool-output-available"}
@@ -119,10 +152,17 @@ async def test_parallel_tools(workspace, scripted_model):
 async def test_think_passes_reasoning(workspace):
     chunks, _ = await turn(make_input(workspace, "/think"))
     assert chunk_types(chunks) == [
-        "start", "start-step",
-        "reasoning-start", "reasoning-delta", "reasoning-end",
-        "text-start", "text-delta", "text-end",
-        "finish-step", "data-usage", "finish",
+        "start",
+        "start-step",
+        "reasoning-start",
+        "reasoning-delta",
+        "reasoning-end",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "finish",
     ]
     reasoning = "".join(c["delta"] for c in chunks if c["type"] == "reasoning-delta")
     assert "thinking block" in reasoning
@@ -155,7 +195,9 @@ async def test_rate_limited_has_reset_time(workspace, scripted_model):
     chunks, result = await turn(make_input(workspace, "/error 429"))
     assert chunk_types(chunks) == ERROR_TURN
     error = result.error
-    assert error.kind == ErrorKind.RATE_LIMITED and error.resets_at is not None and error.retry_after is not None
+    assert (
+        error.kind == ErrorKind.RATE_LIMITED and error.resets_at is not None and error.retry_after is not None
+    )
     assert 0 < (error.resets_at.timestamp() - time.time()) < 60
     # retry-after (1 s) exceeds the test's AGENT_RETRY_MAX_DELAY: reported, not retried
     assert len(requests_since(scripted_model, mark)) == 1
@@ -172,7 +214,16 @@ async def test_prompt_too_long(workspace, scripted_model):
 async def test_drop_is_connection_error_without_retry_after_text(workspace, scripted_model):
     mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/drop"))
-    assert chunk_types(chunks) == ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "error"]
+    assert chunk_types(chunks) == [
+        "start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "error",
+    ]
     assert result.error.kind == ErrorKind.CONNECTION
     assert text_of(chunks)  # partial text reached the client ...
     assert len(requests_since(scripted_model, mark)) == 1  # ... so no retry (it would duplicate)
@@ -191,7 +242,16 @@ async def test_stop_during_slow_stream(workspace):
     elapsed_after_stop = time.monotonic() - stop_at
     assert elapsed_after_stop < 1.0, elapsed_after_stop
     assert time.monotonic() - started < 2.0  # far less than the 2 s the full reply takes
-    assert chunk_types(chunks) == ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+    assert chunk_types(chunks) == [
+        "start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "finish",
+    ]
     assert chunks[-1] == {"type": "finish", "finishReason": "stop", "messageMetadata": {"stopped": True}}
     assert text_of(chunks).startswith("w0 ")
     assert len(text_of(chunks).split()) < 40
@@ -226,7 +286,9 @@ async def test_request_has_cache_control_and_system_prompt(workspace, scripted_m
     mark = scripted_model.request_count
     await turn(make_input(workspace, "cache me", system_prompt="You are a test agent."))
     body = requests_since(scripted_model, mark)[0]["body"]
-    assert body["system"] == [{"type": "text", "text": "You are a test agent.", "cache_control": {"type": "ephemeral"}}]
+    assert body["system"] == [
+        {"type": "text", "text": "You are a test agent.", "cache_control": {"type": "ephemeral"}}
+    ]
     assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
     assert {t["name"] for t in body["tools"]} >= {"Bash", "Read", "Write", "Edit", "Glob", "Grep"}
     assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
@@ -283,15 +345,37 @@ async def test_history_with_tool_parts_is_valid(workspace, scripted_model):
             [
                 {"type": "step-start"},
                 {"type": "text", "text": "I'll run that command."},
-                {"type": "tool-Bash", "toolCallId": "toolu_a", "state": "output-available", "input": {"command": "ls"}, "output": "a.txt"},
-                {"type": "tool-Bash", "toolCallId": "toolu_b", "state": "output-error", "input": {"command": "x"}, "errorText": "boom"},
+                {
+                    "type": "tool-Bash",
+                    "toolCallId": "toolu_a",
+                    "state": "output-available",
+                    "input": {"command": "ls"},
+                    "output": "a.txt",
+                },
+                {
+                    "type": "tool-Bash",
+                    "toolCallId": "toolu_b",
+                    "state": "output-error",
+                    "input": {"command": "x"},
+                    "errorText": "boom",
+                },
                 {"type": "step-start"},
                 {"type": "text", "text": "Done."},
             ],
         ),
         HistoryMessage("assistant", [{"type": "text", "text": "An extra assistant message."}]),
         HistoryMessage("user", [{"type": "text", "text": "and now?"}]),
-        HistoryMessage("assistant", [{"type": "tool-Read", "toolCallId": "toolu_c", "state": "input-available", "input": {"file_path": "a"}}]),
+        HistoryMessage(
+            "assistant",
+            [
+                {
+                    "type": "tool-Read",
+                    "toolCallId": "toolu_c",
+                    "state": "input-available",
+                    "input": {"file_path": "a"},
+                }
+            ],
+        ),
     ]
     mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "thanks", history=history))
@@ -311,7 +395,9 @@ async def test_history_with_tool_parts_is_valid(workspace, scripted_model):
 
 
 async def test_generate_title(scripted_model):
-    title, usage = await generate_title(user_text="Help me plan a trip to Lisbon in May", model="claude-haiku-4-5")
+    title, usage = await generate_title(
+        user_text="Help me plan a trip to Lisbon in May", model="claude-haiku-4-5"
+    )
     assert title and len(title) <= 80 and "\n" not in title
     assert usage.output_tokens > 0
 
@@ -319,7 +405,9 @@ async def test_generate_title(scripted_model):
 async def test_generate_title_falls_back_offline(settings):
     settings.ANTHROPIC_BASE_URL = "http://127.0.0.1:9"  # nothing listens there
     settings.ANTHROPIC_API_KEY = "sk-ant-unreachable-test"
-    title, usage = await generate_title(user_text="  Summarise   this very long request " + "x" * 100, model="claude-haiku-4-5")
+    title, usage = await generate_title(
+        user_text="  Summarise   this very long request " + "x" * 100, model="claude-haiku-4-5"
+    )
     assert title.startswith("Summarise this very long request") and len(title) <= 60
     assert usage.output_tokens == 0
 
@@ -363,11 +451,24 @@ def test_chunk_tracker_dedupes_and_closes_everything():
     ]:
         fed += tracker.feed(chunk)
     assert chunk_types(fed) == [
-        "start-step", "text-start", "text-delta", "tool-input-start", "tool-input-available",
-        "tool-input-available", "tool-output-available", "text-end", "finish-step", "start-step", "reasoning-start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "tool-input-start",
+        "tool-input-available",
+        "tool-input-available",
+        "tool-output-available",
+        "text-end",
+        "finish-step",
+        "start-step",
+        "reasoning-start",
     ]
     assert tracker.open_tool_calls() == ["c2"]
     closing = tracker.close_open()
-    assert closing == [events.reasoning_end("r1"), events.tool_output_error("c2", "Tool call did not finish."), events.finish_step()]
+    assert closing == [
+        events.reasoning_end("r1"),
+        events.tool_output_error("c2", "Tool call did not finish."),
+        events.finish_step(),
+    ]
     assert tracker.close_open() == []
     assert tracker.has_content

@@ -10,7 +10,15 @@ import anthropic
 import httpx2
 import pytest
 
-from agents.errors import AgentError, ErrorKind, classify_exception, classify_status, classify_text, parse_reset_time, scrub
+from agents.errors import (
+    AgentError,
+    ErrorKind,
+    classify_exception,
+    classify_status,
+    classify_text,
+    parse_reset_time,
+    scrub,
+)
 from agents.retry import retry_delay
 
 
@@ -66,16 +74,36 @@ def test_classify_status_429_reset_from_retry_after_and_headers():
 
 
 def test_classify_exception_real_client_errors():
-    rate = classify_exception(_status_error(429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}, {"retry-after": "2"}))
+    rate = classify_exception(
+        _status_error(
+            429,
+            {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+            {"retry-after": "2"},
+        )
+    )
     assert rate.kind == ErrorKind.RATE_LIMITED and rate.retry_after == 2 and rate.resets_at is not None
-    assert classify_exception(_status_error(401, {"error": {"type": "authentication_error", "message": "bad key"}})).kind == ErrorKind.AUTHENTICATION
-    assert classify_exception(_status_error(529, {"error": {"type": "overloaded_error", "message": "Overloaded"}})).kind == ErrorKind.OVERLOADED
-    too_long = _status_error(400, {"error": {"type": "invalid_request_error", "message": "prompt is too long: 1 > 0"}})
+    assert (
+        classify_exception(
+            _status_error(401, {"error": {"type": "authentication_error", "message": "bad key"}})
+        ).kind
+        == ErrorKind.AUTHENTICATION
+    )
+    assert (
+        classify_exception(
+            _status_error(529, {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+        ).kind
+        == ErrorKind.OVERLOADED
+    )
+    too_long = _status_error(
+        400, {"error": {"type": "invalid_request_error", "message": "prompt is too long: 1 > 0"}}
+    )
     assert classify_exception(too_long).kind == ErrorKind.PROMPT_TOO_LONG
     request = httpx2.Request("POST", "http://127.0.0.1/v1/messages")
     assert classify_exception(anthropic.APIConnectionError(request=request)).kind == ErrorKind.CONNECTION
     assert classify_exception(anthropic.APITimeoutError(request=request)).kind == ErrorKind.CONNECTION
-    assert classify_exception(httpx2.RemoteProtocolError("peer closed connection")).kind == ErrorKind.CONNECTION
+    assert (
+        classify_exception(httpx2.RemoteProtocolError("peer closed connection")).kind == ErrorKind.CONNECTION
+    )
     assert classify_exception(httpx2.ReadError("")).kind == ErrorKind.CONNECTION
     passthrough = AgentError(ErrorKind.BUDGET)
     assert classify_exception(passthrough) is passthrough
@@ -107,8 +135,12 @@ def test_classify_text_cli_limit_message_parses_reset_in_its_zone():
     assert error.retry_after == pytest.approx(5.5 * 3600)
     # already past today: the next day
     later = dt.datetime(2025, 6, 1, 17, 0, tzinfo=la)
-    assert parse_reset_time("resets 4pm (America/Los_Angeles)", now=later) == dt.datetime(2025, 6, 2, 16, 0, tzinfo=la)
-    assert parse_reset_time("resets 4:30am (UTC)", now=dt.datetime(2025, 6, 1, 1, 0, tzinfo=dt.UTC)) == dt.datetime(2025, 6, 1, 4, 30, tzinfo=dt.UTC)
+    assert parse_reset_time("resets 4pm (America/Los_Angeles)", now=later) == dt.datetime(
+        2025, 6, 2, 16, 0, tzinfo=la
+    )
+    assert parse_reset_time(
+        "resets 4:30am (UTC)", now=dt.datetime(2025, 6, 1, 1, 0, tzinfo=dt.UTC)
+    ) == dt.datetime(2025, 6, 1, 4, 30, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +149,10 @@ def test_classify_text_cli_limit_message_parses_reset_in_its_zone():
         ("Prompt is too long", ErrorKind.PROMPT_TOO_LONG),
         ("Credit balance is too low", ErrorKind.BILLING),
         ("Invalid API key · Please run /login", ErrorKind.AUTHENTICATION),
-        ('API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', ErrorKind.OVERLOADED),
+        (
+            'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+            ErrorKind.OVERLOADED,
+        ),
         ("API Error: 500 Internal server error", ErrorKind.SERVER),
         ("API Error: 401 unauthorized", ErrorKind.AUTHENTICATION),
         ("API Error: 429 too many", ErrorKind.RATE_LIMITED),
@@ -145,7 +180,15 @@ def test_retry_matrix(settings):
         assert delays[3] is None  # AGENT_MAX_RETRIES reached
         for attempt, delay in enumerate(delays[:3]):
             assert 2**attempt / 2 <= delay <= 2**attempt  # exponential with jitter
-    for kind in (ErrorKind.AUTHENTICATION, ErrorKind.BILLING, ErrorKind.INVALID_REQUEST, ErrorKind.PROMPT_TOO_LONG, ErrorKind.BUDGET, ErrorKind.POLICY, ErrorKind.UNKNOWN):
+    for kind in (
+        ErrorKind.AUTHENTICATION,
+        ErrorKind.BILLING,
+        ErrorKind.INVALID_REQUEST,
+        ErrorKind.PROMPT_TOO_LONG,
+        ErrorKind.BUDGET,
+        ErrorKind.POLICY,
+        ErrorKind.UNKNOWN,
+    ):
         assert retry_delay(AgentError(kind), 0) is None
     assert retry_delay(AgentError(ErrorKind.MAX_OUTPUT_TOKENS), 0) == 0.0
     assert retry_delay(AgentError(ErrorKind.MAX_OUTPUT_TOKENS), 1) is None

@@ -44,7 +44,11 @@ def test_production_check_reports_a_missing_model(no_model):
 @pytest.mark.parametrize("setting", ["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"])
 def test_production_with_a_key_or_a_base_url_is_fine(no_model, setting):
     no_model.DEBUG = False
-    setattr(no_model, setting, "sk-ant-configured-1234" if setting == "ANTHROPIC_API_KEY" else "http://127.0.0.1:9")
+    setattr(
+        no_model,
+        setting,
+        "sk-ant-configured-1234" if setting == "ANTHROPIC_API_KEY" else "http://127.0.0.1:9",
+    )
     assert model_check() == []
     endpoint = model_endpoint()
     assert endpoint.offline == (setting == "ANTHROPIC_BASE_URL")
@@ -55,7 +59,11 @@ def test_debug_starts_the_scripted_model_in_process(no_model, monkeypatch):
     assert model_check() == []
     monkeypatch.setattr(scripted_model.server, "ensure_scripted_model", lambda: "http://127.0.0.1:1")
     endpoint = model_endpoint()
-    assert (endpoint.base_url, endpoint.api_key, endpoint.offline) == ("http://127.0.0.1:1", OFFLINE_API_KEY, True)
+    assert (endpoint.base_url, endpoint.api_key, endpoint.offline) == (
+        "http://127.0.0.1:1",
+        OFFLINE_API_KEY,
+        True,
+    )
 
 
 async def test_a_production_turn_without_a_model_ends_with_that_error(no_model, workspace):

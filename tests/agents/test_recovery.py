@@ -55,7 +55,9 @@ def long_history(turns: int, size: int) -> list[HistoryMessage]:
     history = []
     for i in range(turns):
         history.append(user(f"question {i} " + f"q{i}word " * (size // 8)))
-        history.append(assistant({"type": "step-start"}, text_part(f"answer {i} " + f"a{i}word " * (size // 8))))
+        history.append(
+            assistant({"type": "step-start"}, text_part(f"answer {i} " + f"a{i}word " * (size // 8)))
+        )
     return history
 
 
@@ -83,14 +85,25 @@ async def test_api_full_history_too_long_then_compacted_succeeds(workspace, scri
     assert statuses(chunks) == ["compacting-context"]
     status_at = next(i for i, c in enumerate(chunks) if c["type"] == "data-status")
     assert status_at == 1  # right after start, before any content
-    assert chunk_types(chunks) == ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+    assert chunk_types(chunks) == [
+        "start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "finish",
+    ]
     assert 'you said "/toolong-over 6000 and now?"' in text_of(chunks)
 
     full, summary, compacted = bodies(scripted_model, mark)
     assert full["status"] == 400 and request_chars(full["body"]) > 6000
     assert "q0word" in json.dumps(full["body"]["messages"])
     # The summary request: the older messages, bounded, through the model (a side request).
-    assert summary["directive"] == "side" and "Summarise this conversation" in json.dumps(summary["body"]["system"])
+    assert summary["directive"] == "side" and "Summarise this conversation" in json.dumps(
+        summary["body"]["system"]
+    )
     assert "q0word" in json.dumps(summary["body"]["messages"])
     # The compacted request: the summary plus only the newest messages.
     assert compacted["status"] == 200 and request_chars(compacted["body"]) <= 6000
@@ -106,7 +119,9 @@ async def test_api_history_rung_when_compacted_is_still_too_long(workspace, scri
     settings.AGENT_COMPACT_KEEP_CHARS = 100_000
     settings.AGENT_RECOVERY_HISTORY_CHARS = 1_500
     mark = len(scripted_model.requests)
-    chunks, result = await turn(make_input(workspace, "/toolong-over 4000 go", history=long_history(2, 1_600)))
+    chunks, result = await turn(
+        make_input(workspace, "/toolong-over 4000 go", history=long_history(2, 1_600))
+    )
     assert result.error is None, result.error
     assert statuses(chunks) == ["compacting-context", "history-only"]
     requests = bodies(scripted_model, mark)
@@ -137,7 +152,9 @@ async def test_api_no_retry_once_content_was_streamed(workspace, scripted_model)
     # The first call fits and streams text + a tool call; the tool's output makes the follow-up
     # request too long. Content already reached the client, so nothing is retried.
     mark = len(scripted_model.requests)
-    chunks, result = await turn(make_input(workspace, "/toolong-over 3000 /tool bash seq 1 2000", history=long_history(1, 100)))
+    chunks, result = await turn(
+        make_input(workspace, "/toolong-over 3000 /tool bash seq 1 2000", history=long_history(1, 100))
+    )
     assert result.error is not None and result.error.kind == ErrorKind.PROMPT_TOO_LONG
     assert statuses(chunks) == []
     assert chunk_types(chunks) == [
@@ -154,23 +171,44 @@ async def test_compaction_falls_back_to_truncation_when_summarising_fails(settin
     settings.AGENT_COMPACT_KEEP_CHARS = 2_500
     usage = Usage()
     started = time.monotonic()
-    compacted, summarised = await recovery.compact_history(long_history(3, 1_600), model="claude-sonnet-4-5", usage=usage)
+    compacted, summarised = await recovery.compact_history(
+        long_history(3, 1_600), model="claude-sonnet-4-5", usage=usage
+    )
     assert time.monotonic() - started < 10
     assert not summarised and usage.input_tokens == 0
     assert compacted[0].parts[0]["text"] == recovery.DROPPED_MARKER
-    assert "a2word" in json.dumps(compacted[-1].parts) and "q0word" not in json.dumps([m.parts for m in compacted])
+    assert "a2word" in json.dumps(compacted[-1].parts) and "q0word" not in json.dumps(
+        [m.parts for m in compacted]
+    )
     assert sum(recovery.message_chars(m) for m in compacted[1:]) <= 2_500
 
 
 def test_truncation_keeps_newest_whole_messages_and_clips_giants():
-    giant = assistant({"type": "tool-Bash", "toolCallId": "t1", "state": "output-available", "input": {"command": "x"}, "output": "o" * 50_000})
+    giant = assistant(
+        {
+            "type": "tool-Bash",
+            "toolCallId": "t1",
+            "state": "output-available",
+            "input": {"command": "x"},
+            "output": "o" * 50_000,
+        }
+    )
     history = [user("old " * 300), assistant(text_part("old answer")), user("run it"), giant]
     kept = recovery.truncate_history(history, max_chars=3_000)
-    assert [m.role for m in kept] == ["user", "assistant"]  # the old answer is dropped: starts with a user message
+    assert [m.role for m in kept] == [
+        "user",
+        "assistant",
+    ]  # the old answer is dropped: starts with a user message
     assert kept[0].parts[0]["text"] == "run it"
-    assert kept[-1].parts[0]["output"].endswith(recovery.CLIP_NOTE) and len(kept[-1].parts[0]["output"]) < 3_000
+    assert (
+        kept[-1].parts[0]["output"].endswith(recovery.CLIP_NOTE) and len(kept[-1].parts[0]["output"]) < 3_000
+    )
     assert kept[-1].parts[0]["toolCallId"] == "t1"  # the call stays, so its pair stays valid
-    assert recovery.truncate_history([user("x" * 10_000)], max_chars=100)[0].parts[0]["text"].endswith(recovery.CLIP_NOTE)
+    assert (
+        recovery.truncate_history([user("x" * 10_000)], max_chars=100)[0]
+        .parts[0]["text"]
+        .endswith(recovery.CLIP_NOTE)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,20 +239,45 @@ def assert_valid_messages(messages: list[dict]) -> None:
 
 
 EDGE_HISTORY = [
-    HistoryMessage(role="user", parts=[
-        {"type": "text", "text": "look at this"},
-        {"type": "file", "mediaType": "image/png", "filename": "dot.png", "url": "data:image/png;base64,AAAA"},
-    ]),
+    HistoryMessage(
+        role="user",
+        parts=[
+            {"type": "text", "text": "look at this"},
+            {
+                "type": "file",
+                "mediaType": "image/png",
+                "filename": "dot.png",
+                "url": "data:image/png;base64,AAAA",
+            },
+        ],
+    ),
     assistant(
         {"type": "step-start"},
         {"type": "reasoning", "text": "hmm", "state": "done"},
         text_part("I'll run two things."),
-        {"type": "tool-Bash", "toolCallId": "call_ok", "state": "output-available", "input": {"command": "ls"}, "output": "a.txt"},
-        {"type": "tool-Bash", "toolCallId": "call_err", "state": "output-error", "input": {"command": "cat /etc/x"}, "errorText": "denied"},
+        {
+            "type": "tool-Bash",
+            "toolCallId": "call_ok",
+            "state": "output-available",
+            "input": {"command": "ls"},
+            "output": "a.txt",
+        },
+        {
+            "type": "tool-Bash",
+            "toolCallId": "call_err",
+            "state": "output-error",
+            "input": {"command": "cat /etc/x"},
+            "errorText": "denied",
+        },
         {"type": "step-start"},
         text_part("Done with step one."),
         # interrupted: the turn was stopped before this call produced output
-        {"type": "tool-Bash", "toolCallId": "call_cut", "state": "input-available", "input": {"command": "sleep 100"}},
+        {
+            "type": "tool-Bash",
+            "toolCallId": "call_cut",
+            "state": "input-available",
+            "input": {"command": "sleep 100"},
+        },
     ),
     # markers persisted for the user: never a turn for the model
     HistoryMessage(role="assistant", parts=[text_part("Stopped.")], kind="stopped"),
@@ -222,7 +285,17 @@ EDGE_HISTORY = [
     HistoryMessage(role="assistant", parts=[text_part("The model is overloaded.")], kind="retryable_error"),
     HistoryMessage(role="assistant", parts=[text_part("Something went wrong")], kind="error"),
     # two assistant messages in a row (e.g. a regenerate): merged, pairs kept
-    assistant({"type": "step-start"}, {"type": "dynamic-tool", "toolName": "Read", "toolCallId": "call_dyn", "state": "output-available", "input": {"file_path": "a.txt"}, "output": {"content": "A"}}),
+    assistant(
+        {"type": "step-start"},
+        {
+            "type": "dynamic-tool",
+            "toolName": "Read",
+            "toolCallId": "call_dyn",
+            "state": "output-available",
+            "input": {"file_path": "a.txt"},
+            "output": {"content": "A"},
+        },
+    ),
     assistant({"type": "step-start"}, text_part("It says A.")),
     assistant({"type": "step-start"}, {"type": "reasoning", "text": "only thinking", "state": "done"}),
 ]
@@ -235,13 +308,26 @@ def test_history_rebuild_edge_cases(tmp_path):
     assert "Stopped." not in flat and "overloaded" not in flat and "Something went wrong" not in flat
     assert "[attached earlier: dot.png (image/png)]" in flat
     assert "hmm" not in flat and "only thinking" not in flat  # unsigned reasoning is not replayed
-    results = {b["tool_use_id"]: b for m in messages if m["role"] == "user" for b in m["content"] if b["type"] == "tool_result"}
+    results = {
+        b["tool_use_id"]: b
+        for m in messages
+        if m["role"] == "user"
+        for b in m["content"]
+        if b["type"] == "tool_result"
+    }
     assert results["call_ok"]["content"] == "a.txt" and not results["call_ok"].get("is_error")
-    assert results["call_err"] == {"type": "tool_result", "tool_use_id": "call_err", "content": "denied", "is_error": True}
+    assert results["call_err"] == {
+        "type": "tool_result",
+        "tool_use_id": "call_err",
+        "content": "denied",
+        "is_error": True,
+    }
     assert results["call_cut"]["is_error"] and "did not finish" in results["call_cut"]["content"]
     assert json.loads(results["call_dyn"]["content"]) == {"content": "A"}
     # The stopped turn's text after its first step stays in the same assistant turn as its calls.
-    texts = [b["text"] for m in messages if m["role"] == "assistant" for b in m["content"] if b["type"] == "text"]
+    texts = [
+        b["text"] for m in messages if m["role"] == "assistant" for b in m["content"] if b["type"] == "text"
+    ]
     assert texts == ["I'll run two things.", "Done with step one.", "It says A."]
 
     # Truncated for recovery, the history is still valid (no orphaned tool_result).
@@ -252,13 +338,17 @@ def test_history_rebuild_edge_cases(tmp_path):
 
 async def test_rebuilt_history_reaches_the_model(workspace, scripted_model):
     mark = len(scripted_model.requests)
-    inp = make_input(workspace, "what now?", history=[*EDGE_HISTORY, user("what now?")])  # new message included: not sent twice
+    inp = make_input(
+        workspace, "what now?", history=[*EDGE_HISTORY, user("what now?")]
+    )  # new message included: not sent twice
     chunks, result = await turn(inp)
     assert result.error is None and 'you said "what now?"' in text_of(chunks)
     [request] = bodies(scripted_model, mark)
     sent = [{k: v for k, v in m.items()} for m in request["body"]["messages"]]
     for message in sent:  # compare without the prompt-caching marker
-        message["content"] = [{k: v for k, v in b.items() if k != "cache_control"} for b in message["content"]]
+        message["content"] = [
+            {k: v for k, v in b.items() if k != "cache_control"} for b in message["content"]
+        ]
     assert sent == ApiBackend().build_messages(inp)
     assert_valid_messages(sent)
     assert json.dumps(sent).count("what now?") == 1
@@ -270,7 +360,14 @@ async def test_rebuilt_history_reaches_the_model(workspace, scripted_model):
 
 
 def test_transcript_gap_rule():
-    history = [user("one"), assistant(text_part("1")), user("two"), assistant(text_part("2")), user("three"), assistant(text_part("3"))]
+    history = [
+        user("one"),
+        assistant(text_part("1")),
+        user("two"),
+        assistant(text_part("2")),
+        user("three"),
+        assistant(text_part("3")),
+    ]
     assert transcript_gap(history, ["one", "two", "three"]) == []
     # turn "three" ran elsewhere (api backend, or a lost mirror batch)
     assert transcript_gap(history, ["<system-reminder>x</system-reminder>", "one", "two"]) == history[4:]
@@ -285,17 +382,28 @@ def test_transcript_gap_rule():
 
 
 def _result(**extra) -> ResultMessage:
-    fields = {"subtype": "success", "duration_ms": 1, "duration_api_ms": 0, "is_error": False, "num_turns": 1, "session_id": "s1"}
+    fields = {
+        "subtype": "success",
+        "duration_ms": 1,
+        "duration_api_ms": 0,
+        "is_error": False,
+        "num_turns": 1,
+        "session_id": "s1",
+    }
     return ResultMessage(**{**fields, **extra})
 
 
 def test_prompt_too_long_is_surfaced_from_all_three_cli_shapes():
     # 1. an exception (the CLI process failed with the text)
-    error = classify_sdk_exception(ProcessError("Command failed with exit code 1", exit_code=1, stderr="Prompt is too long"))
+    error = classify_sdk_exception(
+        ProcessError("Command failed with exit code 1", exit_code=1, stderr="Prompt is too long")
+    )
     assert error.kind == ErrorKind.PROMPT_TOO_LONG
     # 2. AssistantMessage.error (a synthetic message) + an error result
     translator = SdkTranslator()
-    synthetic = AssistantMessage(content=[TextBlock(text="Prompt is too long")], model="<synthetic>", error="invalid_request")
+    synthetic = AssistantMessage(
+        content=[TextBlock(text="Prompt is too long")], model="<synthetic>", error="invalid_request"
+    )
     assert translator.feed(synthetic) == []  # never shown as the answer
     translator.feed(_result(is_error=True, result="Prompt is too long"))
     assert translator.error().kind == ErrorKind.PROMPT_TOO_LONG
@@ -307,8 +415,13 @@ def test_prompt_too_long_is_surfaced_from_all_three_cli_shapes():
 
 def test_cli_compaction_is_a_status_never_text():
     translator = SdkTranslator()
-    status = SystemMessage(subtype="status", data={"type": "system", "subtype": "status", "status": "compacting"})
-    boundary = SystemMessage(subtype="compact_boundary", data={"type": "system", "subtype": "compact_boundary", "compact_metadata": {"trigger": "auto"}})
+    status = SystemMessage(
+        subtype="status", data={"type": "system", "subtype": "status", "status": "compacting"}
+    )
+    boundary = SystemMessage(
+        subtype="compact_boundary",
+        data={"type": "system", "subtype": "compact_boundary", "compact_metadata": {"trigger": "auto"}},
+    )
     chunks = translator.compaction_started()  # the PreCompact hook
     chunks += translator.feed(status)  # and the status message of the same compaction
     chunks += translator.feed(boundary)
@@ -326,7 +439,9 @@ def test_cli_compaction_is_a_status_never_text():
 
 
 @pytest.mark.cli
-async def test_sdk_resumed_transcript_too_long_then_fresh_compacted_session(workspace, scripted_model, settings):
+async def test_sdk_resumed_transcript_too_long_then_fresh_compacted_session(
+    workspace, scripted_model, settings
+):
     # The CLI's own reactive compaction would rescue this turn first (next test); switched off
     # here, the runtime's ladder is what remains.
     settings.AGENT_SDK_EXTRA_ENV = {"DISABLE_COMPACT": "1"}
@@ -335,26 +450,40 @@ async def test_sdk_resumed_transcript_too_long_then_fresh_compacted_session(work
     mark = len(scripted_model.requests)
     first_chunks, first = await turn(make_input(workspace, f"remember {bulk}", backend="sdk"))
     assert first.error is None and first.agent_session_id
-    [first_request] = [r for r in bodies(scripted_model, mark) if "remember kiwi" in json.dumps(r["body"]["messages"])]
+    [first_request] = [
+        r for r in bodies(scripted_model, mark) if "remember kiwi" in json.dumps(r["body"]["messages"])
+    ]
     limit = request_chars(first_request["body"]) - 3_000  # the resumed transcript alone exceeds it
 
     history = [user(f"remember {bulk}"), assistant({"type": "step-start"}, text_part(text_of(first_chunks)))]
     mark = len(scripted_model.requests)
     text = f"/toolong-over {limit} next"
-    chunks, result = await turn(make_input(workspace, text, backend="sdk", history=history, agent_session_id=first.agent_session_id))
+    chunks, result = await turn(
+        make_input(workspace, text, backend="sdk", history=history, agent_session_id=first.agent_session_id)
+    )
 
     assert result.error is None, result.error
     assert statuses(chunks) == ["compacting-context"]
     assert f'you said "{text}"' in text_of(chunks)
-    main = [r for r in bodies(scripted_model, mark) if r["directive"] != "side" or "Summarise" in json.dumps(r["body"].get("system"))]
+    main = [
+        r
+        for r in bodies(scripted_model, mark)
+        if r["directive"] != "side" or "Summarise" in json.dumps(r["body"].get("system"))
+    ]
     assert [r["status"] for r in main][:1] == [400] and main[-1]["status"] == 200
-    assert any("Summarise this conversation" in json.dumps(r["body"].get("system")) for r in main)  # our summary call
+    assert any(
+        "Summarise this conversation" in json.dumps(r["body"].get("system")) for r in main
+    )  # our summary call
     fresh = main[-1]
     assert request_chars(fresh["body"]) <= limit
     newest = newest_user_json(fresh)
     assert "<conversation_context>" in newest and recovery.SUMMARY_MARKER in newest
-    assert json.dumps(fresh["body"]["messages"]).count("kiwi") < 100  # the bulk of turn 1 is gone (the echo quotes a bit)
-    assert result.agent_session_id and result.agent_session_id != first.agent_session_id  # a fresh CLI session
+    assert (
+        json.dumps(fresh["body"]["messages"]).count("kiwi") < 100
+    )  # the bulk of turn 1 is gone (the echo quotes a bit)
+    assert (
+        result.agent_session_id and result.agent_session_id != first.agent_session_id
+    )  # a fresh CLI session
 
 
 @pytest.mark.cli
@@ -364,20 +493,39 @@ async def test_sdk_cli_reactive_compaction_is_a_status_and_never_text(workspace,
     bulk = "kiwi " * 1_500
     mark = len(scripted_model.requests)
     first_chunks, first = await turn(make_input(workspace, f"remember {bulk}", backend="sdk"))
-    [first_request] = [r for r in bodies(scripted_model, mark) if "remember kiwi" in json.dumps(r["body"]["messages"])]
+    [first_request] = [
+        r for r in bodies(scripted_model, mark) if "remember kiwi" in json.dumps(r["body"]["messages"])
+    ]
     limit = request_chars(first_request["body"]) - 3_000
     history = [user(f"remember {bulk}"), assistant({"type": "step-start"}, text_part(text_of(first_chunks)))]
     mark = len(scripted_model.requests)
     chunks, result = await turn(
-        make_input(workspace, f"/toolong-over {limit} /long 3", backend="sdk", history=history, agent_session_id=first.agent_session_id)
+        make_input(
+            workspace,
+            f"/toolong-over {limit} /long 3",
+            backend="sdk",
+            history=history,
+            agent_session_id=first.agent_session_id,
+        )
     )
     assert result.error is None, result.error
     assert statuses(chunks) == ["compacting", "compacted"]
     assert text_of(chunks) == "w0 w1 w2 "  # nothing of the compaction summary
-    assert chunk_types(chunks) == ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+    assert chunk_types(chunks) == [
+        "start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "finish",
+    ]
     requests = bodies(scripted_model, mark)
     assert requests[0]["status"] == 400 and requests[-1]["status"] == 200
-    assert any("create a detailed summary of the conversation" in json.dumps(r["body"]["messages"]) for r in requests)
+    assert any(
+        "create a detailed summary of the conversation" in json.dumps(r["body"]["messages"]) for r in requests
+    )
     assert result.agent_session_id == first.agent_session_id  # the CLI kept its session
 
 
@@ -392,10 +540,20 @@ async def test_sdk_gap_turns_are_added_as_context_once(workspace, scripted_model
         user("and remember mango"), assistant(text_part("ok mango")),
     ]  # fmt: skip
     mark = len(scripted_model.requests)
-    chunks, third = await turn(make_input(workspace, "which fruits?", backend="sdk", history=history, agent_session_id=first.agent_session_id))
+    chunks, third = await turn(
+        make_input(
+            workspace,
+            "which fruits?",
+            backend="sdk",
+            history=history,
+            agent_session_id=first.agent_session_id,
+        )
+    )
     assert third.error is None and third.agent_session_id == first.agent_session_id
     assert 'you said "which fruits?"' in text_of(chunks)  # the context is not what the user said
-    [request] = [r for r in bodies(scripted_model, mark) if "which fruits?" in json.dumps(r["body"]["messages"])]
+    [request] = [
+        r for r in bodies(scripted_model, mark) if "which fruits?" in json.dumps(r["body"]["messages"])
+    ]
     newest = newest_user_json(request)
     assert "<conversation_context>" in newest and "and remember mango" in newest and "ok mango" in newest
     assert "remember banana" not in newest  # covered by the transcript: not repeated
@@ -404,7 +562,11 @@ async def test_sdk_gap_turns_are_added_as_context_once(workspace, scripted_model
     # Next turn: the transcript now holds the gap (it went in with the prompt): nothing is added.
     history += [user("which fruits?"), assistant(text_part(text_of(chunks)))]
     mark = len(scripted_model.requests)
-    _, fourth = await turn(make_input(workspace, "thanks", backend="sdk", history=history, agent_session_id=first.agent_session_id))
+    _, fourth = await turn(
+        make_input(
+            workspace, "thanks", backend="sdk", history=history, agent_session_id=first.agent_session_id
+        )
+    )
     assert fourth.error is None
     [request] = [r for r in bodies(scripted_model, mark) if "thanks" in json.dumps(r["body"]["messages"])]
     assert "<conversation_context>" not in newest_user_json(request)
@@ -416,8 +578,16 @@ async def test_sdk_nothing_fits_ends_with_one_error(workspace, scripted_model, s
     settings.AGENT_SDK_EXTRA_ENV = {"DISABLE_COMPACT": "1"}
     _, first = await turn(make_input(workspace, "hello", backend="sdk"))
     history = [user("hello"), assistant(text_part("hi"))]
-    chunks, result = await turn(make_input(workspace, "/toolong", backend="sdk", history=history, agent_session_id=first.agent_session_id))
+    chunks, result = await turn(
+        make_input(
+            workspace, "/toolong", backend="sdk", history=history, agent_session_id=first.agent_session_id
+        )
+    )
     assert chunk_types(chunks) == ["start", "data-usage", "error"]
     assert statuses(chunks) == ["compacting-context", "history-only"]
-    assert result.error is not None and result.error.kind == ErrorKind.PROMPT_TOO_LONG and "new chat" in result.error.message
+    assert (
+        result.error is not None
+        and result.error.kind == ErrorKind.PROMPT_TOO_LONG
+        and "new chat" in result.error.message
+    )
     assert result.agent_session_id == first.agent_session_id  # the chat keeps its own CLI session

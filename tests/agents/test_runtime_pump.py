@@ -35,7 +35,14 @@ class FakeBackend:
 
 
 def make_input(tmp_path: Path) -> TurnInput:
-    return TurnInput(session_id="s", user_text="hi", workspace=tmp_path, backend="api", model="claude-sonnet-4-5", message_id="m1")
+    return TurnInput(
+        session_id="s",
+        user_text="hi",
+        workspace=tmp_path,
+        backend="api",
+        model="claude-sonnet-4-5",
+        message_id="m1",
+    )
 
 
 @pytest.fixture
@@ -76,7 +83,9 @@ async def test_silence_gives_heartbeats_and_never_cancels_the_backend_read(tmp_p
     assert backend.cancelled_reads == 0 and backend.closed
 
 
-async def test_a_backend_that_ignores_stop_is_closed_after_the_grace_period(tmp_path, settings, use_backend, monkeypatch):
+async def test_a_backend_that_ignores_stop_is_closed_after_the_grace_period(
+    tmp_path, settings, use_backend, monkeypatch
+):
     monkeypatch.setattr(runtime, "STOP_GRACE_SECONDS", 0.2)
 
     async def script(backend):
@@ -163,14 +172,46 @@ async def _error_midstream_server():
         await reader.readuntil(b"\r\n\r\n")  # the request body is not needed
         body = b"".join(
             [
-                _sse("message_start", {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
-                _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                _sse(
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": "msg_1",
+                            "type": "message",
+                            "role": "assistant",
+                            "model": "m",
+                            "content": [],
+                            "stop_reason": None,
+                            "usage": {"input_tokens": 3, "output_tokens": 1},
+                        },
+                    },
+                ),
+                _sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
                 _sse("ping", {"type": "ping"}),
-                _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+                _sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": "Hel"},
+                    },
+                ),
                 _sse("error", MIDSTREAM_ERROR),
             ]
         )
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % len(body)
+            + body
+        )
         await writer.drain()
         writer.close()
 
@@ -189,7 +230,9 @@ async def test_api_midstream_error_event_raises_like_the_sdk(tmp_path, settings)
     try:
         # What the SDK's own typed iterator raises for this stream...
         async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as client:
-            stream = await client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}], stream=True)
+            stream = await client.messages.create(
+                model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
             with pytest.raises(anthropic.APIStatusError) as expected:
                 async for _ in stream:
                     pass

@@ -124,7 +124,9 @@ async def test_denied_calls_are_tool_errors_and_never_run(workspace, tmp_path):
     outside.mkdir()
     (workspace / "door").symlink_to(outside)
 
-    write = await run_tool(workspace, "Write", {"file_path": str(outside / "written.txt"), "content": "pwned"})
+    write = await run_tool(
+        workspace, "Write", {"file_path": str(outside / "written.txt"), "content": "pwned"}
+    )
     assert write.is_error and "Permission denied" in write.output
     via_link = await run_tool(workspace, "Write", {"file_path": "door/linked.txt", "content": "pwned"})
     assert via_link.is_error
@@ -156,8 +158,12 @@ async def test_bash_env_is_scrubbed_and_confined(workspace, monkeypatch):
 
 
 async def test_file_tools_work_inside(workspace):
-    assert not (await run_tool(workspace, "Write", {"file_path": "src/a.py", "content": "x = 1\n# TODO later\n"})).is_error
-    edit = await run_tool(workspace, "Edit", {"file_path": "src/a.py", "old_string": "x = 1", "new_string": "x = 2"})
+    assert not (
+        await run_tool(workspace, "Write", {"file_path": "src/a.py", "content": "x = 1\n# TODO later\n"})
+    ).is_error
+    edit = await run_tool(
+        workspace, "Edit", {"file_path": "src/a.py", "old_string": "x = 1", "new_string": "x = 2"}
+    )
     assert not edit.is_error
     read = await run_tool(workspace, "Read", {"file_path": "src/a.py"})
     assert "x = 2" in read.output and "1\t" in read.output

@@ -12,7 +12,14 @@ import time
 import uuid
 
 import pytest
-from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock, ToolResultBlock, ToolUseBlock, UserMessage
+from claude_agent_sdk import (
+    AssistantMessage,
+    ResultMessage,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
 from claude_agent_sdk.types import RateLimitEvent, RateLimitInfo, StreamEvent
 
 from agents.backends.sdk import SdkBackend, cli_env
@@ -41,7 +48,6 @@ async def backend_chunks(inp: TurnInput, result: TurnResult, *, timeout: float =
 # ---------------------------------------------------------------------------------------------
 # The real CLI
 # ---------------------------------------------------------------------------------------------
-
 
 
 @pytest.mark.cli
@@ -81,7 +87,9 @@ async def test_bash_tool_runs_in_the_workspace(scripted_model, workspace):
 
 @pytest.mark.cli
 async def test_home_and_tmpdir_are_inside_the_workspace(scripted_model, workspace):
-    chunks = await backend_chunks(make_input(workspace, "/tool bash echo $HOME $CLAUDE_CODE_TMPDIR $TMPDIR; pwd"), TurnResult())
+    chunks = await backend_chunks(
+        make_input(workspace, "/tool bash echo $HOME $CLAUDE_CODE_TMPDIR $TMPDIR; pwd"), TurnResult()
+    )
     [output] = [c for c in chunks if c["type"] == "tool-output-available"]
     paths = output["output"].split()
     assert paths == [str(workspace / "home"), str(workspace / "tmp"), str(workspace / "tmp"), str(workspace)]
@@ -136,7 +144,11 @@ async def test_stop_interrupts_quickly_and_keeps_partial_text(scripted_model, wo
 @pytest.mark.cli
 @pytest.mark.parametrize(
     ("directive", "kind"),
-    [("/error 401", ErrorKind.AUTHENTICATION), ("/error 429", ErrorKind.RATE_LIMITED), ("/toolong", ErrorKind.PROMPT_TOO_LONG)],
+    [
+        ("/error 401", ErrorKind.AUTHENTICATION),
+        ("/error 429", ErrorKind.RATE_LIMITED),
+        ("/toolong", ErrorKind.PROMPT_TOO_LONG),
+    ],
 )
 async def test_errors_are_classified(scripted_model, workspace, directive, kind):
     mark = scripted_model.request_count
@@ -165,7 +177,16 @@ async def test_heartbeats_while_the_cli_is_silent_lose_nothing(scripted_model, w
     result = TurnResult()
     chunks = await collect(run_turn(make_input(workspace, "/slow 200 5"), result), timeout=40)
     assert any(c["type"] == "data-heartbeat" for c in chunks)
-    assert chunk_types(chunks) == ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+    assert chunk_types(chunks) == [
+        "start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "finish",
+    ]
     assert text_of(chunks) == "w0 w1 w2 w3 w4 "
     assert result.error is None
 
@@ -177,7 +198,9 @@ async def test_next_turn_resumes_the_cli_session(scripted_model, workspace):
     assert first.agent_session_id
     mark = scripted_model.request_count
     second = TurnResult()
-    chunks = await backend_chunks(make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id), second)
+    chunks = await backend_chunks(
+        make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id), second
+    )
     assert 'you said "what was the word?"' in text_of(chunks)
     assert second.agent_session_id == first.agent_session_id
     [request] = requests_since(scripted_model, mark)
@@ -185,7 +208,9 @@ async def test_next_turn_resumes_the_cli_session(scripted_model, workspace):
 
     # A transcript that is gone (e.g. a wiped workspace) falls back to a fresh CLI session.
     third = TurnResult()
-    chunks = await backend_chunks(make_input(workspace, "still there?", agent_session_id=str(uuid.uuid4())), third)
+    chunks = await backend_chunks(
+        make_input(workspace, "still there?", agent_session_id=str(uuid.uuid4())), third
+    )
     assert 'you said "still there?"' in text_of(chunks)
     assert third.agent_session_id and third.agent_session_id != first.agent_session_id
 
@@ -197,7 +222,9 @@ async def test_attachments_reach_the_model(scripted_model, workspace):
         Attachment(name="dot.png", media_type="image/png", data=PNG_1PX),
         Attachment(name="notes.txt", media_type="text/plain", data=b"attached notes"),
     ]
-    chunks = await backend_chunks(make_input(workspace, "look at these", attachments=attachments), TurnResult())
+    chunks = await backend_chunks(
+        make_input(workspace, "look at these", attachments=attachments), TurnResult()
+    )
     assert chunk_types(chunks)[-1] == "finish-step"
     assert (workspace / "uploads" / "notes.txt").read_bytes() == b"attached notes"
     [request] = requests_since(scripted_model, mark)
@@ -218,10 +245,26 @@ def _event(event: dict) -> StreamEvent:
 def _tool_message(*ids: str) -> list:
     msgs = [_event({"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 5}}})]
     for index, tid in enumerate(ids):
-        msgs.append(_event({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": tid, "name": "Bash", "input": {}}}))
-        msgs.append(AssistantMessage(content=[ToolUseBlock(id=tid, name="Bash", input={"command": f"echo {tid}"})], model="m", message_id="m1"))
+        msgs.append(
+            _event(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": tid, "name": "Bash", "input": {}},
+                }
+            )
+        )
+        msgs.append(
+            AssistantMessage(
+                content=[ToolUseBlock(id=tid, name="Bash", input={"command": f"echo {tid}"})],
+                model="m",
+                message_id="m1",
+            )
+        )
         msgs.append(_event({"type": "content_block_stop", "index": index}))
-    msgs.append(_event({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}))
+    msgs.append(
+        _event({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}})
+    )
     msgs.append(_event({"type": "message_stop"}))
     return msgs
 
@@ -240,10 +283,14 @@ def test_parallel_tool_calls_stay_open_until_their_results():
     assert "finish-step" not in [c["type"] for c in chunks]  # not closed early
     chunks = _feed(translator, [UserMessage(content=[ToolResultBlock(tool_use_id="t2", content="two")])])
     assert [c["type"] for c in chunks] == ["tool-output-available"]
-    chunks = _feed(translator, [UserMessage(content=[ToolResultBlock(tool_use_id="t1", content="one", is_error=True)])])
+    chunks = _feed(
+        translator, [UserMessage(content=[ToolResultBlock(tool_use_id="t1", content="one", is_error=True)])]
+    )
     assert [c["type"] for c in chunks] == ["tool-output-error", "finish-step"]
     # A repeated result or tool_use is never emitted twice.
-    assert _feed(translator, [UserMessage(content=[ToolResultBlock(tool_use_id="t1", content="again")])]) == []
+    assert (
+        _feed(translator, [UserMessage(content=[ToolResultBlock(tool_use_id="t1", content="again")])]) == []
+    )
     assert translator.usage.input_tokens == 5 and translator.usage.output_tokens == 7
 
 
@@ -252,12 +299,19 @@ def test_stream_end_closes_every_open_tool_call():
     _feed(translator, _tool_message("t1", "t2"))
     _feed(translator, [UserMessage(content=[ToolResultBlock(tool_use_id="t1", content="one")])])
     closing = translator.finish()
-    assert [(c["type"], c.get("toolCallId")) for c in closing] == [("tool-output-error", "t2"), ("finish-step", None)]
+    assert [(c["type"], c.get("toolCallId")) for c in closing] == [
+        ("tool-output-error", "t2"),
+        ("finish-step", None),
+    ]
 
 
 def test_synthetic_error_text_is_not_shown_and_classified():
     translator = SdkTranslator()
-    synthetic = AssistantMessage(content=[TextBlock(text="Invalid API key · Fix external API key")], model="<synthetic>", error="authentication_failed")
+    synthetic = AssistantMessage(
+        content=[TextBlock(text="Invalid API key · Fix external API key")],
+        model="<synthetic>",
+        error="authentication_failed",
+    )
     assert translator.feed(synthetic) == []
     result = ResultMessage(subtype="success", duration_ms=1, duration_api_ms=0, is_error=True, num_turns=1, session_id="s1",
                            result="Invalid API key · Fix external API key", api_error_status=401)  # fmt: skip
@@ -274,7 +328,17 @@ def test_synthetic_error_text_is_not_shown_and_classified():
 )
 def test_successful_result_carrying_an_error_text(text, kind):
     translator = SdkTranslator()
-    translator.feed(ResultMessage(subtype="success", duration_ms=1, duration_api_ms=0, is_error=False, num_turns=1, session_id="s1", result=text))
+    translator.feed(
+        ResultMessage(
+            subtype="success",
+            duration_ms=1,
+            duration_api_ms=0,
+            is_error=False,
+            num_turns=1,
+            session_id="s1",
+            result=text,
+        )
+    )
     error = translator.error()
     assert error is not None and error.kind == kind
     if kind == ErrorKind.RATE_LIMITED:
@@ -291,15 +355,41 @@ def test_model_answer_that_mentions_limits_is_not_an_error():
         _event({"type": "content_block_stop", "index": 0}),
         _event({"type": "message_stop"}),
     ])  # fmt: skip
-    translator.feed(ResultMessage(subtype="success", duration_ms=1, duration_api_ms=0, is_error=False, num_turns=1, session_id="s1", result=answer))
+    translator.feed(
+        ResultMessage(
+            subtype="success",
+            duration_ms=1,
+            duration_api_ms=0,
+            is_error=False,
+            num_turns=1,
+            session_id="s1",
+            result=answer,
+        )
+    )
     assert translator.error() is None
 
 
 def test_rejected_rate_limit_event_carries_the_reset_time():
     translator = SdkTranslator()
     resets = int(time.time()) + 3600
-    translator.feed(RateLimitEvent(rate_limit_info=RateLimitInfo(status="rejected", resets_at=resets, rate_limit_type="five_hour"), uuid="u", session_id="s1"))
-    translator.feed(ResultMessage(subtype="success", duration_ms=1, duration_api_ms=0, is_error=True, num_turns=1, session_id="s1", result="limit"))
+    translator.feed(
+        RateLimitEvent(
+            rate_limit_info=RateLimitInfo(status="rejected", resets_at=resets, rate_limit_type="five_hour"),
+            uuid="u",
+            session_id="s1",
+        )
+    )
+    translator.feed(
+        ResultMessage(
+            subtype="success",
+            duration_ms=1,
+            duration_api_ms=0,
+            is_error=True,
+            num_turns=1,
+            session_id="s1",
+            result="limit",
+        )
+    )
     error = translator.error()
     assert error.kind == ErrorKind.RATE_LIMITED and int(error.resets_at.timestamp()) == resets
 
@@ -308,18 +398,29 @@ def test_empty_input_breaker_ends_the_turn():
     from agents.sandbox import EmptyInputBreaker
 
     translator = SdkTranslator(breaker=EmptyInputBreaker(limit=2))
-    translator.feed(AssistantMessage(content=[ToolUseBlock(id="e1", name="Read", input={})], model="m", message_id="x1"))
+    translator.feed(
+        AssistantMessage(content=[ToolUseBlock(id="e1", name="Read", input={})], model="m", message_id="x1")
+    )
     with pytest.raises(AgentError) as caught:
-        translator.feed(AssistantMessage(content=[ToolUseBlock(id="e2", name="Read", input={})], model="m", message_id="x1"))
+        translator.feed(
+            AssistantMessage(
+                content=[ToolUseBlock(id="e2", name="Read", input={})], model="m", message_id="x1"
+            )
+        )
     assert caught.value.kind == ErrorKind.POLICY
 
 
 async def test_tool_policy_hook_and_can_use_tool(workspace):
     policy = ToolPolicy(workspace, limiter=SubagentLimiter(limit=1))
-    denied = await policy.pre_tool_use({"tool_name": "Read", "tool_input": {"file_path": "/etc/shadow"}}, "t1", None)
+    denied = await policy.pre_tool_use(
+        {"tool_name": "Read", "tool_input": {"file_path": "/etc/shadow"}}, "t1", None
+    )
     assert denied["hookSpecificOutput"]["permissionDecision"] == "deny"
     assert "outside the workspace" in denied["hookSpecificOutput"]["permissionDecisionReason"]
-    assert await policy.pre_tool_use({"tool_name": "Read", "tool_input": {"file_path": "notes.txt"}}, "t2", None) == {}
+    assert (
+        await policy.pre_tool_use({"tool_name": "Read", "tool_input": {"file_path": "notes.txt"}}, "t2", None)
+        == {}
+    )
 
     class Ctx:
         def __init__(self, tool_use_id):

@@ -64,7 +64,9 @@ async def test_follow_up_turn_reuses_the_process_and_another_session_does_not(sc
     assert alive(pid)
 
     mark = scripted_model.request_count
-    second, text = await run(make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id))
+    second, text = await run(
+        make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id)
+    )
     assert 'you said "what was the word?"' in text
     assert second.agent_session_id == first.agent_session_id
     assert parked()[workspace.name] == pid  # the same CLI process served the follow-up
@@ -116,7 +118,9 @@ async def test_stopped_turn_closes_its_client_and_the_next_turn_resumes(scripted
     assert workspace.name not in parked()
 
     mark = scripted_model.request_count
-    after, text = await run(make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id))
+    after, text = await run(
+        make_input(workspace, "what was the word?", agent_session_id=first.agent_session_id)
+    )
     assert 'you said "what was the word?"' in text
     assert after.agent_session_id == first.agent_session_id  # resumed from the transcript
     assert parked()[workspace.name] != pid

@@ -20,8 +20,26 @@ from tests.agents.conftest import chunk_types, requests_since, run_turn_chunks, 
 
 BACKENDS = [pytest.param("api", id="api"), pytest.param("sdk", id="sdk", marks=pytest.mark.cli)]
 
-TEXT_TURN = ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
-PARTIAL_THEN_ERROR = ["start", "start-step", "text-start", "text-delta", "text-end", "finish-step", "data-usage", "error"]
+TEXT_TURN = [
+    "start",
+    "start-step",
+    "text-start",
+    "text-delta",
+    "text-end",
+    "finish-step",
+    "data-usage",
+    "finish",
+]
+PARTIAL_THEN_ERROR = [
+    "start",
+    "start-step",
+    "text-start",
+    "text-delta",
+    "text-end",
+    "finish-step",
+    "data-usage",
+    "error",
+]
 THINK_TOOL_TURN = [
     "start",
     "start-step", "reasoning-start", "reasoning-delta", "reasoning-end",
@@ -79,7 +97,10 @@ async def test_thinking_goes_back_intact(scripted_model, workspace, backend, dir
     kinds = ["thinking"] + (["redacted_thinking"] if directive == "/redacted-think" else [])
     assert [b["type"] for b in returned] == kinds
     assert all(b["valid"] for b in returned)
-    assert returned[0]["thinking"] == "I should run a command to check before answering." and returned[0]["signature"]
+    assert (
+        returned[0]["thinking"] == "I should run a command to check before answering."
+        and returned[0]["signature"]
+    )
     # the assistant message sent back starts with the thinking blocks, then its tool_use
     sent = next(m for m in reversed(follow_up[0]["body"]["messages"]) if m["role"] == "assistant")
     assert [b["type"] for b in sent["content"]] == [*kinds, "tool_use"]
@@ -92,7 +113,13 @@ async def test_changed_thinking_is_rejected_like_the_real_api(scripted_model):
     client = anthropic.AsyncAnthropic(base_url=scripted_model.url, api_key="sk-test", max_retries=0)
     history = [
         {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": [{"type": "thinking", "thinking": "edited", "signature": "bm90LXZhbGlk"}, {"type": "text", "text": "ok"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "edited", "signature": "bm90LXZhbGlk"},
+                {"type": "text", "text": "ok"},
+            ],
+        },
         {"role": "user", "content": "again"},
     ]
     with pytest.raises(anthropic.BadRequestError, match="Invalid `signature`"):
@@ -123,7 +150,18 @@ async def test_web_search_shows_as_provider_executed_tool_with_sources(scripted_
 async def test_document_citations_become_source_documents(scripted_model, workspace, backend):
     chunks, result, _ = await run(scripted_model, workspace, backend, "grammar /citations")
     types = chunk_types(chunks)
-    assert types == ["start", "start-step", "text-start", "text-delta", "source-document", "text-delta", "text-end", "finish-step", "data-usage", "finish"]
+    assert types == [
+        "start",
+        "start-step",
+        "text-start",
+        "text-delta",
+        "source-document",
+        "text-delta",
+        "text-end",
+        "finish-step",
+        "data-usage",
+        "finish",
+    ]
     source = next(c for c in chunks if c["type"] == "source-document")
     assert source["title"] == "Scripted model notes"
     assert text_of(chunks) == "The notes say it runs offline." and result.error is None
@@ -179,7 +217,9 @@ async def test_pause_turn_does_not_fail_the_turn(scripted_model, workspace, back
         assert sent["role"] == "assistant"
         assert [b["type"] for b in sent["content"]] == ["text", "server_tool_use", "web_search_tool_result"]
         assert sent["content"][2]["content"][0]["encrypted_content"] == "c2NyaXB0ZWQtcmVzdWx0LTE="  # verbatim
-        assert text_of(chunks).endswith("The search finished after the pause: the scripted model answers offline.")
+        assert text_of(chunks).endswith(
+            "The search finished after the pause: the scripted model answers offline."
+        )
         assert chunk_types(chunks).count("start-step") == 2
     else:  # the CLI ends its turn at pause_turn (terminal_reason completed)
         assert [r["directive"] for r in requests] == ["pause"]
@@ -209,9 +249,15 @@ async def test_context_window_exceeded_climbs_the_recovery_ladder(scripted_model
     settings.AGENT_COMPACT_KEEP_CHARS = 500
     history = []
     for i in range(6):
-        history.append(HistoryMessage(role="user", parts=[{"type": "text", "text": f"question {i} " + "x" * 900}]))
-        history.append(HistoryMessage(role="assistant", parts=[{"type": "text", "text": f"answer {i} " + "y" * 900}]))
-    chunks, result, requests = await run(scripted_model, workspace, "api", "grammar /ctx-exceeded 4000", history=history)
+        history.append(
+            HistoryMessage(role="user", parts=[{"type": "text", "text": f"question {i} " + "x" * 900}])
+        )
+        history.append(
+            HistoryMessage(role="assistant", parts=[{"type": "text", "text": f"answer {i} " + "y" * 900}])
+        )
+    chunks, result, requests = await run(
+        scripted_model, workspace, "api", "grammar /ctx-exceeded 4000", history=history
+    )
     statuses = [c["data"]["code"] for c in chunks if c["type"] == "data-status"]
     assert statuses[0] == "compacting-context"
     assert result.error is None and terminal(chunks)["finishReason"] == "stop"

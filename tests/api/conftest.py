@@ -28,7 +28,9 @@ def isolated_cache(settings):
             }
         }
     else:
-        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": tag}}
+        settings.CACHES = {
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": tag}
+        }
 
 
 @pytest.fixture
@@ -63,6 +65,7 @@ def api(user, api_key) -> APIClient:
 
 # --- a real daphne server ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def live_daphne(django_db_setup, django_db_blocker, tmp_path_factory):
     """daphne serving copilot_project.asgi on a free port, against the test database, with the
@@ -86,4 +89,10 @@ def ui_message(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def chat_body(chat_id: str, text: str, **extra: Any) -> dict[str, Any]:
-    return {"id": chat_id, "messages": [ui_message(text)], "trigger": "submit-message", "messageId": None, **extra}
+    return {
+        "id": chat_id,
+        "messages": [ui_message(text)],
+        "trigger": "submit-message",
+        "messageId": None,
+        **extra,
+    }

@@ -27,7 +27,14 @@ SURROGATE = r"\ud800"
 def _routes(session_id: str) -> list[tuple[str, str, dict]]:
     """(method, path, a valid body) for every JSON write route."""
     return [
-        ("post", "/api/v1/chat/", {"id": "fuzz-chat", "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}),
+        (
+            "post",
+            "/api/v1/chat/",
+            {
+                "id": "fuzz-chat",
+                "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+            },
+        ),
         ("post", "/api/v1/sessions/", {"title": "t", "client_id": "fuzz-new"}),
         ("patch", f"/api/v1/sessions/{session_id}/", {"title": "t"}),
         ("post", "/api/v1/keys/", {"name": "n"}),
@@ -39,9 +46,10 @@ def _bad_bodies(valid: dict) -> dict[str, str]:
     first_string = next(k for k, v in valid.items() if isinstance(v, str))
     bodies = {
         "deep-array": DEEP,
-        "deep-in-field": '{"%s": %s}' % (first_string, "[" * 50_000 + "]" * 50_000),
+        "deep-in-field": f'{{"{first_string}": {"[" * 50_000 + "]" * 50_000}}}',
         "deep-object": '{"a":' * 20_000 + "1" + "}" * 20_000,
     }
+
     # A lone surrogate / a NUL in every string the route reads, one at a time.
     def strings(obj, path=()):
         if isinstance(obj, str):
@@ -84,7 +92,11 @@ def test_bad_bodies_get_a_clear_4xx_and_persist_nothing(api, user):
         for label, raw in _bad_bodies(valid).items():
             resp = getattr(api, method)(path, data=raw, content_type="application/json")
             _assert_clear_4xx(resp.status_code, resp.content, f"{method.upper()} {path} {label}")
-            assert resp.json()["error"]["code"] in {"invalid_request", "parse_error"}, (path, label, resp.json())
+            assert resp.json()["error"]["code"] in {"invalid_request", "parse_error"}, (
+                path,
+                label,
+                resp.json(),
+            )
     assert _snapshot() == before
     session.refresh_from_db()
     assert session.title == "mine"
@@ -141,6 +153,7 @@ def test_query_and_path_parameters_with_surrogates_or_nul(api, user):
 
 
 # --- the same through a real daphne (the ASGI request path) -------------------------------------
+
 
 def test_bad_bodies_through_daphne(live_daphne, user, key_for):
     key = key_for(user)

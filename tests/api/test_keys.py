@@ -73,7 +73,9 @@ def test_revoke_then_401(api, user, key_for):
     assert api.delete(f"/api/v1/keys/{victim_id}/").status_code == 204
     resp = bearer_client(victim).get("/api/v1/sessions/")
     assert resp.status_code == 401
-    assert resp.json() == {"error": {"code": "authentication_failed", "message": "Invalid or revoked API key."}}
+    assert resp.json() == {
+        "error": {"code": "authentication_failed", "message": "Invalid or revoked API key."}
+    }
     listed = {k["id"]: k for k in api.get("/api/v1/keys/").json()}
     assert listed[victim_id]["revoked"] is True
     assert api_key_authenticate(raw_key=victim) is None
@@ -112,7 +114,9 @@ def test_last_used_is_written_at_most_once_per_interval(user, api_key, settings)
     with CaptureQueriesContext(connection) as queries:
         for _ in range(3):
             assert client.get("/api/v1/usage/").status_code == 200
-    assert not [q for q in queries.captured_queries if q["sql"].startswith("UPDATE") and "apikey" in q["sql"].lower()]
+    assert not [
+        q for q in queries.captured_queries if q["sql"].startswith("UPDATE") and "apikey" in q["sql"].lower()
+    ]
     row.refresh_from_db()
     assert row.last_used_at == first
     # Once the interval has passed, the next request records the use again.
@@ -133,14 +137,19 @@ def test_session_auth_writes_need_csrf_bearer_writes_do_not(user, api_key):
     # With the CSRF cookie + header (what the browser page does) it works.
     browser.get("/accounts/login/")
     token = browser.cookies["csrftoken"].value
-    assert browser.post("/api/v1/keys/", {"name": "x"}, format="json", HTTP_X_CSRFTOKEN=token).status_code == 201
+    assert (
+        browser.post("/api/v1/keys/", {"name": "x"}, format="json", HTTP_X_CSRFTOKEN=token).status_code == 201
+    )
     bearer = bearer_client(api_key)
     bearer.handler.enforce_csrf_checks = True
     assert bearer.post("/api/v1/keys/", {"name": "y"}, format="json").status_code == 201
 
 
 def test_keys_throttled(api, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"chat": "1/min", "writes": "2/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"chat": "1/min", "writes": "2/min"},
+    }
     assert api.post("/api/v1/keys/", {"name": "a"}, format="json").status_code == 201
     assert api.post("/api/v1/keys/", {"name": "b"}, format="json").status_code == 201
     resp = api.post("/api/v1/keys/", {"name": "c"}, format="json")
@@ -184,7 +193,10 @@ def test_failed_key_attempts_are_throttled_per_ip(user, api_key, settings):
 
 
 def test_a_burst_of_bad_keys_is_cut_short_with_the_defaults(user):
-    codes = [_bearer(f"cps_{'0' * 12}_{n:040d}", "198.51.100.9").get("/api/v1/usage/").status_code for n in range(300)]
+    codes = [
+        _bearer(f"cps_{'0' * 12}_{n:040d}", "198.51.100.9").get("/api/v1/usage/").status_code
+        for n in range(300)
+    ]
     assert set(codes) == {401, 429}
     assert codes.count(401) <= 30 and codes[-1] == 429
 

@@ -38,13 +38,17 @@ def test_messages_page_costs_the_same_for_5_and_150_messages(api, user):
 
 
 def test_sessions_page_costs_the_same_for_3_and_60_sessions(api, user, other_user):
-    for i in range(3):
+    for _ in range(3):
         s = _chat(user, 2)
-        TokenUsage.objects.create(user=user, session=s, model="m", backend="api", input_tokens=1, output_tokens=1)
+        TokenUsage.objects.create(
+            user=user, session=s, model="m", backend="api", input_tokens=1, output_tokens=1
+        )
     q_few = _queries(api, "/api/v1/sessions/", {"page_size": 100})
-    for i in range(57):
+    for _ in range(57):
         s = _chat(user, 2)
-        TokenUsage.objects.create(user=user, session=s, model="m", backend="api", input_tokens=1, output_tokens=1)
+        TokenUsage.objects.create(
+            user=user, session=s, model="m", backend="api", input_tokens=1, output_tokens=1
+        )
     q_many = _queries(api, "/api/v1/sessions/", {"page_size": 100})
     assert q_many == q_few, (q_few, q_many)
     assert q_many <= 8

@@ -49,11 +49,22 @@ def test_list_paginates_searches_and_filters_archived(api, user, theirs):
     assert str(theirs.pk) not in ids and str(archived.pk) not in ids
     found = api.get("/api/v1/sessions/", {"search": "needle"}).json()
     assert found["count"] == 5 and all("needle" in s["title"] for s in found["results"])
-    assert [s["id"] for s in api.get("/api/v1/sessions/", {"archived": "true"}).json()["results"]] == [str(archived.pk)]
+    assert [s["id"] for s in api.get("/api/v1/sessions/", {"archived": "true"}).json()["results"]] == [
+        str(archived.pk)
+    ]
     assert api.get("/api/v1/sessions/", {"archived": "all", "search": "needle"}).json()["count"] == 6
     assert api.get("/api/v1/sessions/", {"page_size": 3}).json()["results"].__len__() == 3
     first = page1["results"][0]
-    assert set(first) == {"id", "client_id", "title", "archived", "active", "created_at", "updated_at", "last_activity_at"}
+    assert set(first) == {
+        "id",
+        "client_id",
+        "title",
+        "archived",
+        "active",
+        "created_at",
+        "updated_at",
+        "last_activity_at",
+    }
 
 
 def test_list_validation_errors(api):
@@ -70,7 +81,9 @@ def test_create_retrieve_rename_archive_delete(api, user):
     resp = api.post("/api/v1/sessions/", {"title": "First"}, format="json")
     assert resp.status_code == 201, resp.content
     created = resp.json()
-    assert created["title"] == "First" and created["client_id"] == created["id"] and created["active"] is False
+    assert (
+        created["title"] == "First" and created["client_id"] == created["id"] and created["active"] is False
+    )
     sid = created["id"]
     assert api.get(f"/api/v1/sessions/{sid}/").json()["title"] == "First"
     resp = api.patch(f"/api/v1/sessions/{sid}/", {"title": "Renamed"}, format="json")
@@ -101,7 +114,9 @@ def test_create_and_update_validation(api, user):
 
 def test_other_users_session_is_the_same_404_as_a_missing_one(api, theirs):
     for chat_id in (str(theirs.pk), theirs.client_id):
-        for (method, url, data), (_, missing_url, _) in zip(session_urls(chat_id), session_urls(str(uuid.uuid4()))):
+        for (method, url, data), (_, missing_url, _) in zip(
+            session_urls(chat_id), session_urls(str(uuid.uuid4()))
+        ):
             foreign = getattr(api, method)(url, data, format="json")
             missing = getattr(api, method)(missing_url, data, format="json")
             assert foreign.status_code == missing.status_code == 404, (method, url)
@@ -114,8 +129,11 @@ def test_other_users_session_is_the_same_404_as_a_missing_one(api, theirs):
 def test_unauthenticated_and_revoked_key_are_401(user, api_key):
     sid = str(session_create(owner=user).pk)
     urls = session_urls(sid) + [
-        ("get", "/api/v1/sessions/", None), ("post", "/api/v1/sessions/", {}), ("get", "/api/v1/usage/", None),
-        ("post", "/api/v1/chat/", {}), ("get", f"/api/v1/chat/{sid}/stream/", None),
+        ("get", "/api/v1/sessions/", None),
+        ("post", "/api/v1/sessions/", {}),
+        ("get", "/api/v1/usage/", None),
+        ("post", "/api/v1/chat/", {}),
+        ("get", f"/api/v1/chat/{sid}/stream/", None),
     ]
     anonymous = APIClient()
     revoked = bearer_client(api_key)
@@ -143,14 +161,20 @@ def test_error_bodies_for_405_unknown_path_and_406(api, user):
 def test_messages_paginate_by_sequence(api, user):
     session = session_create(owner=user)
     for i in range(7):
-        message_append(session=session, role="user" if i % 2 == 0 else "assistant", text=f"m{i}", metadata={"i": i})
+        message_append(
+            session=session, role="user" if i % 2 == 0 else "assistant", text=f"m{i}", metadata={"i": i}
+        )
     url = f"/api/v1/sessions/{session.pk}/messages/"
     page = api.get(url, {"limit": 3}).json()
     assert [m["sequence"] for m in page["results"]] == [0, 1, 2]
     assert page["prev"] is None and page["next"]
     m0 = page["results"][0]
     assert set(m0) == {"sequence", "role", "kind", "text", "parts", "metadata", "created_at"}
-    assert m0["parts"] == [{"type": "text", "text": "m0"}] and m0["metadata"] == {"i": 0} and m0["kind"] == "normal"
+    assert (
+        m0["parts"] == [{"type": "text", "text": "m0"}]
+        and m0["metadata"] == {"i": 0}
+        and m0["kind"] == "normal"
+    )
     page2 = api.get(page["next"]).json()
     assert [m["sequence"] for m in page2["results"]] == [3, 4, 5]
     page3 = api.get(page2["next"]).json()
@@ -197,11 +221,28 @@ def test_delete_refused_while_a_turn_runs(api, user):
 
 def test_usage_sums_today_and_this_week_with_remaining_budget(api, user, other_user):
     UserBudget.objects.create(user=user, daily_limit=10_000, weekly_limit=50_000)
-    TokenUsage.objects.create(user=user, model="m", backend="api", input_tokens=100, output_tokens=50,
-                              weighted_tokens=1_000, cost_usd=Decimal("0.5"))
-    TokenUsage.objects.create(user=user, model="m", backend="api", input_tokens=10, output_tokens=5,
-                              cache_read_tokens=7, weighted_tokens=500, cost_usd=Decimal("0.25"))
-    TokenUsage.objects.create(user=other_user, model="m", backend="api", input_tokens=999, weighted_tokens=9_999)
+    TokenUsage.objects.create(
+        user=user,
+        model="m",
+        backend="api",
+        input_tokens=100,
+        output_tokens=50,
+        weighted_tokens=1_000,
+        cost_usd=Decimal("0.5"),
+    )
+    TokenUsage.objects.create(
+        user=user,
+        model="m",
+        backend="api",
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_tokens=7,
+        weighted_tokens=500,
+        cost_usd=Decimal("0.25"),
+    )
+    TokenUsage.objects.create(
+        user=other_user, model="m", backend="api", input_tokens=999, weighted_tokens=9_999
+    )
     body = api.get("/api/v1/usage/").json()
     day, week = body["day"], body["week"]
     assert day["input_tokens"] == 110 and day["output_tokens"] == 55 and day["cache_read_tokens"] == 7
@@ -212,7 +253,10 @@ def test_usage_sums_today_and_this_week_with_remaining_budget(api, user, other_u
 
 
 def test_write_endpoints_throttled_per_key_with_retry_after(user, client_for, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"chat": "2/min", "writes": "3/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"chat": "2/min", "writes": "3/min"},
+    }
     first, second = client_for(user), client_for(user)
     for _ in range(3):
         assert first.post("/api/v1/sessions/", {}, format="json").status_code == 201
@@ -234,8 +278,20 @@ def test_chat_request_validation(api):
         {"id": "c", "messages": "nope"},
         {"id": "c", "messages": [], "trigger": "submit-message"},
         {"id": "c", "messages": [{"role": "user", "parts": [{"type": "text", "text": "  "}]}]},
-        {"id": "c", "messages": [{"role": "user", "parts": [{"type": "file", "mediaType": "image/png", "url": "https://x/y.png"}]}]},
-        {"id": "c", "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}], "trigger": "bogus"},
+        {
+            "id": "c",
+            "messages": [
+                {
+                    "role": "user",
+                    "parts": [{"type": "file", "mediaType": "image/png", "url": "https://x/y.png"}],
+                }
+            ],
+        },
+        {
+            "id": "c",
+            "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+            "trigger": "bogus",
+        },
         {"id": "x" * 201, "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}]},
     ]
     for body in cases:

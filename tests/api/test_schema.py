@@ -7,25 +7,33 @@ import io
 import re
 
 import httpx
-from hypothesis import strategies as st
 import pytest
 import schemathesis
 import yaml
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.management import call_command
-from hypothesis import HealthCheck, Phase, given, settings as hsettings
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from chat.apikeys import api_key_create
 
 OPERATIONS = {
-    ("/api/v1/sessions/", "get"), ("/api/v1/sessions/", "post"),
-    ("/api/v1/sessions/{chat_id}/", "get"), ("/api/v1/sessions/{chat_id}/", "patch"),
-    ("/api/v1/sessions/{chat_id}/", "delete"), ("/api/v1/sessions/{chat_id}/messages/", "get"),
-    ("/api/v1/sessions/{chat_id}/cancel/", "post"), ("/api/v1/chat/", "post"),
-    ("/api/v1/chat/{chat_id}/stream/", "get"), ("/api/v1/usage/", "get"),
-    ("/api/v1/keys/", "get"), ("/api/v1/keys/", "post"), ("/api/v1/keys/{key_id}/", "delete"),
+    ("/api/v1/sessions/", "get"),
+    ("/api/v1/sessions/", "post"),
+    ("/api/v1/sessions/{chat_id}/", "get"),
+    ("/api/v1/sessions/{chat_id}/", "patch"),
+    ("/api/v1/sessions/{chat_id}/", "delete"),
+    ("/api/v1/sessions/{chat_id}/messages/", "get"),
+    ("/api/v1/sessions/{chat_id}/cancel/", "post"),
+    ("/api/v1/chat/", "post"),
+    ("/api/v1/chat/{chat_id}/stream/", "get"),
+    ("/api/v1/usage/", "get"),
+    ("/api/v1/keys/", "get"),
+    ("/api/v1/keys/", "post"),
+    ("/api/v1/keys/{key_id}/", "delete"),
 }
 
 
@@ -50,7 +58,9 @@ def test_schema_validates_and_describes_every_operation():
     assert {"400", "409", "429"} <= set(chat["responses"])
     assert "204" in schema["paths"]["/api/v1/chat/{chat_id}/stream/"]["get"]["responses"]
     assert schema["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer cps_…`"
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: `Authorization: Bearer cps_…`",
     }
 
 
@@ -67,7 +77,11 @@ def test_schema_endpoint_and_offline_docs_page():
     assert assets and all(a.startswith("/static/") for a in assets if not a.startswith("#")), assets
     assert "cdn" not in html.lower()
     for asset in assets:  # the sidecar files are really there (served by ASGIStaticFilesHandler)
-        assert finders.find(asset.removeprefix(settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL)), asset
+        assert finders.find(
+            asset.removeprefix(
+                settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
+            )
+        ), asset
     assert client.get("/api/v1/redoc/").status_code == 200
 
 
@@ -108,16 +122,24 @@ def test_api_never_answers_5xx(live_daphne, user, other_user):
 
         strategy = operation.as_strategy()
         if "{chat_id}" in operation.path:  # also hit a session that exists (and one of bob's)
-            strategy = st.one_of(strategy, strategy.map(_with_chat_id("mine")), strategy.map(_with_chat_id("bobs")))
+            strategy = st.one_of(
+                strategy, strategy.map(_with_chat_id("mine")), strategy.map(_with_chat_id("bobs"))
+            )
 
         @given(case=strategy)
-        @hsettings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                   phases=[Phase.explicit, Phase.generate])
+        @hsettings(
+            max_examples=10,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+        )
         def run(case) -> None:
             session_get_or_create_for_user(user=user, chat_id="mine")  # a fuzzed DELETE may have removed it
             response = case.call(base_url=live_daphne.url, headers=headers, timeout=30)
             if response.status_code < 300:
-                succeeded.add((case.method.upper(), operation.path))
+                # run() is called within this iteration, so the loop variable is the right one.
+                succeeded.add((case.method.upper(), operation.path))  # noqa: B023
             where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
             if response.status_code >= 500:
                 failures.append(where)
@@ -170,17 +192,31 @@ def test_schemathesis_finds_no_conformance_failure(live_daphne, user, tmp_path):
     config.write_text(SCHEMATHESIS_CONFIG)
     st = Path(sys.executable).parent / "st"
     argv = [
-        str(st), "--config-file", str(config), "run", f"{live_daphne.url}/api/v1/schema/?format=json",
-        "--url", live_daphne.url,
-        "-H", f"Authorization: Bearer {key}",
-        "--checks", "all",
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", str(SCHEMATHESIS_MAX_EXAMPLES),
-        "--seed", str(SCHEMATHESIS_SEED),
-        "--generation-database", "none",
-        "--exclude-operation-id", "keys_revoke",  # would revoke the key the fuzzer uses
-        "--request-timeout", "30",
-        "--workers", "1",
+        str(st),
+        "--config-file",
+        str(config),
+        "run",
+        f"{live_daphne.url}/api/v1/schema/?format=json",
+        "--url",
+        live_daphne.url,
+        "-H",
+        f"Authorization: Bearer {key}",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(SCHEMATHESIS_MAX_EXAMPLES),
+        "--seed",
+        str(SCHEMATHESIS_SEED),
+        "--generation-database",
+        "none",
+        "--exclude-operation-id",
+        "keys_revoke",  # would revoke the key the fuzzer uses
+        "--request-timeout",
+        "30",
+        "--workers",
+        "1",
         "--no-color",
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)

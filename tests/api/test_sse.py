@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+
 import httpx
 import pytest
 import websockets.sync.client as ws_client
@@ -31,7 +32,9 @@ def key(user) -> str:
 
 @pytest.fixture
 def http(server, key):
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=TIMEOUT) as client:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=TIMEOUT
+    ) as client:
         yield client
 
 
@@ -54,7 +57,11 @@ def text_of(chunks: list[dict]) -> str:
 def wait_turn_done(chat_id: str, user, timeout: float = 30.0) -> ChatTurn:
     deadline = time.monotonic() + timeout
     while True:
-        turn = ChatTurn.objects.filter(session__owner=user, session__client_id=chat_id).order_by("-started_at").first()
+        turn = (
+            ChatTurn.objects.filter(session__owner=user, session__client_id=chat_id)
+            .order_by("-started_at")
+            .first()
+        )
         if turn is not None and turn.status != ChatTurn.Status.RUNNING:
             return turn
         assert time.monotonic() < deadline, f"turn of {chat_id} still running"
@@ -69,7 +76,9 @@ def ws_connect(server, key: str):
     )
 
 
-def ws_frames(ws, request_id: str, *, until=lambda f: f["type"] in ("end", "error", "no-active")) -> list[dict]:
+def ws_frames(
+    ws, request_id: str, *, until=lambda f: f["type"] in ("end", "error", "no-active")
+) -> list[dict]:
     frames = []
     while True:
         frame = json.loads(ws.recv(timeout=30))
@@ -109,7 +118,9 @@ def test_disconnect_keeps_the_turn_running_and_resume_honours_last_event_id(http
         first, done = read_events(source, stop_after=5)
     assert not done  # we hung up mid-turn
     last_id = first[-1][0]
-    with connect_sse(http, "GET", f"/api/v1/chat/{chat_id}/stream/", headers={"Last-Event-ID": str(last_id)}) as source:
+    with connect_sse(
+        http, "GET", f"/api/v1/chat/{chat_id}/stream/", headers={"Last-Event-ID": str(last_id)}
+    ) as source:
         assert source.response.status_code == 200
         rest, done = read_events(source)
     assert done
@@ -191,14 +202,28 @@ def test_turn_started_over_sse_resumes_over_the_websocket(server, http, key, use
 def test_turn_started_over_the_websocket_resumes_over_sse(server, http, key, user):
     chat_id = str(uuid.uuid4())
     with ws_connect(server, key) as ws:
-        ws.send(json.dumps({
-            "type": "send", "requestId": "s1", "id": chat_id, "trigger": "submit-message", "messageId": None,
-            "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "/slow 100 20"}]}],
-            "headers": {}, "body": {}, "metadata": None,
-        }))
+        ws.send(
+            json.dumps(
+                {
+                    "type": "send",
+                    "requestId": "s1",
+                    "id": chat_id,
+                    "trigger": "submit-message",
+                    "messageId": None,
+                    "messages": [
+                        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "/slow 100 20"}]}
+                    ],
+                    "headers": {},
+                    "body": {},
+                    "metadata": None,
+                }
+            )
+        )
         frames = ws_frames(ws, "s1", until=lambda f: f["type"] == "chunk" and f["sequence"] >= 4)
     last = frames[-1]["sequence"]
-    with connect_sse(http, "GET", f"/api/v1/chat/{chat_id}/stream/", headers={"Last-Event-ID": str(last)}) as source:
+    with connect_sse(
+        http, "GET", f"/api/v1/chat/{chat_id}/stream/", headers={"Last-Event-ID": str(last)}
+    ) as source:
         rest, done = read_events(source)
     assert done and rest[0][0] == last + 1
     chunks = [f["chunk"] for f in frames if f["type"] == "chunk"] + [c for _, c in rest]
@@ -211,7 +236,9 @@ def test_sse_and_resume_are_per_owner(server, http, other_user, user):
     with connect_sse(http, "POST", "/api/v1/chat/", json=chat_body(chat_id, "/slow 100 10")) as source:
         read_events(source, stop_after=2)
     other_key = api_key_create(owner=other_user, name="o")[1]
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {other_key}"}, timeout=TIMEOUT) as other:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {other_key}"}, timeout=TIMEOUT
+    ) as other:
         # Bob asking for Alice's chat id: her stream is never revealed (404 like any unknown chat).
         resp = other.get(f"/api/v1/chat/{chat_id}/stream/")
         assert resp.status_code == 404
@@ -225,7 +252,9 @@ def test_ai_sdk_default_urls_without_trailing_slash(http, user):
     chat_id = str(uuid.uuid4())
     with connect_sse(http, "POST", "/api/v1/chat", json=chat_body(chat_id, "/slow 100 10")) as source:
         first, _ = read_events(source, stop_after=3)
-    with connect_sse(http, "GET", f"/api/v1/chat/{chat_id}/stream", headers={"Last-Event-ID": str(first[-1][0])}) as source:
+    with connect_sse(
+        http, "GET", f"/api/v1/chat/{chat_id}/stream", headers={"Last-Event-ID": str(first[-1][0])}
+    ) as source:
         assert source.response.status_code == 200
         rest, done = read_events(source)
     assert done and rest[0][0] == first[-1][0] + 1
@@ -246,7 +275,9 @@ async def test_chat_during_shutdown_is_503_with_retry_after(user):
     await client.aforce_login(user)
     await shutdown.turns_interrupt_all()
     try:
-        resp = await client.post("/api/v1/chat/", chat_body(str(uuid.uuid4()), "hello"), content_type="application/json")
+        resp = await client.post(
+            "/api/v1/chat/", chat_body(str(uuid.uuid4()), "hello"), content_type="application/json"
+        )
     finally:
         shutdown.shutdown_reset()
     assert resp.status_code == 503

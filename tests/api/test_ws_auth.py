@@ -48,7 +48,9 @@ async def test_bearer_without_origin_connects_as_the_keys_owner(user, other_user
 
 async def test_bearer_with_an_allowed_origin_connects(user):
     _, key = await sync_to_async(api_key_create)(owner=user, name="ws")
-    comm, connected = await handshake([(b"authorization", f"Bearer {key}".encode()), (b"origin", b"http://localhost")])
+    comm, connected = await handshake(
+        [(b"authorization", f"Bearer {key}".encode()), (b"origin", b"http://localhost")]
+    )
     await comm.disconnect()
     assert connected
 
@@ -67,7 +69,9 @@ async def test_cookie_socket_needs_a_valid_origin(user, origin):
 
 async def test_bearer_with_a_bad_origin_is_refused(user):
     _, key = await sync_to_async(api_key_create)(owner=user, name="ws")
-    comm, connected = await handshake([(b"authorization", f"Bearer {key}".encode()), (b"origin", b"http://evil.example")])
+    comm, connected = await handshake(
+        [(b"authorization", f"Bearer {key}".encode()), (b"origin", b"http://evil.example")]
+    )
     await comm.disconnect()
     assert not connected
 
@@ -80,7 +84,11 @@ async def test_revoked_or_bad_bearer_is_refused_even_with_a_valid_cookie(user):
         [(b"authorization", f"Bearer {key}".encode())],
         [(b"authorization", b"Bearer cps_000000000000_nope")],
         [(b"authorization", b"Bearer ")],
-        [(b"authorization", f"Bearer {key}".encode()), (b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1")],
+        [
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"cookie", cookie.encode()),
+            (b"origin", b"http://127.0.0.1"),
+        ],
     ):
         comm, connected = await handshake(headers)
         await comm.disconnect()
@@ -94,6 +102,7 @@ async def test_no_credentials_is_refused():
 
 
 # --- the handshake's key cache (chat.apikeys.api_key_cached) ------------------------------------
+
 
 @pytest.fixture
 def fresh_key_cache():
@@ -172,7 +181,9 @@ async def test_cache_off_asks_the_database_every_time(user, fresh_key_cache, set
     assert not await _connects(key)
 
 
-async def test_a_burst_of_handshakes_with_one_key_verifies_it_once(user, fresh_key_cache, monkeypatch, settings):
+async def test_a_burst_of_handshakes_with_one_key_verifies_it_once(
+    user, fresh_key_cache, monkeypatch, settings
+):
     import asyncio
     import time
 
@@ -198,9 +209,18 @@ async def test_a_burst_of_handshakes_with_one_key_verifies_it_once(user, fresh_k
 
 # --- revocation reaches sockets that are already open -------------------------------------------
 
+
 def _send(chat_id: str, text: str, rid: str) -> str:
-    return json.dumps({"type": "send", "requestId": rid, "id": chat_id, "trigger": "submit-message", "messageId": None,
-                       "messages": [{"id": rid, "role": "user", "parts": [{"type": "text", "text": text}]}]})
+    return json.dumps(
+        {
+            "type": "send",
+            "requestId": rid,
+            "id": chat_id,
+            "trigger": "submit-message",
+            "messageId": None,
+            "messages": [{"id": rid, "role": "user", "parts": [{"type": "text", "text": text}]}],
+        }
+    )
 
 
 async def _frames_until_done(comm, rid: str) -> list[dict]:
@@ -216,13 +236,20 @@ async def _frames_until_done(comm, rid: str) -> list[dict]:
 async def _assert_refused_and_closed(comm, frame_text: str, rid: str) -> None:
     await comm.send_to(text_data=frame_text)
     answer = json.loads(await comm.receive_from(timeout=10))
-    assert answer == {"type": "error", "requestId": rid, "code": "unauthorized", "errorText": answer["errorText"]}
+    assert answer == {
+        "type": "error",
+        "requestId": rid,
+        "code": "unauthorized",
+        "errorText": answer["errorText"],
+    }
     assert "revoked" in answer["errorText"]
     closed = await comm.receive_output(timeout=10)
     assert closed == {"type": "websocket.close", "code": 4401}
 
 
-async def test_a_key_revoked_in_this_process_stops_its_open_socket_at_once(user, fresh_key_cache, backend_api):
+async def test_a_key_revoked_in_this_process_stops_its_open_socket_at_once(
+    user, fresh_key_cache, backend_api
+):
     from chat.apikeys import api_key_revoke
     from chat.models import ChatMessage
 
@@ -250,7 +277,9 @@ async def test_a_resume_after_revocation_is_refused_too(user, fresh_key_cache):
     await comm.disconnect()
 
 
-async def test_a_revocation_elsewhere_reaches_the_socket_within_the_cache_period(user, fresh_key_cache, settings):
+async def test_a_revocation_elsewhere_reaches_the_socket_within_the_cache_period(
+    user, fresh_key_cache, settings
+):
     """Another worker revokes (a raw UPDATE: no signal here): the socket keeps working while the
     cached verification is fresh, and is refused once it is older than API_KEY_CACHE_SECONDS."""
     import asyncio
@@ -287,6 +316,7 @@ async def test_cookie_sockets_are_not_affected_by_key_checks(user):
 
 
 # --- across two daphne processes on PostgreSQL + Redis ------------------------------------------
+
 
 @pytest.mark.services
 async def test_a_key_revoked_through_one_process_stops_a_socket_on_another(user, scripted_model, tmp_path):

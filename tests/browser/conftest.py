@@ -15,7 +15,13 @@ from scripted_model.server import ScriptedModelServer
 from tests.servers import RESULTS, DaphneServer, daphne_env
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 SCREENSHOTS = RESULTS / "screenshots"
 PASSWORD = "browser-password-1"
 

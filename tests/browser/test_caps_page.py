@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.browser]
 def live_app(browser_env, django_db_setup, django_db_blocker, scripted_model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("browser-caps")
     env = daphne_env(
-        workspaces=workdir / "workspaces", var_dir=workdir / "var", scripted_url=scripted_model.url,
+        workspaces=workdir / "workspaces",
+        var_dir=workdir / "var",
+        scripted_url=scripted_model.url,
         AGENT_MAX_TURNS_PER_USER="1",
     )
     with DaphneServer(env, name="browser-caps", ready_path="/healthz") as server:

@@ -289,7 +289,7 @@ def test_hostile_content_is_rendered_inert(context, web_user):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     login(page, web_user)
     ws_open(page)
-    hostile = '<img src=x onerror=alert(1)> <script>alert(2)</script> [x](javascript:alert(3)) **b**'
+    hostile = "<img src=x onerror=alert(1)> <script>alert(2)</script> [x](javascript:alert(3)) **b**"
     send(page, hostile)
     # The model's echo repeats the text: both copies must show literally.
     expect(last_assistant(page)).to_contain_text("<img src=x onerror=alert(1)>", timeout=20_000)
@@ -349,9 +349,7 @@ def test_image_attachment_reaches_the_server(context, web_user, scripted_model):
     page = context.new_page()
     login(page, web_user)
     ws_open(page)
-    page.locator("#file-input").set_input_files(
-        [{"name": "red.png", "mimeType": "image/png", "buffer": PNG}]
-    )
+    page.locator("#file-input").set_input_files([{"name": "red.png", "mimeType": "image/png", "buffer": PNG}])
     expect(page.locator("#attachments img.pending-thumb")).to_have_count(1)
     # Limits are enforced client-side with an explanation.
     page.locator("#file-input").set_input_files(

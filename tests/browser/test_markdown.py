@@ -90,7 +90,7 @@ def test_script_injection_is_neutralised(page):
         "`<img src=x onerror=alert(12)>`",
         "```html\n<img src=x onerror=alert(13)>\n```",
         "<details open ontoggle=alert(14)>",
-        "[x](https://example.com \"<img src=x onerror=alert(15)>\")",
+        '[x](https://example.com "<img src=x onerror=alert(15)>")',
         "<a href='https://example.com' onclick='alert(16)'>y</a>",
         "javascript:alert(17)",
     ]
@@ -113,7 +113,9 @@ def test_script_injection_is_neutralised(page):
         sources,
     )
     assert page.dialogs == []
-    assert not {"script", "img", "svg", "iframe", "details", "object", "embed"} & set(result["tags"]), result["tags"]
+    assert not {"script", "img", "svg", "iframe", "details", "object", "embed"} & set(result["tags"]), result[
+        "tags"
+    ]
     assert result["handlers"] == []
     assert result["srcs"] == []
     assert all(h.startswith(("https://", "http://")) for h in result["hrefs"]), result["hrefs"]
@@ -161,8 +163,14 @@ def test_structure_the_page_relies_on(page):
     assert result["br"] == 1, "a single newline is a line break"
     assert result["code"] == "print('<hi>')" and result["lang"] == "python" and result["copy"] == 1
     assert (result["ul"], result["ol"], result["quote"], result["hr"]) == (2, 2, "quoted", 1)
-    assert [h for h, _, _ in result["links"]] == ["https://example.com/", "https://example.org/x", "https://example.net/p.png"]
-    assert all("noopener" in rel and "noreferrer" in rel and target == "_blank" for _, rel, target in result["links"])
+    assert [h for h, _, _ in result["links"]] == [
+        "https://example.com/",
+        "https://example.org/x",
+        "https://example.net/p.png",
+    ]
+    assert all(
+        "noopener" in rel and "noreferrer" in rel and target == "_blank" for _, rel, target in result["links"]
+    )
     assert result["img"] is None, "no images (a remote one would leak the reader's address)"
     assert "<b>x</b>" in result["text"]
 
@@ -173,7 +181,9 @@ def test_the_chat_page_loads_the_renderer_under_its_csp(page):
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
-    csp = page.evaluate("() => document.querySelector('meta[http-equiv=Content-Security-Policy]')?.content || ''")
+    csp = page.evaluate(
+        "() => document.querySelector('meta[http-equiv=Content-Security-Policy]')?.content || ''"
+    )
     assert "unsafe-eval" not in csp and "unsafe-inline" not in csp
     ok = page.evaluate(
         """async () => {

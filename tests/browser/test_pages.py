@@ -13,7 +13,9 @@ pytestmark = pytest.mark.django_db
 
 
 def page_config(response) -> dict:
-    match = re.search(r'<script id="page-config" type="application/json">(.*?)</script>', response.content.decode(), re.S)
+    match = re.search(
+        r'<script id="page-config" type="application/json">(.*?)</script>', response.content.decode(), re.S
+    )
     assert match, "page config missing"
     return json.loads(match.group(1))
 

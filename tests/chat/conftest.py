@@ -38,7 +38,9 @@ class WsClient:
     async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
         return json.loads(await self.comm.receive_from(timeout=timeout))
 
-    async def frames_until_done(self, request_id: str | None, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
+    async def frames_until_done(
+        self, request_id: str | None, timeout: float = RECV_TIMEOUT
+    ) -> list[dict[str, Any]]:
         """Frames of one request until its end / error / no-active (other requests' frames are
         kept in the inbox)."""
         out = self.inbox.pop(request_id, [])
@@ -46,7 +48,9 @@ class WsClient:
             return out
         return out + await self.frames_until(request_id, lambda f: f["type"] in DONE_TYPES, timeout)
 
-    async def frames_until(self, request_id: str, predicate, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
+    async def frames_until(
+        self, request_id: str, predicate, timeout: float = RECV_TIMEOUT
+    ) -> list[dict[str, Any]]:
         """Frames of one request up to (including) the first that satisfies ``predicate``."""
         out: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
@@ -64,7 +68,9 @@ class WsClient:
         await self.comm.disconnect()
 
 
-def send_frame(chat_id: str, text: str, *, request_id: str | None = None, trigger: str = "submit-message", files=None):
+def send_frame(
+    chat_id: str, text: str, *, request_id: str | None = None, trigger: str = "submit-message", files=None
+):
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}] + list(files or [])
     return {
         "type": "send",
@@ -102,7 +108,7 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
 
 
 @pytest.fixture
-def backend_api(settings, scripted_model, tmp_path):  # noqa: F811
+def backend_api(settings, scripted_model, tmp_path):
     settings.AGENT_BACKEND = "api"
     settings.AGENT_WORKSPACE_ROOT = tmp_path / "workspaces"
     settings.AGENT_HEARTBEAT_SECONDS = 10.0
@@ -110,7 +116,7 @@ def backend_api(settings, scripted_model, tmp_path):  # noqa: F811
 
 
 @pytest.fixture
-def backend_sdk(settings, scripted_model, tmp_path):  # noqa: F811
+def backend_sdk(settings, scripted_model, tmp_path):
     settings.AGENT_BACKEND = "sdk"
     settings.AGENT_WORKSPACE_ROOT = tmp_path / "workspaces"
     return scripted_model
@@ -123,7 +129,9 @@ async def connect(user):
 
     opened: list[WsClient] = []
 
-    async def _connect(as_user=None, *, cookie: bool = True, origin: bytes | None = ORIGIN, expect_ok: bool = True):
+    async def _connect(
+        as_user=None, *, cookie: bool = True, origin: bytes | None = ORIGIN, expect_ok: bool = True
+    ):
         headers = []
         if cookie:
             headers.append((b"cookie", (await _cookie(as_user or user)).encode()))

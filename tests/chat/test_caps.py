@@ -18,8 +18,8 @@ from channels.testing import HttpCommunicator
 from django.utils import timezone
 
 from chat import runtime
-from chat.runtime import supervision
 from chat.models import ChatMessage, ChatSession, ChatTurn
+from chat.runtime import supervision
 from tests.api.conftest import isolated_cache, key_for  # noqa: F401 - fixture re-export
 from tests.chat.conftest import send_frame
 
@@ -36,7 +36,9 @@ async def start_running(ws, chat_id: str | None = None) -> dict:
     """Send a slow turn and return its frame once its first text delta arrived (it runs)."""
     frame = send_frame(chat_id or str(uuid.uuid4()), SLOW)
     await ws.send(frame)
-    got = await ws.frames_until(frame["requestId"], lambda f: is_delta(f) or f["type"] in ("error", "end"), timeout=90)
+    got = await ws.frames_until(
+        frame["requestId"], lambda f: is_delta(f) or f["type"] in ("error", "end"), timeout=90
+    )
     assert is_delta(got[-1]), got
     return frame
 
@@ -65,11 +67,23 @@ async def rest_post(user_key: str, chat_id: str, text: str = "over the cap"):
     from copilot_project.asgi import application
 
     body = json.dumps(
-        {"id": chat_id, "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]}], "trigger": "submit-message"}
+        {
+            "id": chat_id,
+            "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]}],
+            "trigger": "submit-message",
+        }
     ).encode()
     comm = HttpCommunicator(
-        application, "POST", "/api/v1/chat/", body=body,
-        headers=[(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"authorization", f"Bearer {user_key}".encode()), (b"host", b"127.0.0.1")],
+        application,
+        "POST",
+        "/api/v1/chat/",
+        body=body,
+        headers=[
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {user_key}".encode()),
+            (b"host", b"127.0.0.1"),
+        ],
     )
     return await comm.get_response(timeout=30)
 
@@ -82,7 +96,9 @@ def caps(settings):
     return settings
 
 
-async def test_fourth_turn_of_a_user_is_refused_through_both_doors(backend_api, caps, connect, user, other_user, key_for):
+async def test_fourth_turn_of_a_user_is_refused_through_both_doors(
+    backend_api, caps, connect, user, other_user, key_for
+):
     ws = await connect()
     running = [await start_running(ws) for _ in range(3)]
     assert runtime.registry.slot_counts()["turns"] == 3
@@ -127,7 +143,9 @@ async def test_per_user_cap_counts_turns_of_other_processes_in_the_database(back
     sessions = [await ChatSession.objects.acreate(owner=user, client_id=f"elsewhere-{i}") for i in range(3)]
     now = timezone.now()
     rows = [
-        await ChatTurn.objects.acreate(session=s, backend="api", model="m", worker="other-host:1", heartbeat_at=now)
+        await ChatTurn.objects.acreate(
+            session=s, backend="api", model="m", worker="other-host:1", heartbeat_at=now
+        )
         for s in sessions
     ]
     ws = await connect()
@@ -169,7 +187,9 @@ async def test_closed_socket_starts_nothing(backend_api, caps, user):
     from tests.chat.conftest import ORIGIN, WsClient, session_cookie
 
     cookie = await sync_to_async(session_cookie)(user)
-    comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"cookie", cookie.encode()), (b"origin", ORIGIN)])
+    comm = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"cookie", cookie.encode()), (b"origin", ORIGIN)]
+    )
     assert (await comm.connect(timeout=10))[0]
     ws = WsClient(comm)
     hold, entered = threading.Event(), threading.Event()
@@ -203,11 +223,15 @@ async def test_frames_queued_ahead_of_the_close_start_nothing(backend_api, caps,
     from tests.chat.conftest import ORIGIN, session_cookie
 
     cookie = await sync_to_async(session_cookie)(user)
-    comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"cookie", cookie.encode()), (b"origin", ORIGIN)])
+    comm = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"cookie", cookie.encode()), (b"origin", ORIGIN)]
+    )
     assert (await comm.connect(timeout=10))[0]
     # No await that yields in between: all of it is queued before the consumer runs again.
     for i in range(20):
-        comm.input_queue.put_nowait({"type": "websocket.receive", "text": json.dumps(send_frame(f"queued-{i}", "hi"))})
+        comm.input_queue.put_nowait(
+            {"type": "websocket.receive", "text": json.dumps(send_frame(f"queued-{i}", "hi"))}
+        )
     comm.input_queue.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await comm.wait(timeout=10)
     await runtime.turn_wait_idle(timeout=20)

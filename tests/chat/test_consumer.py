@@ -34,25 +34,57 @@ async def test_cross_origin_handshake_is_refused(connect):
         (json.dumps({"type": "send"}), None, "requestId"),
         (json.dumps({"type": "bogus", "requestId": "q1"}), "q1", "Unknown frame type"),
         (json.dumps({"type": "resume", "requestId": "q2"}), "q2", "'id'"),
-        (json.dumps({"type": "resume", "requestId": "q3", "id": "x", "lastSequence": "7"}), "q3", "lastSequence"),
+        (
+            json.dumps({"type": "resume", "requestId": "q3", "id": "x", "lastSequence": "7"}),
+            "q3",
+            "lastSequence",
+        ),
         (json.dumps({"type": "send", "requestId": "q4", "id": "c", "messages": "nope"}), "q4", "messages"),
         (json.dumps({"type": "send", "requestId": "q5", "id": "c", "messages": []}), "q5", "no user message"),
         (json.dumps({**send_frame("c", ""), "requestId": "q6"}), "q6", "empty"),
         (json.dumps({**send_frame("c", "x" * (MAX_TEXT_CHARS + 1)), "requestId": "q7"}), "q7", "longer than"),
         (json.dumps({**send_frame("c", "x"), "requestId": "q8", "trigger": "explode"}), "q8", "trigger"),
         (
-            json.dumps({**send_frame("c", "x", files=[{"type": "file", "mediaType": "application/x-sh", "url": "data:application/x-sh;base64,eA=="}]), "requestId": "q9"}),
+            json.dumps(
+                {
+                    **send_frame(
+                        "c",
+                        "x",
+                        files=[
+                            {
+                                "type": "file",
+                                "mediaType": "application/x-sh",
+                                "url": "data:application/x-sh;base64,eA==",
+                            }
+                        ],
+                    ),
+                    "requestId": "q9",
+                }
+            ),
             "q9",
             "not accepted",
         ),
         (
-            json.dumps({**send_frame("c", "x", files=[{"type": "file", "mediaType": "image/png", "url": "https://example.com/a.png"}]), "requestId": "q10"}),
+            json.dumps(
+                {
+                    **send_frame(
+                        "c",
+                        "x",
+                        files=[
+                            {"type": "file", "mediaType": "image/png", "url": "https://example.com/a.png"}
+                        ],
+                    ),
+                    "requestId": "q10",
+                }
+            ),
             "q10",
             "data: URL",
         ),
     ],
 )
-async def test_malformed_frames_get_an_error_frame_and_the_socket_lives(backend_api, connect, user, raw, request_id, fragment):
+async def test_malformed_frames_get_an_error_frame_and_the_socket_lives(
+    backend_api, connect, user, raw, request_id, fragment
+):
     ws = await connect()
     await ws.send(raw)
     frame = await ws.recv()

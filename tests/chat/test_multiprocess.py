@@ -45,8 +45,16 @@ async def test_turn_started_on_one_process_resumed_and_stopped_on_another(daphne
     port_a, port_b = daphnes
     chat_id = str(uuid.uuid4())
     async with (
-        websockets.connect(f"ws://127.0.0.1:{port_a}/ws/chat/", additional_headers=headers, origin=f"http://127.0.0.1:{port_a}") as a,
-        websockets.connect(f"ws://127.0.0.1:{port_b}/ws/chat/", additional_headers=headers, origin=f"http://127.0.0.1:{port_b}") as b,
+        websockets.connect(
+            f"ws://127.0.0.1:{port_a}/ws/chat/",
+            additional_headers=headers,
+            origin=f"http://127.0.0.1:{port_a}",
+        ) as a,
+        websockets.connect(
+            f"ws://127.0.0.1:{port_b}/ws/chat/",
+            additional_headers=headers,
+            origin=f"http://127.0.0.1:{port_b}",
+        ) as b,
     ):
         # 1. Started through A, resumed mid-turn through B from a sequence: the rest, in order.
         frame = send_frame(chat_id, "/slow 30 30")
@@ -92,9 +100,18 @@ async def test_turn_started_on_one_process_resumed_and_stopped_on_another(daphne
     from chat.models import ChatMessage, ChatSession
 
     session = await ChatSession.objects.aget(owner=user, client_id=chat_id)
-    kinds = [tuple(row) async for row in ChatMessage.objects.filter(session=session).order_by("sequence").values_list("role", "kind")]
+    kinds = [
+        tuple(row)
+        async for row in ChatMessage.objects.filter(session=session)
+        .order_by("sequence")
+        .values_list("role", "kind")
+    ]
     assert kinds == [
-        ("user", "normal"), ("assistant", "normal"),
-        ("user", "normal"), ("assistant", "normal"), ("assistant", "stopped"),
-        ("user", "normal"), ("assistant", "normal"),
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "stopped"),
+        ("user", "normal"),
+        ("assistant", "normal"),
     ]

@@ -14,9 +14,9 @@ import pytest
 from agents import events
 from agents.errors import AgentError
 from chat import runtime
+from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage
 from chat.runtime import streams
 from chat.runtime.streams import Coalescer
-from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage
 from chat.usage import budget_check, budget_status
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 
 from chat.models import ChatMessage
-from chat.services import message_append, session_create
 from chat.selectors import message_list
+from chat.services import message_append, session_create
 from tests.conftest import run_threads
 
 WRITERS = 8
@@ -56,8 +56,13 @@ def test_concurrent_writers_get_unique_sequences(user):
     errors = run_threads(writer, WRITERS)
 
     assert not errors, errors
-    rows = list(ChatMessage.objects.filter(session=session).order_by("sequence").values_list("sequence", "text"))
-    assert [seq for seq, _ in rows] == list(range(WRITERS * PER_WRITER)), "sequences must be 0..N-1 without gaps"
-    assert sorted(text for _, text in rows) == sorted(f"w{n}-{i}" for n in range(WRITERS) for i in range(PER_WRITER))
+    rows = list(
+        ChatMessage.objects.filter(session=session).order_by("sequence").values_list("sequence", "text")
+    )
+    assert [seq for seq, _ in rows] == list(range(WRITERS * PER_WRITER)), (
+        "sequences must be 0..N-1 without gaps"
+    )
+    assert sorted(text for _, text in rows) == sorted(
+        f"w{n}-{i}" for n in range(WRITERS) for i in range(PER_WRITER)
+    )
     assert connection.vendor in {"sqlite", "postgresql"}
-

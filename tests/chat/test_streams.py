@@ -68,22 +68,36 @@ def test_folder_keeps_model_order_and_closes_open_tool_calls():
     for chunk in [
         events.start("m"),
         events.start_step(),
-        events.reasoning_start("r"), events.reasoning_delta("r", "hmm"), events.reasoning_end("r"),
-        events.text_start("a"), events.text_delta("a", "Let me "), events.text_delta("a", "look."), events.text_end("a"),
-        events.tool_input_start("c1", "Bash"), events.tool_input_delta("c1", '{"command"'),
+        events.reasoning_start("r"),
+        events.reasoning_delta("r", "hmm"),
+        events.reasoning_end("r"),
+        events.text_start("a"),
+        events.text_delta("a", "Let me "),
+        events.text_delta("a", "look."),
+        events.text_end("a"),
+        events.tool_input_start("c1", "Bash"),
+        events.tool_input_delta("c1", '{"command"'),
         events.tool_input_available("c1", "Bash", {"command": "ls"}),
         events.tool_input_start("c2", "Read"),
         events.tool_output_available("c1", "a.txt"),
         events.finish_step(),
         events.heartbeat(1.0),
-        events.usage(input_tokens=1, output_tokens=2, cache_read_tokens=0, cache_write_tokens=0, cost_usd=0, model="x"),
+        events.usage(
+            input_tokens=1, output_tokens=2, cache_read_tokens=0, cache_write_tokens=0, cost_usd=0, model="x"
+        ),
     ]:
         folder.feed(chunk)
     folder.close_open_parts()
     parts, text, meta = folder.snapshot()
     assert [p["type"] for p in parts] == ["step-start", "reasoning", "text", "tool-Bash", "tool-Read"]
     assert parts[2] == {"type": "text", "text": "Let me look.", "state": "done"}
-    assert parts[3] == {"type": "tool-Bash", "toolCallId": "c1", "state": "output-available", "input": {"command": "ls"}, "output": "a.txt"}
+    assert parts[3] == {
+        "type": "tool-Bash",
+        "toolCallId": "c1",
+        "state": "output-available",
+        "input": {"command": "ls"},
+        "output": "a.txt",
+    }
     assert parts[4]["state"] == "output-error"  # never left without a result (lesson 2)
     assert text == "Let me look."
     assert meta["messageId"] == "m" and meta["usage"]["outputTokens"] == 2

@@ -11,8 +11,8 @@ import pytest
 
 from agents.errors import AgentError, ErrorKind
 from chat import runtime
-from chat.runtime.locks import lock_holder, session_key
 from chat.models import ChatMessage, ChatSession, ChatTurn, RateLimitRecord, TokenUsage
+from chat.runtime.locks import lock_holder, session_key
 from tests.chat.conftest import chunks_of, requests_since, send_frame, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -192,7 +192,11 @@ async def test_abort_stops_the_turn_and_the_session_is_free(backend_api, connect
     session = await ChatSession.objects.aget(owner=user, client_id=chat_id)
     assert lock_holder(session_key(session.pk)) is None
     msgs = await messages(chat_id, user)
-    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "stopped")]
+    assert [(m.role, m.kind) for m in msgs] == [
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "stopped"),
+    ]
     partial = msgs[1].text
     assert partial.startswith("w0 w1 w2 ") and len(partial) < len("".join(f"w{i} " for i in range(400)))
     assert partial == text_of(chunks)
@@ -294,7 +298,7 @@ async def test_next_turn_clears_stale_error_markers(backend_api, fast_retries_se
     # history, so regenerate is not used here; the text names no directive).
     frame = send_frame(chat_id, "fine now")
     await ws.send(frame)
-    frames = await ws.frames_until_done(frame["requestId"])
+    await ws.frames_until_done(frame["requestId"])
     msgs = await messages(chat_id, user)
     assert [(m.role, m.kind) for m in msgs[:2]] == [("user", "normal"), ("assistant", "stopped")]
     assert all(m.kind not in ("error", "retryable_error") for m in msgs[:-1])
@@ -325,7 +329,12 @@ async def test_attachments_are_persisted_as_file_parts(backend_api, connect, use
     ws = await connect()
     chat_id = str(uuid.uuid4())
     data = base64.b64encode(b"name,qty\napple,3\n").decode()
-    file_part = {"type": "file", "mediaType": "text/csv", "filename": "fruit.csv", "url": f"data:text/csv;base64,{data}"}
+    file_part = {
+        "type": "file",
+        "mediaType": "text/csv",
+        "filename": "fruit.csv",
+        "url": f"data:text/csv;base64,{data}",
+    }
     frame = send_frame(chat_id, "see the file", files=[file_part])
     await ws.send(frame)
     frames = await ws.frames_until_done(frame["requestId"])

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from chat.runtime.locks import lock_holder, session_key
 from chat.models import ChatMessage, ChatSession, ChatTurn
+from chat.runtime.locks import lock_holder, session_key
 from tests.chat.conftest import chunks_of, send_frame, text_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]

@@ -8,12 +8,11 @@ import time
 import uuid
 
 import pytest
-from django.test import Client
 from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 
 from agents.errors import AgentError
-
 from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage
 from chat.services import message_append, session_create
 from chat.usage import budget_check
@@ -23,7 +22,9 @@ from tests.chat.conftest import backend_api  # noqa: F401 - fixture re-export
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_superuser(username="operator", password="operator-password-1", email="op@example.com")
+    return django_user_model.objects.create_superuser(
+        username="operator", password="operator-password-1", email="op@example.com"
+    )
 
 
 @pytest.fixture
@@ -45,14 +46,30 @@ def seed_session(owner, *, title: str = "", kinds: list[str] = (), backend: str 
     session = session_create(owner=owner, title=title, backend=backend, model="claude-test")
     for i, kind in enumerate(kinds):
         role = "user" if kind == ChatMessage.Kind.NORMAL and i % 2 == 0 else "assistant"
-        message_append(session=session, role=role, text=f"{kind} {i}", kind=kind, metadata={"code": "server"} if kind != "normal" else {})
+        message_append(
+            session=session,
+            role=role,
+            text=f"{kind} {i}",
+            kind=kind,
+            metadata={"code": "server"} if kind != "normal" else {},
+        )
     return session
 
 
-def seed_turn(session, *, status: str = ChatTurn.Status.RUNNING, heartbeat_age: float | None = 0.0, worker: str = "elsewhere:1") -> ChatTurn:
-    turn = ChatTurn.objects.create(session=session, status=status, backend="api", model="claude-test", worker=worker)
+def seed_turn(
+    session,
+    *,
+    status: str = ChatTurn.Status.RUNNING,
+    heartbeat_age: float | None = 0.0,
+    worker: str = "elsewhere:1",
+) -> ChatTurn:
+    turn = ChatTurn.objects.create(
+        session=session, status=status, backend="api", model="claude-test", worker=worker
+    )
     if heartbeat_age is not None:
-        ChatTurn.objects.filter(pk=turn.pk).update(heartbeat_at=timezone.now() - dt.timedelta(seconds=heartbeat_age))
+        ChatTurn.objects.filter(pk=turn.pk).update(
+            heartbeat_at=timezone.now() - dt.timedelta(seconds=heartbeat_age)
+        )
     else:
         ChatTurn.objects.filter(pk=turn.pk).update(started_at=timezone.now() - dt.timedelta(hours=1))
     turn.refresh_from_db()
@@ -72,7 +89,9 @@ def budget_reserve(user, *, model: str = "claude-test") -> ChatTurn:
             refusal = exc
         else:
             session = session_create(owner=user, backend="api", model=model)
-            turn = ChatTurn.objects.create(session=session, backend="api", model=model, reserved_tokens=sum(reserved))
+            turn = ChatTurn.objects.create(
+                session=session, backend="api", model=model, reserved_tokens=sum(reserved)
+            )
     if refusal is not None:
         raise refusal
     return turn
@@ -83,8 +102,12 @@ def reservations_of(user) -> int:
     return ChatTurn.objects.filter(session__owner=user, reserved_tokens__gt=0).count()
 
 
-def seed_usage(user, *, weighted: int, at: dt.datetime | None = None, model: str = "claude-test", cost: float = 0.01) -> TokenUsage:
-    row = TokenUsage.objects.create(user=user, model=model, backend="api", input_tokens=weighted, weighted_tokens=weighted, cost_usd=cost)
+def seed_usage(
+    user, *, weighted: int, at: dt.datetime | None = None, model: str = "claude-test", cost: float = 0.01
+) -> TokenUsage:
+    row = TokenUsage.objects.create(
+        user=user, model=model, backend="api", input_tokens=weighted, weighted_tokens=weighted, cost_usd=cost
+    )
     if at is not None:
         TokenUsage.objects.filter(pk=row.pk).update(created_at=at)
         row.refresh_from_db()
@@ -99,7 +122,9 @@ def plant_lock(session_id, *, worker: str, ttl: float = 30.0, expired: bool = Fa
     now = time.time()
     if not locks.use_redis():
         with locks._local_lock:
-            locks._local[key] = locks.LockInfo(key, uuid.uuid4().hex, worker, now, now - 1 if expired else now + ttl, {})
+            locks._local[key] = locks.LockInfo(
+                key, uuid.uuid4().hex, worker, now, now - 1 if expired else now + ttl, {}
+            )
         return
     if expired:
         return  # Redis drops an expired key itself: the lock is simply gone
@@ -140,4 +165,3 @@ def live_worker() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
-

@@ -25,7 +25,9 @@ def act(client: Client, url: str, action: str, pks) -> object:
 
 
 def kinds(session) -> list[str]:
-    return list(ChatMessage.objects.filter(session=session).order_by("sequence").values_list("kind", flat=True))
+    return list(
+        ChatMessage.objects.filter(session=session).order_by("sequence").values_list("kind", flat=True)
+    )
 
 
 def texts(response) -> str:
@@ -38,10 +40,17 @@ def texts(response) -> str:
 @pytest.mark.django_db
 def test_non_staff_is_refused(user, user_client):
     session = seed_session(user, kinds=[N, E])
-    for url in (SESSIONS, f"{SESSIONS}{session.pk}/change/", "/admin/chat/tokenusage/charts/", "/admin/chat/apikey/"):
+    for url in (
+        SESSIONS,
+        f"{SESSIONS}{session.pk}/change/",
+        "/admin/chat/tokenusage/charts/",
+        "/admin/chat/apikey/",
+    ):
         response = user_client.get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"], url
-    response = user_client.post(SESSIONS, {"action": "clear_error_markers", "_selected_action": [str(session.pk)]})
+    response = user_client.post(
+        SESSIONS, {"action": "clear_error_markers", "_selected_action": [str(session.pk)]}
+    )
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert kinds(session) == [N, E]
     assert Client().get(SESSIONS).status_code == 302  # anonymous
@@ -51,7 +60,9 @@ def test_non_staff_is_refused(user, user_client):
 def test_staff_without_change_permission_cannot_act(user, django_user_model):
     from django.contrib.auth.models import Permission
 
-    viewer = django_user_model.objects.create_user(username="viewer", password="viewer-password-1", is_staff=True)
+    viewer = django_user_model.objects.create_user(
+        username="viewer", password="viewer-password-1", is_staff=True
+    )
     viewer.user_permissions.add(Permission.objects.get(codename="view_chatsession"))
     client = Client()
     client.force_login(viewer)
@@ -87,10 +98,14 @@ def test_session_list_columns_filters_search(user, other_user, staff_client, dja
     assert listed("active_turn=yes") == {busy.pk}
     assert listed("error_marker=yes") == {failing.pk}
     assert calm.pk in listed("error_marker=no") and failing.pk not in listed("error_marker=no")
-    assert listed("active_turn=no") == set(ChatSession.objects.exclude(pk=busy.pk).values_list("pk", flat=True))
+    assert listed("active_turn=no") == set(
+        ChatSession.objects.exclude(pk=busy.pk).values_list("pk", flat=True)
+    )
     assert listed("backend=sdk") == {busy.pk}
     assert listed("q=calm") == {calm.pk}
-    assert listed("q=bob") == {busy.pk} | {s.pk for s in ChatSession.objects.filter(title__startswith="filler")}
+    assert listed("q=bob") == {busy.pk} | {
+        s.pk for s in ChatSession.objects.filter(title__startswith="filler")
+    }
     assert listed(f"q={failing.pk}") == {failing.pk}
 
 
@@ -106,14 +121,31 @@ def test_session_change_page_renders_messages_readably(user, staff_client):
         text="done",
         parts=[
             {"type": "reasoning", "text": "thinking hard"},
-            {"type": "tool-Bash", "toolCallId": "toolu_1", "state": "output-available", "input": {"command": "ls"}, "output": "a.txt"},
+            {
+                "type": "tool-Bash",
+                "toolCallId": "toolu_1",
+                "state": "output-available",
+                "input": {"command": "ls"},
+                "output": "a.txt",
+            },
             {"type": "text", "text": "<b>done</b>"},
         ],
     )
-    message_append(session=session, role="assistant", text="The model is overloaded.", kind=R, metadata={"code": "overloaded"})
+    message_append(
+        session=session,
+        role="assistant",
+        text="The model is overloaded.",
+        kind=R,
+        metadata={"code": "overloaded"},
+    )
     html = staff_client.get(f"{SESSIONS}{session.pk}/change/").content.decode()
     assert "run ls please" in html and "thinking hard" in html
-    assert "Bash" in html and "toolu_1" in html and "a.txt" in html and "&quot;command&quot;: &quot;ls&quot;" in html
+    assert (
+        "Bash" in html
+        and "toolu_1" in html
+        and "a.txt" in html
+        and "&quot;command&quot;: &quot;ls&quot;" in html
+    )
     assert "&lt;b&gt;done&lt;/b&gt;" in html, "content is escaped"
     assert "retryable_error" in html and "overloaded" in html
     from chat.admin import transcript_url
@@ -227,7 +259,9 @@ async def test_action_stop_active_turn(backend_api, user, staff, locks_cleanup):
 def test_token_usage_is_read_only_and_charted(user, other_user, staff_client):
     seed_usage(user, weighted=1234, model="claude-a", cost=0.5)
     seed_usage(other_user, weighted=99, model="claude-b", cost=0.25, at=timezone.now() - dt.timedelta(days=3))
-    seed_usage(user, weighted=777, model="claude-a", at=timezone.now() - dt.timedelta(days=60))  # outside the window
+    seed_usage(
+        user, weighted=777, model="claude-a", at=timezone.now() - dt.timedelta(days=60)
+    )  # outside the window
     listing = staff_client.get("/admin/chat/tokenusage/")
     assert listing.status_code == 200 and b"/admin/chat/tokenusage/charts/" in listing.content
     assert staff_client.get("/admin/chat/tokenusage/add/").status_code == 403
@@ -237,9 +271,15 @@ def test_token_usage_is_read_only_and_charted(user, other_user, staff_client):
 
     charts = staff_client.get("/admin/chat/tokenusage/charts/")
     html = charts.content.decode()
-    assert charts.status_code == 200 and html.count('<svg xmlns="http://www.w3.org/2000/svg" role="img" class="usage-chart"') == 5 and "cdn" not in html.lower()
+    assert (
+        charts.status_code == 200
+        and html.count('<svg xmlns="http://www.w3.org/2000/svg" role="img" class="usage-chart"') == 5
+        and "cdn" not in html.lower()
+    )
     assert "claude-a" in html and "claude-b" in html and "alice" in html and "bob" in html
-    assert "<strong>1,333</strong> weighted" in html and "$0.7500" in html  # 1234 + 99 in 30 days; the 777 is older
+    assert (
+        "<strong>1,333</strong> weighted" in html and "$0.7500" in html
+    )  # 1234 + 99 in 30 days; the 777 is older
     assert "<title>alice: 1.2k" in html and "<title>bob: 99" in html
     assert staff_client.get("/admin/chat/usagechart/").url == "/admin/chat/tokenusage/charts/"
     assert b"usage charts" in staff_client.get("/admin/").content.lower()
@@ -248,12 +288,20 @@ def test_token_usage_is_read_only_and_charted(user, other_user, staff_client):
 @pytest.mark.django_db
 def test_rate_limit_records_filter_active_and_past(user, staff_client):
     now = timezone.now()
-    active = RateLimitRecord.objects.create(user=user, source="upstream", model="m", resets_at=now + dt.timedelta(hours=1), raw_message="HTTP 429: slow down")
+    active = RateLimitRecord.objects.create(
+        user=user,
+        source="upstream",
+        model="m",
+        resets_at=now + dt.timedelta(hours=1),
+        raw_message="HTTP 429: slow down",
+    )
     past = RateLimitRecord.objects.create(user=user, source="budget", resets_at=now - dt.timedelta(hours=1))
     response = staff_client.get("/admin/chat/ratelimitrecord/?state=active")
     assert {r.pk for r in response.context["cl"].result_list} == {active.pk}
     assert b"HTTP 429: slow down" in response.content
-    assert {r.pk for r in staff_client.get("/admin/chat/ratelimitrecord/?state=past").context["cl"].result_list} == {past.pk}
+    assert {
+        r.pk for r in staff_client.get("/admin/chat/ratelimitrecord/?state=past").context["cl"].result_list
+    } == {past.pk}
     assert staff_client.get("/admin/chat/ratelimitrecord/add/").status_code == 403
 
 
@@ -279,7 +327,9 @@ def test_api_keys_listed_without_hash_and_revoked(user, staff_client):
 def test_user_budget_is_editable(user, staff_client, settings):
     settings.USER_TOKEN_BUDGET_DAILY = 1000
     response = staff_client.post(
-        "/admin/chat/userbudget/add/", {"user": user.pk, "daily_limit": "5000", "weekly_limit": ""}, follow=True
+        "/admin/chat/userbudget/add/",
+        {"user": user.pk, "daily_limit": "5000", "weekly_limit": ""},
+        follow=True,
     )
     assert response.status_code == 200
     budget = UserBudget.objects.get(user=user)
@@ -297,8 +347,16 @@ def test_messages_and_turns_are_read_only(user, staff_client):
     session = seed_session(user, kinds=[N])
     turn = seed_turn(session)
     message = ChatMessage.objects.get(session=session)
-    assert staff_client.post(f"/admin/chat/chatmessage/{message.pk}/change/", {"text": "rewritten", "sequence": 9}).status_code == 403
-    assert staff_client.post(f"/admin/chat/chatturn/{turn.pk}/change/", {"status": "finished"}).status_code == 403
+    assert (
+        staff_client.post(
+            f"/admin/chat/chatmessage/{message.pk}/change/", {"text": "rewritten", "sequence": 9}
+        ).status_code
+        == 403
+    )
+    assert (
+        staff_client.post(f"/admin/chat/chatturn/{turn.pk}/change/", {"status": "finished"}).status_code
+        == 403
+    )
     assert staff_client.get(f"/admin/chat/chatturn/{turn.pk}/delete/").status_code == 403
     message.refresh_from_db()
     assert message.text == "normal 0" and message.sequence == 0

@@ -28,7 +28,13 @@ def browser_page():
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         try:
             page = browser.new_page()
@@ -60,7 +66,9 @@ def test_operator_finds_failing_session_and_clears_markers(live_server, browser_
     page.click("button[name=index]")
     page.wait_for_selector(".messagelist")
     assert "Cleared 2 error marker(s)." in page.locator(".messagelist").inner_text()
-    kinds = list(ChatMessage.objects.filter(session=failing).order_by("sequence").values_list("kind", flat=True))
+    kinds = list(
+        ChatMessage.objects.filter(session=failing).order_by("sequence").values_list("kind", flat=True)
+    )
     assert kinds == [N, N]
     # The unfiltered list shows the session again, its marker flag now off.
     page.goto(f"{live_server.url}/admin/chat/chatsession/?q=broken")

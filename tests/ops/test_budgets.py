@@ -53,13 +53,31 @@ def test_usage_record_weights_tokens_and_the_turn_end_releases_the_reservation(b
     turn = budget_reserve(user, model=MODEL)
     assert reservations_of(user) == 1 and turn.reserved_tokens == 1_000
     row = usage_record(
-        user=user, session=turn.session, turn=turn, model=MODEL, backend="api",
-        usage=Usage(input_tokens=1000, output_tokens=100, cache_read_tokens=2000, cache_write_tokens=400, cost_usd=0.0123456789),
+        user=user,
+        session=turn.session,
+        turn=turn,
+        model=MODEL,
+        backend="api",
+        usage=Usage(
+            input_tokens=1000,
+            output_tokens=100,
+            cache_read_tokens=2000,
+            cache_write_tokens=400,
+            cost_usd=0.0123456789,
+        ),
     )
     assert row.weighted_tokens == 1000 + 500 + 200 + 500
     assert float(row.cost_usd) == pytest.approx(0.012346)
     # A title call's usage counts but does not release a turn's reservation.
-    usage_record(user=user, session=None, turn=None, model=MODEL, backend="api", usage=Usage(input_tokens=5), purpose="title")
+    usage_record(
+        user=user,
+        session=None,
+        turn=None,
+        model=MODEL,
+        backend="api",
+        usage=Usage(input_tokens=5),
+        purpose="title",
+    )
     assert reservations_of(user) == 1
     turn_end(turn)
     assert reservations_of(user) == 0
@@ -74,7 +92,11 @@ def test_daily_budget_refused_with_reset_time_and_recorded(budgets, user):
     assert error.resets_at == day_reset
     assert "daily" in error.message and f"{day_reset:%Y-%m-%d %H:%M} UTC" in error.message
     record = RateLimitRecord.objects.get(user=user)
-    assert record.source == RateLimitRecord.Source.BUDGET and record.resets_at == day_reset and record.model == MODEL
+    assert (
+        record.source == RateLimitRecord.Source.BUDGET
+        and record.resets_at == day_reset
+        and record.model == MODEL
+    )
     assert reservations_of(user) == 0, "a refused turn reserves nothing"
     assert not ChatTurn.objects.filter(session__owner=user).exists()
 
@@ -140,7 +162,10 @@ def test_upstream_rate_limit_blocks_the_model_until_it_resets(budgets, user, oth
 
     resets_at = timezone.now() + dt.timedelta(minutes=5)
     record = rate_limit_record_upstream(
-        user=user, session=None, model=MODEL, error=AgentError(ErrorKind.RATE_LIMITED, detail="HTTP 429: slow down", resets_at=resets_at)
+        user=user,
+        session=None,
+        model=MODEL,
+        error=AgentError(ErrorKind.RATE_LIMITED, detail="HTTP 429: slow down", resets_at=resets_at),
     )
     assert record.source == "upstream" and record.raw_message == "HTTP 429: slow down"
     for who in (user, other_user):  # the server's account is limited, for everyone
@@ -155,7 +180,10 @@ def test_upstream_rate_limit_blocks_the_model_until_it_resets(budgets, user, oth
 @pytest.mark.django_db
 def test_upstream_retry_after_without_reset_time(budgets, user):
     record = rate_limit_record_upstream(
-        user=user, session=None, model=MODEL, error=AgentError(ErrorKind.RATE_LIMITED, detail="429", retry_after=30)
+        user=user,
+        session=None,
+        model=MODEL,
+        error=AgentError(ErrorKind.RATE_LIMITED, detail="429", retry_after=30),
     )
     assert record.resets_at is not None
     assert refusal(user).kind == ErrorKind.RATE_LIMITED

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession, ChatTurn, RateLimitRecord, TokenUsage
 from chat.ops import parse_duration
-from tests.ops.conftest import dead_worker, live_worker, plant_lock, seed_session, seed_turn, seed_usage
+from tests.ops.conftest import dead_worker, live_worker, plant_lock, seed_session, seed_turn
 
 E, R, N = ChatMessage.Kind.ERROR, ChatMessage.Kind.RETRYABLE_ERROR, ChatMessage.Kind.NORMAL
 
@@ -27,7 +27,9 @@ def run(name: str, *args: str) -> str:
 
 
 def kinds(session) -> list[str]:
-    return list(ChatMessage.objects.filter(session=session).order_by("sequence").values_list("kind", flat=True))
+    return list(
+        ChatMessage.objects.filter(session=session).order_by("sequence").values_list("kind", flat=True)
+    )
 
 
 def test_parse_duration():
@@ -112,7 +114,12 @@ def test_cleanup_workspaces(settings, tmp_path, user):
     assert not idle_ws.exists() and not orphan_ws.exists()
     assert busy_ws.exists() and fresh_ws.exists() and recent_ws.exists() and stray.exists()
     assert link.is_symlink() and (outside / "precious.txt").read_text() == "keep me"
-    assert "1 active turn" in out and "1 symlink" in out and "2 recent" in out and "1 not a session workspace" in out
+    assert (
+        "1 active turn" in out
+        and "1 symlink" in out
+        and "2 recent" in out
+        and "1 not a session workspace" in out
+    )
 
 
 @pytest.mark.django_db
@@ -132,7 +139,9 @@ def test_clear_error_markers(user):
     seed_turn(busy)
     stopped = seed_session(user, kinds=[N, ChatMessage.Kind.STOPPED])
 
-    assert "would clear 2 error marker(s) in 1 session(s)" in run("clear_error_markers", "--all-stale", "--dry-run")
+    assert "would clear 2 error marker(s) in 1 session(s)" in run(
+        "clear_error_markers", "--all-stale", "--dry-run"
+    )
     assert kinds(trailing) == [N, N, R, E]
     out = run("clear_error_markers", "--all-stale")
     assert "cleared 2 error marker(s) in 1 session(s); skipped 1 session(s) with an active turn" in out
@@ -176,10 +185,12 @@ def test_expire_stream_locks(user, settings, locks_cleanup):
         turn.refresh_from_db()
         assert turn.status == ChatTurn.Status.INTERRUPTED and turn.ended_at is not None
         marker = ChatMessage.objects.filter(session=session).order_by("-sequence").first()
-        assert marker.kind == ChatMessage.Kind.RETRYABLE_ERROR and marker.text.startswith("The server stopped while answering")
+        assert marker.kind == ChatMessage.Kind.RETRYABLE_ERROR and marker.text.startswith(
+            "The server stopped while answering"
+        )
         assert marker.metadata["retryable"] is True and marker.turn_id == turn.pk
-    from chat.runtime import locks
     from chat.ops import locks_shared
+    from chat.runtime import locks
 
     if locks_shared():  # with Redis this process sees (and frees) the dead worker's lock
         assert locks.lock_holder(locks.session_key(dead.pk)) is None
@@ -215,14 +226,20 @@ def test_purge_sessions(user, settings, tmp_path):
     old_open = seed_session(user, title="old open", kinds=[N])
     old_busy = seed_session(user, title="old busy", kinds=[N])
     recent = seed_session(user, title="recent", kinds=[N])
-    ChatSession.objects.filter(pk__in=[old_archived.pk, old_open.pk, old_busy.pk]).update(last_activity_at=long_ago)
+    ChatSession.objects.filter(pk__in=[old_archived.pk, old_open.pk, old_busy.pk]).update(
+        last_activity_at=long_ago
+    )
     ChatSession.objects.filter(pk__in=[old_archived.pk, old_busy.pk]).update(archived=True)
     seed_turn(old_busy)
-    usage = TokenUsage.objects.create(user=user, session=old_archived, model="m", backend="api", weighted_tokens=5)
+    usage = TokenUsage.objects.create(
+        user=user, session=old_archived, model="m", backend="api", weighted_tokens=5
+    )
     workspace = settings.AGENT_WORKSPACE_ROOT / str(old_archived.pk)
     workspace.mkdir(parents=True)
 
-    assert "would delete 1 archived session(s)" in run("purge_sessions", "--older-than", "90d", "--archived-only", "--dry-run")
+    assert "would delete 1 archived session(s)" in run(
+        "purge_sessions", "--older-than", "90d", "--archived-only", "--dry-run"
+    )
     out = run("purge_sessions", "--older-than", "90d", "--archived-only")
     assert "deleted 1 archived session(s) inactive > 90d and 1 workspace(s)" in out, out
     assert not ChatSession.objects.filter(pk=old_archived.pk).exists() and not workspace.exists()
@@ -243,15 +260,25 @@ def test_purge_sessions(user, settings, tmp_path):
 @pytest.mark.django_db
 def test_purge_rate_limit_records(user):
     now = timezone.now()
-    old_past = RateLimitRecord.objects.create(user=user, source="budget", resets_at=now - dt.timedelta(days=40))
+    old_past = RateLimitRecord.objects.create(
+        user=user, source="budget", resets_at=now - dt.timedelta(days=40)
+    )
     old_no_reset = RateLimitRecord.objects.create(user=user, source="upstream")
-    old_active = RateLimitRecord.objects.create(user=user, source="upstream", model="m", resets_at=now + dt.timedelta(hours=1))
+    old_active = RateLimitRecord.objects.create(
+        user=user, source="upstream", model="m", resets_at=now + dt.timedelta(hours=1)
+    )
     recent = RateLimitRecord.objects.create(user=user, source="budget", resets_at=now - dt.timedelta(days=1))
-    RateLimitRecord.objects.filter(pk__in=[old_past.pk, old_no_reset.pk, old_active.pk]).update(created_at=now - dt.timedelta(days=45))
+    RateLimitRecord.objects.filter(pk__in=[old_past.pk, old_no_reset.pk, old_active.pk]).update(
+        created_at=now - dt.timedelta(days=45)
+    )
 
-    assert "would delete 2 rate-limit record(s)" in run("purge_rate_limit_records", "--older-than", "30d", "--dry-run")
+    assert "would delete 2 rate-limit record(s)" in run(
+        "purge_rate_limit_records", "--older-than", "30d", "--dry-run"
+    )
     assert RateLimitRecord.objects.count() == 4
-    assert "deleted 2 rate-limit record(s) older than 30d" in run("purge_rate_limit_records", "--older-than", "30d")
+    assert "deleted 2 rate-limit record(s) older than 30d" in run(
+        "purge_rate_limit_records", "--older-than", "30d"
+    )
     assert set(RateLimitRecord.objects.values_list("pk", flat=True)) == {old_active.pk, recent.pk}
 
 
@@ -284,7 +311,9 @@ def test_ensure_demo_user_with_debug(settings, django_user_model):
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "ENV_FILE"}}
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "ENV_FILE"}
+    }
     return {**env, **extra}
 
 
@@ -320,7 +349,11 @@ def test_make_run_writes_a_development_env_only_when_missing(tmp_path):
     # and refuse without it (DEBUG defaults to false): the .env is what makes a fresh checkout usable.
     code = "from django.conf import settings; print(settings.DEBUG, settings.SECRET_KEY)"
     shell = [sys.executable, "manage.py", "shell", "-c", code]
-    ok = subprocess.run(shell, cwd=base, env=_clean_env(ENV_FILE=str(target)), capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        shell, cwd=base, env=_clean_env(ENV_FILE=str(target)), capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0 and ok.stdout.split()[-2:] == ["True", key], ok.stdout + ok.stderr
-    bad = subprocess.run(shell, cwd=base, env=_clean_env(ENV_FILE=""), capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        shell, cwd=base, env=_clean_env(ENV_FILE=""), capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode != 0 and "DEBUG is false" in bad.stderr

@@ -83,11 +83,13 @@ async def turn_rows(chat_id: str, user) -> tuple[Any, list[Any], list[Any]]:
     return session, msgs, turns
 
 
-async def assert_recovered(ws, chat_id: str, user, *, seen_text: str | None = None, exact: bool = True) -> list[Any]:
+async def assert_recovered(
+    ws, chat_id: str, user, *, seen_text: str | None = None, exact: bool = True
+) -> list[Any]:
     """The invariants every fault must leave behind (see the module docstring). Returns the
     session's messages (before the follow-up turn)."""
-    from chat.runtime.locks import lock_holder_async, session_key
     from chat.models import ChatMessage, ChatTurn
+    from chat.runtime.locks import lock_holder_async, session_key
 
     session, msgs, turns = await turn_rows(chat_id, user)
     assert all(t.status != ChatTurn.Status.RUNNING for t in turns), [(t.pk, t.status) for t in turns]
@@ -95,11 +97,19 @@ async def assert_recovered(ws, chat_id: str, user, *, seen_text: str | None = No
     seqs = [m.sequence for m in msgs]
     assert len(seqs) == len(set(seqs))
     for turn in turns:
-        normal = [m for m in msgs if m.turn_id == turn.pk and m.role == "assistant" and m.kind == ChatMessage.Kind.NORMAL]
+        normal = [
+            m
+            for m in msgs
+            if m.turn_id == turn.pk and m.role == "assistant" and m.kind == ChatMessage.Kind.NORMAL
+        ]
         assert len(normal) <= 1, f"turn {turn.pk} persisted {len(normal)} assistant rows"
     if seen_text is not None:
         last_turn = turns[-1]
-        rows = [m for m in msgs if m.turn_id == last_turn.pk and m.role == "assistant" and m.kind == ChatMessage.Kind.NORMAL]
+        rows = [
+            m
+            for m in msgs
+            if m.turn_id == last_turn.pk and m.role == "assistant" and m.kind == ChatMessage.Kind.NORMAL
+        ]
         persisted = rows[0].text if rows else ""
         if exact:
             assert persisted == seen_text.strip() or persisted == seen_text, (persisted, seen_text)
@@ -113,7 +123,11 @@ async def assert_recovered(ws, chat_id: str, user, *, seen_text: str | None = No
         frame = send_frame(chat_id, f"/long 3 after the fault {uuid.uuid4().hex[:6]}")
         await ws.send(frame)
         frames = await ws.frames_until_done(frame["requestId"], timeout=FAULT_TIMEOUT)
-        if frames[-1]["type"] == "error" and frames[-1].get("code") == "rate_limited" and time.monotonic() < deadline:
+        if (
+            frames[-1]["type"] == "error"
+            and frames[-1].get("code") == "rate_limited"
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.5)
             continue
         break
@@ -123,7 +137,9 @@ async def assert_recovered(ws, chat_id: str, user, *, seen_text: str | None = No
     return msgs
 
 
-async def run_ws_turn(ws, chat_id: str, text: str, *, timeout: float = FAULT_TIMEOUT) -> tuple[list, list, float]:
+async def run_ws_turn(
+    ws, chat_id: str, text: str, *, timeout: float = FAULT_TIMEOUT
+) -> tuple[list, list, float]:
     frame = send_frame(chat_id, text)
     start = time.monotonic()
     await ws.send(frame)

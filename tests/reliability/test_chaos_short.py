@@ -29,16 +29,37 @@ def test_chaos_short():
     # A fixed seed: the CI run replays the same scenario so its coverage floors below are stable;
     # `make chaos` draws a new seed each time (printed, for replay).
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--sessions", "30", "--concurrency", "10",
-         "--database", f"copilot_chaos_ci{suffix}", "--drop", "--seed", "20261120"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
+        [
+            sys.executable,
+            "-m",
+            "bench.chaos",
+            "--sessions",
+            "30",
+            "--concurrency",
+            "10",
+            "--database",
+            f"copilot_chaos_ci{suffix}",
+            "--drop",
+            "--seed",
+            "20261120",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    counts = {m.group(1).strip(): int(m.group(2)) for m in re.finditer(r"^  ([a-z][^\n]*?)\s+(\d+)$", proc.stdout, re.M)}
+    counts = {
+        m.group(1).strip(): int(m.group(2))
+        for m in re.finditer(r"^  ([a-z][^\n]*?)\s+(\d+)$", proc.stdout, re.M)
+    }
     assert counts["invariant violations"] == 0, out[-6000:]
     assert counts["sessions"] == 30
     assert counts["turns fully observed"] >= 20, counts
     assert counts["messages compared with the stream"] >= 10, counts
     assert counts["usage rows"] == counts["turns in the database"], counts
-    assert counts.get("double sends refused", 0) + counts.get("resumes", 0) + counts.get("aborts", 0) > 0, counts
+    assert counts.get("double sends refused", 0) + counts.get("resumes", 0) + counts.get("aborts", 0) > 0, (
+        counts
+    )

@@ -67,5 +67,7 @@ async def test_a_send_on_a_closed_protocol_ends_the_forwarding_quietly(backend, 
     assert await asyncio.wait_for(turn_status(), 60) == ChatTurn.Status.FINISHED
     assert await comm.receive_nothing(timeout=0.3)  # no error frame went out (nor was tried)
     await comm.disconnect()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records
+    ]
     assert not loop_errors

@@ -19,9 +19,9 @@ import uuid
 import pytest
 
 from chat import runtime
-
-from chat.runtime import locks, supervision
 from chat.models import ChatMessage, ChatTurn
+from chat.runtime import locks, supervision
+from tests.chat.conftest import chunks_of, send_frame
 from tests.conftest import IN_CI, uses_postgres
 from tests.reliability.conftest import (
     FAULT_TIMEOUT,
@@ -33,7 +33,6 @@ from tests.reliability.conftest import (
     text_of,
     turn_rows,
 )
-from tests.chat.conftest import chunks_of, send_frame
 from tests.servers import free_port, wait_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,7 +57,11 @@ async def test_cli_killed_mid_turn(backend_sdk, connect, user):
     seen = text_of(chunks)
     assert seen.startswith("w0 w1 w2 ")
     msgs = await assert_recovered(ws, chat_id, user, seen_text=seen)
-    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
+    assert [(m.role, m.kind) for m in msgs] == [
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "retryable_error"),
+    ]
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -75,9 +78,21 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_port(self.port, self.proc, timeout=10)
 
@@ -192,14 +207,17 @@ def _pg_terminate_app_connections(seconds: float, main_pid: int | None, ready) -
     params.pop("cursor_factory", None)
     params.pop("context", None)
     killed = 0
-    with psycopg.connect(**{k: v for k, v in params.items() if k in ("dbname", "user", "password", "host", "port")},
-                         autocommit=True) as con:
+    with psycopg.connect(
+        **{k: v for k, v in params.items() if k in ("dbname", "user", "password", "host", "port")},
+        autocommit=True,
+    ) as con:
         ready.set()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             keep = {con.info.backend_pid, main_pid or 0}
             rows = con.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)", (list(keep),)
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)",
+                (list(keep),),
             ).fetchall()
             for (pid,) in rows:
                 killed += bool(con.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0])
@@ -235,7 +253,9 @@ async def test_database_briefly_unavailable(backend_api, connect, user, main_pg_
     if uses_postgres():
         outage = loop.run_in_executor(None, _pg_terminate_app_connections, 3.5, main_pg_pid, ready)
     else:
-        outage = loop.run_in_executor(None, _sqlite_hold_exclusive, str(connection.settings_dict["NAME"]), 3.5, ready)
+        outage = loop.run_in_executor(
+            None, _sqlite_hold_exclusive, str(connection.settings_dict["NAME"]), 3.5, ready
+        )
     await loop.run_in_executor(None, ready.wait, 10)
     frames += await ws.frames_until_done(frame["requestId"], timeout=FAULT_TIMEOUT)
     killed = await outage
@@ -255,7 +275,9 @@ async def test_database_briefly_unavailable(backend_api, connect, user, main_pg_
     assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal")]
     session, _msgs, turn_list = await turn_rows(chat_id, user)
     assert turn_list[0].status == ChatTurn.Status.FINISHED
-    assert await ChatMessage.objects.filter(session=session, turn=turn_list[0], role="assistant").acount() == 1
+    assert (
+        await ChatMessage.objects.filter(session=session, turn=turn_list[0], role="assistant").acount() == 1
+    )
 
 
 async def test_latest_turn_prefers_the_shared_pointer(private_redis):

@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def daphne_factory(scripted_model, tmp_path):
     servers = []
-    env = daphne_env(workspaces=tmp_path / "ws", scripted_url=scripted_model.url, TURN_SHUTDOWN_GRACE_SECONDS="5")
+    env = daphne_env(
+        workspaces=tmp_path / "ws", scripted_url=scripted_model.url, TURN_SHUTDOWN_GRACE_SECONDS="5"
+    )
 
     def start(port: int | None = None):
         server = DaphneServer(env, port=port, name="shutdown").start()
@@ -43,12 +45,16 @@ async def _connect(port: int, user):
 
     cookie = await sync_to_async(session_cookie)(user)
     return websockets.connect(
-        f"ws://127.0.0.1:{port}/ws/chat/", additional_headers={"Cookie": cookie}, origin=f"http://127.0.0.1:{port}"
+        f"ws://127.0.0.1:{port}/ws/chat/",
+        additional_headers={"Cookie": cookie},
+        origin=f"http://127.0.0.1:{port}",
     )
 
 
 def _text(frames) -> str:
-    return "".join(f["chunk"]["delta"] for f in frames if f["type"] == "chunk" and f["chunk"]["type"] == "text-delta")
+    return "".join(
+        f["chunk"]["delta"] for f in frames if f["type"] == "chunk" and f["chunk"]["type"] == "text-delta"
+    )
 
 
 async def _next_turn_works(port: int, user, chat_id: str) -> None:
@@ -89,7 +95,11 @@ async def test_sigterm_interrupts_running_turns_gracefully(daphne_factory, user)
 
     session, msgs, turns = await turn_rows(chat_id, user)
     assert [(t.status, t.error_code) for t in turns] == [(ChatTurn.Status.INTERRUPTED, "server_shutdown")]
-    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
+    assert [(m.role, m.kind) for m in msgs] == [
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "retryable_error"),
+    ]
     assert msgs[1].text == seen  # everything the client saw, persisted once
     assert msgs[2].metadata["code"] == "server_shutdown" and msgs[2].metadata["retryable"] is True
     assert await _lock_free(session.pk)
@@ -124,7 +134,11 @@ async def test_daphne_killed_mid_turn_then_restarted(daphne_factory, user):
 
     session, msgs, turns = await turn_rows(chat_id, user)
     assert [t.status for t in turns] == [ChatTurn.Status.INTERRUPTED]
-    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
+    assert [(m.role, m.kind) for m in msgs] == [
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "retryable_error"),
+    ]
     # What was persisted before the kill is a non-empty prefix of what the client saw, once.
     assert msgs[1].text and seen.startswith(msgs[1].text), (msgs[1].text, seen)
     assert await _lock_free(session.pk)
@@ -132,7 +146,9 @@ async def test_daphne_killed_mid_turn_then_restarted(daphne_factory, user):
         await ws.send(json.dumps({"type": "resume", "requestId": "r", "id": chat_id}))
         assert (await ws_recv_until(ws, "r", lambda f: False))[-1]["type"] == "no-active"
     await _next_turn_works(port2, user, chat_id)
-    assert await ChatMessage.objects.filter(session=session, kind="retryable_error").acount() == 0  # cleared (lesson 6)
+    assert (
+        await ChatMessage.objects.filter(session=session, kind="retryable_error").acount() == 0
+    )  # cleared (lesson 6)
 
 
 @pytest.mark.cli
@@ -159,7 +175,11 @@ async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
     assert chunks[-1] == {"type": "error", "errorText": SHUTDOWN_ERROR_TEXT}
     session, msgs, turn_list = await turn_rows(chat_id, user)
     assert [(t.status, t.error_code) for t in turn_list] == [(ChatTurn.Status.INTERRUPTED, "server_shutdown")]
-    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
+    assert [(m.role, m.kind) for m in msgs] == [
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "retryable_error"),
+    ]
     assert msgs[1].text == text_of(chunks)
     assert await _lock_free(session.pk)
 
@@ -174,7 +194,9 @@ async def test_sigterm_exits_within_20s_with_kept_cli_clients(scripted_model, tm
     from tests.reliability.conftest import child_pids, cmdline
 
     env = daphne_env(
-        workspaces=tmp_path / "ws", scripted_url=scripted_model.url, AGENT_BACKEND="sdk",
+        workspaces=tmp_path / "ws",
+        scripted_url=scripted_model.url,
+        AGENT_BACKEND="sdk",
         ANTHROPIC_API_KEY="sk-ant-test-offline",  # the credential-proxy path, as in production
         TURN_SHUTDOWN_GRACE_SECONDS="5",
         # Unjailed, the SDK looks the CLI up in an anyio worker thread (the thread that held the

@@ -57,7 +57,11 @@ async def test_drop_mid_text(backend, connect, user):
         # what the client saw is what is persisted, once (assert_recovered).
         assert seen == "" or seen.startswith("This reply "), seen
     msgs = await assert_recovered(ws, chat_id, user, seen_text=seen)
-    kinds = [("user", "normal")] + ([("assistant", "normal")] if seen else []) + [("assistant", "retryable_error")]
+    kinds = (
+        [("user", "normal")]
+        + ([("assistant", "normal")] if seen else [])
+        + [("assistant", "retryable_error")]
+    )
     assert [(m.role, m.kind) for m in msgs] == kinds
     assert msgs[-1].metadata["code"] == "connection"
 
@@ -138,5 +142,9 @@ async def test_stalled_upstream_ends_the_turn(backend, connect, user, settings):
     seen = text_of(chunks)
     assert seen.startswith("This reply ")
     msgs = await assert_recovered(ws, chat_id, user, seen_text=seen)
-    assert [(m.role, m.kind) for m in msgs] == [("user", "normal"), ("assistant", "normal"), ("assistant", "retryable_error")]
+    assert [(m.role, m.kind) for m in msgs] == [
+        ("user", "normal"),
+        ("assistant", "normal"),
+        ("assistant", "retryable_error"),
+    ]
     assert msgs[-1].metadata["code"] == "upstream_stalled"

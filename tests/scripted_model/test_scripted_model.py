@@ -431,14 +431,17 @@ def test_singleton_starts_once() -> None:
     conn.close()
 
 
-
 def test_manage_py_command_serves_until_interrupted() -> None:
     """``python manage.py scripted_model --port N`` (CONTRACT §6), now from the scripted_model app."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "DEBUG": "true", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "scripted_model", "--port", "0"],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         first = proc.stdout.readline()
@@ -457,6 +460,7 @@ def test_manage_py_command_serves_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
 
 # -- the real Claude Code CLI -------------------------------------------------
 
@@ -566,10 +570,12 @@ if __name__ == "__main__":  # pragma: no cover
 def test_stream_grammar_pings_and_cumulative_usage(server: ScriptedModelServer) -> None:
     body = {"model": MODEL, "max_tokens": 100, "stream": True, "messages": [user("/websearch")]}
     response = _http.post(f"{server.url}/v1/messages", json=body, timeout=10)
-    names = [line[len("event: "):] for line in response.text.splitlines() if line.startswith("event: ")]
+    names = [line[len("event: ") :] for line in response.text.splitlines() if line.startswith("event: ")]
     assert names[:2] == ["message_start", "ping"]
     assert names.count("ping") == 1 + names.count("content_block_start") - 1  # one more between blocks
-    datas = [json.loads(line[len("data: "):]) for line in response.text.splitlines() if line.startswith("data: ")]
+    datas = [
+        json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: ")
+    ]
     start = datas[0]["message"]["usage"]
     final = next(d for d in datas if d["type"] == "message_delta")["usage"]
     assert start["output_tokens"] == 1 and final["output_tokens"] > 1

@@ -61,7 +61,9 @@ def _api_routes() -> dict[str, Any]:
 def test_every_api_route_and_method_is_in_the_matrix():
     matrix = {**OBJECT_ROUTES, **COLLECTION_ROUTES, **PUBLIC_ROUTES}
     routes = _api_routes()
-    assert set(routes) == set(matrix), "a route under /api/v1/ has no authorisation test: add it to the matrix"
+    assert set(routes) == set(matrix), (
+        "a route under /api/v1/ has no authorisation test: add it to the matrix"
+    )
     for route, cls in routes.items():
         methods = {m for m in cls.http_method_names if m not in ("options", "head") and hasattr(cls, m)}
         assert methods == matrix[route], f"{route}: methods {methods} but the matrix tests {matrix[route]}"
@@ -69,19 +71,29 @@ def test_every_api_route_and_method_is_in_the_matrix():
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def alice_data(user):
     session = session_create(owner=user, client_id=ALICE_CLIENT_ID, title=SECRET_TITLE)
-    message_append(session=session, role=ChatMessage.Role.USER, text=SECRET_TEXT, parts=[{"type": "text", "text": SECRET_TEXT}])
+    message_append(
+        session=session,
+        role=ChatMessage.Role.USER,
+        text=SECRET_TEXT,
+        parts=[{"type": "text", "text": SECRET_TEXT}],
+    )
     api_key, raw = api_key_create(owner=user, name="alice key")
-    TokenUsage.objects.create(user=user, session=session, model="m", backend="api", input_tokens=12345, output_tokens=678)
+    TokenUsage.objects.create(
+        user=user, session=session, model="m", backend="api", input_tokens=12345, output_tokens=678
+    )
     return {"session": session, "key": api_key, "raw_key": raw}
 
 
 def _snapshot(alice_data) -> tuple:
     session = ChatSession.objects.filter(pk=alice_data["session"].pk).values_list("title", "archived").first()
     key = ApiKey.objects.filter(pk=alice_data["key"].pk).values_list("revoked_at", flat=True).first()
-    messages = list(ChatMessage.objects.filter(session_id=alice_data["session"].pk).values_list("sequence", "text"))
+    messages = list(
+        ChatMessage.objects.filter(session_id=alice_data["session"].pk).values_list("sequence", "text")
+    )
     return session, key, messages
 
 
@@ -93,7 +105,17 @@ class BearerAsyncClient(AsyncClient):
         super().__init__()
         self.bearer = f"Bearer {raw_key}"
 
-    def generic(self, method, path, data="", content_type="application/octet-stream", secure=False, *, headers=None, **extra):
+    def generic(
+        self,
+        method,
+        path,
+        data="",
+        content_type="application/octet-stream",
+        secure=False,
+        *,
+        headers=None,
+        **extra,
+    ):
         headers = {**(headers or {}), "Authorization": self.bearer}
         return super().generic(method, path, data, content_type, secure, headers=headers, **extra)
 
@@ -124,10 +146,15 @@ async def _stop_alice_turn(alice, session) -> None:
 
 # --- HTTP: object routes ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("route", sorted(OBJECT_ROUTES))
 async def test_object_routes_hide_alices_resources(route, backend_api, user, other_user, alice_data):
     session = alice_data["session"]
-    handle = await _start_alice_turn(user, session) if route.startswith(("chat/", "sessions/<str:chat_id>/cancel")) else None
+    handle = (
+        await _start_alice_turn(user, session)
+        if route.startswith(("chat/", "sessions/<str:chat_id>/cancel"))
+        else None
+    )
     before = await sync_to_async(_snapshot)(alice_data)
     try:
         for auth in ("cookie", "bearer"):
@@ -136,15 +163,23 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
                 missing_id = await ApiKey.objects.acount() + 10_000
                 pairs = [(alice_data["key"].pk, missing_id)]
             else:
-                pairs = [(str(session.pk), str(uuid.uuid4())), (ALICE_CLIENT_ID, f"missing-{uuid.uuid4().hex[:8]}")]
+                pairs = [
+                    (str(session.pk), str(uuid.uuid4())),
+                    (ALICE_CLIENT_ID, f"missing-{uuid.uuid4().hex[:8]}"),
+                ]
             for method in sorted(OBJECT_ROUTES[route]):
                 for alice_id, missing in pairs:
                     answers = []
                     for ident in (alice_id, missing):
-                        url = "/api/v1/" + route.replace("<str:chat_id>", str(ident)).replace("<int:key_id>", str(ident))
+                        url = "/api/v1/" + route.replace("<str:chat_id>", str(ident)).replace(
+                            "<int:key_id>", str(ident)
+                        )
                         kwargs: dict[str, Any] = {}
                         if method in ("patch", "post"):
-                            kwargs = {"data": json.dumps({"title": "pwned", "archived": True}), "content_type": "application/json"}
+                            kwargs = {
+                                "data": json.dumps({"title": "pwned", "archived": True}),
+                                "content_type": "application/json",
+                            }
                         response = await getattr(client, method)(url, **kwargs)
                         answers.append((response.status_code, await _body(response)))
                     where = f"{auth} {method.upper()} {route} with {alice_id!r}"
@@ -153,13 +188,16 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
                     assert SECRET_TEXT not in answers[0][1] and SECRET_TITLE not in answers[0][1]
         assert await sync_to_async(_snapshot)(alice_data) == before
         if handle is not None:
-            assert await sync_to_async(runtime.turn_is_active)(session_id=session.pk), "bob stopped alice's turn"
+            assert await sync_to_async(runtime.turn_is_active)(session_id=session.pk), (
+                "bob stopped alice's turn"
+            )
     finally:
         if handle is not None:
             await _stop_alice_turn(user, session)
 
 
 # --- HTTP: collection routes --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("auth", ["cookie", "bearer"])
 async def test_collection_routes_show_only_the_callers_data(auth, backend_api, user, other_user, alice_data):
@@ -178,7 +216,9 @@ async def test_collection_routes_show_only_the_callers_data(auth, backend_api, u
     assert await ApiKey.objects.filter(pk=created.json()["id"], owner=other_user).aexists()
     # Creating a session with alice's client id is as unremarkable as with a fresh one (no 409).
     for client_id in (ALICE_CLIENT_ID, f"fresh-{uuid.uuid4().hex[:6]}"):
-        response = await client.post("/api/v1/sessions/", data={"client_id": client_id}, content_type="application/json")
+        response = await client.post(
+            "/api/v1/sessions/", data={"client_id": client_id}, content_type="application/json"
+        )
         assert response.status_code == 201, response.content
         assert response.json()["title"] == ""
     assert await sync_to_async(_snapshot)(alice_data) == before
@@ -186,24 +226,35 @@ async def test_collection_routes_show_only_the_callers_data(auth, backend_api, u
 
 @pytest.mark.parametrize("route", ["chat/", "chat"])
 @pytest.mark.parametrize("auth", ["cookie", "bearer"])
-async def test_chat_post_with_alices_id_starts_bobs_own_session(route, auth, backend_api, user, other_user, alice_data):
+async def test_chat_post_with_alices_id_starts_bobs_own_session(
+    route, auth, backend_api, user, other_user, alice_data
+):
     from tests.agents.conftest import requests_since
 
     client = await _client(auth, other_user)
     before = await sync_to_async(_snapshot)(alice_data)
     mark = backend_api.request_count
-    body = {"id": str(alice_data["session"].pk), "trigger": "submit-message", "messageId": None,
-            "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "what did alice say?"}]}]}
+    body = {
+        "id": str(alice_data["session"].pk),
+        "trigger": "submit-message",
+        "messageId": None,
+        "messages": [
+            {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "what did alice say?"}]}
+        ],
+    }
     response = await client.post("/api/v1/" + route, data=json.dumps(body), content_type="application/json")
     text = await _body(response)
     assert response.status_code == 200 and text.rstrip().endswith("data: [DONE]"), text
     assert SECRET_TEXT not in text
     assert all(SECRET_TEXT not in json.dumps(r.get("body")) for r in requests_since(backend_api, mark))
     assert await sync_to_async(_snapshot)(alice_data) == before
-    assert await ChatSession.objects.filter(owner=other_user, client_id=str(alice_data["session"].pk)).aexists()
+    assert await ChatSession.objects.filter(
+        owner=other_user, client_id=str(alice_data["session"].pk)
+    ).aexists()
 
 
 # --- websocket ----------------------------------------------------------------------------------
+
 
 async def _bob_socket(auth: str, bob) -> WsClient:
     from copilot_project.asgi import application
@@ -255,7 +306,12 @@ async def test_websocket_requests_cannot_touch_alices_chat(auth, backend_api, us
             assert frames[-1]["type"] == "end", frames  # never "stream_already_active"
             assert SECRET_TEXT not in json.dumps(chunks_of(frames))
         assert all(SECRET_TEXT not in json.dumps(r.get("body")) for r in requests_since(backend_api, mark))
-        assert await ChatSession.objects.filter(owner=other_user, client_id__in=[str(session.pk), ALICE_CLIENT_ID]).acount() == 2
+        assert (
+            await ChatSession.objects.filter(
+                owner=other_user, client_id__in=[str(session.pk), ALICE_CLIENT_ID]
+            ).acount()
+            == 2
+        )
         assert await sync_to_async(_snapshot)(alice_data) == before
         assert await sync_to_async(runtime.turn_is_active)(session_id=session.pk), "bob stopped alice's turn"
     finally:
@@ -264,6 +320,7 @@ async def test_websocket_requests_cannot_touch_alices_chat(auth, backend_api, us
 
 
 # --- pages --------------------------------------------------------------------------------------
+
 
 def test_chat_page_and_transcript_viewer_hide_alices_data(user, other_user, alice_data, django_user_model):
     from django.contrib.auth.models import Permission
@@ -277,15 +334,24 @@ def test_chat_page_and_transcript_viewer_hide_alices_data(user, other_user, alic
     b = client.get(f"/c/{uuid.uuid4()}/")
     assert a.status_code == b.status_code == 404 and a.content == b.content
     for suffix in ("", "download.jsonl"):
-        answers = [client.get(f"/admin/transcripts/session/{sid}/{suffix}") for sid in ("agent-session-alice", "nope")]
+        answers = [
+            client.get(f"/admin/transcripts/session/{sid}/{suffix}")
+            for sid in ("agent-session-alice", "nope")
+        ]
         assert answers[0].status_code == answers[1].status_code == 302
         assert answers[0]["Location"].split("?")[0] == answers[1]["Location"].split("?")[0] == "/admin/login/"
     # Staff without the transcript permission: 403 whether it exists or not.
     other_user.is_staff = True
     other_user.save()
     for suffix in ("", "download.jsonl"):
-        answers = [client.get(f"/admin/transcripts/session/{sid}/{suffix}") for sid in ("agent-session-alice", "nope")]
-        assert answers[0].status_code == answers[1].status_code == 403 and answers[0].content == answers[1].content
+        answers = [
+            client.get(f"/admin/transcripts/session/{sid}/{suffix}")
+            for sid in ("agent-session-alice", "nope")
+        ]
+        assert (
+            answers[0].status_code == answers[1].status_code == 403
+            and answers[0].content == answers[1].content
+        )
     # With the permission it is an operator tool (staff see every transcript, by design).
     other_user.user_permissions.add(Permission.objects.get(codename="view_transcript"))
     other_user = django_user_model.objects.get(pk=other_user.pk)

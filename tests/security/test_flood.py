@@ -24,16 +24,25 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]
 
 FRAMES = 2000
 PER_USER, PER_WORKER, CLI_BOUND = 3, 16, 4
-PACED, BATCH = 1800, 10  # at most, BATCH per 0.1 s until turns ended and others started; then the rest at once
+PACED, BATCH = (
+    1800,
+    10,
+)  # at most, BATCH per 0.1 s until turns ended and others started; then the rest at once
 
 
 @pytest.fixture
 def flood_daphne(scripted_model, tmp_path):
     env = daphne_env(
-        workspaces=tmp_path / "ws", scripted_url=scripted_model.url, AGENT_BACKEND="sdk",
-        WS_FRAME_RATE="1000000", WS_FRAME_BURST="1000000",
-        AGENT_MAX_TURNS_PER_USER=str(PER_USER), AGENT_MAX_TURNS_PER_WORKER=str(PER_WORKER),
-        AGENT_SDK_MAX_CLI_PROCESSES=str(CLI_BOUND), AGENT_SDK_MAX_IDLE_CLIENTS="8", AGENT_SDK_IDLE_SECONDS="300",
+        workspaces=tmp_path / "ws",
+        scripted_url=scripted_model.url,
+        AGENT_BACKEND="sdk",
+        WS_FRAME_RATE="1000000",
+        WS_FRAME_BURST="1000000",
+        AGENT_MAX_TURNS_PER_USER=str(PER_USER),
+        AGENT_MAX_TURNS_PER_WORKER=str(PER_WORKER),
+        AGENT_SDK_MAX_CLI_PROCESSES=str(CLI_BOUND),
+        AGENT_SDK_MAX_IDLE_CLIENTS="8",
+        AGENT_SDK_IDLE_SECONDS="300",
     )
     with DaphneServer(env, name="flood", ready_path="/healthz", timeout=60) as server:
         yield server
@@ -62,7 +71,10 @@ async def test_send_flood_on_one_socket_respects_the_caps(flood_daphne, user):
     began = time.monotonic()
     try:
         async with websockets.connect(
-            flood_daphne.ws_url, additional_headers={"Cookie": cookie}, origin=flood_daphne.url, max_queue=None
+            flood_daphne.ws_url,
+            additional_headers={"Cookie": cookie},
+            origin=flood_daphne.url,
+            max_queue=None,
         ) as ws:
             frames = [json.dumps(send_frame(str(uuid.uuid4()), "/slow 20 10")) for _ in range(FRAMES)]
 
@@ -100,7 +112,10 @@ async def test_send_flood_on_one_socket_respects_the_caps(flood_daphne, user):
     print(
         f"\nflood: {FRAMES} frames, {len(turns)} turns started ({started} seen on the socket), refusals {codes}, "
         f"peak running turns {peak['turns']}, peak CLI processes {peak['cli']}, {elapsed:.1f}s; turns "
-        + ", ".join(f"{(t.started_at - turns[0].started_at).total_seconds():.1f}+{(t.ended_at - t.started_at).total_seconds():.1f}s" for t in turns)
+        + ", ".join(
+            f"{(t.started_at - turns[0].started_at).total_seconds():.1f}+{(t.ended_at - t.started_at).total_seconds():.1f}s"
+            for t in turns
+        )
     )
     assert peak["turns"] <= PER_USER
     assert len(turns) > PER_USER  # turns ended and others started during the flood (no stuck slot)

@@ -41,7 +41,10 @@ def _needs_the_jail():
 def canaries(settings, monkeypatch, tmp_path, scripted_model):
     """Secrets in the server's settings and environment, a file beside the workspaces and in
     another user's workspace; ANTHROPIC_BASE_URL at the scripted model (it takes any key)."""
-    values = {name: f"canary-{name.lower()}-{secrets.token_hex(12)}" for name in ("API_KEY", "SECRET_KEY", "FILE", "OTHER")}
+    values = {
+        name: f"canary-{name.lower()}-{secrets.token_hex(12)}"
+        for name in ("API_KEY", "SECRET_KEY", "FILE", "OTHER")
+    }
     key = "sk-ant-" + values["API_KEY"]
     settings.ANTHROPIC_API_KEY = key
     settings.SECRET_KEY = values["SECRET_KEY"] + "-" + secrets.token_hex(20)
@@ -62,7 +65,9 @@ def backend(request, settings, scripted_model):
     return request.param
 
 
-async def _bash(connect, command: str, *, chat_id: str | None = None, timeout: float = 90) -> tuple[str, list[dict]]:
+async def _bash(
+    connect, command: str, *, chat_id: str | None = None, timeout: float = 90
+) -> tuple[str, list[dict]]:
     """One turn running ``command``: (the tool's output or error text, the turn's chunks)."""
     ws = await connect()
     frame = send_frame(chat_id or f"jail-{uuid.uuid4().hex[:8]}", f"/tool bash {command}")
@@ -145,7 +150,9 @@ async def test_files_beyond_the_workspace_are_not_reachable(backend, canaries, c
 
 async def test_writes_beyond_the_workspace_fail(backend, canaries, connect):
     root = canaries["root"]
-    output, _ = await _bash(connect, f"echo pwned > $HOME/../../../PWNED.txt; echo pwned > {root}/PWNED2.txt; touch /PWNED3")
+    output, _ = await _bash(
+        connect, f"echo pwned > $HOME/../../../PWNED.txt; echo pwned > {root}/PWNED2.txt; touch /PWNED3"
+    )
     assert not (root / "PWNED.txt").exists() and not (root / "PWNED2.txt").exists()
     assert not Path("/PWNED3").exists()
     assert "pwned" not in (canaries["other"] / "private.txt").read_text()
@@ -155,8 +162,12 @@ async def test_loopback_services_are_unreachable(backend, canaries, connect, scr
     server, port = _listening_port()  # stands in for the app's own port
     try:
         ports = [5432, 6379, port, scripted_model.port]
-        probe = "; ".join(f"(exec 3<>/dev/tcp/127.0.0.1/{p}) 2>/dev/null && echo OPEN-{p} || echo CLOSED-{p}" for p in ports)
-        output, _ = await _bash(connect, probe + "; curl -s -m 3 http://127.0.0.1:%d/ || echo curl-failed" % port)
+        probe = "; ".join(
+            f"(exec 3<>/dev/tcp/127.0.0.1/{p}) 2>/dev/null && echo OPEN-{p} || echo CLOSED-{p}" for p in ports
+        )
+        output, _ = await _bash(
+            connect, probe + f"; curl -s -m 3 http://127.0.0.1:{port}/ || echo curl-failed"
+        )
         for p in ports:
             assert f"CLOSED-{p}" in output and f"OPEN-{p}" not in output, output
     finally:
@@ -179,7 +190,11 @@ def _host_processes_running(marker: str) -> list[int]:
 async def test_nothing_outlives_its_turn(backend, canaries, connect):
     seconds = f"{300 + secrets.randbelow(600)}.{secrets.randbelow(1000)}"
     chat_id = f"bg-{uuid.uuid4().hex[:8]}"
-    await _bash(connect, f"nohup sleep {seconds} >/dev/null 2>&1 & setsid sleep {seconds} & disown; echo started", chat_id=chat_id)
+    await _bash(
+        connect,
+        f"nohup sleep {seconds} >/dev/null 2>&1 & setsid sleep {seconds} & disown; echo started",
+        chat_id=chat_id,
+    )
     await _gone(f"sleep\0{seconds}")
     # And the session still works on the same (kept) CLI.
     output, _ = await _bash(connect, "echo still-here", chat_id=chat_id)
@@ -209,7 +224,9 @@ async def test_fork_storm_is_bounded(backend, canaries, connect, settings):
 async def test_filling_the_disk_hits_the_quota(backend, canaries, connect, settings):
     settings.AGENT_WORKSPACE_QUOTA_MB = 8
     chat_id = f"fill-{uuid.uuid4().hex[:8]}"
-    output, chunks = await _bash(connect, "pwd; head -c 50M /dev/zero > big; head -c 5M /dev/zero > big2", chat_id=chat_id)
+    output, chunks = await _bash(
+        connect, "pwd; head -c 50M /dev/zero > big; head -c 5M /dev/zero > big2", chat_id=chat_id
+    )
     workspace = Path(output.strip().splitlines()[0].split()[-1])
     assert workspace.parent == Path(settings.AGENT_WORKSPACE_ROOT).resolve(), output
     assert workspace_usage(workspace) <= 16 * 1024 * 1024, "files grew far past the workspace quota"
@@ -229,7 +246,8 @@ async def test_ordinary_work_still_succeeds(backend, canaries, connect):
     assert "hello" in output and '{"ok": 42}' in output and "45" in output and "agent" in output
     if shutil.which("gcc"):
         output, _ = await _bash(
-            connect, "printf '#include <stdio.h>\\nint main(){puts(\"compiled-ok\");}\\n' > m.c && gcc m.c -o m && ./m",
+            connect,
+            "printf '#include <stdio.h>\\nint main(){puts(\"compiled-ok\");}\\n' > m.c && gcc m.c -o m && ./m",
             chat_id=chat_id,
         )
         assert "compiled-ok" in output
@@ -264,7 +282,10 @@ async def test_network_allow_reaches_only_named_hosts(backend, canaries, connect
         assert "named:000" in output or "named:403" in output, output
         assert "DIRECT-CLOSED" in output
         settings.AGENT_NETWORK_ALLOW = []
-        output, _ = await _bash(connect, f"env -u NO_PROXY -u no_proxy curl -s -m 5 -p http://127.0.0.1:{port}/ok || echo no-route")
+        output, _ = await _bash(
+            connect,
+            f"env -u NO_PROXY -u no_proxy curl -s -m 5 -p http://127.0.0.1:{port}/ok || echo no-route",
+        )
         assert "allowed!" not in output
     finally:
         target.close()

@@ -50,7 +50,9 @@ def test_no_banner_when_jailed(settings, user):
     assert 'id="unjailed-banner"' not in client.get("/").content.decode()
 
 
-async def test_a_turn_is_refused_without_the_jail_and_no_tool_runs(no_bwrap, settings, backend_api, connect, tmp_path):
+async def test_a_turn_is_refused_without_the_jail_and_no_tool_runs(
+    no_bwrap, settings, backend_api, connect, tmp_path
+):
     settings.DEBUG = False
     ws = await connect()
     marker = tmp_path / f"ran-{uuid.uuid4().hex}"
@@ -73,7 +75,14 @@ async def test_debug_without_the_jail_runs_tools_unjailed(no_bwrap, settings, ba
 
 
 def test_jail_off_is_refused_in_production():
-    env = {**os.environ, "DEBUG": "false", "AGENT_JAIL": "off", "SECRET_KEY": "k" * 60, "ALLOWED_HOSTS": "x", "ENV_FILE": "/dev/null"}
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "AGENT_JAIL": "off",
+        "SECRET_KEY": "k" * 60,
+        "ALLOWED_HOSTS": "x",
+        "ENV_FILE": "/dev/null",
+    }
     code = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'copilot_project.settings'); django.setup()"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "AGENT_JAIL=off is accepted only with DEBUG=true" in proc.stderr

@@ -21,7 +21,6 @@ from pathlib import Path
 import anthropic
 import h11
 import httpx
-
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
@@ -81,9 +80,13 @@ def _persisted(chat_id: str) -> str:
     return json.dumps(list(rows), default=str)
 
 
-def _admin_views(django_user_model, chat_id: str, *, chat_admin: bool = True, transcripts: bool = True) -> str:
+def _admin_views(
+    django_user_model, chat_id: str, *, chat_admin: bool = True, transcripts: bool = True
+) -> str:
     """The staff pages showing this chat: its admin change page and its transcript viewer/download."""
-    admin_user = django_user_model.objects.create_superuser(username=f"root{uuid.uuid4().hex[:6]}", password="x-root-pass-1")
+    admin_user = django_user_model.objects.create_superuser(
+        username=f"root{uuid.uuid4().hex[:6]}", password="x-root-pass-1"
+    )
     client = Client()
     client.force_login(admin_user)
     session = ChatSession.objects.get(client_id=chat_id)
@@ -102,7 +105,7 @@ def _admin_views(django_user_model, chat_id: str, *, chat_admin: bool = True, tr
 def _assert_no_canary(canary: str, **places: str) -> None:
     for name, text in places.items():
         assert canary not in text, f"the API key leaked into {name}"
-        assert canary[len("sk-ant-"):] not in text, f"part of the API key leaked into {name}"
+        assert canary[len("sk-ant-") :] not in text, f"part of the API key leaked into {name}"
 
 
 async def test_api_backend_turns_never_leak_the_key(canary, connect, caplog, django_user_model, settings):
@@ -168,8 +171,14 @@ async def test_sdk_cli_holds_only_a_revocable_grant_token(canary, backend_api, s
     settings.AGENT_SDK_MAX_IDLE_CLIENTS = 2
     workspace = workspace_for(f"grant-{uuid.uuid4().hex[:8]}")
     mark = backend_api.request_count
-    inp = TurnInput(session_id=workspace.name, user_text=f"/tool bash {ENV_DUMP}", workspace=workspace,
-                    backend="sdk", model="claude-sonnet-4-5", message_id="msg-grant")
+    inp = TurnInput(
+        session_id=workspace.name,
+        user_text=f"/tool bash {ENV_DUMP}",
+        workspace=workspace,
+        backend="sdk",
+        model="claude-sonnet-4-5",
+        message_id="msg-grant",
+    )
     result = TurnResult()
     chunks = await collect(SdkBackend().stream(inp, result), timeout=60)
     assert result.error is None
@@ -183,7 +192,9 @@ async def test_sdk_cli_holds_only_a_revocable_grant_token(canary, backend_api, s
         dumped = json.dumps([c for c in chunks if c["type"] == "tool-output-available"])
         assert canary not in dumped and "http://127.0.0.1:" in dumped
         requests = requests_since(backend_api, mark)
-        assert requests and all(r["auth_sha256"] == _sha(canary) for r in requests), "the proxy must add the real key"
+        assert requests and all(r["auth_sha256"] == _sha(canary) for r in requests), (
+            "the proxy must add the real key"
+        )
         bodies = json.dumps([r["body"] for r in requests])
         found = re.search(re.escape(TOKEN_PREFIX) + r"[0-9a-f]+", bodies)
         assert found, "the env dump (the token) reached the model as the tool result"
@@ -193,7 +204,9 @@ async def test_sdk_cli_holds_only_a_revocable_grant_token(canary, backend_api, s
             parked = await client.post(f"{proxy.url}/v1/messages", headers={"x-api-key": token}, json={})
             assert parked.status_code == 401 and parked.json()["error"]["type"] == "authentication_error"
             assert await sdk.close_idle_clients() == 1
-            revoked = await client.post(f"{proxy.url}/v1/messages", headers={"authorization": f"Bearer {token}"}, json={})
+            revoked = await client.post(
+                f"{proxy.url}/v1/messages", headers={"authorization": f"Bearer {token}"}, json={}
+            )
             assert revoked.status_code == 401
     finally:
         await sdk.close_idle_clients()
@@ -207,25 +220,30 @@ async def test_credential_proxy_streams_unchanged_and_refuses_unknown_tokens(can
     mark = backend_api.request_count
     client = anthropic.AsyncAnthropic(api_key=grant.api_key, base_url=grant.base_url, max_retries=0)
     try:
-        async with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100,
-                                          messages=[{"role": "user", "content": "/long 30"}]) as stream:
+        async with client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "/long 30"}]
+        ) as stream:
             text = "".join([t async for t in stream.text_stream])
         assert text.split() == [f"w{i}" for i in range(30)]
         [request] = requests_since(backend_api, mark)
         assert request["auth_sha256"] == _sha(canary)
         with pytest.raises(anthropic.AuthenticationError):
             await client.with_options(api_key=TOKEN_PREFIX + "0" * 48).messages.create(
-                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
         async with httpx.AsyncClient(timeout=10) as http:
-            assert (await http.get(f"{proxy.url}/admin/", headers={"x-api-key": grant.api_key})).status_code == 404
+            assert (
+                await http.get(f"{proxy.url}/admin/", headers={"x-api-key": grant.api_key})
+            ).status_code == 404
         proxy.revoke(grant.api_key)
         with pytest.raises(anthropic.AuthenticationError):
-            await client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+            await client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
         assert len(requests_since(backend_api, mark)) == 1  # refused requests never went upstream
     finally:
         proxy.revoke(grant.api_key)
         await client.close()
-
 
 
 async def _exchange(reader, writer, conn: h11.Connection, method: str, target: str, headers: list, chunks=()):
@@ -268,30 +286,58 @@ async def test_credential_proxy_keeps_connections_alive_and_reads_chunked_bodies
     proxy = credential_proxy()
     grant = proxy.grant(upstream=backend_api.url, api_key=canary)
     token = [("x-api-key", grant.api_key), ("content-type", "application/json")]
-    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "/long 3"}]})
+    body = json.dumps(
+        {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "/long 3"}]}
+    )
     mark = backend_api.request_count
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
     conn = h11.Connection(h11.CLIENT)
     try:
         chunked = [body[:10].encode(), body[10:40].encode(), body[40:].encode()]
-        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages/count_tokens",
-                                         [*token, ("transfer-encoding", "chunked")], chunked)
+        response, data = await _exchange(
+            reader,
+            writer,
+            conn,
+            "POST",
+            "/v1/messages/count_tokens",
+            [*token, ("transfer-encoding", "chunked")],
+            chunked,
+        )
         assert response.status_code == 200 and json.loads(data)["input_tokens"] > 0
-        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages?beta=true",
-                                         [*token, ("content-length", str(len(body)))], [body.encode()])
+        response, data = await _exchange(
+            reader,
+            writer,
+            conn,
+            "POST",
+            "/v1/messages?beta=true",
+            [*token, ("content-length", str(len(body)))],
+            [body.encode()],
+        )
         assert response.status_code == 200 and json.loads(data)["content"][0]["text"] == "w0 w1 w2 "
         refused = [("x-api-key", TOKEN_PREFIX + "0" * 48), ("content-length", "2")]
         response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages", refused, [b"{}"])
         assert response.status_code == 401
-        assert json.loads(data) == {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+        assert json.loads(data) == {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+        }
         response, data = await _exchange(reader, writer, conn, "GET", "/admin/", token[:1])
         assert response.status_code == 404 and json.loads(data)["error"]["type"] == "not_found_error"
-        response, data = await _exchange(reader, writer, conn, "POST", "/v1/messages/count_tokens",
-                                         [*token, ("content-length", str(len(body))), ("connection", "close")], [body.encode()])
+        response, data = await _exchange(
+            reader,
+            writer,
+            conn,
+            "POST",
+            "/v1/messages/count_tokens",
+            [*token, ("content-length", str(len(body))), ("connection", "close")],
+            [body.encode()],
+        )
         assert response.status_code == 200 and (b"connection", b"close") in response.headers
         assert await asyncio.wait_for(reader.read(), 10) == b""  # the proxy closed the connection
-        bodies = [r["body"] for r in list(backend_api.requests)[-(backend_api.request_count - mark):]]
-        assert bodies == [json.loads(body)] * 3  # both chunked and sized bodies arrived whole; refusals never did
+        bodies = [r["body"] for r in list(backend_api.requests)[-(backend_api.request_count - mark) :]]
+        assert (
+            bodies == [json.loads(body)] * 3
+        )  # both chunked and sized bodies arrived whole; refusals never did
     finally:
         writer.close()
         proxy.revoke(grant.api_key)
@@ -304,7 +350,10 @@ async def test_credential_proxy_refuses_malformed_requests_with_api_errors(canar
     try:
         cases = [
             (b"NOT A REQUEST\r\n\r\n", 400),
-            (b"POST /v1/messages HTTP/1.1\r\nhost: p\r\nx-long: " + b"a" * 100_000, 431),  # a head over 64 KiB
+            (
+                b"POST /v1/messages HTTP/1.1\r\nhost: p\r\nx-long: " + b"a" * 100_000,
+                431,
+            ),  # a head over 64 KiB
             (b"POST /v1/messages HTTP/1.1\r\nhost: p\r\ncontent-length: 999999999999\r\n\r\n", 413),
             (b"POST /v1/messages HTTP/1.1\r\nhost: p\r\ncontent-length: x\r\n\r\n", 400),
         ]
@@ -319,8 +368,11 @@ async def test_credential_proxy_refuses_malformed_requests_with_api_errors(canar
         body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
         reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
         try:
-            writer.write(b"POST /v1/messages/count_tokens HTTP/1.1\r\nhost: p\r\nexpect: 100-continue\r\n"
-                         b"x-api-key: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (grant.api_key.encode(), len(body)))
+            writer.write(
+                b"POST /v1/messages/count_tokens HTTP/1.1\r\nhost: p\r\nexpect: 100-continue\r\n"
+                b"x-api-key: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                % (grant.api_key.encode(), len(body))
+            )
             await writer.drain()
             interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert interim.startswith(b"HTTP/1.1 100 ")
@@ -334,8 +386,11 @@ async def test_credential_proxy_refuses_malformed_requests_with_api_errors(canar
     finally:
         proxy.revoke(grant.api_key)
 
+
 @pytest.mark.cli
-async def test_scrubber_alone_redacts_a_key_the_model_quotes(canary, connect, django_user_model, settings, backend_api):
+async def test_scrubber_alone_redacts_a_key_the_model_quotes(
+    canary, connect, django_user_model, settings, backend_api
+):
     """Layer 2 on its own (the proxy switched off, so the CLI holds the real key and the model
     really receives and quotes it): the runtime's StreamScrubber keeps it out of every chunk, the
     persisted messages and the chat admin."""
@@ -372,8 +427,12 @@ async def test_proxy_alone_keeps_the_key_from_the_model(canary, connect, setting
     requests = requests_since(backend_api, mark)
     assert requests and all(r["auth_sha256"] == _sha(canary) for r in requests)
     assert TOKEN_PREFIX in json.dumps([r["body"] for r in requests])  # the model saw (only) the token
-    _assert_no_canary(canary, frames=json.dumps(frames), model_requests=json.dumps([r["body"] for r in requests]),
-                      messages=await sync_to_async(_persisted)(chat_id))
+    _assert_no_canary(
+        canary,
+        frames=json.dumps(frames),
+        model_requests=json.dumps([r["body"] for r in requests]),
+        messages=await sync_to_async(_persisted)(chat_id),
+    )
 
 
 # -- StreamScrubber units -------------------------------------------------------------------------
@@ -389,7 +448,7 @@ def _feed_all(scrubber: StreamScrubber, chunks: list[dict]) -> list[dict]:
 
 def test_stream_scrubber_redacts_secrets_across_any_delta_split():
     rng = random.Random(7)
-    expected = f"key=[redacted]; also [redacted], [redacted] and a partial sk-ant-pr- then ssk-ant- words s"
+    expected = "key=[redacted]; also [redacted], [redacted] and a partial sk-ant-pr- then ssk-ant- words s"
     for _ in range(500):
         cuts = sorted(rng.sample(range(1, len(TEXT)), rng.randint(1, 30)))
         pieces = [TEXT[a:b] for a, b in zip([0, *cuts], [*cuts, len(TEXT)])]
@@ -403,18 +462,25 @@ def test_stream_scrubber_redacts_secrets_across_any_delta_split():
 def test_stream_scrubber_covers_every_text_like_chunk():
     s = StreamScrubber([SECRET])
     head, tail = SECRET[:20], SECRET[20:]
-    out = _feed_all(s, [
-        events.start("m"), events.start_step(),
-        events.reasoning_delta("r1", "think " + head), events.reasoning_delta("r1", tail), events.reasoning_end("r1"),
-        events.tool_input_start("c1", "Bash"), events.tool_input_delta("c1", '{"command": "echo ' + head),
-        events.tool_input_delta("c1", tail + '"}'),
-        events.tool_input_available("c1", "Bash", {"command": f"echo {SECRET}"}),
-        events.tool_output_available("c1", {"stdout": SECRET, "nested": [SECRET]}),
-        events.tool_output_error("c2", f"failed: {SECRET}"),
-        events.status("retrying", f"because {SECRET}"),
-        events.text_delta("t1", "dangling " + head),
-        events.error(f"boom {SECRET}"),
-    ])
+    out = _feed_all(
+        s,
+        [
+            events.start("m"),
+            events.start_step(),
+            events.reasoning_delta("r1", "think " + head),
+            events.reasoning_delta("r1", tail),
+            events.reasoning_end("r1"),
+            events.tool_input_start("c1", "Bash"),
+            events.tool_input_delta("c1", '{"command": "echo ' + head),
+            events.tool_input_delta("c1", tail + '"}'),
+            events.tool_input_available("c1", "Bash", {"command": f"echo {SECRET}"}),
+            events.tool_output_available("c1", {"stdout": SECRET, "nested": [SECRET]}),
+            events.tool_output_error("c2", f"failed: {SECRET}"),
+            events.status("retrying", f"because {SECRET}"),
+            events.text_delta("t1", "dangling " + head),
+            events.error(f"boom {SECRET}"),
+        ],
+    )
     dumped = json.dumps(out)
     assert SECRET not in dumped and "canary" not in dumped
     assert dumped.count("[redacted]") == 9
@@ -425,8 +491,17 @@ def test_stream_scrubber_covers_every_text_like_chunk():
 
 def test_stream_scrubber_passes_clean_chunks_through_untouched(settings):
     s = StreamScrubber([SECRET])
-    for chunk in (events.text_delta("t", "hello world "), events.usage(input_tokens=1, output_tokens=2, cache_read_tokens=0,
-                                                                        cache_write_tokens=0, cost_usd=0.0, model="m")):
+    for chunk in (
+        events.text_delta("t", "hello world "),
+        events.usage(
+            input_tokens=1,
+            output_tokens=2,
+            cache_read_tokens=0,
+            cache_write_tokens=0,
+            cost_usd=0.0,
+            model="m",
+        ),
+    ):
         assert s.feed(chunk)[0] is chunk
     # offline default (no key, the public development SECRET_KEY): no scrubber at all
     settings.ANTHROPIC_API_KEY = ""

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_check_deploy_is_clean_with_production_settings(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECURE_", "SESSION_", "CSRF_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECURE_", "SESSION_", "CSRF_"))
+    }
     env.update(
         DEBUG="false",
         SECRET_KEY=secrets.token_urlsafe(64),
@@ -32,23 +34,40 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
     )
     proc = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=django_settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no issues" in proc.stdout
     # Without a model (no key, no base URL) production does not fall back to the scripted model.
     no_model = {k: v for k, v in env.items() if k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")}
-    proc = subprocess.run([sys.executable, "manage.py", "check"], cwd=django_settings.BASE_DIR, env=no_model,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=django_settings.BASE_DIR,
+        env=no_model,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "agents.E002" in proc.stderr and "ANTHROPIC_API_KEY" in proc.stderr
     # And production refuses to start without a secret key (never the dev default).
     env.pop("SECRET_KEY")
-    proc = subprocess.run([sys.executable, "manage.py", "check"], cwd=django_settings.BASE_DIR, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "SECRET_KEY" in proc.stderr
 
 
 # --- CSRF ---------------------------------------------------------------------------------------
+
 
 def _csrf_client(user) -> Client:
     client = Client(enforce_csrf_checks=True)
@@ -62,8 +81,22 @@ def _csrf_client(user) -> Client:
     [
         ("post", "/api/v1/sessions/", {"title": "x"}),
         ("post", "/api/v1/keys/", {"name": "k"}),
-        ("post", "/api/v1/chat/", {"id": "csrf-chat", "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}),
-        ("post", "/api/v1/chat", {"id": "csrf-chat", "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}),
+        (
+            "post",
+            "/api/v1/chat/",
+            {
+                "id": "csrf-chat",
+                "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+            },
+        ),
+        (
+            "post",
+            "/api/v1/chat",
+            {
+                "id": "csrf-chat",
+                "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+            },
+        ),
         ("patch", "/api/v1/sessions/{sid}/", {"title": "renamed"}),
         ("delete", "/api/v1/sessions/{sid}/", None),
         ("post", "/api/v1/sessions/{sid}/cancel/", None),
@@ -86,7 +119,9 @@ def test_session_authenticated_writes_need_the_csrf_token(user, method, path, bo
     assert session.title == "mine" and api_key.revoked_at is None
     # With the token the same request passes the CSRF check (whatever it answers then).
     token = client.cookies["csrftoken"].value
-    response = getattr(client, method)(url, payload, content_type="application/json", headers={"X-CSRFToken": token})
+    response = getattr(client, method)(
+        url, payload, content_type="application/json", headers={"X-CSRFToken": token}
+    )
     assert response.status_code != 403, response.content
 
 
@@ -101,17 +136,23 @@ def test_every_async_api_view_is_marked_async():
     for pattern in urls.urlpatterns:
         cls = getattr(pattern.callback, "cls", None)
         if cls is not None and issubclass(cls, AsyncAPIView):
-            assert iscoroutinefunction(pattern.callback), f"{pattern.pattern} ({cls.__name__}) is not marked async"
+            assert iscoroutinefunction(pattern.callback), (
+                f"{pattern.pattern} ({cls.__name__}) is not marked async"
+            )
 
 
 def test_logout_and_login_forms_need_the_csrf_token(user):
     client = _csrf_client(user)
     assert client.post("/accounts/logout/").status_code == 403
     anon = Client(enforce_csrf_checks=True)
-    assert anon.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 403
+    assert (
+        anon.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code
+        == 403
+    )
 
 
 # --- headers ------------------------------------------------------------------------------------
+
 
 def test_security_headers_on_the_chat_page_and_api(client, user):
     client.force_login(user)
@@ -124,7 +165,13 @@ def test_security_headers_on_the_chat_page_and_api(client, user):
         assert response["X-Frame-Options"] == "DENY"
         assert response["Cross-Origin-Opener-Policy"] == "same-origin"
         csp = response["Content-Security-Policy"]
-        for directive in ("default-src 'self'", "script-src 'self'", "object-src 'none'", "frame-ancestors 'none'", "base-uri 'none'"):
+        for directive in (
+            "default-src 'self'",
+            "script-src 'self'",
+            "object-src 'none'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ):
             assert directive in csp, (url, csp)
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     api = client.get("/api/v1/sessions/")
@@ -133,6 +180,7 @@ def test_security_headers_on_the_chat_page_and_api(client, user):
 
 
 # --- login throttling ---------------------------------------------------------------------------
+
 
 def test_login_is_throttled_per_username_and_ip(client, user, settings):
     settings.LOGIN_FAILURE_LIMIT = 3
@@ -149,36 +197,56 @@ def test_login_is_throttled_per_username_and_ip(client, user, settings):
     # The admin login goes through the same backend: refused too.
     user.is_staff = True
     user.save()
-    response = client.post("/admin/login/", {"username": "alice", "password": "alice-password-1", "next": "/admin/"})
+    response = client.post(
+        "/admin/login/", {"username": "alice", "password": "alice-password-1", "next": "/admin/"}
+    )
     assert response.status_code == 200 and "_auth_user_id" not in client.session
     # Another address is not locked out (per username + IP), nor is another username.
     other_ip = Client(REMOTE_ADDR="10.9.8.7")
-    assert other_ip.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 302
+    assert (
+        other_ip.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code
+        == 302
+    )
     # The window ends: the pair may try again.
     from django.core.cache import cache
 
     cache.clear()
-    assert client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 302
+    assert (
+        client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code
+        == 302
+    )
 
 
 def test_a_successful_login_resets_the_counter(client, user, settings):
     settings.LOGIN_FAILURE_LIMIT = 3
     for _ in range(2):
         client.post("/accounts/login/", {"username": "ALICE", "password": "wrong"})  # case-insensitive key
-    assert client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 302
+    assert (
+        client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code
+        == 302
+    )
     client.logout()
     for _ in range(2):
         client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
-    assert client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 302
+    assert (
+        client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"}).status_code
+        == 302
+    )
 
 
 # --- admin --------------------------------------------------------------------------------------
 
+
 def test_the_admin_requires_staff(client, user, django_user_model):
     session = session_create(owner=user, title="secret title")
     client.force_login(user)  # an ordinary user
-    for url in ("/admin/", f"/admin/chat/chatsession/{session.pk}/change/", f"/admin/chat/chatsession/{uuid.uuid4()}/change/",
-                "/admin/chat/chatsession/", f"/admin/transcripts/session/{uuid.uuid4()}/"):
+    for url in (
+        "/admin/",
+        f"/admin/chat/chatsession/{session.pk}/change/",
+        f"/admin/chat/chatsession/{uuid.uuid4()}/change/",
+        "/admin/chat/chatsession/",
+        f"/admin/transcripts/session/{uuid.uuid4()}/",
+    ):
         response = client.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
     staff = django_user_model.objects.create_user(username="op", password="op-password-1", is_staff=True)

@@ -44,6 +44,7 @@ async def _drain(ws, quiet: float = 0.5) -> list[dict]:
 
 # --- handshakes ---------------------------------------------------------------------------------
 
+
 async def test_unauthenticated_and_cross_origin_handshakes_are_refused(connect, user):
     assert (await connect(cookie=False, expect_ok=False))[0] is False  # no credentials at all
     for origin in (b"https://evil.example", b"null", b"http://127.0.0.1.evil.example", None):
@@ -54,7 +55,9 @@ async def test_unauthenticated_and_cross_origin_handshakes_are_refused(connect, 
     assert not connected
     # A Bearer handshake from a browser-like foreign origin is refused; a bad key too.
     _, key = await sync_to_async(api_key_create)(owner=user, name="ws")
-    connected, _ = await _handshake([(b"authorization", f"Bearer {key}".encode()), (b"origin", b"https://evil.example")])
+    connected, _ = await _handshake(
+        [(b"authorization", f"Bearer {key}".encode()), (b"origin", b"https://evil.example")]
+    )
     assert not connected
     connected, _ = await _handshake([(b"authorization", b"Bearer cps_aaaaaaaaaaaa_wrong")])
     assert not connected
@@ -63,20 +66,20 @@ async def test_unauthenticated_and_cross_origin_handshakes_are_refused(connect, 
 # Origin judged the way Django's CSRF judges a request's Origin (scheme and port included).
 # (scheme of the handshake, Host, X-Forwarded-Proto or None, Origin)
 _ORIGIN_CASES = [
-    ("wss", "copilot.example.com", None, "https://copilot.example.com"),          # own origin
-    ("wss", "copilot.example.com", None, "http://copilot.example.com"),           # downgraded scheme
-    ("wss", "copilot.example.com", None, "https://copilot.example.com:8443"),     # another port
+    ("wss", "copilot.example.com", None, "https://copilot.example.com"),  # own origin
+    ("wss", "copilot.example.com", None, "http://copilot.example.com"),  # downgraded scheme
+    ("wss", "copilot.example.com", None, "https://copilot.example.com:8443"),  # another port
     ("wss", "copilot.example.com:8443", None, "https://copilot.example.com:8443"),  # own port
     ("wss", "copilot.example.com:8443", None, "https://copilot.example.com"),
-    ("ws", "copilot.example.com", None, "http://copilot.example.com"),            # plain-http deployment
+    ("ws", "copilot.example.com", None, "http://copilot.example.com"),  # plain-http deployment
     ("ws", "copilot.example.com", None, "https://copilot.example.com"),
-    ("ws", "copilot.example.com", "https", "https://copilot.example.com"),        # TLS ends at the proxy
+    ("ws", "copilot.example.com", "https", "https://copilot.example.com"),  # TLS ends at the proxy
     ("ws", "copilot.example.com", "https", "http://copilot.example.com"),
-    ("wss", "evil.example", None, "https://evil.example"),                        # Host not allowed
-    ("wss", "copilot.example.com", None, "https://app.example.org"),              # trusted wildcard
+    ("wss", "evil.example", None, "https://evil.example"),  # Host not allowed
+    ("wss", "copilot.example.com", None, "https://app.example.org"),  # trusted wildcard
     ("wss", "copilot.example.com", None, "https://example.org"),
     ("wss", "copilot.example.com", None, "http://app.example.org"),
-    ("wss", "copilot.example.com", None, "https://partner.example.net:8443"),     # trusted exact
+    ("wss", "copilot.example.com", None, "https://partner.example.net:8443"),  # trusted exact
     ("wss", "copilot.example.com", None, "https://partner.example.net"),
     ("wss", "copilot.example.com", None, "https://copilot.example.com.evil.example"),
     ("wss", "copilot.example.com", None, "null"),
@@ -108,7 +111,11 @@ async def test_websocket_origin_is_judged_like_csrf(settings, user, scheme, host
     settings.CSRF_TRUSTED_ORIGINS = ["https://*.example.org", "https://partner.example.net:8443"]
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     expected = await sync_to_async(_csrf_origin_verdict)(scheme, host, forwarded, origin)
-    headers = [(b"cookie", (await _cookie(user)).encode()), (b"host", host.encode()), (b"origin", origin.encode())]
+    headers = [
+        (b"cookie", (await _cookie(user)).encode()),
+        (b"host", host.encode()),
+        (b"origin", origin.encode()),
+    ]
     if forwarded:
         headers.append((b"x-forwarded-proto", forwarded.encode()))
     comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
@@ -128,8 +135,12 @@ async def test_websocket_origin_without_a_proxy_header_setting(settings, user):
     settings.SECURE_PROXY_SSL_HEADER = None
     cookie = (await _cookie(user)).encode()
     for origin, ok in (("https://copilot.example.com", False), ("http://copilot.example.com", True)):
-        headers = [(b"cookie", cookie), (b"host", b"copilot.example.com"), (b"origin", origin.encode()),
-                   (b"x-forwarded-proto", b"https")]
+        headers = [
+            (b"cookie", cookie),
+            (b"host", b"copilot.example.com"),
+            (b"origin", origin.encode()),
+            (b"x-forwarded-proto", b"https"),
+        ]
         comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
         connected, _ = await comm.connect(timeout=10)
         await comm.disconnect()
@@ -138,10 +149,15 @@ async def test_websocket_origin_without_a_proxy_header_setting(settings, user):
 
 # --- sizes --------------------------------------------------------------------------------------
 
+
 def test_daphne_limits_sit_just_above_the_application_limit():
     """daphne (autobahn) buffers a whole message before the app sees it: its cap must exist
     (not 0 = unlimited) and leave room for the app's own, clearer, 32 MiB frame error."""
-    assert protocol.MAX_FRAME_BYTES < settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE <= protocol.MAX_FRAME_BYTES + 2 * 1024 * 1024
+    assert (
+        protocol.MAX_FRAME_BYTES
+        < settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
+        <= protocol.MAX_FRAME_BYTES + 2 * 1024 * 1024
+    )
     assert 0 < settings.DAPHNE_WEBSOCKET_MAX_FRAME_SIZE <= settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
 
 
@@ -153,24 +169,33 @@ def test_frame_size_counts_utf8_bytes(monkeypatch):
     assert frame_parse(json.dumps({"type": "abort", "requestId": "r", "pad": "e" * 1500})).request_id == "r"
 
 
-async def test_oversized_frame_and_message_get_clear_errors_and_the_socket_lives(backend_api, connect, monkeypatch):
+async def test_oversized_frame_and_message_get_clear_errors_and_the_socket_lives(
+    backend_api, connect, monkeypatch
+):
     monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 64 * 1024)
     ws = await connect()
     await ws.send(json.dumps({**send_frame("c", "x"), "requestId": "big", "pad": "y" * (65 * 1024)}))
     frame = await ws.recv()
-    assert frame["type"] == "error" and frame["code"] == "frame_too_large" and "too large" in frame["errorText"]
+    assert (
+        frame["type"] == "error" and frame["code"] == "frame_too_large" and "too large" in frame["errorText"]
+    )
     too_long = send_frame("c", "z" * (protocol.MAX_TEXT_CHARS + 1), request_id="long")
     monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 32 * 1024 * 1024)
     await ws.send(too_long)
     frame = await ws.recv()
-    assert frame == {"type": "error", "requestId": "long", "code": "invalid_request",
-                     "errorText": f"The message is longer than {protocol.MAX_TEXT_CHARS} characters."}
+    assert frame == {
+        "type": "error",
+        "requestId": "long",
+        "code": "invalid_request",
+        "errorText": f"The message is longer than {protocol.MAX_TEXT_CHARS} characters.",
+    }
     ok = send_frame(str(uuid.uuid4()), "still here")
     await ws.send(ok)
     assert (await ws.frames_until_done(ok["requestId"]))[-1]["type"] == "end"
 
 
 # --- flood control ------------------------------------------------------------------------------
+
 
 def test_token_bucket():
     now = [0.0]
@@ -182,7 +207,9 @@ def test_token_bucket():
     assert sum(bucket.take() for _ in range(10)) == 3  # never above the burst
 
 
-async def test_a_flood_is_rate_limited_per_connection_without_starving_others(backend_api, connect, user, other_user, settings):
+async def test_a_flood_is_rate_limited_per_connection_without_starving_others(
+    backend_api, connect, user, other_user, settings
+):
     settings.WS_FRAME_BURST = 5
     settings.WS_FRAME_RATE = 0.001  # effectively no refill during the test
     flooder = await connect(user)
@@ -211,7 +238,9 @@ async def test_a_flood_is_rate_limited_per_connection_without_starving_others(ba
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 frame_like = st.fixed_dictionaries(
@@ -224,14 +253,26 @@ frame_like = st.fixed_dictionaries(
         "messages": st.lists(
             st.fixed_dictionaries(
                 {"role": st.sampled_from(["user", "assistant"]) | json_values},
-                optional={"id": json_values, "parts": st.lists(
-                    st.fixed_dictionaries({"type": st.sampled_from(["text", "file", "x"]) | json_values},
-                                          optional={"text": json_values, "url": st.text(max_size=80) | json_values,
-                                                    "mediaType": json_values, "filename": json_values}),
-                    max_size=6) | json_values},
+                optional={
+                    "id": json_values,
+                    "parts": st.lists(
+                        st.fixed_dictionaries(
+                            {"type": st.sampled_from(["text", "file", "x"]) | json_values},
+                            optional={
+                                "text": json_values,
+                                "url": st.text(max_size=80) | json_values,
+                                "mediaType": json_values,
+                                "filename": json_values,
+                            },
+                        ),
+                        max_size=6,
+                    )
+                    | json_values,
+                },
             ),
             max_size=4,
-        ) | json_values,
+        )
+        | json_values,
     },
 )
 raw_frames = (
@@ -257,12 +298,18 @@ def test_frame_parse_only_ever_raises_protocol_error(raw):
 
 
 def test_frame_parse_huge_and_deep_inputs():
-    for raw in ("[" * 200_000, "[" * 100_000 + "]" * 100_000, '{"type":"send","requestId":"r","id":"' + "x" * 5_000_000 + '"}'):
+    for raw in (
+        "[" * 200_000,
+        "[" * 100_000 + "]" * 100_000,
+        '{"type":"send","requestId":"r","id":"' + "x" * 5_000_000 + '"}',
+    ):
         with pytest.raises(ProtocolError):
             frame_parse(raw)
 
 
-async def test_fuzzed_frames_through_the_consumer_never_break_a_socket(backend_api, connect, user, other_user, settings):
+async def test_fuzzed_frames_through_the_consumer_never_break_a_socket(
+    backend_api, connect, user, other_user, settings
+):
     """Random frames on one socket: every one is answered or ignored, no exception closes it,
     and another user's socket meanwhile serves a turn normally."""
     settings.WS_FRAME_BURST = 10_000
@@ -276,8 +323,19 @@ async def test_fuzzed_frames_through_the_consumer_never_break_a_socket(backend_a
         examples.append(raw)
 
     gather()
-    examples += ["[" * 100_000, b"\xff\xfe\x00", "", json.dumps({"type": "send", "requestId": "h", "id": "c",
-                 "messages": [{"role": "user", "parts": [{"type": "text", "text": "q" * 200_000}]}]})]
+    examples += [
+        "[" * 100_000,
+        b"\xff\xfe\x00",
+        "",
+        json.dumps(
+            {
+                "type": "send",
+                "requestId": "h",
+                "id": "c",
+                "messages": [{"role": "user", "parts": [{"type": "text", "text": "q" * 200_000}]}],
+            }
+        ),
+    ]
     # Frames that would start real turns are fine too, but keep the run short: only resumes/aborts
     # and invalid sends reach chat.runtime.
     for raw in examples:
@@ -311,8 +369,13 @@ def test_real_daphne_judges_the_origin_like_csrf(tmp_path, user):
 
     cookie = session_cookie(user)
     env = daphne_env(
-        workspaces=tmp_path, scripted_url="http://127.0.0.1:9", DEBUG="false", SECRET_KEY=settings.SECRET_KEY,  # signs the cookie's session
-        ALLOWED_HOSTS="copilot.example.com", CSRF_TRUSTED_ORIGINS="", ENV_FILE="",
+        workspaces=tmp_path,
+        scripted_url="http://127.0.0.1:9",
+        DEBUG="false",
+        SECRET_KEY=settings.SECRET_KEY,  # signs the cookie's session
+        ALLOWED_HOSTS="copilot.example.com",
+        CSRF_TRUSTED_ORIGINS="",
+        ENV_FILE="",
     )
 
     def handshake(port: int, origin: str) -> str:
@@ -327,7 +390,11 @@ def test_real_daphne_judges_the_origin_like_csrf(tmp_path, user):
 
     with DaphneServer(env, name="origin") as server:
         assert " 101 " in handshake(server.port, "https://copilot.example.com")
-        for origin in ("http://copilot.example.com", "https://copilot.example.com:8443", "https://evil.example"):
+        for origin in (
+            "http://copilot.example.com",
+            "https://copilot.example.com:8443",
+            "https://evil.example",
+        ):
             assert " 403 " in handshake(server.port, origin), origin
 
 
@@ -343,7 +410,9 @@ async def test_failed_bearer_handshakes_are_throttled_per_ip(settings, user):
     _, key = await sync_to_async(api_key_create)(owner=user, name="ws throttle")
 
     async def handshake(token: str, ip: str) -> bool:
-        comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"authorization", f"Bearer {token}".encode())])
+        comm = WebsocketCommunicator(
+            application, "/ws/chat/", headers=[(b"authorization", f"Bearer {token}".encode())]
+        )
         comm.scope["client"] = (ip, 50000)
         connected, _ = await comm.connect(timeout=10)
         await comm.disconnect()
@@ -360,5 +429,7 @@ async def test_failed_bearer_handshakes_are_throttled_per_ip(settings, user):
     # REST shares the counter: the same address gets 429 there.
     from django.test import Client
 
-    resp = await sync_to_async(lambda: Client(REMOTE_ADDR=attacker).get("/api/v1/sessions/", HTTP_AUTHORIZATION=f"Bearer {fresh}"))()
+    resp = await sync_to_async(
+        lambda: Client(REMOTE_ADDR=attacker).get("/api/v1/sessions/", HTTP_AUTHORIZATION=f"Bearer {fresh}")
+    )()
     assert resp.status_code == 429 and int(resp["Retry-After"]) >= 1

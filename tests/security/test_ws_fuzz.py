@@ -96,8 +96,14 @@ async def test_bad_strings_inside_a_send_are_invalid_request(backend_api, connec
     elif where == "message-id":
         user_message["id"] = "m\x00"
     elif where == "filename":
-        user_message["parts"].append({"type": "file", "mediaType": "text/plain", "filename": "a\x00.txt",
-                                      "url": "data:text/plain;base64,aGk="})
+        user_message["parts"].append(
+            {
+                "type": "file",
+                "mediaType": "text/plain",
+                "filename": "a\x00.txt",
+                "url": "data:text/plain;base64,aGk=",
+            }
+        )
     elif where == "deep-extra":
         frame["metadata"] = {"a": [{"b": "\udfff"}]}
     else:
@@ -106,7 +112,9 @@ async def test_bad_strings_inside_a_send_are_invalid_request(backend_api, connec
     raw = await _recv_raw(ws)
     assert _encodable(raw)
     answer = json.loads(raw)
-    assert answer["type"] == "error" and answer["requestId"] == "s" and answer["code"] == "invalid_request", answer
+    assert answer["type"] == "error" and answer["requestId"] == "s" and answer["code"] == "invalid_request", (
+        answer
+    )
     assert await _persisted() == (0, 0)
 
 
@@ -127,7 +135,9 @@ async def test_bad_frames_through_a_real_daphne_are_answered(own_daphne, user):
     """On the real server an unencodable frame is lost (daphne raises in a task): every bad frame
     must get its answer, and the socket must still serve a resume afterwards."""
     _, key = await sync_to_async(api_key_create)(owner=user, name="ws-fuzz")
-    async with websockets.connect(own_daphne.ws_url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with websockets.connect(
+        own_daphne.ws_url, additional_headers={"Authorization": f"Bearer {key}"}
+    ) as ws:
         for bad in BAD_STRINGS:
             for frame, rid in (
                 ({"type": "resume", "requestId": "r", "id": bad}, "r"),
@@ -150,31 +160,65 @@ async def test_bad_frames_through_a_real_daphne_are_answered(own_daphne, user):
 
 # Strings from the whole code space, lone surrogates and NUL included (hypothesis' default text
 # alphabet leaves surrogates out, which is why the earlier fuzzing missed them).
-any_text = st.text(st.characters(codec=None) | st.characters(categories=["Cs"]) | st.just("\x00"), max_size=30) | st.sampled_from(BAD_STRINGS)
+any_text = st.text(
+    st.characters(codec=None) | st.characters(categories=["Cs"]) | st.just("\x00"), max_size=30
+) | st.sampled_from(BAD_STRINGS)
 scalars = st.none() | st.booleans() | st.integers(-2, 2**40) | st.floats(allow_nan=False) | any_text
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(any_text, c, max_size=3), max_leaves=10)
+values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(any_text, c, max_size=3), max_leaves=10
+)
 ids = any_text | st.sampled_from(["chat-1", str(uuid.UUID(int=1))]) | values
-parts = st.lists(st.fixed_dictionaries(
-    {"type": st.sampled_from(["text", "file", "step-start"]) | values},
-    optional={"text": any_text | values, "url": st.sampled_from(["data:text/plain;base64,aGk=", "data:x", "http://e"]) | any_text,
-              "mediaType": st.sampled_from(["text/plain", "image/png"]) | any_text, "filename": any_text},
-), max_size=3)
-messages = st.lists(st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant"]) | values}, optional={"id": ids, "parts": parts | values}), max_size=3)
+parts = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "file", "step-start"]) | values},
+        optional={
+            "text": any_text | values,
+            "url": st.sampled_from(["data:text/plain;base64,aGk=", "data:x", "http://e"]) | any_text,
+            "mediaType": st.sampled_from(["text/plain", "image/png"]) | any_text,
+            "filename": any_text,
+        },
+    ),
+    max_size=3,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant"]) | values},
+        optional={"id": ids, "parts": parts | values},
+    ),
+    max_size=3,
+)
 frames = st.fixed_dictionaries(
     {"type": st.sampled_from(["resume", "abort", "send"]) | values, "requestId": ids},
-    optional={"id": ids, "lastSequence": st.integers(-3, 10) | values, "trigger": st.sampled_from(
-        ["submit-message", "regenerate-message"]) | values, "messageId": ids, "messages": messages | values,
-        "body": values, "metadata": values},
+    optional={
+        "id": ids,
+        "lastSequence": st.integers(-3, 10) | values,
+        "trigger": st.sampled_from(["submit-message", "regenerate-message"]) | values,
+        "messageId": ids,
+        "messages": messages | values,
+        "body": values,
+        "metadata": values,
+    },
 )
 # Sends that would start a turn are kept out (each is a model call); everything else goes through.
-wire_frames = frames.filter(lambda f: not (f.get("type") == "send" and isinstance(f.get("id"), str) and _encodable(f["id"])
-                                           and "\x00" not in f["id"])).map(json.dumps)
+wire_frames = frames.filter(
+    lambda f: (
+        not (
+            f.get("type") == "send"
+            and isinstance(f.get("id"), str)
+            and _encodable(f["id"])
+            and "\x00" not in f["id"]
+        )
+    )
+).map(json.dumps)
 
 
 def _valid_request_id(frame: dict) -> str | None:
     rid = frame.get("requestId")
-    return rid if isinstance(rid, str) and 0 < len(rid) <= 200 and _encodable(rid) and "\x00" not in rid else None
+    return (
+        rid
+        if isinstance(rid, str) and 0 < len(rid) <= 200 and _encodable(rid) and "\x00" not in rid
+        else None
+    )
 
 
 async def test_generated_frames_always_get_a_well_formed_answer(backend_api, connect, settings):
@@ -186,8 +230,13 @@ async def test_generated_frames_always_get_a_well_formed_answer(backend_api, con
     examples: list[str] = []
 
     @seed(FUZZ_SEED)
-    @hsettings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck),
-               phases=[Phase.explicit, Phase.generate])
+    @hsettings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     @given(raw=wire_frames)
     def gather(raw):
         examples.append(raw)

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.django_db
 def _transcript(session_id: str, *, age: dt.timedelta, project: str = "-ws", subagent: bool = True) -> None:
     store = DjangoSessionStore()
     key = {"project_key": project, "session_id": session_id}
-    async_to_sync(store.append)(key, [{"type": "user", "uuid": f"{session_id}-1", "message": {"content": "hi"}}])
+    async_to_sync(store.append)(
+        key, [{"type": "user", "uuid": f"{session_id}-1", "message": {"content": "hi"}}]
+    )
     if subagent:
         async_to_sync(store.append)({**key, "subpath": "subagents/agent-1"}, [{"type": "user", "uuid": "s"}])
     Transcript.objects.filter(session_id=session_id).update(updated_at=timezone.now() - age)
@@ -104,6 +106,9 @@ def test_bad_age_exits_non_zero_from_the_shell():
 
     proc = subprocess.run(
         [sys.executable, "manage.py", "prune_transcripts", "--older-than", "soon"],
-        capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "DEBUG": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "DEBUG": "true"},
     )
     assert proc.returncode != 0 and "--older-than" in proc.stderr

@@ -65,7 +65,7 @@ def _turn_requests(server, mark: int, text: str) -> list[str]:
     return [body for body in bodies if text in body]
 
 
-async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_model, settings, tmp_path):  # noqa: F811
+async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_model, settings, tmp_path):
     settings.AGENT_WORKSPACE_ROOT = tmp_path / "workspaces"
     store = DjangoSessionStore()
     chat_id = str(uuid.uuid4())
@@ -87,7 +87,12 @@ async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_mode
 
     main = await Transcript.objects.aget(pk=main.pk)
     assert main.entry_count > stored_after_first  # turn 2 mirrored into the same transcript
-    uuids = [u async for u in TranscriptEntry.objects.filter(transcript=main).exclude(uuid=None).values_list("uuid", flat=True)]
+    uuids = [
+        u
+        async for u in TranscriptEntry.objects.filter(transcript=main)
+        .exclude(uuid=None)
+        .values_list("uuid", flat=True)
+    ]
     assert len(uuids) == len(set(uuids))
     loaded = await store.load({"project_key": main.project_key, "session_id": cli_session})
     assert [e.get("uuid") for e in loaded if e.get("uuid")] == uuids or len(loaded) == main.entry_count
@@ -101,7 +106,7 @@ async def test_resume_after_local_state_is_wiped_uses_the_database(scripted_mode
     assert bodies and not any(CODEWORD in body for body in bodies)
 
 
-async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_model, settings, tmp_path):  # noqa: F811
+async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_model, settings, tmp_path):
     """Another host with another AGENT_WORKSPACE_ROOT: the cwd-derived project key changes, a
     store pinned to one project key still finds the session."""
     store = DjangoSessionStore(project_key="copilot")
@@ -114,14 +119,18 @@ async def test_pinned_project_key_resumes_after_the_workspace_moved(scripted_mod
     await close_idle_clients()
     shutil.rmtree(tmp_path / "host-a")
     mark = scripted_model.request_count
-    second, _ = await _run(_turn(chat_id, "what was the codeword?", store=store, resume=first.agent_session_id))
+    second, _ = await _run(
+        _turn(chat_id, "what was the codeword?", store=store, resume=first.agent_session_id)
+    )
     assert second.agent_session_id == first.agent_session_id
     bodies = _turn_requests(scripted_model, mark, "what was the codeword?")
     assert bodies and all(CODEWORD in body for body in bodies)
-    assert set(await sync_to_async(lambda: list(Transcript.objects.values_list("project_key", flat=True)))()) == {"copilot"}
+    assert set(
+        await sync_to_async(lambda: list(Transcript.objects.values_list("project_key", flat=True)))()
+    ) == {"copilot"}
 
 
-async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp_path, user):  # noqa: F811
+async def test_chat_turn_resumes_on_another_worker(scripted_model, settings, tmp_path, user):
     """The product path: two chat turns through chat.runtime, the workspace wiped in between."""
     from agents.sandbox import workspace_for
     from chat import runtime

@@ -11,8 +11,7 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from claude_agent_sdk.testing import session_store_conformance
-from claude_agent_sdk.testing import run_session_store_conformance
+from claude_agent_sdk.testing import run_session_store_conformance, session_store_conformance
 from claude_agent_sdk.types import SessionStore
 
 from transcripts.models import Transcript, TranscriptEntry
@@ -65,7 +64,12 @@ async def test_dedupe_by_uuid_across_and_within_batches_keeps_first_and_order():
     assert await store.load({**KEY, "project_key": "other"}) == [e("a", n=6)]
     row = await Transcript.objects.aget(subpath="", **KEY)
     assert (row.entry_count, row.next_seq) == (5, 5)
-    seqs = [s async for s in TranscriptEntry.objects.filter(transcript=row).order_by("seq").values_list("seq", flat=True)]
+    seqs = [
+        s
+        async for s in TranscriptEntry.objects.filter(transcript=row)
+        .order_by("seq")
+        .values_list("seq", flat=True)
+    ]
     assert seqs == [0, 1, 2, 3, 4]
 
 
@@ -143,9 +147,7 @@ async def test_concurrent_appends_from_threads_with_own_connections():
         finally:
             connection.close()
 
-    await asyncio.gather(
-        asyncio.to_thread(write, "x"), asyncio.to_thread(write, "y")
-    )
+    await asyncio.gather(asyncio.to_thread(write, "x"), asyncio.to_thread(write, "y"))
     loaded = await store.load(KEY)
     assert len(loaded) == 11
     assert len({x["uuid"] for x in loaded}) == 11
@@ -181,8 +183,13 @@ async def test_summary_folded_from_main_only_and_persisted_verbatim():
     await store.append(
         KEY,
         [
-            {"type": "user", "uuid": "u1", "timestamp": "2025-01-01T00:00:00.000Z", "cwd": "/srv/ws/abc",
-             "message": {"role": "user", "content": "how big is the repo?"}},
+            {
+                "type": "user",
+                "uuid": "u1",
+                "timestamp": "2025-01-01T00:00:00.000Z",
+                "cwd": "/srv/ws/abc",
+                "message": {"role": "user", "content": "how big is the repo?"},
+            },
         ],
     )
     await store.append({**KEY, "subpath": "subagents/agent-1"}, [{"type": "x", "customTitle": "sub"}])
@@ -215,7 +222,9 @@ async def test_pinned_project_key_maps_every_key_to_one_project():
     pinned = DjangoSessionStore(project_key="copilot")
     await pinned.append({"project_key": "-host-a-ws", "session_id": "s1"}, [e("a")])
     await pinned.append({"project_key": "-host-b-ws", "session_id": "s1"}, [e("a"), e("b")])
-    await pinned.append({"project_key": "-host-b-ws", "session_id": "s1", "subpath": "subagents/agent-1"}, [e("c")])
+    await pinned.append(
+        {"project_key": "-host-b-ws", "session_id": "s1", "subpath": "subagents/agent-1"}, [e("c")]
+    )
     assert await pinned.load({"project_key": "-anything", "session_id": "s1"}) == [e("a"), e("b")]
     assert [s["session_id"] for s in await pinned.list_sessions("-whatever")] == ["s1"]
     assert [s["session_id"] for s in await pinned.list_session_summaries("-whatever")] == ["s1"]
@@ -229,6 +238,8 @@ async def test_pinned_project_key_maps_every_key_to_one_project():
 
 async def test_summary_survives_a_prompt_with_nul():
     store = DjangoSessionStore()
-    await store.append(KEY, [{"type": "user", "uuid": "n", "message": {"role": "user", "content": "a\u0000b"}}])
+    await store.append(
+        KEY, [{"type": "user", "uuid": "n", "message": {"role": "user", "content": "a\u0000b"}}]
+    )
     (summary,) = await store.list_session_summaries(KEY["project_key"])
     assert summary["data"]["first_prompt"] == "a\u0000b"

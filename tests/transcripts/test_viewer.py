@@ -22,57 +22,211 @@ SECRET = "sk-ant-api03-THISISASECRETVALUE1234567890"
 def _entries():
     base = {"sessionId": SID, "cwd": "/srv/var/workspaces/3f2b8c1e", "isSidechain": False}
     return [
-        {"type": "queue-operation", "operation": "enqueue", "timestamp": "2025-06-01T10:00:00.000Z", "sessionId": SID},
-        {**base, "type": "user", "uuid": "u1", "parentUuid": None, "timestamp": "2025-06-01T10:00:00.100Z",
-         "message": {"role": "user", "content": "list files & show <b>me</b>"}},
-        {**base, "type": "attachment", "uuid": "a1", "timestamp": "2025-06-01T10:00:00.120Z",
-         "attachment": {"type": "date", "date": "2025-06-01"}},
-        {**base, "type": "assistant", "uuid": "t1", "timestamp": "2025-06-01T10:00:01.000Z",
-         "message": {"id": "msg_1", "role": "assistant", "model": "claude-sonnet-4-5",
-                     "content": [{"type": "thinking", "thinking": "Plan: run ls <quietly>", "signature": "sig"}]}},
-        {**base, "type": "assistant", "uuid": "t2", "timestamp": "2025-06-01T10:00:01.100Z",
-         "message": {"id": "msg_1", "role": "assistant", "model": "claude-sonnet-4-5",
-                     "content": [{"type": "text", "text": "I'll run <ls> for you."}]}},
-        {**base, "type": "assistant", "uuid": "t3", "timestamp": "2025-06-01T10:00:01.200Z",
-         "message": {"id": "msg_1", "role": "assistant", "model": "claude-sonnet-4-5",
-                     "content": [{"type": "tool_use", "id": "toolu_01", "name": "Bash",
-                                  "input": {"command": "ls -la && echo '<script>alert(1)</script>'"}}]}},
-        {**base, "type": "user", "uuid": "r1", "timestamp": "2025-06-01T10:00:02.000Z",
-         "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01",
-                                                  "content": f"README.md\n<img src=x onerror=alert(2)>\nANTHROPIC_API_KEY={SECRET}",
-                                                  "is_error": False}]},
-         "toolUseResult": {"stdout": "README.md", "stderr": ""}},
-        {**base, "type": "assistant", "uuid": "t4", "timestamp": "2025-06-01T10:00:03.000Z",
-         "message": {"id": "msg_2", "role": "assistant", "model": "claude-sonnet-4-5",
-                     "content": [{"type": "tool_use", "id": "toolu_02", "name": "Agent",
-                                  "input": {"description": "dig", "prompt": "look deeper"}}]}},
-        {**base, "type": "user", "uuid": "r2", "timestamp": "2025-06-01T10:00:05.000Z",
-         "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_02",
-                                                  "content": [{"type": "text", "text": "sub-agent says hi"}]}]},
-         "toolUseResult": {"agentId": "abc123", "status": "completed"}},
-        {**base, "type": "assistant", "uuid": "t5", "timestamp": "2025-06-01T10:00:06.000Z",
-         "message": {"id": "msg_3", "role": "assistant", "model": "claude-sonnet-4-5",
-                     "content": [{"type": "tool_use", "id": "toolu_03", "name": "Read", "input": {"file_path": "/etc/shadow"}}]}},
-        {**base, "type": "user", "uuid": "r3", "timestamp": "2025-06-01T10:00:06.500Z",
-         "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_03",
-                                                  "content": "Permission denied by sandbox", "is_error": True}]}},
-        {**base, "type": "system", "subtype": "compact_boundary", "uuid": "c1", "timestamp": "2025-06-01T10:05:00.000Z",
-         "content": "Conversation compacted", "compactMetadata": {"trigger": "auto", "preTokens": 150123}},
-        {**base, "type": "user", "uuid": "c2", "isCompactSummary": True, "timestamp": "2025-06-01T10:05:00.100Z",
-         "message": {"role": "user", "content": "Summary of the earlier conversation: listed files."}},
-        {**base, "type": "assistant", "uuid": "e1", "timestamp": "2025-06-01T10:06:00.000Z", "isApiErrorMessage": True,
-         "error": "rate_limit", "message": {"id": "msg_e", "role": "assistant", "model": "<synthetic>",
-                                            "content": [{"type": "text", "text": "API Error: 429 rate limited"}]}},
+        {
+            "type": "queue-operation",
+            "operation": "enqueue",
+            "timestamp": "2025-06-01T10:00:00.000Z",
+            "sessionId": SID,
+        },
+        {
+            **base,
+            "type": "user",
+            "uuid": "u1",
+            "parentUuid": None,
+            "timestamp": "2025-06-01T10:00:00.100Z",
+            "message": {"role": "user", "content": "list files & show <b>me</b>"},
+        },
+        {
+            **base,
+            "type": "attachment",
+            "uuid": "a1",
+            "timestamp": "2025-06-01T10:00:00.120Z",
+            "attachment": {"type": "date", "date": "2025-06-01"},
+        },
+        {
+            **base,
+            "type": "assistant",
+            "uuid": "t1",
+            "timestamp": "2025-06-01T10:00:01.000Z",
+            "message": {
+                "id": "msg_1",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [{"type": "thinking", "thinking": "Plan: run ls <quietly>", "signature": "sig"}],
+            },
+        },
+        {
+            **base,
+            "type": "assistant",
+            "uuid": "t2",
+            "timestamp": "2025-06-01T10:00:01.100Z",
+            "message": {
+                "id": "msg_1",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [{"type": "text", "text": "I'll run <ls> for you."}],
+            },
+        },
+        {
+            **base,
+            "type": "assistant",
+            "uuid": "t3",
+            "timestamp": "2025-06-01T10:00:01.200Z",
+            "message": {
+                "id": "msg_1",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_01",
+                        "name": "Bash",
+                        "input": {"command": "ls -la && echo '<script>alert(1)</script>'"},
+                    }
+                ],
+            },
+        },
+        {
+            **base,
+            "type": "user",
+            "uuid": "r1",
+            "timestamp": "2025-06-01T10:00:02.000Z",
+            "message": {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_01",
+                        "content": f"README.md\n<img src=x onerror=alert(2)>\nANTHROPIC_API_KEY={SECRET}",
+                        "is_error": False,
+                    }
+                ],
+            },
+            "toolUseResult": {"stdout": "README.md", "stderr": ""},
+        },
+        {
+            **base,
+            "type": "assistant",
+            "uuid": "t4",
+            "timestamp": "2025-06-01T10:00:03.000Z",
+            "message": {
+                "id": "msg_2",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_02",
+                        "name": "Agent",
+                        "input": {"description": "dig", "prompt": "look deeper"},
+                    }
+                ],
+            },
+        },
+        {
+            **base,
+            "type": "user",
+            "uuid": "r2",
+            "timestamp": "2025-06-01T10:00:05.000Z",
+            "message": {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_02",
+                        "content": [{"type": "text", "text": "sub-agent says hi"}],
+                    }
+                ],
+            },
+            "toolUseResult": {"agentId": "abc123", "status": "completed"},
+        },
+        {
+            **base,
+            "type": "assistant",
+            "uuid": "t5",
+            "timestamp": "2025-06-01T10:00:06.000Z",
+            "message": {
+                "id": "msg_3",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_03",
+                        "name": "Read",
+                        "input": {"file_path": "/etc/shadow"},
+                    }
+                ],
+            },
+        },
+        {
+            **base,
+            "type": "user",
+            "uuid": "r3",
+            "timestamp": "2025-06-01T10:00:06.500Z",
+            "message": {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_03",
+                        "content": "Permission denied by sandbox",
+                        "is_error": True,
+                    }
+                ],
+            },
+        },
+        {
+            **base,
+            "type": "system",
+            "subtype": "compact_boundary",
+            "uuid": "c1",
+            "timestamp": "2025-06-01T10:05:00.000Z",
+            "content": "Conversation compacted",
+            "compactMetadata": {"trigger": "auto", "preTokens": 150123},
+        },
+        {
+            **base,
+            "type": "user",
+            "uuid": "c2",
+            "isCompactSummary": True,
+            "timestamp": "2025-06-01T10:05:00.100Z",
+            "message": {"role": "user", "content": "Summary of the earlier conversation: listed files."},
+        },
+        {
+            **base,
+            "type": "assistant",
+            "uuid": "e1",
+            "timestamp": "2025-06-01T10:06:00.000Z",
+            "isApiErrorMessage": True,
+            "error": "rate_limit",
+            "message": {
+                "id": "msg_e",
+                "role": "assistant",
+                "model": "<synthetic>",
+                "content": [{"type": "text", "text": "API Error: 429 rate limited"}],
+            },
+        },
         {"type": "last-prompt", "lastPrompt": "list files", "sessionId": SID},
     ]
 
 
 def _sub_entries():
     return [
-        {"type": "user", "uuid": "s1", "isSidechain": True, "timestamp": "2025-06-01T10:00:03.500Z",
-         "message": {"role": "user", "content": "look deeper"}},
-        {"type": "assistant", "uuid": "s2", "isSidechain": True, "timestamp": "2025-06-01T10:00:04.500Z",
-         "message": {"role": "assistant", "content": [{"type": "text", "text": "sub-agent says hi"}]}},
+        {
+            "type": "user",
+            "uuid": "s1",
+            "isSidechain": True,
+            "timestamp": "2025-06-01T10:00:03.500Z",
+            "message": {"role": "user", "content": "look deeper"},
+        },
+        {
+            "type": "assistant",
+            "uuid": "s2",
+            "isSidechain": True,
+            "timestamp": "2025-06-01T10:00:04.500Z",
+            "message": {"role": "assistant", "content": [{"type": "text", "text": "sub-agent says hi"}]},
+        },
     ]
 
 
@@ -88,7 +242,9 @@ def seeded(user):
 
 @pytest.fixture
 def staff_client(client, django_user_model):
-    staff = django_user_model.objects.create_user(username="operator", password="pw-operator-1", is_staff=True)
+    staff = django_user_model.objects.create_user(
+        username="operator", password="pw-operator-1", is_staff=True
+    )
     staff.user_permissions.add(Permission.objects.get(codename="view_transcript"))
     client.force_login(staff)
     return client
@@ -141,7 +297,10 @@ def test_download_is_scrubbed_jsonl_of_one_transcript(seeded, staff_client):
     assert [line.get("uuid") for line in lines] == [e.get("uuid") for e in _entries()]
     assert SECRET not in body
     sub = staff_client.get(url, {"project": PROJECT, "subpath": "subagents/agent-abc123"})
-    assert [json.loads(x)["uuid"] for x in b"".join(sub.streaming_content).decode().splitlines()] == ["s1", "s2"]
+    assert [json.loads(x)["uuid"] for x in b"".join(sub.streaming_content).decode().splitlines()] == [
+        "s1",
+        "s2",
+    ]
     assert staff_client.get(url, {"subpath": "subagents/nope"}).status_code == 404
 
 
@@ -156,7 +315,9 @@ def test_non_staff_and_anonymous_are_refused(seeded, client, user, django_user_m
         response = client.get(target)
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
         assert b"README" not in response.content
-    staff_without_perm = django_user_model.objects.create_user(username="intern", password="pw-intern-1", is_staff=True)
+    staff_without_perm = django_user_model.objects.create_user(
+        username="intern", password="pw-intern-1", is_staff=True
+    )
     client.force_login(staff_without_perm)
     assert client.get(url).status_code == 403
     assert client.get(download).status_code == 403
@@ -167,8 +328,12 @@ def test_unknown_session_is_404(staff_client, db):
 
 
 def test_admin_changelist_searchable_by_session_user_chat_and_date(seeded, staff_client, other_user):
-    ChatSession.objects.create(owner=other_user, client_id="c-2", title="unrelated", agent_session_id="other-sid")
-    async_to_sync(DjangoSessionStore().append)({"project_key": "-srv-other", "session_id": "other-sid"}, [{"type": "x", "uuid": "o"}])
+    ChatSession.objects.create(
+        owner=other_user, client_id="c-2", title="unrelated", agent_session_id="other-sid"
+    )
+    async_to_sync(DjangoSessionStore().append)(
+        {"project_key": "-srv-other", "session_id": "other-sid"}, [{"type": "x", "uuid": "o"}]
+    )
     changelist = reverse("admin:transcripts_transcript_changelist")
 
     def sessions(**params):

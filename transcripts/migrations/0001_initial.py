@@ -5,48 +5,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Transcript',
+            name="Transcript",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('project_key', models.CharField(max_length=255)),
-                ('session_id', models.CharField(max_length=255)),
-                ('subpath', models.CharField(blank=True, default='', max_length=500)),
-                ('next_seq', models.PositiveBigIntegerField(default=0)),
-                ('entry_count', models.PositiveIntegerField(default=0)),
-                ('size_bytes', models.PositiveBigIntegerField(default=0)),
-                ('mtime', models.BigIntegerField(default=0)),
-                ('summary', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(db_index=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("project_key", models.CharField(max_length=255)),
+                ("session_id", models.CharField(max_length=255)),
+                ("subpath", models.CharField(blank=True, default="", max_length=500)),
+                ("next_seq", models.PositiveBigIntegerField(default=0)),
+                ("entry_count", models.PositiveIntegerField(default=0)),
+                ("size_bytes", models.PositiveBigIntegerField(default=0)),
+                ("mtime", models.BigIntegerField(default=0)),
+                ("summary", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(db_index=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['session_id', 'project_key'], name='transcript_session')],
-                'constraints': [models.UniqueConstraint(fields=('project_key', 'session_id', 'subpath'), name='transcript_unique_key')],
+                "indexes": [models.Index(fields=["session_id", "project_key"], name="transcript_session")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("project_key", "session_id", "subpath"), name="transcript_unique_key"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='TranscriptEntry',
+            name="TranscriptEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.PositiveBigIntegerField()),
-                ('uuid', models.CharField(blank=True, max_length=255, null=True)),
-                ('type', models.CharField(blank=True, default='', max_length=50)),
-                ('data', models.TextField()),
-                ('size_bytes', models.PositiveIntegerField(default=0)),
-                ('stored_ms', models.BigIntegerField(default=0)),
-                ('transcript', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='entries', to='transcripts.transcript')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.PositiveBigIntegerField()),
+                ("uuid", models.CharField(blank=True, max_length=255, null=True)),
+                ("type", models.CharField(blank=True, default="", max_length=50)),
+                ("data", models.TextField()),
+                ("size_bytes", models.PositiveIntegerField(default=0)),
+                ("stored_ms", models.BigIntegerField(default=0)),
+                (
+                    "transcript",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="entries",
+                        to="transcripts.transcript",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['transcript', 'seq'],
-                'constraints': [models.UniqueConstraint(fields=('transcript', 'seq'), name='transcript_entry_unique_seq'), models.UniqueConstraint(condition=models.Q(('uuid__isnull', False)), fields=('transcript', 'uuid'), name='transcript_entry_unique_uuid')],
+                "ordering": ["transcript", "seq"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("transcript", "seq"), name="transcript_entry_unique_seq"),
+                    models.UniqueConstraint(
+                        condition=models.Q(("uuid__isnull", False)),
+                        fields=("transcript", "uuid"),
+                        name="transcript_entry_unique_uuid",
+                    ),
+                ],
             },
         ),
     ]

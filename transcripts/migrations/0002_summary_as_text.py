@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('transcripts', '0001_initial'),
+        ("transcripts", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='transcript',
-            name='summary',
+            model_name="transcript",
+            name="summary",
             field=models.TextField(blank=True, null=True),
         ),
     ]

@@ -12,7 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from chat.api.base import AsyncAPIView
-from chat.api.errors import ApiError, retry_after_seconds
+from chat.api.errors import retry_after_seconds
+from chat.api.exceptions import ApiError
 from chat.api.serializers import StrictCharField, with_errors
 from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
 from chat.protocol import ProtocolError, UserMessage, user_message_parse
@@ -33,7 +34,11 @@ SSE_EVENT_SCHEMA = {
     "description": "One server-sent event.",
     "required": ["data"],
     "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The chunk's sequence (absent on `[DONE]`)."},
+        "id": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "The chunk's sequence (absent on `[DONE]`).",
+        },
         "event": {"type": "string", "enum": ["message"], "description": "Always the default event type."},
         "data": {"type": "string", "description": "A UI message stream chunk as JSON, or `[DONE]` last."},
     },
@@ -64,7 +69,9 @@ def refusal_error(exc: Any) -> ApiError:
         retry_after = SHUTDOWN_RETRY_AFTER
     if code == "not_found":
         return ApiError("Not found.", code="not_found", status_code=http_status)
-    return ApiError(getattr(exc, "message", str(exc)), code=code, status_code=http_status, retry_after=retry_after)
+    return ApiError(
+        getattr(exc, "message", str(exc)), code=code, status_code=http_status, retry_after=retry_after
+    )
 
 
 class StreamNegotiation(BaseContentNegotiation):
@@ -74,7 +81,9 @@ class StreamNegotiation(BaseContentNegotiation):
     def select_parser(self, request: Any, parsers: list) -> Any:
         return DefaultContentNegotiation().select_parser(request, parsers)
 
-    def select_renderer(self, request: Any, renderers: list, format_suffix: str | None = None) -> tuple[Any, str]:
+    def select_renderer(
+        self, request: Any, renderers: list, format_suffix: str | None = None
+    ) -> tuple[Any, str]:
         renderer = JSONRenderer()
         return renderer, renderer.media_type
 
@@ -100,11 +109,18 @@ class ChatApi(AsyncAPIView):
         class Meta:
             ref_name = "ChatRequest"
 
-        id = StrictCharField(max_length=200, trim_whitespace=False, help_text="Chat id: a session UUID, or a new id of yours (creates a session).")
-        messages = serializers.ListField(
-            child=serializers.DictField(), help_text="AI SDK UI messages; only the newest user message is used."
+        id = StrictCharField(
+            max_length=200,
+            trim_whitespace=False,
+            help_text="Chat id: a session UUID, or a new id of yours (creates a session).",
         )
-        trigger = serializers.ChoiceField(choices=["submit-message", "regenerate-message"], default="submit-message")
+        messages = serializers.ListField(
+            child=serializers.DictField(),
+            help_text="AI SDK UI messages; only the newest user message is used.",
+        )
+        trigger = serializers.ChoiceField(
+            choices=["submit-message", "regenerate-message"], default="submit-message"
+        )
         messageId = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
 
     @extend_schema(
@@ -122,7 +138,9 @@ class ChatApi(AsyncAPIView):
                 request_only=True,
                 value={
                     "id": "my-chat-1",
-                    "messages": [{"id": "msg-1", "role": "user", "parts": [{"type": "text", "text": "Hello!"}]}],
+                    "messages": [
+                        {"id": "msg-1", "role": "user", "parts": [{"type": "text", "text": "Hello!"}]}
+                    ],
                     "trigger": "submit-message",
                     "messageId": None,
                 },
@@ -151,18 +169,28 @@ class ChatApi(AsyncAPIView):
 
 class ChatStreamApi(AsyncAPIView):
     content_negotiation_class = StreamNegotiation
+
     @extend_schema(
         operation_id="chat_stream_resume",
         summary="Resume the running turn's stream",
         description="Replays the active turn from the chunk after `Last-Event-ID` (from the first chunk "
         "without it), then continues live. " + SSE_DESCRIPTION + " 204 when no turn is running.",
         parameters=[
-            OpenApiParameter("chat_id", str, OpenApiParameter.PATH, description="Session UUID or your chat id."),
-            OpenApiParameter("Last-Event-ID", {"type": "integer", "minimum": -1}, OpenApiParameter.HEADER,
-                             required=False, description="Sequence of the last chunk received (-1: from the start)."),
+            OpenApiParameter(
+                "chat_id", str, OpenApiParameter.PATH, description="Session UUID or your chat id."
+            ),
+            OpenApiParameter(
+                "Last-Event-ID",
+                {"type": "integer", "minimum": -1},
+                OpenApiParameter.HEADER,
+                required=False,
+                description="Sequence of the last chunk received (-1: from the start).",
+            ),
         ],
         responses=with_errors(
-            {(200, "text/event-stream"): SSE_RESPONSE, 204: OpenApiResponse(description="No active turn.")}, 400, 404
+            {(200, "text/event-stream"): SSE_RESPONSE, 204: OpenApiResponse(description="No active turn.")},
+            400,
+            404,
         ),
     )
     async def get(self, request: Request, chat_id: str) -> Any:
@@ -172,7 +200,10 @@ class ChatStreamApi(AsyncAPIView):
             try:
                 after = int(raw)
             except ValueError:
-                raise ApiError("Last-Event-ID must be an integer sequence.", details={"Last-Event-ID": ["not an integer"]})
+                raise ApiError(
+                    "Last-Event-ID must be an integer sequence.",
+                    details={"Last-Event-ID": ["not an integer"]},
+                ) from None
             if after < -1:
                 raise ApiError("Last-Event-ID must be >= -1.", details={"Last-Event-ID": ["must be >= -1"]})
         try:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chat.api.errors import NotFoundError
+from chat.api.exceptions import NotFoundError
 from chat.models import ChatSession
 from chat.selectors import session_get_for_user
 
@@ -13,4 +13,3 @@ def get_session_or_404(*, user: Any, chat_id: str) -> ChatSession:
     if session is None:
         raise NotFoundError()
     return session
-

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat.api.errors import NotFoundError
+from chat.api.exceptions import NotFoundError
 from chat.api.serializers import StrictCharField, with_errors
 from chat.apikeys import api_key_create, api_key_get_for_user, api_key_list_for_user, api_key_revoke
 
@@ -41,13 +41,20 @@ class KeyListApi(APIView):
 
         key = serializers.CharField(help_text="The full key. Shown only in this response; store it now.")
 
-    @extend_schema(operation_id="keys_list", summary="List your API keys (never the secret)",
-                   responses=with_errors({200: KeySerializer(many=True)}))
+    @extend_schema(
+        operation_id="keys_list",
+        summary="List your API keys (never the secret)",
+        responses=with_errors({200: KeySerializer(many=True)}),
+    )
     def get(self, request: Request) -> Response:
         return Response(KeySerializer(api_key_list_for_user(user=request.user), many=True).data)
 
-    @extend_schema(operation_id="keys_create", summary="Create an API key", request=CreateInputSerializer,
-                   responses=with_errors({201: CreateOutputSerializer}, 400, 403, 429))
+    @extend_schema(
+        operation_id="keys_create",
+        summary="Create an API key",
+        request=CreateInputSerializer,
+        responses=with_errors({201: CreateOutputSerializer}, 400, 403, 429),
+    )
     def post(self, request: Request) -> Response:
         data = self.CreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -59,9 +66,12 @@ class KeyListApi(APIView):
 class KeyDetailApi(APIView):
     throttle_scope = "writes"
 
-    @extend_schema(operation_id="keys_revoke", summary="Revoke an API key",
-                   parameters=[OpenApiParameter("key_id", int, OpenApiParameter.PATH)],
-                   responses=with_errors({204: None}, 403, 404, 429))
+    @extend_schema(
+        operation_id="keys_revoke",
+        summary="Revoke an API key",
+        parameters=[OpenApiParameter("key_id", int, OpenApiParameter.PATH)],
+        responses=with_errors({204: None}, 403, 404, 429),
+    )
     def delete(self, request: Request, key_id: int) -> Response:
         api_key = api_key_get_for_user(user=request.user, key_id=key_id)
         if api_key is None:

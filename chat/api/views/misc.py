@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.views import APIView
 
-from chat.api.errors import NotFoundError
+from chat.api.exceptions import NotFoundError
 
 
 @extend_schema(exclude=True)

@@ -14,18 +14,26 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.api.base import AsyncAPIView
-from chat.api.errors import ConflictError
+from chat.api.exceptions import ConflictError
 from chat.api.selectors import message_page, session_active_ids, session_list_filtered
-from chat.api.serializers import MessageSerializer, SessionSerializer, StrictBooleanField, StrictCharField, with_errors
+from chat.api.serializers import (
+    MessageSerializer,
+    SessionSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    with_errors,
+)
 from chat.api.services import session_delete, session_update
 from chat.api.views.common import get_session_or_404
+from chat.runtime import turn_stop_session
 from chat.selectors import session_get_for_user
 from chat.services import session_create
-from chat.runtime import turn_stop_session
 
 MESSAGES_DEFAULT_LIMIT = 50
 MESSAGES_MAX_LIMIT = 200
-CHAT_ID = OpenApiParameter("chat_id", str, OpenApiParameter.PATH, description="Session UUID or the client's chat id.")
+CHAT_ID = OpenApiParameter(
+    "chat_id", str, OpenApiParameter.PATH, description="Session UUID or the client's chat id."
+)
 
 
 class SessionPagination(PageNumberPagination):
@@ -47,10 +55,15 @@ class SessionListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "SessionFilter"
-        search = StrictCharField(required=False, allow_blank=True, max_length=200, help_text="Substring of the title.")
+
+        search = StrictCharField(
+            required=False, allow_blank=True, max_length=200, help_text="Substring of the title."
+        )
         archived = serializers.ChoiceField(choices=["false", "true", "all"], required=False, default="false")
         page = serializers.IntegerField(required=False, min_value=1)
-        page_size = serializers.IntegerField(required=False, min_value=1, max_value=SessionPagination.max_page_size)
+        page_size = serializers.IntegerField(
+            required=False, min_value=1, max_value=SessionPagination.max_page_size
+        )
 
     class ListOutputSerializer(serializers.Serializer):
         class Meta:
@@ -68,7 +81,9 @@ class SessionListApi(APIView):
         title = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
         client_id = StrictCharField(
             trim_whitespace=False,
-            required=False, max_length=200, help_text="Your own chat id for this session (default: the new UUID)."
+            required=False,
+            max_length=200,
+            help_text="Your own chat id for this session (default: the new UUID).",
         )
 
     @extend_schema(
@@ -84,7 +99,9 @@ class SessionListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         qs = session_list_filtered(
-            user=request.user, archived=filters.validated_data["archived"], search=filters.validated_data.get("search", "")
+            user=request.user,
+            archived=filters.validated_data["archived"],
+            search=filters.validated_data.get("search", ""),
         )
         paginator = SessionPagination()
         page = _with_active(paginator.paginate_queryset(qs, request, view=self) or [])
@@ -117,14 +134,23 @@ class SessionDetailApi(APIView):
         title = StrictCharField(required=False, allow_blank=True, max_length=200)
         archived = StrictBooleanField(required=False)
 
-    @extend_schema(operation_id="sessions_retrieve", summary="Get a session", parameters=[CHAT_ID],
-                   responses=with_errors({200: SessionSerializer}, 404))
+    @extend_schema(
+        operation_id="sessions_retrieve",
+        summary="Get a session",
+        parameters=[CHAT_ID],
+        responses=with_errors({200: SessionSerializer}, 404),
+    )
     def get(self, request: Request, chat_id: str) -> Response:
         session = _with_active([get_session_or_404(user=request.user, chat_id=chat_id)])[0]
         return Response(SessionSerializer(session).data)
 
-    @extend_schema(operation_id="sessions_update", summary="Rename or (un)archive a session", parameters=[CHAT_ID],
-                   request=UpdateInputSerializer, responses=with_errors({200: SessionSerializer}, 400, 403, 404, 429))
+    @extend_schema(
+        operation_id="sessions_update",
+        summary="Rename or (un)archive a session",
+        parameters=[CHAT_ID],
+        request=UpdateInputSerializer,
+        responses=with_errors({200: SessionSerializer}, 400, 403, 404, 429),
+    )
     def patch(self, request: Request, chat_id: str) -> Response:
         session = get_session_or_404(user=request.user, chat_id=chat_id)
         data = self.UpdateInputSerializer(data=request.data)
@@ -132,8 +158,12 @@ class SessionDetailApi(APIView):
         session = session_update(session=session, **data.validated_data)
         return Response(SessionSerializer(_with_active([session])[0]).data)
 
-    @extend_schema(operation_id="sessions_destroy", summary="Delete a session and its messages", parameters=[CHAT_ID],
-                   responses=with_errors({204: None}, 403, 404, 409, 429))
+    @extend_schema(
+        operation_id="sessions_destroy",
+        summary="Delete a session and its messages",
+        parameters=[CHAT_ID],
+        responses=with_errors({204: None}, 403, 404, 409, 429),
+    )
     def delete(self, request: Request, chat_id: str) -> Response:
         session = get_session_or_404(user=request.user, chat_id=chat_id)
         if session_active_ids(session_ids=[session.pk]):
@@ -146,16 +176,28 @@ class MessageListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "MessageFilter"
-        after = serializers.IntegerField(required=False, min_value=-1, help_text="Only messages with a greater sequence.")
-        before = serializers.IntegerField(required=False, min_value=0, help_text="Only messages with a smaller sequence.")
-        limit = serializers.IntegerField(required=False, min_value=1, max_value=MESSAGES_MAX_LIMIT, default=MESSAGES_DEFAULT_LIMIT)
+
+        after = serializers.IntegerField(
+            required=False, min_value=-1, help_text="Only messages with a greater sequence."
+        )
+        before = serializers.IntegerField(
+            required=False, min_value=0, help_text="Only messages with a smaller sequence."
+        )
+        limit = serializers.IntegerField(
+            required=False, min_value=1, max_value=MESSAGES_MAX_LIMIT, default=MESSAGES_DEFAULT_LIMIT
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "MessagePage"
+
         results = MessageSerializer(many=True)
-        next = serializers.CharField(allow_null=True, help_text="URL of the following page (`after=` the last sequence).")
-        prev = serializers.CharField(allow_null=True, help_text="URL of the preceding page (`before=` the first sequence).")
+        next = serializers.CharField(
+            allow_null=True, help_text="URL of the following page (`after=` the last sequence)."
+        )
+        prev = serializers.CharField(
+            allow_null=True, help_text="URL of the preceding page (`before=` the first sequence)."
+        )
 
     @extend_schema(
         operation_id="sessions_messages_list",
@@ -191,10 +233,18 @@ class SessionCancelApi(AsyncAPIView):
     class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CancelResult"
-        stopped = serializers.BooleanField(help_text="A running turn was told to stop (false: nothing was running).")
 
-    @extend_schema(operation_id="sessions_cancel", summary="Stop the running turn", parameters=[CHAT_ID],
-                   request=None, responses=with_errors({200: OutputSerializer}, 403, 404, 429))
+        stopped = serializers.BooleanField(
+            help_text="A running turn was told to stop (false: nothing was running)."
+        )
+
+    @extend_schema(
+        operation_id="sessions_cancel",
+        summary="Stop the running turn",
+        parameters=[CHAT_ID],
+        request=None,
+        responses=with_errors({200: OutputSerializer}, 403, 404, 429),
+    )
     async def post(self, request: Request, chat_id: str) -> Response:
         session = await sync_to_async(get_session_or_404)(user=request.user, chat_id=chat_id)
         stopped = await turn_stop_session(session_id=session.pk)

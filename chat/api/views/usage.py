@@ -35,7 +35,10 @@ class UsageApi(APIView):
         day = UsageWindowSerializer(help_text="The current UTC day.")
         week = UsageWindowSerializer(help_text="The current ISO week (from Monday 00:00 UTC).")
 
-    @extend_schema(operation_id="usage_retrieve", summary="Your token usage, cost and remaining budget",
-                   responses=with_errors({200: OutputSerializer}))
+    @extend_schema(
+        operation_id="usage_retrieve",
+        summary="Your token usage, cost and remaining budget",
+        responses=with_errors({200: OutputSerializer}),
+    )
     def get(self, request: Request) -> Response:
         return Response(self.OutputSerializer(usage_summary_for_user(user=request.user)).data)

@@ -12,7 +12,9 @@ from chat.ops import parse_duration
 
 class OpsCommand(BaseCommand):
     def add_arguments(self, parser):
-        parser.add_argument("--dry-run", action="store_true", help="Report what would be done; change nothing.")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Report what would be done; change nothing."
+        )
 
     def duration(self, text: str, option: str = "--older-than") -> dt.timedelta:
         try:

@@ -33,7 +33,9 @@ class Command(OpsCommand):
                     self.stdout.write(f"kept {path} ({reason})")
         for path, error in result.failed:
             self.stderr.write(f"could not remove {path}: {error}")
-        skipped = ", ".join(f"{len(paths)} {reason}" for reason, paths in sorted(result.skipped.items())) or "none"
+        skipped = (
+            ", ".join(f"{len(paths)} {reason}" for reason, paths in sorted(result.skipped.items())) or "none"
+        )
         self.summary(
             f"{'would remove' if dry_run else 'removed'} {len(result.removed)} workspace(s) idle > {older_than} "
             f"under {workspace_root_path()}; kept: {skipped}; failed: {len(result.failed)}",

@@ -9,7 +9,11 @@ from django.utils import timezone
 
 from chat.management.commands._base import OpsCommand
 from chat.models import ChatSession
-from chat.selectors import message_trailing_error_markers, session_has_active_turn, session_ids_with_trailing_error_marker
+from chat.selectors import (
+    message_trailing_error_markers,
+    session_has_active_turn,
+    session_ids_with_trailing_error_marker,
+)
 from chat.services import message_clear_trailing_error_markers
 
 
@@ -23,12 +27,18 @@ class Command(OpsCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument("--session", dest="session_id", help="The session's id (UUID).")
-        parser.add_argument("--all-stale", action="store_true", help="Every session that ends with error markers.")
         parser.add_argument(
-            "--older-than", default=None, help="With --all-stale: only markers older than this (e.g. 1h). Default: any age."
+            "--all-stale", action="store_true", help="Every session that ends with error markers."
+        )
+        parser.add_argument(
+            "--older-than",
+            default=None,
+            help="With --all-stale: only markers older than this (e.g. 1h). Default: any age.",
         )
 
-    def handle(self, *args, session_id: str | None, all_stale: bool, older_than: str | None, dry_run: bool, **options):
+    def handle(
+        self, *args, session_id: str | None, all_stale: bool, older_than: str | None, dry_run: bool, **options
+    ):
         if bool(session_id) == bool(all_stale):
             raise CommandError("give exactly one of --session ID or --all-stale")
         cutoff = timezone.now() - self.duration(older_than) if older_than else None

@@ -23,7 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--name", default="cli", help="A label for the key (shown in the key list).")
         parser.add_argument(
-            "--create-user", action="store_true",
+            "--create-user",
+            action="store_true",
             help="Create the user (active, not staff, unusable password) when it does not exist.",
         )
         parser.add_argument("--quiet", action="store_true", help="Print only the key.")

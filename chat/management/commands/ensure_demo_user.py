@@ -28,7 +28,9 @@ class Command(BaseCommand):
                 "create accounts with `manage.py createsuperuser`."
             )
         User = get_user_model()
-        user, created = User.objects.get_or_create(username=username, defaults={"is_staff": True, "is_superuser": True})
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"is_staff": True, "is_superuser": True}
+        )
         user.set_password(password)
         user.is_active = True
         user.save()

@@ -17,7 +17,12 @@ class Command(OpsCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--lease", type=float, default=None, help="Seconds without a heartbeat before a turn counts as dead.")
+        parser.add_argument(
+            "--lease",
+            type=float,
+            default=None,
+            help="Seconds without a heartbeat before a turn counts as dead.",
+        )
 
     def handle(self, *args, lease: float | None, dry_run: bool, verbosity: int, **options):
         lease = lease_seconds() if lease is None else lease
@@ -25,7 +30,7 @@ class Command(OpsCommand):
             raise CommandError("--lease must be positive")
         try:
             result = turns_expire_stale(lease=lease, dry_run=dry_run)
-        except Exception as exc:  # noqa: BLE001 - e.g. Redis unreachable: fail loudly for cron
+        except Exception as exc:
             raise CommandError(f"expire_stream_locks failed: {type(exc).__name__}: {exc}") from exc
         if verbosity >= 2:
             for turn_id in result.interrupted:

@@ -10,7 +10,9 @@ from chat.services import rate_limit_record_purge
 
 
 class Command(OpsCommand):
-    help = "Delete rate-limit records created more than --older-than ago (e.g. 30d) whose reset time has passed."
+    help = (
+        "Delete rate-limit records created more than --older-than ago (e.g. 30d) whose reset time has passed."
+    )
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -29,4 +31,7 @@ class Command(OpsCommand):
             )
         else:
             count = rate_limit_record_purge(created_before=cutoff, now=now)
-        self.summary(f"{'would delete' if dry_run else 'deleted'} {count} rate-limit record(s) older than {older_than}", dry_run=dry_run)
+        self.summary(
+            f"{'would delete' if dry_run else 'deleted'} {count} rate-limit record(s) older than {older_than}",
+            dry_run=dry_run,
+        )

@@ -41,7 +41,7 @@ class Command(OpsCommand):
                     batch = ids[start : start + BATCH]
                     deleted += session_purge(session_ids=batch)
                     workspaces += sum(workspace_remove_for_session(session_id=pk) for pk in batch)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise CommandError(f"purge_sessions failed after {deleted} session(s): {exc}") from exc
         self.summary(
             f"{'would delete' if dry_run else 'deleted'} {len(ids) if dry_run else deleted} "

@@ -15,7 +15,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_age(value: str) -> dt.timedelta:
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", value or "")
     if not match or int(match.group(1)) <= 0:
-        raise CommandError(f"--older-than must look like 30d, 12h, 90m, 2w or 3600s (positive), not {value!r}")
+        raise CommandError(
+            f"--older-than must look like 30d, 12h, 90m, 2w or 3600s (positive), not {value!r}"
+        )
     return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
