@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-test migrate demo-user check bench chaos prod-lane vendor clean
+.PHONY: run test install install-test migrate demo-user check lint bench chaos prod-lane vendor clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ run: .env demo-user
 test: install-test
 	bash scripts/test-prereqs.sh
 	ENV_FILE= DEBUG=true $(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (pinned in the test extras; configuration in pyproject.toml), as CI runs it.
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 check: install
 	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
