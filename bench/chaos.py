@@ -42,9 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import send_frame_dict
-
-# The process helpers the tests use too (plain library code: no pytest, no Django).
-from tests.servers import free_port, wait_port
+from bench.processes import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The process helpers the tests use too (plain library code: no pytest, no Django).
-from tests.servers import free_port, wait_port
+from bench.processes import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"

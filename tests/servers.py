@@ -1,18 +1,16 @@
-"""Real server processes for the tests (and the benchmarks): a free loopback port, waiting for a
-port to listen, stopping a process, and ``DaphneServer`` — a real daphne serving
+"""Real server processes for the tests: ``DaphneServer`` — a real daphne serving
 ``copilot_project.asgi`` as a subprocess, on the pytest test database, with its log in
-``test-results/daphne/``.
+``test-results/daphne/``. The process helpers (a free loopback port, waiting for a port, stopping a
+process) are ``bench/processes.py``'s, shared with the benchmarks (which import nothing from tests/).
 
 Plain library code: no pytest import, and Django is imported only inside the functions that read
-the test settings (``database_url_for_tests``, ``daphne_env``), so ``bench/`` can use the process
-helpers without Django or pytest.
+the test settings (``database_url_for_tests``, ``daphne_env``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,43 +21,12 @@ from urllib.error import URLError
 from urllib.parse import quote
 from urllib.request import urlopen
 
+from bench.processes import HOST, free_port, stop_process, wait_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "test-results"
-HOST = "127.0.0.1"
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS's pick, on loopback)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    """Return once something accepts connections on ``port``; RuntimeError when ``proc`` exits
-    first (with the tail of its stderr when that is a pipe), TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace")[-3000:] if proc.stderr else ""
-            raise RuntimeError(f"process {proc.args!r} exited early with {proc.returncode}: {err}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    """Send ``sig`` (if it still runs), wait up to ``timeout``, then kill it."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+__all__ = ["HOST", "RESULTS", "ROOT", "DaphneServer", "daphne_env", "free_port", "stop_process", "wait_port"]
 
 
 def database_url_for_tests() -> str:
