@@ -14,6 +14,7 @@ from httpx_sse import connect_sse
 
 from chat.apikeys import api_key_create
 from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage, UserBudget
+from tests.agents.conftest import text_of
 from tests.api.conftest import chat_body
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -48,10 +49,6 @@ def read_events(event_source, *, stop_after: int | None = None) -> tuple[list[tu
         if stop_after is not None and len(out) >= stop_after:
             return out, False
     return out, False
-
-
-def text_of(chunks: list[dict]) -> str:
-    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
 
 
 def wait_turn_done(chat_id: str, user, timeout: float = 30.0) -> ChatTurn:

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from scripted_model.server import ScriptedModelServer
+from tests.agents.conftest import scripted_model  # noqa: F401 - the suite's one scripted model
 from tests.servers import RESULTS, DaphneServer, daphne_env
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,13 +39,6 @@ def browser_env():
         os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     else:
         os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = old
-
-
-@pytest.fixture(scope="module")
-def scripted_model():
-    server = ScriptedModelServer(host="127.0.0.1", port=0).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

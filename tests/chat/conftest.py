@@ -12,7 +12,12 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from tests.agents.conftest import requests_since, scripted_model, use_fast_retries  # noqa: F401 - fixture re-export
+from tests.agents.conftest import (  # noqa: F401 - fixture and helper re-exports
+    requests_since,
+    scripted_model,
+    text_of,
+    use_fast_retries,
+)
 
 ORIGIN = b"http://127.0.0.1"
 RECV_TIMEOUT = 20.0
@@ -101,10 +106,6 @@ async def ws_recv_until(ws, request_id: str, pred, timeout: float = 30.0) -> lis
 
 def chunks_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f["chunk"] for f in frames if f["type"] == "chunk"]
-
-
-def text_of(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
 
 
 @pytest.fixture
