@@ -72,7 +72,8 @@ def validate_attachments(attachments: list[Attachment]) -> None:
             raise AgentError(
                 ErrorKind.INVALID_REQUEST,
                 detail=f"{len(att.data)} bytes",
-                message=f"{label} is too large ({len(att.data) / 1048576:.1f} MiB); the limit is {MAX_ATTACHMENT_BYTES // 1048576} MiB per file.",
+                message=f"{label} is too large ({len(att.data) / 1048576:.1f} MiB); "
+                f"the limit is {MAX_ATTACHMENT_BYTES // 1048576} MiB per file.",
             )
         if not att.data:
             raise AgentError(

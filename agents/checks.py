@@ -22,7 +22,8 @@ def jail_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
         return [
             checks.Error(
                 f"The agent jail is unavailable: {problem}.",
-                hint="Install bubblewrap, util-linux and socat (Debian: apt-get install bubblewrap util-linux socat); "
+                hint="Install bubblewrap, util-linux and socat (Debian: "
+                "apt-get install bubblewrap util-linux socat); "
                 "no turn runs until the jail works.",
                 id="agents.E001",
             )
@@ -45,7 +46,8 @@ def model_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
     return [
         checks.Error(
             NO_MODEL_MESSAGE,
-            hint="ANTHROPIC_API_KEY=<your key> for Claude; or ANTHROPIC_BASE_URL=http://host:port for a model server "
+            hint="ANTHROPIC_API_KEY=<your key> for Claude; "
+            "or ANTHROPIC_BASE_URL=http://host:port for a model server "
             "(e.g. `python manage.py scripted_model --port N` for an offline demo).",
             id="agents.E002",
         )

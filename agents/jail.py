@@ -182,7 +182,8 @@ def require_jail() -> None:
         raise AgentError(
             ErrorKind.POLICY,
             detail=f"jail unavailable: {problem}",
-            message="The agent's sandbox is not available on this server, so no tool may run. Ask an operator.",
+            message="The agent's sandbox is not available on this server, "
+            "so no tool may run. Ask an operator.",
         )
 
 

@@ -6,8 +6,9 @@ that fails with ``PROMPT_TOO_LONG`` *before any content chunk reached the client
 1. **full** — what the backend sends by default (sdk: the resumed CLI transcript; api: every
    message of ``inp.history``);
 2. **compacted** — the older history summarised through the model (``summarise``: the shared
-   anthropic client (agents.model_client) against ``agents.config.model_endpoint()``, a "summarise this conversation for
-   continuation" prompt, input bounded to ``AGENT_COMPACT_SUMMARY_INPUT_CHARS``), followed by the
+   anthropic client (agents.model_client) against ``agents.config.model_endpoint()``, a
+   "summarise this conversation for continuation" prompt, input bounded to
+   ``AGENT_COMPACT_SUMMARY_INPUT_CHARS``), followed by the
    newest messages within ``AGENT_COMPACT_KEEP_CHARS``; when summarising fails, the truncation
    alone (newest messages within the budget). The sdk backend starts a *fresh* CLI session with it;
 3. **history** — the newest messages of ``inp.history`` (the ChatMessage rows) only, within
@@ -71,7 +72,10 @@ LADDER: tuple[Rung, ...] = (COMPACTED, HISTORY)
 def final_error(failure: AgentError, *, tried: list[str]) -> AgentError:
     """The error a turn ends with when no rung fits."""
     if tried:
-        message = "This conversation is too long for the model, even after shortening it. Start a new chat to continue."
+        message = (
+            "This conversation is too long for the model, even after shortening it. "
+            "Start a new chat to continue."
+        )
     else:
         message = "Your message is too long for the model. Shorten it, or start a new chat."
     detail = f"{failure.detail} (recovery tried: {', '.join(tried) or 'nothing'})"[:500]
@@ -159,7 +163,8 @@ def render_transcript(history: list[HistoryMessage], *, max_chars: int) -> str:
                     part.get("output") if part.get("state") == "output-available" else part.get("errorText")
                 )
                 bits.append(
-                    f"[tool {name} {json.dumps(tool_input, ensure_ascii=False, default=str)} → {_clip(result, 1000)}]"
+                    f"[tool {name} {json.dumps(tool_input, ensure_ascii=False, default=str)} "
+                    f"→ {_clip(result, 1000)}]"
                 )
         if bits:
             lines.append(f"{message.role.capitalize()}: " + "\n".join(bits))
@@ -189,7 +194,8 @@ async def summarise(history: list[HistoryMessage], *, model: str) -> tuple[str, 
             messages=[
                 {
                     "role": "user",
-                    "content": f"<conversation>\n{transcript}\n</conversation>\n\nSummarise this conversation for continuation.",
+                    "content": f"<conversation>\n{transcript}\n</conversation>\n\n"
+                    "Summarise this conversation for continuation.",
                 }
             ],
         )

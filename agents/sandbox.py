@@ -308,7 +308,8 @@ class EmptyInputBreaker:
                 ErrorKind.POLICY,
                 detail=f"{self.consecutive} consecutive {tool_name} calls with empty input",
                 message=(
-                    f"The agent was stopped: it made {self.consecutive} tool calls in a row with empty input. "
+                    f"The agent was stopped: it made {self.consecutive} tool calls in a row "
+                    "with empty input. "
                     "Please rephrase the request and try again."
                 ),
             )

@@ -98,7 +98,8 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
     },
     {
         "name": "Edit",
-        "description": "Replace an exact string in a file. old_string must be unique unless replace_all is true.",
+        "description": "Replace an exact string in a file. "
+        "old_string must be unique unless replace_all is true.",
         "input_schema": {
             "type": "object",
             "properties": {
@@ -287,7 +288,8 @@ def _edit(workspace: Path, tool_input: dict[str, Any]) -> ToolOutcome:
         encoding="utf-8",
     )
     return ToolOutcome(
-        f"Edited {_display(workspace, path)} ({count if tool_input.get('replace_all') else 1} replacement(s))."
+        f"Edited {_display(workspace, path)} "
+        f"({count if tool_input.get('replace_all') else 1} replacement(s))."
     )
 
 

@@ -25,7 +25,8 @@ small_user = U.objects.create_user(username="bench-api-small", password="x" * 16
 _, big_key = api_key_create(owner=big_user, name="bench")
 _, small_key = api_key_create(owner=small_user, name="bench")
 sessions = ChatSession.objects.bulk_create(
-    [ChatSession(owner=big_user, client_id=str(uuid.uuid4()), title=f"Session {i}") for i in range(%(sessions)d)])
+    [ChatSession(owner=big_user, client_id=str(uuid.uuid4()), title=f"Session {i}")
+     for i in range(%(sessions)d)])
 small_sessions = ChatSession.objects.bulk_create(
     [ChatSession(owner=small_user, client_id=str(uuid.uuid4()), title=f"Session {i}") for i in range(10)])
 def fill(session, n):
@@ -42,7 +43,8 @@ for s in (big, small):
     s.save(update_fields=["client_id"])
 fill(big, %(messages)d)
 fill(small, 100)
-print("SEED=" + json.dumps({"big_key": big_key, "small_key": small_key, "big": str(big.pk), "small": str(small.pk)}))
+print("SEED=" + json.dumps({"big_key": big_key, "small_key": small_key,
+                            "big": str(big.pk), "small": str(small.pk)}))
 """
 
 
@@ -113,7 +115,8 @@ def run(stack: h.Stack, *, reps: int = 200, sessions: int = 1000, messages: int 
     res["ratio_sessions_p50"] = round(res["sessions_1k_first_page"]["p50_ms"] / b_ses["p50_ms"], 2)
     h.log(
         f"api: messages p50 {res['messages_10k']['p50_ms']} ms (x{res['ratio_messages_p50']} of 100-msg), "
-        f"sessions p50 {res['sessions_1k_first_page']['p50_ms']} ms (x{res['ratio_sessions_p50']} of 10-session)"
+        f"sessions p50 {res['sessions_1k_first_page']['p50_ms']} ms "
+        f"(x{res['ratio_sessions_p50']} of 10-session)"
     )
     return res
 

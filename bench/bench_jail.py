@@ -365,7 +365,8 @@ def main() -> dict:
     print(
         f"target (jail adds ≤ {TARGET_ADDED_P50_MS:g} ms p50 per tool call): "
         f"{'HOLDS' if lat['met'] else 'MISSED'} (worst added p50 {lat['max_added_p50_ms']} ms, "
-        f"{lat['error_count']} failed calls; load average {res['load_avg_start'][0]:.1f} → {res['load_avg_end'][0]:.1f} "
+        f"{lat['error_count']} failed calls; "
+        f"load average {res['load_avg_start'][0]:.1f} → {res['load_avg_end'][0]:.1f} "
         f"on {res['cpus']} CPUs)"
     )
     results = ROOT / "bench" / "results"

@@ -196,7 +196,8 @@ async def run(
             }
             out["levels"][str(n)] = level
             h.log(
-                f"latency {n}: p50 +{level['p50_above_baseline_ms']} ms, p99 +{level['p99_above_baseline_ms']} ms, "
+                f"latency {n}: p50 +{level['p50_above_baseline_ms']} ms, "
+                f"p99 +{level['p99_above_baseline_ms']} ms, "
                 f"errors {real['errors']} (real p99 {real['p99_ms']}, bare p99 {bare['p99_ms']})"
             )
         if profile_level in levels:

@@ -138,7 +138,8 @@ async def run(
     out["target"] = "catch_up_ms <= 200"
     out["met"] = out["catch_up_ms"] <= 200
     h.log(
-        f"resume: caught up in {out['catch_up_ms']} ms over {out['replayed_chunks']} chunks (bare push {out['bare_push_ms']} ms)"
+        f"resume: caught up in {out['catch_up_ms']} ms over {out['replayed_chunks']} chunks "
+        f"(bare push {out['bare_push_ms']} ms)"
     )
     return out
 

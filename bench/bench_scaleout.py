@@ -30,7 +30,8 @@ async def run(
     level_timeout: float = 90.0,
 ) -> dict:
     h.log(
-        f"scale-out: {streams} streams over {len(stack.ports)} daphnes (PostgreSQL + Redis), each resumed once"
+        f"scale-out: {streams} streams over {len(stack.ports)} daphnes "
+        "(PostgreSQL + Redis), each resumed once"
     )
     urls = [stack.ws_url(i) for i in range(len(stack.ports))]
     other = urls[1:] + urls[:1]
@@ -77,7 +78,8 @@ async def run(
     )
     h.log(
         f"scale-out: lost {real['lost_chunks']}, dup {real['duplicated_chunks']}, errors {real['errors']}, "
-        f"live p99 {real['p99_live_ms']} ms (x{out['p99_live_ratio']} of single process), all p99 {real['p99_ms']} ms"
+        f"live p99 {real['p99_live_ms']} ms (x{out['p99_live_ratio']} of single process), "
+        f"all p99 {real['p99_ms']} ms"
     )
     return out
 

@@ -112,7 +112,8 @@ async def run(stack: h.Stack, *, chats: int = 5, profile: bool = True) -> dict:
         out["followup_overhead_ms"] is not None and out["followup_overhead_ms"] <= limit and not errors
     )
     h.log(
-        f"ttft {stack.backend}: first {out['first_turn_overhead_ms']} ms, follow-up {out['followup_overhead_ms']} ms over the model"
+        f"ttft {stack.backend}: first {out['first_turn_overhead_ms']} ms, "
+        f"follow-up {out['followup_overhead_ms']} ms over the model"
     )
     return out
 

@@ -101,7 +101,8 @@ def recreate_database(name: str) -> str:
 
     with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as con:
         con.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
         con.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -115,7 +116,8 @@ def drop_database(name: str) -> None:
 
     with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as con:
         con.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
         con.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -136,7 +138,8 @@ class Processes:
             wait_port(port, proc, timeout=60)
         except Exception:
             log(
-                f"{name} failed to start; last log lines:\n{(self.workdir / f'{name}.log').read_text()[-3000:]}"
+                f"{name} failed to start; last log lines:\n"
+                f"{(self.workdir / f'{name}.log').read_text()[-3000:]}"
             )
             raise
         return proc
@@ -509,7 +512,8 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
             counts["messages compared with the stream"] += 1
             if persisted[0].text != text or persisted[0].parts != parts:
                 bad.append(
-                    f"turn {turn_id}: persisted message differs from the stream ({persisted[0].text[:60]!r} vs {text[:60]!r})"
+                    f"turn {turn_id}: persisted message differs from the stream "
+                    f"({persisted[0].text[:60]!r} vs {text[:60]!r})"
                 )
     for turn_id, turn in turns.items():
         counts["turns in the database"] += 1

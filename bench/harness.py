@@ -344,7 +344,8 @@ class Stack:
             if self.postgres:
                 self._pg_create()
             t0 = time.monotonic()
-            # The model first: under DEBUG=false, migrate's system checks need ANTHROPIC_BASE_URL (agents.E002).
+            # The model first: under DEBUG=false, migrate's system checks need ANTHROPIC_BASE_URL
+            # (agents.E002).
             port = free_port()
             model = Proc(
                 "scripted_model",
@@ -364,7 +365,8 @@ class Stack:
                 self.add_daphne()
             log(
                 f"stack up ({self.backend}, {'pg' if self.postgres else 'sqlite'}, "
-                f"{'redis' if self.redis else 'inmemory'}, {self.daphnes} daphne) in {time.monotonic() - t0:.1f}s: {self.tmp}"
+                f"{'redis' if self.redis else 'inmemory'}, {self.daphnes} daphne) "
+                f"in {time.monotonic() - t0:.1f}s: {self.tmp}"
             )
             return self
         except BaseException:

@@ -8,7 +8,8 @@ Stacks (each torn down after use, everything on loopback):
   sdk     same with AGENT_BACKEND=sdk (real Claude Code CLI)         → ttft(sdk)
   scale   PostgreSQL + Redis, 2 daphnes, AGENT_BACKEND=api           → scaleout
   (none)  in-process, temp SQLite                                     → dbwrites
-  (none)  in-process, DEBUG=true, jail on vs AGENT_JAIL=off            → jail (tool-call latency, kept-CLI memory)
+  (none)  in-process, DEBUG=true, jail on vs AGENT_JAIL=off            → jail (tool-call latency,
+                                                                         kept-CLI memory)
 Every figure comes with its baseline from the same run; see docs/performance.md.
 """
 
@@ -226,7 +227,8 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
                 "1 server CPU/1k deltas",
                 f"{x['server_cpu_s_per_1000_deltas']} s",
                 f"bare relay {x['bare_relay_cpu_s_per_1000_deltas']} s",
-                f"{x['server_cpu_s_per_1000_deltas'] / max(1e-9, x['bare_relay_cpu_s_per_1000_deltas']):.1f}x",
+                f"{x['server_cpu_s_per_1000_deltas'] / max(1e-9, x['bare_relay_cpu_s_per_1000_deltas']):.1f}"
+                "x",
                 "",
             )
         )
@@ -319,7 +321,8 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
             (
                 "7 GET messages (10k)",
                 f"p50 {x['messages_10k']['p50_ms']} / p99 {x['messages_10k']['p99_ms']} ms",
-                f"100-msg p50 {x['baseline_messages_100']['p50_ms']} ms, 404 {x['baseline_auth_404']['p50_ms']} ms",
+                f"100-msg p50 {x['baseline_messages_100']['p50_ms']} ms, "
+                f"404 {x['baseline_auth_404']['p50_ms']} ms",
                 f"{x['ratio_messages_p50']}x",
                 "",
             )
@@ -327,7 +330,8 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append(
             (
                 "7 GET sessions (1k)",
-                f"p50 {x['sessions_1k_first_page']['p50_ms']} / p99 {x['sessions_1k_first_page']['p99_ms']} ms",
+                f"p50 {x['sessions_1k_first_page']['p50_ms']} "
+                f"/ p99 {x['sessions_1k_first_page']['p99_ms']} ms",
                 f"10-session p50 {x['baseline_sessions_10']['p50_ms']} ms",
                 f"{x['ratio_sessions_p50']}x",
                 "",

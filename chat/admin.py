@@ -81,7 +81,8 @@ def render_message(message: ChatMessage) -> SafeString:
         code = meta.get("code") or meta.get("errorCode") or ""
         out.append(
             format_html(
-                '<div><strong style="color:#fff;background:{};padding:1px 6px;border-radius:3px">{}</strong> {}</div>',
+                '<div><strong style="color:#fff;background:{};padding:1px 6px;'
+                'border-radius:3px">{}</strong> {}</div>',
                 _KIND_COLORS.get(message.kind, "#666"),
                 message.kind,
                 code,
@@ -97,7 +98,8 @@ def render_message(message: ChatMessage) -> SafeString:
         elif kind == "reasoning":
             out.append(
                 format_html(
-                    '<details><summary><em>reasoning</em></summary><pre style="white-space:pre-wrap">{}</pre></details>',
+                    "<details><summary><em>reasoning</em></summary>"
+                    '<pre style="white-space:pre-wrap">{}</pre></details>',
                     _clip(part.get("text", "")),
                 )
             )

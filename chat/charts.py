@@ -41,12 +41,15 @@ def column_chart(
     slot = plot_w / n
     bar_w = max(slot * 0.7, 1.0)
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="usage-chart" width="{width}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="usage-chart" width="{width}" '
+        f'height="{height}" '
         f'viewBox="0 0 {width} {height}" aria-label="{escape(title)}">',
         f'<text x="{left}" y="16" font-size="13" font-weight="bold" fill="#333">{escape(title)}</text>',
         f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="#999"/>',
-        f'<line x1="{left}" y1="{top}" x2="{width - right}" y2="{top}" stroke="#ddd" stroke-dasharray="3,3"/>',
-        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end" fill="#666">{escape(fmt(top_value))}</text>',
+        f'<line x1="{left}" y1="{top}" x2="{width - right}" y2="{top}" '
+        'stroke="#ddd" stroke-dasharray="3,3"/>',
+        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end" fill="#666">'
+        f"{escape(fmt(top_value))}</text>",
         f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end" fill="#666">0</text>',
     ]
     for i, (label, value) in enumerate(zip(labels, values)):
@@ -60,12 +63,14 @@ def column_chart(
         )
         if i % label_every == 0 or i == len(values) - 1:
             out.append(
-                f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle" fill="#666">'
+                f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 14}" '
+                'font-size="10" text-anchor="middle" fill="#666">'
                 f"{escape(label)}</text>"
             )
     if not values:
         out.append(
-            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" fill="#999">no data</text>'
+            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" '
+            'text-anchor="middle" fill="#999">no data</text>'
         )
     out.append("</svg>")
     return mark_safe("".join(out))
@@ -88,7 +93,8 @@ def bar_chart(
     plot_w = width - left - right
     top_value = max([float(v or 0) for v in values] + [0.0])
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="usage-chart" width="{width}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="usage-chart" width="{width}" '
+        f'height="{height}" '
         f'viewBox="0 0 {width} {height}" aria-label="{escape(title)}">',
         f'<text x="4" y="16" font-size="13" font-weight="bold" fill="#333">{escape(title)}</text>',
     ]
@@ -99,8 +105,10 @@ def bar_chart(
         short = label if len(label) <= 30 else label[:29] + "…"
         note = f" · {notes[i]}" if notes else ""
         out.append(
-            f'<text x="{left - 6}" y="{y + row * 0.65:.1f}" font-size="11" text-anchor="end" fill="#333">{escape(short)}</text>'
-            f'<rect class="bar" x="{left}" y="{y + 3}" width="{max(w, 1.0):.1f}" height="{row - 6}" fill="{color}">'
+            f'<text x="{left - 6}" y="{y + row * 0.65:.1f}" font-size="11" text-anchor="end" fill="#333">'
+            f"{escape(short)}</text>"
+            f'<rect class="bar" x="{left}" y="{y + 3}" '
+            f'width="{max(w, 1.0):.1f}" height="{row - 6}" fill="{color}">'
             f"<title>{escape(label)}: {escape(fmt(value))}{escape(note)}</title></rect>"
             f'<text x="{left + w + 6:.1f}" y="{y + row * 0.65:.1f}" font-size="11" fill="#333">'
             f"{escape(fmt(value))}{escape(note)}</text>"

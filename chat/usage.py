@@ -98,8 +98,10 @@ def _totals(
     parts = [
         f"(SELECT {q('daily_limit')} FROM {q(budget)} WHERE {q('user_id')} = %s)",
         f"(SELECT {q('weekly_limit')} FROM {q(budget)} WHERE {q('user_id')} = %s)",
-        f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
-        f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
+        f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} "
+        f"WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
+        f"(SELECT COALESCE(SUM({q('weighted_tokens')}), 0) FROM {q(usage)} "
+        f"WHERE {q('user_id')} = %s AND {q('created_at')} >= %s)",
     ]
     params: list[Any] = [
         user_id,

@@ -26,7 +26,9 @@ class StoredEntry:
 
 @dataclass
 class Item:
-    kind: str  # user | assistant | thinking | tool | tool_result | error | compact | compact_summary | system | summary | meta
+    # user | assistant | thinking | tool | tool_result | error | compact | compact_summary | system |
+    # summary | meta
+    kind: str
     seq: int
     size: int = 0
     timestamp: str = ""

@@ -381,7 +381,8 @@ class ApiBackend:
             raise AgentError(
                 ErrorKind.POLICY,
                 detail=f"AGENT_MAX_TURNS={max_steps} reached",
-                message=f"The agent stopped after {max_steps} steps without finishing. Ask it to continue if needed.",
+                message=f"The agent stopped after {max_steps} steps without finishing. "
+                "Ask it to continue if needed.",
             )
         finally:
             stop_task.cancel()

@@ -494,7 +494,8 @@ async def _cli_room(pool: _Pool) -> None:
             raise AgentError(
                 ErrorKind.OVERLOADED,
                 detail=f"{len(live)} CLI processes busy (AGENT_SDK_MAX_CLI_PROCESSES={limit})",
-                message="The server is running as many agents as it may (too_many_turns). Please try again in a moment.",
+                message="The server is running as many agents as it may (too_many_turns). "
+                "Please try again in a moment.",
             )
         await asyncio.wait(live, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 

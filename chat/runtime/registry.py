@@ -29,7 +29,10 @@ from chat.models import ChatSession, ChatTurn
 from chat.runtime.persistence import MessageFolder, MessageWriter
 from chat.runtime.streams import Coalescer, TurnStream
 
-ALREADY_ACTIVE_TEXT = "A response is already being generated in this chat (stream_already_active). Wait for it to finish or stop it first."
+ALREADY_ACTIVE_TEXT = (
+    "A response is already being generated in this chat (stream_already_active). "
+    "Wait for it to finish or stop it first."
+)
 NOT_FOUND_TEXT = "Chat not found."
 # Concurrency caps (docs/security.md, "Concurrency caps"). The texts avoid the word "already":
 # clients match it for stream_already_active.

@@ -332,7 +332,8 @@ def _session_leftovers(session: ChatSession, *, exclude: Any) -> tuple[int, str 
     sql = (
         f"SELECT (SELECT COUNT(*) FROM {q(turn_t)} WHERE {q('session_id')} = %s AND {q('status')} = %s"
         f" AND {q('id')} <> %s),"
-        f" (SELECT {q('kind')} FROM {q(msg_t)} WHERE {q('session_id')} = %s ORDER BY {q('sequence')} DESC LIMIT 1)"
+        f" (SELECT {q('kind')} FROM {q(msg_t)} WHERE {q('session_id')} = %s"
+        f" ORDER BY {q('sequence')} DESC LIMIT 1)"
     )
     turn_pk = ChatTurn._meta.pk.get_db_prep_value(exclude, connection)
     session_pk = ChatSession._meta.pk.get_db_prep_value(session.pk, connection)

@@ -18,7 +18,8 @@ With ``settings.REDIS_URL`` the owner also mirrors the log into a Redis Stream p
 (``XADD`` with explicit ids ``0-<sequence+1>``, ``EXPIRE`` for retention). One mirror task per
 process and event loop writes the pending chunks of *every* turn in one pipeline, with one
 pipeline in flight at a time (so batches grow with load instead of the number of round trips),
-and retries a failed batch a few times before giving up on it (docs/performance.md, G). A listener in *another* process reads that stream directly with ``XREAD BLOCK``
+and retries a failed batch a few times before giving up on it (docs/performance.md, G). A
+listener in *another* process reads that stream directly with ``XREAD BLOCK``
 from its position — Redis Streams are durable and ordered, so there are no gaps to repair (the
 channel layer, which is at-most-once with Redis pub/sub, is used only for control messages).
 

@@ -89,7 +89,8 @@ async def idle_watchdog(rt: RunningTurn) -> None:
                 AgentError(
                     ErrorKind.CONNECTION,
                     detail=f"upstream stalled for {timeout:g}s",
-                    message=f"The model stopped responding (nothing for {timeout:g} seconds). Please try again.",
+                    message=f"The model stopped responding (nothing for {timeout:g} seconds). "
+                    "Please try again.",
                 ),
                 code="upstream_stalled",
                 status=ChatTurn.Status.FAILED,

@@ -159,7 +159,8 @@ async def test_api_no_retry_once_content_was_streamed(workspace, scripted_model)
     assert statuses(chunks) == []
     assert chunk_types(chunks) == [
         "start", "start-step", "text-start", "text-delta", "text-end",
-        "tool-input-start", "tool-input-delta", "tool-input-available", "tool-output-available", "finish-step",
+        "tool-input-start", "tool-input-delta", "tool-input-available",
+        "tool-output-available", "finish-step",
         "data-usage", "error",
     ]  # fmt: skip
     assert [r["status"] for r in bodies(scripted_model, mark)] == [200, 400]

@@ -208,9 +208,8 @@ async def _error_midstream_server():
             ]
         )
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % len(body)
-            + body
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
         )
         await writer.drain()
         writer.close()

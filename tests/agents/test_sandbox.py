@@ -147,7 +147,11 @@ async def test_denied_calls_are_tool_errors_and_never_run(workspace, tmp_path):
 async def test_bash_env_is_scrubbed_and_confined(workspace, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-should-never-leak-123")
     monkeypatch.setenv("DATABASE_PASSWORD_X", "hunter2")
-    probe = "import os; print(os.getcwd()); print(os.environ.get('ANTHROPIC_API_KEY')); print(os.environ['HOME']); print(os.environ['TMPDIR']); print(len([k for k in os.environ if 'PASSWORD' in k]))"
+    probe = (
+        "import os; print(os.getcwd()); print(os.environ.get('ANTHROPIC_API_KEY')); "
+        "print(os.environ['HOME']); print(os.environ['TMPDIR']); "
+        "print(len([k for k in os.environ if 'PASSWORD' in k]))"
+    )
     outcome = await run_tool(workspace, "Bash", {"command": f'python3 -c "{probe}"'})
     assert not outcome.is_error, outcome.output
     cwd, key, home, tmp, passwords = outcome.output.splitlines()

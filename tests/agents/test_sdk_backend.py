@@ -70,7 +70,8 @@ async def test_bash_tool_runs_in_the_workspace(scripted_model, workspace):
     chunks = await backend_chunks(make_input(workspace, "/tool bash echo hi"), result)
     assert chunk_types(chunks) == [
         "start-step", "text-start", "text-delta", "text-end",
-        "tool-input-start", "tool-input-delta", "tool-input-available", "tool-output-available", "finish-step",
+        "tool-input-start", "tool-input-delta", "tool-input-available",
+        "tool-output-available", "finish-step",
         "start-step", "text-start", "text-delta", "text-end", "finish-step",
     ]  # fmt: skip
     available = [c for c in chunks if c["type"] == "tool-input-available"]
@@ -313,8 +314,9 @@ def test_synthetic_error_text_is_not_shown_and_classified():
         error="authentication_failed",
     )
     assert translator.feed(synthetic) == []
-    result = ResultMessage(subtype="success", duration_ms=1, duration_api_ms=0, is_error=True, num_turns=1, session_id="s1",
-                           result="Invalid API key · Fix external API key", api_error_status=401)  # fmt: skip
+    result = ResultMessage(subtype="success", duration_ms=1, duration_api_ms=0, is_error=True, num_turns=1,
+                           session_id="s1", result="Invalid API key · Fix external API key",
+                           api_error_status=401)  # fmt: skip
     translator.feed(result)
     assert translator.error().kind == ErrorKind.AUTHENTICATION
 

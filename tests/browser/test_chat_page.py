@@ -397,7 +397,10 @@ def test_auto_scroll_stops_when_the_user_scrolls_up(context, web_user):
     send(page, "/long 700")
     expect(last_assistant(page)).to_contain_text("w699", timeout=20_000)
     wait_idle(page)
-    at_bottom = "() => { const s = document.getElementById('scroller'); return s.scrollHeight - s.scrollTop - s.clientHeight < 60; }"
+    at_bottom = (
+        "() => { const s = document.getElementById('scroller'); "
+        "return s.scrollHeight - s.scrollTop - s.clientHeight < 60; }"
+    )
     page.wait_for_function(at_bottom, timeout=3_000)  # followed the stream down
     send(page, "/slow 40 60")
     expect(last_assistant(page)).to_contain_text("w5", timeout=20_000)

@@ -104,7 +104,8 @@ def test_script_injection_is_neutralised(page):
           const all = [...div.querySelectorAll('*')];
           return {
             tags: [...new Set(all.map((n) => n.tagName.toLowerCase()))],
-            handlers: all.flatMap((n) => [...n.attributes].filter((a) => a.name.startsWith('on')).map((a) => a.name)),
+            handlers: all.flatMap((n) => [...n.attributes].filter((a) => a.name.startsWith('on'))
+              .map((a) => a.name)),
             hrefs: [...div.querySelectorAll('[href]')].map((a) => a.getAttribute('href')),
             srcs: [...div.querySelectorAll('[src]')].map((a) => a.getAttribute('src')),
             text: div.textContent,

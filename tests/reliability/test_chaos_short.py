@@ -21,7 +21,10 @@ pytestmark = [pytest.mark.services]
 def test_chaos_short():
     require_services(postgres=True, redis=True)
     db = settings.DATABASES["default"]
-    pg = f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/postgres"
+    pg = (
+        f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/postgres"
+    )
     suffix = re.sub(r"\W", "", os.environ.get("TEST_DB_SUFFIX", ""))
     env = {**os.environ, "CHAOS_PG_URL": pg, "CHAOS_REDIS_URL": settings.REDIS_URL, "CI": "true"}
     for name in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX"):

@@ -110,10 +110,12 @@ async def test_send_flood_on_one_socket_respects_the_caps(flood_daphne, user):
 
     turns = [t async for t in ChatTurn.objects.filter(session__owner=user).order_by("started_at")]
     print(
-        f"\nflood: {FRAMES} frames, {len(turns)} turns started ({started} seen on the socket), refusals {codes}, "
+        f"\nflood: {FRAMES} frames, {len(turns)} turns started ({started} seen on the socket), "
+        f"refusals {codes}, "
         f"peak running turns {peak['turns']}, peak CLI processes {peak['cli']}, {elapsed:.1f}s; turns "
         + ", ".join(
-            f"{(t.started_at - turns[0].started_at).total_seconds():.1f}+{(t.ended_at - t.started_at).total_seconds():.1f}s"
+            f"{(t.started_at - turns[0].started_at).total_seconds():.1f}"
+            f"+{(t.ended_at - t.started_at).total_seconds():.1f}s"
             for t in turns
         )
     )

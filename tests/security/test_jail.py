@@ -24,6 +24,7 @@ from django.conf import settings as django_settings
 from agents.jail import jail_problem, workspace_usage
 from agents.sandbox import workspace_for
 from tests.chat.conftest import chunks_of, send_frame
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -117,7 +118,10 @@ async def test_host_files_are_not_there(backend, canaries, connect, command):
 async def test_no_process_environment_holds_a_secret(backend, canaries, connect):
     # The first attack verbatim, and every /proc entry a jailed process can read.
     attack = "tr '\\0' '\\n' < /proc/$PPID/envi* | grep SECRET_KEY | base64 -w0; echo"
-    sweep = "for f in /proc/[0-9]*/environ /proc/self/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; env; ps axe"
+    sweep = (
+        "for f in /proc/[0-9]*/environ /proc/self/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; "
+        "env; ps axe"
+    )
     for command in (attack, sweep, "cat /proc/$PPID/environ; ps -o ppid= $PPID; cat /proc/1/cmdline"):
         output, chunks = await _bash(connect, command)
         decoded = ""
@@ -202,13 +206,11 @@ async def test_nothing_outlives_its_turn(backend, canaries, connect):
 
 
 async def _gone(marker: str) -> None:
-    """The sdk backend sweeps the kept CLI's jail right after the turn has ended (the api
-    backend's jail is gone before the tool result): poll for that, bounded."""
-    for _ in range(100):
-        if not _host_processes_running(marker):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"processes outlived their turn: {_host_processes_running(marker)}")
+    """The api backend's jail is gone before the tool result; the sdk backend sweeps the kept
+    CLI's jail before the turn ends (a killed process may take a moment to leave /proc)."""
+    await wait_until(
+        lambda: not _host_processes_running(marker), timeout=5, message="processes outlived their turn"
+    )
 
 
 async def test_fork_storm_is_bounded(backend, canaries, connect, settings):
@@ -247,7 +249,8 @@ async def test_ordinary_work_still_succeeds(backend, canaries, connect):
     if shutil.which("gcc"):
         output, _ = await _bash(
             connect,
-            "printf '#include <stdio.h>\\nint main(){puts(\"compiled-ok\");}\\n' > m.c && gcc m.c -o m && ./m",
+            "printf '#include <stdio.h>\\nint main(){puts(\"compiled-ok\");}\\n' > m.c "
+            "&& gcc m.c -o m && ./m",
             chat_id=chat_id,
         )
         assert "compiled-ok" in output
@@ -272,8 +275,10 @@ async def test_network_allow_reaches_only_named_hosts(backend, canaries, connect
         settings.AGENT_NETWORK_ALLOW = [f"127.0.0.1:{port}"]
         command = (
             f"env -u NO_PROXY -u no_proxy curl -s -m 5 -p http://127.0.0.1:{port}/ok; echo; "
-            "env -u NO_PROXY -u no_proxy curl -s -m 5 -p -o /dev/null -w 'other:%{http_code}\\n' http://127.0.0.1:5432/ ; "
-            "env -u NO_PROXY -u no_proxy curl -s -m 5 -p -o /dev/null -w 'named:%{http_code}\\n' https://localhost/ ; "
+            "env -u NO_PROXY -u no_proxy curl -s -m 5 -p -o /dev/null "
+            "-w 'other:%{http_code}\\n' http://127.0.0.1:5432/ ; "
+            "env -u NO_PROXY -u no_proxy curl -s -m 5 -p -o /dev/null "
+            "-w 'named:%{http_code}\\n' https://localhost/ ; "
             f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo DIRECT-OPEN || echo DIRECT-CLOSED"
         )
         output, _ = await _bash(connect, command)

@@ -83,6 +83,9 @@ def test_jail_off_is_refused_in_production():
         "ALLOWED_HOSTS": "x",
         "ENV_FILE": "/dev/null",
     }
-    code = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'copilot_project.settings'); django.setup()"
+    code = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'copilot_project.settings'); "
+        "django.setup()"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "AGENT_JAIL=off is accepted only with DEBUG=true" in proc.stderr

@@ -40,7 +40,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LEAKY_COMMANDS = [
     # an interpreter reading the environment (not visible to the lexical check; the tool's
     # environment must simply not contain the key)
-    "python3 -c \"import os; print([v for k, v in os.environ.items() if 'KEY' in k or 'TOKEN' in k or 'ANTHROPIC' in k])\"",
+    'python3 -c "import os; print([v for k, v in os.environ.items() '
+    "if 'KEY' in k or 'TOKEN' in k or 'ANTHROPIC' in k])\"",
     "env",
     "printenv ANTHROPIC_API_KEY",
     "echo $ANTHROPIC_API_KEY",

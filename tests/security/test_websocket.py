@@ -380,7 +380,8 @@ def test_real_daphne_judges_the_origin_like_csrf(tmp_path, user):
 
     def handshake(port: int, origin: str) -> str:
         request = (
-            "GET /ws/chat/ HTTP/1.1\r\nHost: copilot.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "GET /ws/chat/ HTTP/1.1\r\n"
+            "Host: copilot.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             f"Origin: {origin}\r\nX-Forwarded-Proto: https\r\nCookie: {cookie}\r\n\r\n"
         )

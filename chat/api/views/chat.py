@@ -127,10 +127,11 @@ class ChatApi(AsyncAPIView):
         operation_id="chat_create",
         summary="Send a message and stream the answer (AI SDK DefaultChatTransport)",
         description="Starts a turn and streams it. " + SSE_DESCRIPTION + " The turn keeps running if the "
-        "client disconnects; resume it with `GET /api/v1/chat/{chat_id}/stream/`. Beyond the schema, the newest "
-        "`user` message must be valid (a `parts` list of objects; its text non-empty, at most 100,000 "
-        "characters, without NUL; at most 4 `file` parts with base64 `data:` URLs of accepted types, 5 MiB "
-        "each); otherwise `400 invalid_request` (not needed for `regenerate-message`).",
+        "client disconnects; resume it with `GET /api/v1/chat/{chat_id}/stream/`. Beyond the schema, "
+        "the newest `user` message must be valid (a `parts` list of objects; its text non-empty, "
+        "at most 100,000 characters, without NUL; at most 4 `file` parts with base64 `data:` URLs "
+        "of accepted types, 5 MiB each); otherwise `400 invalid_request` (not needed for "
+        "`regenerate-message`).",
         request=InputSerializer,
         examples=[
             OpenApiExample(

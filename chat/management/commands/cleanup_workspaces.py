@@ -37,7 +37,8 @@ class Command(OpsCommand):
             ", ".join(f"{len(paths)} {reason}" for reason, paths in sorted(result.skipped.items())) or "none"
         )
         self.summary(
-            f"{'would remove' if dry_run else 'removed'} {len(result.removed)} workspace(s) idle > {older_than} "
+            f"{'would remove' if dry_run else 'removed'} {len(result.removed)} workspace(s) "
+            f"idle > {older_than} "
             f"under {workspace_root_path()}; kept: {skipped}; failed: {len(result.failed)}",
             dry_run=dry_run,
             ok=not result.failed,

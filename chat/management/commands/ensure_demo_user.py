@@ -36,7 +36,8 @@ class Command(BaseCommand):
         user.save()
         self.stdout.write(
             self.style.SUCCESS(
-                f"{'Created' if created else 'Reset'} demo login: username={username!r} password={password!r} "
+                f"{'Created' if created else 'Reset'} demo login: "
+                f"username={username!r} password={password!r} "
                 "(staff: the admin is at /admin/)"
             )
         )

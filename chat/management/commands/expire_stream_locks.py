@@ -37,7 +37,8 @@ class Command(OpsCommand):
                 self.stdout.write(f"{'would interrupt' if dry_run else 'interrupted'} turn {turn_id}")
         self.summary(
             f"{'would mark' if dry_run else 'marked'} {len(result.interrupted)} dead turn(s) interrupted, "
-            f"released {result.locks_released} lock(s), left {len(result.skipped_live_lock)} with a live lock "
+            f"released {result.locks_released} lock(s), "
+            f"left {len(result.skipped_live_lock)} with a live lock "
             f"(lease {lease:g}s, {'shared Redis locks' if locks_shared() else 'heartbeats only'})",
             dry_run=dry_run,
         )

@@ -32,6 +32,7 @@ class Command(OpsCommand):
         else:
             count = rate_limit_record_purge(created_before=cutoff, now=now)
         self.summary(
-            f"{'would delete' if dry_run else 'deleted'} {count} rate-limit record(s) older than {older_than}",
+            f"{'would delete' if dry_run else 'deleted'} {count} rate-limit record(s) "
+            f"older than {older_than}",
             dry_run=dry_run,
         )
