@@ -29,7 +29,7 @@ async def replay_handler(ws, frames: list[str]) -> None:
             await ws.send(frame)
 
 
-async def _model_stream(model_url: str, text: str):
+async def model_stream(model_url: str, text: str):
     """Yield the text of each ``text_delta`` of a streamed Messages API reply."""
     url = urlsplit(model_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -69,7 +69,7 @@ async def relay_handler(ws, model_url: str) -> None:
         send = ws.send
         await send(_dumps({"type": "start", "requestId": rid}))
         seq = 0
-        async for delta in _model_stream(model_url, text):
+        async for delta in model_stream(model_url, text):
             await send(
                 _dumps(
                     {

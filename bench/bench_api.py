@@ -13,6 +13,7 @@ import json
 import time
 
 from bench import harness as h
+from bench.stats import pct, r
 
 SEED = """
 import json, uuid
@@ -64,8 +65,8 @@ def _measure(client, url: str, key: str, reps: int) -> dict:
     return {
         "status": status,
         "bytes": size,
-        "p50_ms": h.r(h.pct(times, 50)),
-        "p99_ms": h.r(h.pct(times, 99)),
+        "p50_ms": r(pct(times, 50)),
+        "p99_ms": r(pct(times, 99)),
         "items": _items(resp),
     }
 

@@ -15,6 +15,7 @@ import time
 import uuid
 
 from bench import harness as h
+from bench.stats import pct, r
 
 
 async def _stream(
@@ -140,11 +141,11 @@ async def stamp_round(
         "duplicated_chunks": dup,
         "sequence_gaps": seq_gaps,
         "sequence_duplicates": seq_dups,
-        "p50_ms": h.r(h.pct(lat_all, 50)),
-        "p99_ms": h.r(h.pct(lat_all, 99)),
-        "max_ms": h.r(max(lat_all) if lat_all else None),
-        "p50_live_ms": h.r(h.pct(lat_live, 50)),
-        "p99_live_ms": h.r(h.pct(lat_live, 99)),
+        "p50_ms": r(pct(lat_all, 50)),
+        "p99_ms": r(pct(lat_all, 99)),
+        "max_ms": r(max(lat_all) if lat_all else None),
+        "p50_live_ms": r(pct(lat_live, 50)),
+        "p99_live_ms": r(pct(lat_live, 99)),
     }
 
 
@@ -187,10 +188,10 @@ async def run(
             level = {
                 "real": real,
                 "bare": bare,
-                "p50_above_baseline_ms": h.r(real["p50_ms"] - bare["p50_ms"])
+                "p50_above_baseline_ms": r(real["p50_ms"] - bare["p50_ms"])
                 if real["p50_ms"] is not None
                 else None,
-                "p99_above_baseline_ms": h.r(real["p99_ms"] - bare["p99_ms"])
+                "p99_above_baseline_ms": r(real["p99_ms"] - bare["p99_ms"])
                 if real["p99_ms"] is not None
                 else None,
             }

@@ -16,7 +16,8 @@ import time
 import uuid
 
 from bench import harness as h
-from bench.bare_server import _model_stream
+from bench.bare_server import model_stream
+from bench.stats import pct, r
 
 PROMPT = "/stamp 1 0"
 
@@ -25,7 +26,7 @@ async def model_first_delta_ms(model_url: str, reps: int = 10) -> float:
     times = []
     for _ in range(reps):
         t0 = time.perf_counter_ns()
-        async for _text in _model_stream(model_url, PROMPT):
+        async for _text in model_stream(model_url, PROMPT):
             times.append((time.perf_counter_ns() - t0) / 1e6)
             break
     return statistics.median(times)
@@ -95,7 +96,7 @@ async def run(stack: h.Stack, *, chats: int = 5, profile: bool = True) -> dict:
         "followup_ttft_ms": round(med(follow), 1) if follow else None,
         "first_turn_overhead_ms": round(med(first) - model_ms, 1) if first else None,
         "followup_overhead_ms": round(med(follow) - model_ms, 1) if follow else None,
-        "followup_p90_ms": h.r(h.pct(follow, 90), 1),
+        "followup_p90_ms": r(pct(follow, 90), 1),
         "samples": {"first": [round(x, 1) for x in first], "followup": [round(x, 1) for x in follow]},
         "errors": errors[:3],
         "server_tree_rss_mb_after": round(rss, 1),

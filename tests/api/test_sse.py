@@ -4,7 +4,6 @@ httpx-sse client; resume across doors (SSE <-> websocket); client disconnects.""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import httpx
@@ -16,6 +15,7 @@ from chat.apikeys import api_key_create
 from chat.models import ChatMessage, ChatSession, ChatTurn, TokenUsage, UserBudget
 from tests.agents.conftest import text_of
 from tests.api.conftest import chat_body
+from tests.waiting import wait_until_sync
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -52,17 +52,15 @@ def read_events(event_source, *, stop_after: int | None = None) -> tuple[list[tu
 
 
 def wait_turn_done(chat_id: str, user, timeout: float = 30.0) -> ChatTurn:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ended() -> ChatTurn | None:
         turn = (
             ChatTurn.objects.filter(session__owner=user, session__client_id=chat_id)
             .order_by("-started_at")
             .first()
         )
-        if turn is not None and turn.status != ChatTurn.Status.RUNNING:
-            return turn
-        assert time.monotonic() < deadline, f"turn of {chat_id} still running"
-        time.sleep(0.1)
+        return turn if turn is not None and turn.status != ChatTurn.Status.RUNNING else None
+
+    return wait_until_sync(ended, timeout=timeout, message=f"turn of {chat_id} still running")
 
 
 def ws_connect(server, key: str):

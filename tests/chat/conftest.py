@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
@@ -135,7 +136,7 @@ async def connect(user):
     ):
         headers = []
         if cookie:
-            headers.append((b"cookie", (await _cookie(as_user or user)).encode()))
+            headers.append((b"cookie", (await session_cookie_async(as_user or user)).encode()))
         if origin is not None:
             headers.append((b"origin", origin))
         comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
@@ -159,9 +160,7 @@ async def connect(user):
     await turn_wait_idle(timeout=20)
 
 
-async def _cookie(user) -> str:
-    from asgiref.sync import sync_to_async
-
+async def session_cookie_async(user) -> str:
     return await sync_to_async(session_cookie)(user)
 
 

@@ -17,7 +17,7 @@ from autobahn.exception import Disconnected
 from channels.testing import WebsocketCommunicator
 
 from chat.models import ChatTurn
-from tests.chat.conftest import ORIGIN, _cookie, send_frame
+from tests.chat.conftest import ORIGIN, send_frame, session_cookie_async
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -48,7 +48,7 @@ async def test_a_send_on_a_closed_protocol_ends_the_forwarding_quietly(backend, 
     request.getfixturevalue(backend)
     loop_errors: list[dict] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-    headers = [(b"cookie", (await _cookie(user)).encode()), (b"origin", ORIGIN)]
+    headers = [(b"cookie", (await session_cookie_async(user)).encode()), (b"origin", ORIGIN)]
     comm = WebsocketCommunicator(_closing_after(application, 4), "/ws/chat/", headers=headers)
     assert (await comm.connect(timeout=10))[0]
     chat_id = str(uuid.uuid4())

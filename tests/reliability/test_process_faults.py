@@ -34,6 +34,7 @@ from tests.reliability.conftest import (
     turn_rows,
 )
 from tests.servers import free_port, wait_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -130,13 +131,6 @@ async def _listen(handle, seen: list) -> None:
         seen.append((seq, json.loads(raw)))
 
 
-async def _wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def _delta_count(seen) -> int:
     return sum(1 for _, c in seen if c["type"] == "text-delta")
 
@@ -148,18 +142,14 @@ async def test_redis_restarted_mid_turn(private_redis, user, monkeypatch):
     key = locks.session_key(handle.session_id)
     seen: list = []
     listener = asyncio.create_task(_listen(handle, seen))
-    await _wait_for(lambda: _delta_count(seen) >= 5, 20)
+    await wait_until(lambda: _delta_count(seen) >= 5, timeout=20)
     private_redis.kill()  # every key is lost: the lock, the replay log, the control channel
     await asyncio.sleep(0.7)
     private_redis.start()
     # The turn's heartbeat notices the vanished lease and takes it back (same token).
-    deadline = time.monotonic() + 5
-    while True:
-        holder = await locks.lock_holder_async(key)
-        if holder is not None:
-            break
-        assert time.monotonic() < deadline, "the running turn did not re-take its lock"
-        await asyncio.sleep(0.1)
+    holder = await wait_until(
+        lambda: locks.lock_holder_async(key), timeout=5, message="the running turn did not re-take its lock"
+    )
     assert holder.meta["turn_id"] == handle.turn_id
     # ...so a second turn in the session is still refused while the first runs.
     with pytest.raises(runtime.TurnRefused) as refused:

@@ -19,6 +19,7 @@ from chat.runtime.shutdown import SHUTDOWN_ERROR_TEXT
 from tests.chat.conftest import session_cookie, ws_recv_until
 from tests.reliability.conftest import deltas, send_frame, turn_rows
 from tests.servers import DaphneServer, daphne_env
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -222,7 +223,10 @@ async def test_sigterm_exits_within_20s_with_kept_cli_clients(scripted_model, tm
             took = loop.time() - started
         assert took < 20, f"exited {took:.1f}s after SIGTERM"
         assert code == 0, f"exit code {code} (1: the shutdown watchdog had to end it)\n{server.log_tail()}"
-        await asyncio.sleep(0.5)
-        assert [p for p in clis if cmdline(p)] == [], "CLI processes outlived their worker"
+        await wait_until(
+            lambda: not [p for p in clis if cmdline(p)],
+            timeout=5,
+            message="CLI processes outlived their worker",
+        )
     finally:
         server.stop(signal.SIGKILL)
