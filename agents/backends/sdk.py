@@ -74,7 +74,7 @@ from agents.errors import AgentError, ErrorKind, classify_exception, classify_te
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
 from agents.jail import cli_launch, cli_model_url, jail_active, jail_sweep
-from agents.sandbox import EmptyInputBreaker, SubagentLimiter, workspace_for
+from agents.sandbox import SUBAGENT_TOOLS, EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,7 @@ SDK_TOOLS = [
     "Task",
     "Agent",
 ]
-SDK_ALLOWED_TOOLS = [
-    "Bash",
-    "Read",
-    "Write",
-    "Edit",
-    "MultiEdit",
-    "Glob",
-    "Grep",
-    "LS",
-    "NotebookEdit",
-    "TodoWrite",
-]
+SDK_ALLOWED_TOOLS = [tool for tool in SDK_TOOLS if tool not in SUBAGENT_TOOLS]
 SDK_DISALLOWED_TOOLS = [
     "WebFetch",
     "WebSearch",

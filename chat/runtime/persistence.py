@@ -275,18 +275,8 @@ class MessageWriter:
                 return
             if not self.folder.has_content and self.message_pk is None:
                 return
-            version = self.folder.version
-            parts, text, metadata = self.folder.snapshot()
-            lookup, self._attempted = self._attempted, True
-            self.message_pk = await database_sync_to_async(assistant_message_save)(
-                session=self.session,
-                turn=self.turn,
-                message_pk=self.message_pk,
-                parts=parts,
-                text=text,
-                metadata=metadata,
-                lookup=lookup,
-            )
+            version, fields = self._save_fields()
+            self.message_pk = await database_sync_to_async(assistant_message_save)(**fields)
             self._written_version = version
 
     def flush_final_sync(self) -> None:
@@ -294,16 +284,22 @@ class MessageWriter:
         (``chat.runtime.runner``). Only after ``run()`` has ended: nothing else writes or folds by then."""
         if not self.folder.has_content and self.message_pk is None:
             return
+        version, fields = self._save_fields()
+        self.message_pk = assistant_message_save(**fields)
+        self._written_version = version
+
+    def _save_fields(self) -> tuple[int, dict[str, Any]]:
+        """(the folded version, ``assistant_message_save``'s arguments) for one write."""
         version = self.folder.version
         parts, text, metadata = self.folder.snapshot()
         lookup, self._attempted = self._attempted, True
-        self.message_pk = assistant_message_save(
-            session=self.session,
-            turn=self.turn,
-            message_pk=self.message_pk,
-            parts=parts,
-            text=text,
-            metadata=metadata,
-            lookup=lookup,
-        )
-        self._written_version = version
+        fields = {
+            "session": self.session,
+            "turn": self.turn,
+            "message_pk": self.message_pk,
+            "parts": parts,
+            "text": text,
+            "metadata": metadata,
+            "lookup": lookup,
+        }
+        return version, fields

@@ -42,16 +42,20 @@ def browser_env():
 
 
 @pytest.fixture(scope="module")
-def live_app(browser_env, django_db_setup, django_db_blocker, scripted_model, tmp_path_factory):
+def live_app_env():
+    """Settings of the module's daphne (a module overrides this fixture to test others)."""
+    return {"AGENT_MAX_RETRIES": "1", "AGENT_RETRY_BASE_DELAY": "0.05", "AGENT_RETRY_MAX_DELAY": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def live_app(browser_env, django_db_setup, django_db_blocker, scripted_model, tmp_path_factory, live_app_env):
     """A real daphne serving the app on the test database. Yields its base URL."""
     workdir = tmp_path_factory.mktemp("browser-app")
     env = daphne_env(
         workspaces=workdir / "workspaces",
         var_dir=workdir / "var",
         scripted_url=scripted_model.url,
-        AGENT_MAX_RETRIES="1",
-        AGENT_RETRY_BASE_DELAY="0.05",
-        AGENT_RETRY_MAX_DELAY="0.2",
+        **live_app_env,
     )
     with DaphneServer(env, name="browser", ready_path="/healthz") as server:
         yield server.url

@@ -9,22 +9,13 @@ import pytest
 from chat.models import ChatMessage
 from tests.browser.conftest import login, shot, ws_open
 from tests.browser.test_chat_page import expect_, last_assistant, send
-from tests.servers import DaphneServer, daphne_env
 
 pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def live_app(browser_env, django_db_setup, django_db_blocker, scripted_model, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("browser-caps")
-    env = daphne_env(
-        workspaces=workdir / "workspaces",
-        var_dir=workdir / "var",
-        scripted_url=scripted_model.url,
-        AGENT_MAX_TURNS_PER_USER="1",
-    )
-    with DaphneServer(env, name="browser-caps", ready_path="/healthz") as server:
-        yield server.url
+def live_app_env():
+    return {"AGENT_MAX_TURNS_PER_USER": "1"}
 
 
 def test_a_send_over_the_cap_is_refused_and_the_text_given_back(context, web_user):
