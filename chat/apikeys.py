@@ -23,17 +23,15 @@ import secrets
 import time
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from chat.config import chat_config
 from chat.models import ApiKey
 
 KEY_SCHEME = "cps"
 PREFIX_BYTES = 6  # 12 hex characters
 SECRET_BYTES = 32
-DEFAULT_TOUCH_INTERVAL = 60.0  # seconds
-DEFAULT_CACHE_SECONDS = 5.0
 CACHE_MAX_ENTRIES = 4096
 
 # prefix -> (monotonic expiry, ApiKey with its owner loaded)
@@ -113,7 +111,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
 
 
 def _cache_seconds() -> float:
-    return float(getattr(settings, "API_KEY_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
+    return chat_config().api_key_cache_seconds
 
 
 def _cache_put(api_key: ApiKey) -> None:
@@ -186,7 +184,7 @@ def api_key_cache_forget(*, prefix: str | None = None, owner_id: Any = None) -> 
 
 
 def _touch_interval() -> dt.timedelta:
-    return dt.timedelta(seconds=getattr(settings, "API_KEY_TOUCH_INTERVAL", DEFAULT_TOUCH_INTERVAL))
+    return dt.timedelta(seconds=chat_config().api_key_touch_interval)
 
 
 def api_key_touch(*, api_key: ApiKey, now: dt.datetime | None = None) -> bool:

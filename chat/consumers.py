@@ -31,10 +31,10 @@ except ImportError:  # pragma: no cover - another ASGI server
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
-from django.conf import settings
 
 from chat import runtime
 from chat.apikeys import api_key_is_active, api_key_known_active
+from chat.config import chat_config
 from chat.protocol import MAX_ID_CHARS, AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
 from chat.ratelimit import TokenBucket
 
@@ -81,9 +81,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.gone = False  # set by disconnect: frames handled after it start nothing
         self.requests: dict[str, asyncio.Task] = {}
         self.request_chats: dict[str, str] = {}
+        config = chat_config()
         self.bucket = TokenBucket(
-            rate=float(getattr(settings, "WS_FRAME_RATE", 10.0)),
-            burst=float(getattr(settings, "WS_FRAME_BURST", 40)),
+            rate=config.ws_frame_rate,
+            burst=config.ws_frame_burst,
         )
         await self.accept()
 

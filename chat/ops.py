@@ -22,12 +22,12 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from chat.config import chat_config
 from chat.models import ChatSession, ChatTurn
 from chat.runtime import locks
 from chat.selectors import session_has_active_turn, turn_list_stale, turn_running_queryset
 from chat.services import turn_mark_interrupted
 
-DEFAULT_LEASE_SECONDS = 30.0
 # A running turn whose lock vanished is only judged dead after this long without a heartbeat
 # (a turn that is finishing releases its lock a moment before it writes its final status).
 LOCK_GONE_GRACE_SECONDS = 5.0
@@ -50,7 +50,7 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 def lease_seconds() -> float:
-    return float(getattr(settings, "TURN_LEASE_SECONDS", DEFAULT_LEASE_SECONDS) or DEFAULT_LEASE_SECONDS)
+    return chat_config().turn_lease_seconds
 
 
 def locks_shared() -> bool:

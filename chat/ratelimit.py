@@ -24,13 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import cache
 
-DEFAULT_LOGIN_FAILURE_LIMIT = 5
-DEFAULT_LOGIN_FAILURE_WINDOW = 15 * 60  # seconds
-DEFAULT_API_KEY_FAILURE_LIMIT = 20
-DEFAULT_API_KEY_FAILURE_WINDOW = 60  # seconds
+from chat.config import chat_config
 
 
 class TokenBucket:
@@ -59,11 +55,11 @@ class TokenBucket:
 
 
 def login_failure_limit() -> int:
-    return int(getattr(settings, "LOGIN_FAILURE_LIMIT", DEFAULT_LOGIN_FAILURE_LIMIT))
+    return chat_config().login_failure_limit
 
 
 def login_failure_window() -> int:
-    return int(getattr(settings, "LOGIN_FAILURE_WINDOW", DEFAULT_LOGIN_FAILURE_WINDOW))
+    return chat_config().login_failure_window
 
 
 def client_ip(request: Any) -> str:
@@ -104,11 +100,11 @@ def login_failures_clear(*, username: str, ip: str) -> None:
 
 
 def api_key_failure_limit() -> int:
-    return int(getattr(settings, "API_KEY_FAILURE_LIMIT", DEFAULT_API_KEY_FAILURE_LIMIT))
+    return chat_config().api_key_failure_limit
 
 
 def api_key_failure_window() -> int:
-    return max(1, int(getattr(settings, "API_KEY_FAILURE_WINDOW", DEFAULT_API_KEY_FAILURE_WINDOW)))
+    return chat_config().api_key_failure_window
 
 
 def _api_key_failure_key(ip: str, now: float) -> tuple[str, float]:
@@ -118,7 +114,7 @@ def _api_key_failure_key(ip: str, now: float) -> tuple[str, float]:
     digest = hashlib.sha256(ip.encode()).hexdigest()[:32]
     # API_KEY_FAILURE_NAMESPACE: unset in production; the test suite gives each test its own, since
     # every test client is 127.0.0.1 and one test's bad keys must not throttle the next test.
-    namespace = getattr(settings, "API_KEY_FAILURE_NAMESPACE", "")
+    namespace = chat_config().api_key_failure_namespace
     return f"apikey-failures:{namespace}:{digest}:{int(index)}", window - into
 
 

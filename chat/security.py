@@ -31,16 +31,12 @@ from django.utils.decorators import sync_and_async_middleware
 from django.utils.http import is_same_domain
 
 from chat import ratelimit
+from chat.config import chat_config
 
 TOO_MANY_ATTEMPTS = (
     "Too many failed sign-in attempts for this account from your address. Try again in %(minutes)d minutes."
 )
 
-DEFAULT_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
-)
 # Paths whose pages come from third-party templates with inline scripts/styles (the Django
 # admin, Swagger UI): they keep X-Frame-Options/nosniff/COOP but get no CSP header from us.
 CSP_EXEMPT_PREFIXES = ("/admin/", "/api/")
@@ -114,7 +110,7 @@ def _apply_csp(request: Any, response: Any) -> Any:
         return response
     if not response.get("Content-Type", "").startswith("text/html"):
         return response
-    response["Content-Security-Policy"] = getattr(settings, "CONTENT_SECURITY_POLICY", DEFAULT_CSP)
+    response["Content-Security-Policy"] = chat_config().content_security_policy
     return response
 
 

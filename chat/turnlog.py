@@ -18,10 +18,9 @@ import logging
 import re
 from typing import Any
 
-from django.conf import settings
-
 from agents.errors import scrub
 from agents.turn import Usage
+from chat.config import chat_config
 from chat.usage import weighted_tokens
 
 logger = logging.getLogger("copilot.turns")
@@ -74,7 +73,7 @@ def _emit(level: int, event: str, fields: dict[str, Any]) -> None:
 
 
 def _content(text: str | None) -> dict[str, Any]:
-    if text is None or not getattr(settings, "LOG_MESSAGE_CONTENT", False):
+    if text is None or not chat_config().log_message_content:
         return {}
     return {"text": text[:TEXT_LOG_LIMIT]}
 

@@ -133,6 +133,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 # Prefix of every Redis key and channel-layer name this deployment owns (tests use their own).
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="copilot")
+# Redis connections per process: the shared pool, and the pool of blocking readers (XREAD BLOCK).
+REDIS_POOL_SIZE = env.int("REDIS_POOL_SIZE", default=32)
+REDIS_BLOCKING_POOL_SIZE = env.int("REDIS_BLOCKING_POOL_SIZE", default=2048)
 
 if REDIS_URL:
     # Pub/sub layer: one PUBLISH per group_send however many listeners, no per-channel queues to
@@ -247,6 +250,14 @@ API_KEY_CACHE_SECONDS = env.float(
 # that address gets 429 + Retry-After (handshake: refused) until the window ends. 0 = off.
 API_KEY_FAILURE_LIMIT = env.int("API_KEY_FAILURE_LIMIT", default=20)
 API_KEY_FAILURE_WINDOW = env.int("API_KEY_FAILURE_WINDOW", default=60)
+# A prefix of those counters' cache keys (the test suite gives each test its own).
+API_KEY_FAILURE_NAMESPACE = ""
+# The app's HTML pages' Content-Security-Policy (chat.security): no inline script or style.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 # Throttle counters are shared by every process when Redis is configured.
 if REDIS_URL:
     CACHES = {
@@ -281,6 +292,9 @@ AGENT_HEARTBEAT_SECONDS = env.float("AGENT_HEARTBEAT_SECONDS", default=10.0)
 # gives running turns this long to be stopped and recorded as interrupted.
 AGENT_STREAM_IDLE_TIMEOUT = env.float("AGENT_STREAM_IDLE_TIMEOUT", default=90.0)
 TURN_SHUTDOWN_GRACE_SECONDS = env.float("TURN_SHUTDOWN_GRACE_SECONDS", default=10.0)
+# A running turn whose heartbeat is older than this is dead (its process is gone): the operators'
+# commands and the admin treat it as interrupted.
+TURN_LEASE_SECONDS = env.float("TURN_LEASE_SECONDS", default=30.0)
 # Agent runtime (agents.runtime / agents.retry / agents.sandbox / agents.tools).
 AGENT_MAX_RETRIES = env.int("AGENT_MAX_RETRIES", default=3)
 AGENT_RETRY_BASE_DELAY = env.float("AGENT_RETRY_BASE_DELAY", default=1.0)  # seconds, doubled per attempt

@@ -15,10 +15,10 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
-from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from agents import events
+from chat.config import chat_config
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def error_event(message: str) -> bytes:
 
 
 def heartbeat_seconds() -> float:
-    return float(getattr(settings, "API_SSE_HEARTBEAT_SECONDS", 15.0))
+    return chat_config().sse_heartbeat_seconds
 
 
 async def sse_stream(

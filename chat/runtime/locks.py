@@ -33,6 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from chat.config import chat_config
+
 DEFAULT_TTL = 30.0  # seconds; a turn refreshes its lock every TTL/3
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -104,8 +106,6 @@ def redis_key(name: str) -> str:
 # "Too many connections". Commands that park a connection (``XREAD BLOCK`` of remote listeners,
 # pub/sub subscriptions) use a second pool, so they can never starve the short ones. Transient
 # connection errors are retried with a short exponential backoff.
-REDIS_POOL_SIZE = 32  # settings.REDIS_POOL_SIZE overrides
-REDIS_BLOCKING_POOL_SIZE = 2048  # settings.REDIS_BLOCKING_POOL_SIZE overrides
 REDIS_POOL_TIMEOUT = 10.0  # seconds a command waits for a free connection
 REDIS_RETRIES = 3
 
@@ -121,10 +121,6 @@ def _retry_kwargs(retry_cls) -> dict[str, Any]:
     }
 
 
-def _pool_size(name: str, default: int) -> int:
-    return int(getattr(settings, name, default) or default)
-
-
 def sync_redis():
     """A process-wide synchronous Redis client (thread-safe, bounded blocking connection pool)."""
     global _sync_client
@@ -133,7 +129,7 @@ def sync_redis():
             pool = redis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL,
                 decode_responses=True,
-                max_connections=_pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE),
+                max_connections=chat_config().redis_pool_size,
                 timeout=REDIS_POOL_TIMEOUT,
             )
             _sync_client = redis.Redis(connection_pool=pool, **_retry_kwargs(Retry))
@@ -158,15 +154,13 @@ def _async_client(registry, size: int):
 def async_redis():
     """The asyncio Redis client for short commands on the running event loop (clients are bound
     to their loop; one bounded blocking pool per loop)."""
-    return _async_client(_async_clients, _pool_size("REDIS_POOL_SIZE", REDIS_POOL_SIZE))
+    return _async_client(_async_clients, chat_config().redis_pool_size)
 
 
 def async_redis_blocking():
     """The asyncio Redis client for commands that hold a connection for long (``XREAD BLOCK``,
     pub/sub subscriptions): its own pool, so they never starve ``async_redis()``."""
-    return _async_client(
-        _async_blocking_clients, _pool_size("REDIS_BLOCKING_POOL_SIZE", REDIS_BLOCKING_POOL_SIZE)
-    )
+    return _async_client(_async_blocking_clients, chat_config().redis_blocking_pool_size)
 
 
 def _lock_keys(key: str) -> tuple[str, str]:

@@ -19,12 +19,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
-
 from agents.backends.sdk import max_cli_processes
 from agents.errors import AgentError
 from agents.events import Chunk
 from agents.turn import TurnInput, Usage
+from chat.config import chat_config
 from chat.models import ChatSession, ChatTurn
 from chat.runtime.persistence import MessageFolder, MessageWriter
 from chat.runtime.streams import Coalescer, TurnStream
@@ -36,8 +35,6 @@ ALREADY_ACTIVE_TEXT = (
 NOT_FOUND_TEXT = "Chat not found."
 # Concurrency caps (docs/security.md, "Concurrency caps"). The texts avoid the word "already":
 # clients match it for stream_already_active.
-DEFAULT_MAX_TURNS_PER_USER = 3
-DEFAULT_MAX_TURNS_PER_WORKER = 16
 TOO_MANY_TURNS_RETRY_AFTER = 5  # seconds (REST Retry-After)
 TOO_MANY_USER_TEXT = (
     "You have reached the most replies generated at once ({n}) (too_many_turns). "
@@ -50,12 +47,12 @@ TOO_MANY_WORKER_TEXT = (
 
 def max_turns_per_user() -> int:
     """AGENT_MAX_TURNS_PER_USER: running turns one user may have, over every process (0: no cap)."""
-    return int(getattr(settings, "AGENT_MAX_TURNS_PER_USER", DEFAULT_MAX_TURNS_PER_USER) or 0)
+    return chat_config().max_turns_per_user
 
 
 def max_turns_per_worker() -> int:
     """AGENT_MAX_TURNS_PER_WORKER: turns starting or running in this process (0: no cap)."""
-    return int(getattr(settings, "AGENT_MAX_TURNS_PER_WORKER", DEFAULT_MAX_TURNS_PER_WORKER) or 0)
+    return chat_config().max_turns_per_worker
 
 
 class TurnRefused(Exception):

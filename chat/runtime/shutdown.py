@@ -35,17 +35,16 @@ import sys
 import threading
 import weakref
 
-from django.conf import settings
 from twisted.internet import defer
 
 from agents.backends.sdk import close_all_clients
 from agents.errors import AgentError, ErrorKind
+from chat.config import chat_config
 from chat.models import ChatTurn
 from chat.runtime.registry import registry
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GRACE_SECONDS = 10.0
 SHUTDOWN_EXIT_MARGIN = 8.0  # seconds past the grace period before the watchdog ends the process
 SHUTDOWN_REFUSED_TEXT = "The server is restarting. Please try again in a moment."
 SHUTDOWN_ERROR_TEXT = "The server restarted while answering. Your partial answer was kept; please try again."
@@ -59,7 +58,7 @@ def shutting_down() -> bool:
 
 
 def grace_seconds() -> float:
-    return float(getattr(settings, "TURN_SHUTDOWN_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
+    return chat_config().shutdown_grace_seconds
 
 
 def install() -> bool:
@@ -128,17 +127,16 @@ async def close_agent_clients(timeout: float = 5.0) -> int:
         return 0
 
 
-async def turns_interrupt_all(
-    *, grace: float = DEFAULT_GRACE_SECONDS, reason: str = "server_shutdown"
-) -> int:
-    """Interrupt every turn running in this process (see the module docstring); returns how many."""
+async def turns_interrupt_all(*, grace: float | None = None, reason: str = "server_shutdown") -> int:
+    """Interrupt every turn running in this process (see the module docstring); returns how many.
+    ``grace``: how long running turns may take to stop (default TURN_SHUTDOWN_GRACE_SECONDS)."""
     global _shutting_down
     _shutting_down = True
     interrupted = await registry.interrupt_all(
         error=AgentError(ErrorKind.CONNECTION, detail=reason, message=SHUTDOWN_ERROR_TEXT),
         code=reason,
         status=ChatTurn.Status.INTERRUPTED,
-        grace=grace,
+        grace=grace_seconds() if grace is None else grace,
     )
     if interrupted:
         # Let the connections' forwarding tasks write the final frames before the sockets close.

@@ -18,13 +18,13 @@ import logging
 import time
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.utils import timezone
 
 from agents import events
 from agents.errors import AgentError, ErrorKind
 from agents.runtime import generate_title
 from chat import usage as chat_usage
+from chat.config import chat_config
 from chat.models import ChatSession, ChatTurn
 from chat.runtime import locks, persistence
 from chat.runtime.registry import RunningTurn
@@ -32,13 +32,10 @@ from chat.runtime.registry import RunningTurn
 logger = logging.getLogger(__name__)
 
 LOCK_TTL = 30.0  # seconds; refreshed every LOCK_TTL / 3 by the turn's heartbeat
-DEFAULT_IDLE_TIMEOUT = (
-    90.0  # seconds without a model chunk (tools running excepted); AGENT_STREAM_IDLE_TIMEOUT
-)
 
 
 def idle_timeout() -> float:
-    return float(getattr(settings, "AGENT_STREAM_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT) or 0.0)
+    return chat_config().stream_idle_timeout
 
 
 async def heartbeat(rt: RunningTurn) -> None:

@@ -14,6 +14,8 @@ from django.utils import timezone
 from chat.apikeys import api_key_create
 from chat.models import ApiKey
 from tests.chat.conftest import backend_api, scripted_model  # noqa: F401 - fixtures
+from tests.conftest import require_services
+from tests.servers import DaphneServer, daphne_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -327,9 +329,6 @@ async def test_a_key_revoked_through_one_process_stops_a_socket_on_another(user,
 
     import httpx
     import websockets
-
-    from tests.conftest import require_services
-    from tests.servers import DaphneServer, daphne_env
 
     require_services(postgres=True, redis=True)
     api_key, key = await sync_to_async(api_key_create)(owner=user, name="ws")

@@ -21,7 +21,7 @@ from chat import runtime
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from chat.runtime import supervision
 from tests.api.conftest import isolated_cache, key_for  # noqa: F401 - fixture re-export
-from tests.chat.conftest import send_frame
+from tests.chat.conftest import ORIGIN, WsClient, send_frame, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -184,7 +184,6 @@ async def test_closed_socket_starts_nothing(backend_api, caps, user):
     from channels.testing import WebsocketCommunicator
 
     from copilot_project.asgi import application
-    from tests.chat.conftest import ORIGIN, WsClient, session_cookie
 
     cookie = await sync_to_async(session_cookie)(user)
     comm = WebsocketCommunicator(
@@ -220,7 +219,6 @@ async def test_frames_queued_ahead_of_the_close_start_nothing(backend_api, caps,
     from channels.testing import WebsocketCommunicator
 
     from copilot_project.asgi import application
-    from tests.chat.conftest import ORIGIN, session_cookie
 
     cookie = await sync_to_async(session_cookie)(user)
     comm = WebsocketCommunicator(

@@ -9,7 +9,7 @@ import pytest
 
 from chat.models import ChatSession
 from chat.protocol import MAX_TEXT_CHARS
-from tests.chat.conftest import chunks_of, send_frame
+from tests.chat.conftest import chunks_of, requests_since, send_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -159,7 +159,6 @@ async def test_budget_refusal_never_reaches_the_model(backend_api, connect, user
     import datetime as dt
 
     from agents.errors import AgentError, ErrorKind
-    from tests.chat.conftest import requests_since
 
     resets = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession, ChatTurn, RateLimitRecord, TokenUsage
 from chat.ops import parse_duration
+from tests.conftest import require_services
 from tests.ops.conftest import dead_worker, live_worker, plant_lock, seed_session, seed_turn
 
 E, R, N = ChatMessage.Kind.ERROR, ChatMessage.Kind.RETRYABLE_ERROR, ChatMessage.Kind.NORMAL
@@ -204,7 +205,6 @@ def test_expire_stream_locks(user, settings, locks_cleanup):
 @pytest.mark.django_db
 @pytest.mark.services
 def test_expire_stream_locks_skips_turn_with_live_shared_lock(user, settings, locks_cleanup):
-    from tests.conftest import require_services
 
     require_services(redis=True)  # only Redis locks are visible across processes
     session = seed_session(user, kinds=[N])

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from chat.models import ChatMessage, ChatTurn
 from chat.runtime.shutdown import SHUTDOWN_ERROR_TEXT
 from tests.chat.conftest import session_cookie, ws_recv_until
-from tests.reliability.conftest import deltas, send_frame, turn_rows
+from tests.reliability.conftest import child_pids, chunks_of, cmdline, deltas, send_frame, text_of, turn_rows
 from tests.servers import DaphneServer, daphne_env
 from tests.waiting import wait_until
 
@@ -157,7 +157,6 @@ async def test_shutdown_hook_in_process_sdk(backend_sdk, connect, user):
     """The same shutdown path without daphne, through the sdk backend (the CLI is interrupted)."""
     from chat import runtime
     from chat.runtime import shutdown
-    from tests.reliability.conftest import chunks_of, text_of
 
     ws = await connect()
     chat_id = str(uuid.uuid4())
@@ -192,7 +191,6 @@ async def test_sigterm_exits_within_20s_with_kept_cli_clients(scripted_model, tm
     closed the kept clients (agents.backends.sdk.close_all_clients) it never exited: its main
     thread waited in ``threading._shutdown`` for an anyio worker thread that stops only when the
     kept client's owner task ends."""
-    from tests.reliability.conftest import child_pids, cmdline
 
     env = daphne_env(
         workspaces=tmp_path / "ws",

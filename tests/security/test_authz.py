@@ -23,6 +23,7 @@ from chat import runtime
 from chat.apikeys import api_key_create
 from chat.models import ApiKey, ChatMessage, ChatSession, TokenUsage
 from chat.services import message_append, session_create
+from tests.agents.conftest import requests_since
 from tests.chat.conftest import ORIGIN, WsClient, chunks_of, send_frame, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -229,7 +230,6 @@ async def test_collection_routes_show_only_the_callers_data(auth, backend_api, u
 async def test_chat_post_with_alices_id_starts_bobs_own_session(
     route, auth, backend_api, user, other_user, alice_data
 ):
-    from tests.agents.conftest import requests_since
 
     client = await _client(auth, other_user)
     before = await sync_to_async(_snapshot)(alice_data)
@@ -272,7 +272,6 @@ async def _bob_socket(auth: str, bob) -> WsClient:
 
 @pytest.mark.parametrize("auth", ["cookie", "bearer"])
 async def test_websocket_requests_cannot_touch_alices_chat(auth, backend_api, user, other_user, alice_data):
-    from tests.agents.conftest import requests_since
 
     session = alice_data["session"]
     await _start_alice_turn(user, session)

@@ -19,7 +19,8 @@ from chat import protocol
 from chat.apikeys import api_key_create
 from chat.protocol import ProtocolError, frame_parse
 from chat.ratelimit import TokenBucket
-from tests.chat.conftest import send_frame
+from tests.chat.conftest import send_frame, session_cookie, session_cookie_async
+from tests.servers import DaphneServer, daphne_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,14 +106,13 @@ async def test_websocket_origin_is_judged_like_csrf(settings, user, scheme, host
     ALLOWED_HOSTS only: http://copilot.example.com and https://copilot.example.com:8443 opened a
     cookie socket of an https deployment that REST's CSRF check refuses."""
     from copilot_project.asgi import application
-    from tests.chat.conftest import _cookie
 
     settings.ALLOWED_HOSTS = ["copilot.example.com"]
     settings.CSRF_TRUSTED_ORIGINS = ["https://*.example.org", "https://partner.example.net:8443"]
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     expected = await sync_to_async(_csrf_origin_verdict)(scheme, host, forwarded, origin)
     headers = [
-        (b"cookie", (await _cookie(user)).encode()),
+        (b"cookie", (await session_cookie_async(user)).encode()),
         (b"host", host.encode()),
         (b"origin", origin.encode()),
     ]
@@ -128,12 +128,11 @@ async def test_websocket_origin_is_judged_like_csrf(settings, user, scheme, host
 async def test_websocket_origin_without_a_proxy_header_setting(settings, user):
     """Without SECURE_PROXY_SSL_HEADER a forwarded proto is not believed (as in Django)."""
     from copilot_project.asgi import application
-    from tests.chat.conftest import _cookie
 
     settings.ALLOWED_HOSTS = ["copilot.example.com"]
     settings.CSRF_TRUSTED_ORIGINS = []
     settings.SECURE_PROXY_SSL_HEADER = None
-    cookie = (await _cookie(user)).encode()
+    cookie = (await session_cookie_async(user)).encode()
     for origin, ok in (("https://copilot.example.com", False), ("http://copilot.example.com", True)):
         headers = [
             (b"cookie", cookie),
@@ -363,9 +362,6 @@ def test_real_daphne_judges_the_origin_like_csrf(tmp_path, user):
     """The same rule through a real daphne with production settings behind a TLS proxy
     (X-Forwarded-Proto: https, SECURE_PROXY_SSL_HEADER set by DEBUG=false)."""
     import socket
-
-    from tests.chat.conftest import session_cookie
-    from tests.servers import DaphneServer, daphne_env
 
     cookie = session_cookie(user)
     env = daphne_env(
