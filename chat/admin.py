@@ -42,7 +42,7 @@ from chat.models import (
 from chat.ops import lock_state, session_release_stuck_lock
 from chat.runtime import turn_stop_session
 from chat.selectors import (
-    session_has_active_turn,
+    session_has_running_turn_row,
     session_list_for_admin,
     turn_list_recent,
     usage_per_day,
@@ -376,7 +376,7 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def clear_error_markers(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
         cleared = skipped = 0
         for session in queryset:
-            if session_has_active_turn(session_id=session.pk):
+            if session_has_running_turn_row(session_id=session.pk):
                 skipped += 1
                 continue
             cleared += message_clear_trailing_error_markers(session_id=session.pk)

@@ -25,7 +25,7 @@ from django.utils import timezone
 from chat.config import chat_config
 from chat.models import ChatSession, ChatTurn
 from chat.runtime import locks
-from chat.selectors import session_has_active_turn, turn_list_stale, turn_running_queryset
+from chat.selectors import session_has_running_turn_row, turn_list_stale, turn_running_queryset
 from chat.services import turn_mark_interrupted
 
 # A running turn whose lock vanished is only judged dead after this long without a heartbeat
@@ -240,7 +240,7 @@ def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> Wo
         except ValueError:
             result.skip("not a session workspace", entry)
             continue
-        if session_has_active_turn(session_id=session_id):
+        if session_has_running_turn_row(session_id=session_id):
             result.skip("active turn", entry)
             continue
         if shared and locks.lock_holder(session_lock_key(session_id)) is not None:
@@ -259,7 +259,7 @@ def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> Wo
             result.removed.append(entry)
             continue
         # Last look right before deleting: a turn may have started meanwhile.
-        if session_has_active_turn(session_id=session_id):
+        if session_has_running_turn_row(session_id=session_id):
             result.skip("active turn", entry)
             continue
         try:

@@ -98,11 +98,11 @@ def turn_running_queryset() -> QuerySet[ChatTurn]:
     return ChatTurn.objects.filter(status=ChatTurn.Status.RUNNING)
 
 
-def session_has_active_turn(*, session_id: Any) -> bool:
-    """A ChatTurn of the session is still ``running`` in the database (any process): the
-    operators' view (admin, commands), which a dead worker's turn keeps until
-    ``expire_stream_locks``. The runtime's own answer, from the session's lease lock, is
-    ``chat.runtime.turn_is_active``."""
+def session_has_running_turn_row(*, session_id: Any) -> bool:
+    """A ChatTurn row of the session is still ``running`` in the database (any process): what the
+    operators' tools (admin, commands) check before touching a session; a dead worker's turn keeps
+    its row running until ``expire_stream_locks``. Whether a turn is *active* has one answer, the
+    runtime's (the session's lease lock is held): ``chat.runtime.turn_is_active``."""
     return turn_running_queryset().filter(session_id=session_id).exists()
 
 

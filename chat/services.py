@@ -16,7 +16,7 @@ from chat.selectors import (
     message_last_sequence,
     message_trailing_error_markers,
     session_get_for_user,
-    session_has_active_turn,
+    session_has_running_turn_row,
 )
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def message_clear_trailing_error_markers(*, session_id: Any, allow_active: bool 
     Never touches a marker followed by another message, and (unless ``allow_active``) does nothing
     while the session has a running turn (its markers are not stale: the turn may still write)."""
     with transaction.atomic():
-        if not allow_active and session_has_active_turn(session_id=session_id):
+        if not allow_active and session_has_running_turn_row(session_id=session_id):
             return 0
         markers = message_trailing_error_markers(session_id=session_id)
         if not markers:

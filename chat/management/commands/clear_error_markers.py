@@ -11,7 +11,7 @@ from chat.management.commands._base import OpsCommand
 from chat.models import ChatSession
 from chat.selectors import (
     message_trailing_error_markers,
-    session_has_active_turn,
+    session_has_running_turn_row,
     session_ids_with_trailing_error_marker,
 )
 from chat.services import message_clear_trailing_error_markers
@@ -54,7 +54,7 @@ class Command(OpsCommand):
             session_ids = session_ids_with_trailing_error_marker()
         cleared = sessions = active = 0
         for pk in session_ids:
-            if session_has_active_turn(session_id=pk):
+            if session_has_running_turn_row(session_id=pk):
                 active += 1
                 continue
             markers = message_trailing_error_markers(session_id=pk)
