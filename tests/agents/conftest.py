@@ -29,6 +29,30 @@ from scripted_model.server import ScriptedModelServer
 IGNORED_TYPES = frozenset({"data-heartbeat", "data-status"})
 
 
+# The chunk-type shapes of common turns (one definition for every backend test).
+TEXT_TURN = [
+    "start",
+    "start-step",
+    "text-start",
+    "text-delta",
+    "text-end",
+    "finish-step",
+    "data-usage",
+    "finish",
+]
+ERROR_TURN = ["start", "data-usage", "error"]
+PARTIAL_THEN_ERROR = [
+    "start",
+    "start-step",
+    "text-start",
+    "text-delta",
+    "text-end",
+    "finish-step",
+    "data-usage",
+    "error",
+]
+
+
 def chunk_types(chunks: list[Chunk]) -> list[str]:
     """Chunk types in order; runs of the same delta type collapse to one; heartbeats and status
     notes are dropped."""

@@ -14,25 +14,21 @@ from agents.errors import AgentError, ErrorKind
 from agents.runtime import cost_usd, generate_title, run_turn
 from agents.turn import Attachment, HistoryMessage, TurnInput, TurnResult, Usage
 
-from .conftest import chunk_types, requests_since, text_of, turn_input
+from .conftest import (
+    ERROR_TURN,
+    PARTIAL_THEN_ERROR,
+    TEXT_TURN,
+    chunk_types,
+    requests_since,
+    text_of,
+    turn_input,
+)
 from .conftest import run_turn_chunks as turn
 
 PNG_1x1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
-
-TEXT_TURN = [
-    "start",
-    "start-step",
-    "text-start",
-    "text-delta",
-    "text-end",
-    "finish-step",
-    "data-usage",
-    "finish",
-]
-ERROR_TURN = ["start", "data-usage", "error"]
 
 
 def make_input(workspace, text: str, **kwargs) -> TurnInput:
@@ -214,16 +210,7 @@ async def test_prompt_too_long(workspace, scripted_model):
 async def test_drop_is_connection_error_without_retry_after_text(workspace, scripted_model):
     mark = scripted_model.request_count
     chunks, result = await turn(make_input(workspace, "/drop"))
-    assert chunk_types(chunks) == [
-        "start",
-        "start-step",
-        "text-start",
-        "text-delta",
-        "text-end",
-        "finish-step",
-        "data-usage",
-        "error",
-    ]
+    assert chunk_types(chunks) == PARTIAL_THEN_ERROR
     assert result.error.kind == ErrorKind.CONNECTION
     assert text_of(chunks)  # partial text reached the client ...
     assert len(requests_since(scripted_model, mark)) == 1  # ... so no retry (it would duplicate)
@@ -242,16 +229,7 @@ async def test_stop_during_slow_stream(workspace):
     elapsed_after_stop = time.monotonic() - stop_at
     assert elapsed_after_stop < 1.0, elapsed_after_stop
     assert time.monotonic() - started < 2.0  # far less than the 2 s the full reply takes
-    assert chunk_types(chunks) == [
-        "start",
-        "start-step",
-        "text-start",
-        "text-delta",
-        "text-end",
-        "finish-step",
-        "data-usage",
-        "finish",
-    ]
+    assert chunk_types(chunks) == TEXT_TURN
     assert chunks[-1] == {"type": "finish", "finishReason": "stop", "messageMetadata": {"stopped": True}}
     assert text_of(chunks).startswith("w0 ")
     assert len(text_of(chunks).split()) < 40

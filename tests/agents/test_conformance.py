@@ -34,21 +34,10 @@ from agents.errors import ErrorKind
 from agents.events import Chunk
 from agents.runtime import run_turn
 from agents.turn import TurnInput, TurnResult
-from tests.agents.conftest import chunk_types, collect, turn_input
+from tests.agents.conftest import ERROR_TURN, PARTIAL_THEN_ERROR, TEXT_TURN, chunk_types, collect, turn_input
 
 BACKENDS = [pytest.param("api", id="api"), pytest.param("sdk", id="sdk", marks=pytest.mark.cli)]
 
-TEXT_TURN = [
-    "start",
-    "start-step",
-    "text-start",
-    "text-delta",
-    "text-end",
-    "finish-step",
-    "data-usage",
-    "finish",
-]
-ERROR_TURN = ["start", "data-usage", "error"]
 TOOL_TURN = [
     "start",
     "start-step", "text-start", "text-delta", "text-end",
@@ -69,16 +58,6 @@ THINK_TURN = [
     "start", "start-step", "reasoning-start", "reasoning-delta", "reasoning-end",
     "text-start", "text-delta", "text-end", "finish-step", "data-usage", "finish",
 ]  # fmt: skip
-PARTIAL_THEN_ERROR = [
-    "start",
-    "start-step",
-    "text-start",
-    "text-delta",
-    "text-end",
-    "finish-step",
-    "data-usage",
-    "error",
-]
 
 # directive -> (expected chunk types, expected text (None: not checked), expected error kind)
 CASES: dict[str, tuple[list[str], str | None, ErrorKind | None]] = {

@@ -23,7 +23,7 @@ from agents.errors import ErrorKind
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 from scripted_model.directives import request_chars
 
-from .conftest import chunk_types, requests_since, run_turn_chunks, text_of, turn_input
+from .conftest import ERROR_TURN, TEXT_TURN, chunk_types, requests_since, run_turn_chunks, text_of, turn_input
 
 pytestmark = pytest.mark.usefixtures("scripted_model", "fast_retries")
 
@@ -85,16 +85,7 @@ async def test_api_full_history_too_long_then_compacted_succeeds(workspace, scri
     assert statuses(chunks) == ["compacting-context"]
     status_at = next(i for i, c in enumerate(chunks) if c["type"] == "data-status")
     assert status_at == 1  # right after start, before any content
-    assert chunk_types(chunks) == [
-        "start",
-        "start-step",
-        "text-start",
-        "text-delta",
-        "text-end",
-        "finish-step",
-        "data-usage",
-        "finish",
-    ]
+    assert chunk_types(chunks) == TEXT_TURN
     assert 'you said "/toolong-over 6000 and now?"' in text_of(chunks)
 
     full, summary, compacted = bodies(scripted_model, mark)
@@ -133,7 +124,7 @@ async def test_api_history_rung_when_compacted_is_still_too_long(workspace, scri
 async def test_api_nothing_fits_ends_with_one_error_suggesting_a_new_chat(workspace, scripted_model):
     mark = len(scripted_model.requests)
     chunks, result = await turn(make_input(workspace, "/toolong", history=long_history(2, 200)))
-    assert chunk_types(chunks) == ["start", "data-usage", "error"]
+    assert chunk_types(chunks) == ERROR_TURN
     assert statuses(chunks) == ["compacting-context", "history-only"]
     assert result.error is not None and result.error.kind == ErrorKind.PROMPT_TOO_LONG
     [error] = [c for c in chunks if c["type"] == "error"]
@@ -143,7 +134,7 @@ async def test_api_nothing_fits_ends_with_one_error_suggesting_a_new_chat(worksp
     # Without any history there is nothing to shorten: no rung, one error.
     mark = len(scripted_model.requests)
     chunks, result = await turn(make_input(workspace, "/toolong"))
-    assert chunk_types(chunks) == ["start", "data-usage", "error"] and statuses(chunks) == []
+    assert chunk_types(chunks) == ERROR_TURN and statuses(chunks) == []
     assert "new chat" in result.error.message
     assert len(bodies(scripted_model, mark)) == 1
 
@@ -512,16 +503,7 @@ async def test_sdk_cli_reactive_compaction_is_a_status_and_never_text(workspace,
     assert result.error is None, result.error
     assert statuses(chunks) == ["compacting", "compacted"]
     assert text_of(chunks) == "w0 w1 w2 "  # nothing of the compaction summary
-    assert chunk_types(chunks) == [
-        "start",
-        "start-step",
-        "text-start",
-        "text-delta",
-        "text-end",
-        "finish-step",
-        "data-usage",
-        "finish",
-    ]
+    assert chunk_types(chunks) == TEXT_TURN
     requests = bodies(scripted_model, mark)
     assert requests[0]["status"] == 400 and requests[-1]["status"] == 200
     assert any(
@@ -584,7 +566,7 @@ async def test_sdk_nothing_fits_ends_with_one_error(workspace, scripted_model, s
             workspace, "/toolong", backend="sdk", history=history, agent_session_id=first.agent_session_id
         )
     )
-    assert chunk_types(chunks) == ["start", "data-usage", "error"]
+    assert chunk_types(chunks) == ERROR_TURN
     assert statuses(chunks) == ["compacting-context", "history-only"]
     assert (
         result.error is not None

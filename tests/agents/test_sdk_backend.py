@@ -30,7 +30,15 @@ from agents.hooks import ToolPolicy
 from agents.runtime import run_turn
 from agents.sandbox import SubagentLimiter
 from agents.turn import Attachment, TurnInput, TurnResult
-from tests.agents.conftest import chunk_types, collect, requests_since, text_of, turn_input
+from tests.agents.conftest import (
+    ERROR_TURN,
+    TEXT_TURN,
+    chunk_types,
+    collect,
+    requests_since,
+    text_of,
+    turn_input,
+)
 
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -166,7 +174,7 @@ async def test_errors_are_classified(scripted_model, workspace, directive, kind)
 async def test_runtime_error_turn_ends_with_one_error_chunk(scripted_model, workspace):
     result = TurnResult()
     chunks = await collect(run_turn(make_input(workspace, "/error 401"), result), timeout=40)
-    assert chunk_types(chunks) == ["start", "data-usage", "error"]
+    assert chunk_types(chunks) == ERROR_TURN
     assert result.error is not None and result.error.kind == ErrorKind.AUTHENTICATION
 
 
@@ -178,16 +186,7 @@ async def test_heartbeats_while_the_cli_is_silent_lose_nothing(scripted_model, w
     result = TurnResult()
     chunks = await collect(run_turn(make_input(workspace, "/slow 200 5"), result), timeout=40)
     assert any(c["type"] == "data-heartbeat" for c in chunks)
-    assert chunk_types(chunks) == [
-        "start",
-        "start-step",
-        "text-start",
-        "text-delta",
-        "text-end",
-        "finish-step",
-        "data-usage",
-        "finish",
-    ]
+    assert chunk_types(chunks) == TEXT_TURN
     assert text_of(chunks) == "w0 w1 w2 w3 w4 "
     assert result.error is None
 

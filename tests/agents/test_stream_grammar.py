@@ -16,30 +16,18 @@ import pytest
 from agents.adapter import CUT_TOOL_CALL, REFUSAL_MESSAGE
 from agents.errors import ErrorKind
 from agents.turn import HistoryMessage
-from tests.agents.conftest import chunk_types, requests_since, run_turn_chunks, text_of, turn_input
+from tests.agents.conftest import (
+    PARTIAL_THEN_ERROR,
+    TEXT_TURN,
+    chunk_types,
+    requests_since,
+    run_turn_chunks,
+    text_of,
+    turn_input,
+)
 
 BACKENDS = [pytest.param("api", id="api"), pytest.param("sdk", id="sdk", marks=pytest.mark.cli)]
 
-TEXT_TURN = [
-    "start",
-    "start-step",
-    "text-start",
-    "text-delta",
-    "text-end",
-    "finish-step",
-    "data-usage",
-    "finish",
-]
-PARTIAL_THEN_ERROR = [
-    "start",
-    "start-step",
-    "text-start",
-    "text-delta",
-    "text-end",
-    "finish-step",
-    "data-usage",
-    "error",
-]
 THINK_TOOL_TURN = [
     "start",
     "start-step", "reasoning-start", "reasoning-delta", "reasoning-end",
