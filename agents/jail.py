@@ -29,6 +29,7 @@ What a jail is (bubblewrap, ``bwrap``):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -38,6 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -573,6 +575,46 @@ def _cli_jail_keep() -> frozenset[int]:
     return frozenset(range(1, 4 + (1 if egress_rules() else 0)))
 
 
+def jail_members(bwrap_pid: int) -> dict[int, int]:
+    """Every process inside the CLI jail of ``bwrap_pid`` (its outer bwrap): host pid -> the pid
+    inside the jail."""
+    inits = [c for c in _children(bwrap_pid) if len(_ns_pid(c)[1]) >= 2]
+    if not inits:
+        return {}
+    target = _ns_pid(inits[0])[0]
+    inside: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            ns, nspids = _ns_pid(int(entry))
+            if ns == target and len(nspids) >= 2:
+                inside[int(entry)] = nspids[-1]
+    return inside
+
+
+async def jail_members_exited(pids: Iterable[int], *, timeout: float = 5.0) -> None:
+    """Return once every one of ``pids`` has exited (a pidfd per process tells the event loop), or
+    after ``timeout``. The kernel ends them all when the jail's outer bwrap is gone."""
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[None]] = []
+    fds: list[int] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            continue
+        done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda f=done: f.done() or f.set_result(None))
+        fds.append(fd)
+        waits.append(done)
+    try:
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
 def jail_sweep(bwrap_pid: int, *, rounds: int = 50) -> int:
     """Kill every process in the CLI jail of ``bwrap_pid`` (the jail's outer bwrap process) but
     the jail's init, the CLI and the model bridge with its connections: nothing the agent started
@@ -588,16 +630,7 @@ def jail_sweep(bwrap_pid: int, *, rounds: int = 50) -> int:
 
 
 def _sweep_once(bwrap_pid: int) -> int:
-    inits = [c for c in _children(bwrap_pid) if len(_ns_pid(c)[1]) >= 2]
-    if not inits:
-        return 0
-    target = _ns_pid(inits[0])[0]
-    inside: dict[int, int] = {}  # host pid -> pid inside the jail
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            ns, nspids = _ns_pid(int(entry))
-            if ns == target and len(nspids) >= 2:
-                inside[int(entry)] = nspids[-1]
+    inside = jail_members(bwrap_pid)
     keep = _cli_jail_keep()
     bridge = {pid for pid, nspid in inside.items() if nspid in keep and nspid > 2}
     killed = 0

@@ -73,7 +73,7 @@ from agents.credentials import TOKEN_PREFIX, Credential, credential_proxy, key_f
 from agents.errors import AgentError, ErrorKind, classify_exception, classify_text, scrub
 from agents.events import Chunk
 from agents.hooks import ToolPolicy
-from agents.jail import cli_launch, cli_model_url, jail_active, jail_sweep
+from agents.jail import cli_launch, cli_model_url, jail_active, jail_members, jail_members_exited, jail_sweep
 from agents.sandbox import SUBAGENT_TOOLS, EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
@@ -768,7 +768,12 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
         try:
             if kept.client is not None:
                 client, kept.client = kept.client, None
+                # A jailed CLI is more than the SDK's process (bwrap's init, the CLI, its bridges):
+                # the owner ends, and frees its place under AGENT_SDK_MAX_CLI_PROCESSES, only once
+                # all of them are gone.
+                members = jail_members(kept.pid) if kept.pid is not None and jail_active() else []
                 await _disconnect(client)
+                await jail_members_exited(members)
         finally:
             kept.set_credential(None)  # the grant token dies with its CLI
 
