@@ -115,7 +115,9 @@ SM_PORT=$(free_port)
 DEBUG=true DATABASE_URL="sqlite:///$LANE/scripted-model.sqlite3" \
   "$PY" manage.py scripted_model --port "$SM_PORT" >"$LOGS/scripted-model.log" 2>&1 &
 SM_PID=$!; PIDS+=("$SM_PID")
-export ANTHROPIC_BASE_URL="http://127.0.0.1:$SM_PORT" ANTHROPIC_API_KEY="sk-ant-prodlane-offline-$RANDOM$RANDOM"
+# A key is set, as in every real deployment (the scripted model takes any): the credential proxy path.
+export ANTHROPIC_BASE_URL="http://127.0.0.1:$SM_PORT"
+export ANTHROPIC_API_KEY="${PRODLANE_ANTHROPIC_API_KEY:-sk-ant-prodlane-offline-$RANDOM$RANDOM}"
 wait_port "$SM_PORT" "$SM_PID" scripted-model
 
 log "database $DB_NAME (fresh), migrate, check --deploy"
