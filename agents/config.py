@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from agents.errors import AgentError, ErrorKind
 
@@ -60,7 +63,7 @@ def workspace_root() -> Path:
 @dataclass(frozen=True)
 class AgentConfig:
     """The ``AGENT_*`` settings the agents app reads, typed. Built from ``django.conf.settings``
-    by ``agent_config()`` on every call (cheap), so a test's settings override takes effect."""
+    by ``agent_config()`` once per process (cleared when a setting changes)."""
 
     model: str  # AGENT_MODEL
     system_prompt: str  # AGENT_SYSTEM_PROMPT
@@ -91,8 +94,10 @@ class AgentConfig:
     sdk_max_cli_processes: int  # AGENT_SDK_MAX_CLI_PROCESSES (0: no cap)
 
 
+@functools.cache
 def agent_config() -> AgentConfig:
-    """The agent settings as they are now (see ``AgentConfig``)."""
+    """The agent settings (see ``AgentConfig``), read once per process; ``override_settings`` and
+    pytest-django's ``settings`` fixture send ``setting_changed``, which clears the cache."""
     s = settings
     return AgentConfig(
         model=str(s.AGENT_MODEL),
@@ -123,3 +128,8 @@ def agent_config() -> AgentConfig:
         sdk_max_idle_clients=int(s.AGENT_SDK_MAX_IDLE_CLIENTS or 0),
         sdk_max_cli_processes=int(s.AGENT_SDK_MAX_CLI_PROCESSES or 0),
     )
+
+
+@receiver(setting_changed)
+def agent_config_reset(**_kwargs: Any) -> None:
+    agent_config.cache_clear()

@@ -1,14 +1,19 @@
 """The chat app's view of the settings, read in one place (copilot_project/settings.py defines
 every one of them and its default; nothing here repeats a default).
 
-``chat_config()`` builds the object from ``django.conf.settings`` on every call (cheap), so a
-setting changed at run time (tests, ``override_settings``) takes effect at once."""
+``chat_config()`` reads ``django.conf.settings`` once per process; a setting changed at run time
+(``override_settings``, pytest-django's ``settings`` fixture) sends ``setting_changed``, which
+clears the cache, so the change takes effect at once."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class ChatConfig:
     redis_blocking_pool_size: int
 
 
+@functools.cache
 def chat_config() -> ChatConfig:
     return ChatConfig(
         api_key_cache_seconds=float(settings.API_KEY_CACHE_SECONDS),
@@ -61,3 +67,8 @@ def chat_config() -> ChatConfig:
         redis_pool_size=int(settings.REDIS_POOL_SIZE),
         redis_blocking_pool_size=int(settings.REDIS_BLOCKING_POOL_SIZE),
     )
+
+
+@receiver(setting_changed)
+def chat_config_reset(**_kwargs: Any) -> None:
+    chat_config.cache_clear()

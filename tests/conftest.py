@@ -12,6 +12,8 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
+from chat.config import chat_config
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -70,6 +72,10 @@ def _own_api_key_failure_counters(monkeypatch):
     wrap every test's settings, and the session-scoped scripted model's ANTHROPIC_BASE_URL (set
     on first use, inside some test) would vanish with that test's override."""
     monkeypatch.setattr(settings, "API_KEY_FAILURE_NAMESPACE", uuid.uuid4().hex, raising=False)
+    chat_config.cache_clear()  # a direct setattr sends no setting_changed
+    yield
+    monkeypatch.undo()
+    chat_config.cache_clear()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -49,12 +49,16 @@ async def turn_run(rt: RunningTurn) -> None:
     cancelled = False
     writer_task = registry.spawn(rt.writer.run())
     heartbeat_task = registry.spawn(supervision.heartbeat(rt))
-    title_task = registry.spawn(supervision.title_generate(rt)) if rt.needs_title else None
+    # The title call starts once the model has answered the turn's own request: started beside
+    # it, it competes with the first tokens (of this turn and of the turns starting with it).
+    title_task: asyncio.Task | None = None
     loop = asyncio.get_running_loop()
     rt.last_activity = loop.time()
     watchdog_task = registry.spawn(supervision.idle_watchdog(rt))
     try:
         async for chunk in run_turn(rt.inp, result):
+            if rt.needs_title and title_task is None:
+                title_task = registry.spawn(supervision.title_generate(rt))
             if terminal is not None:
                 continue  # nothing may follow the terminal chunk
             if chunk["type"] != "data-heartbeat":
@@ -71,6 +75,8 @@ async def turn_run(rt: RunningTurn) -> None:
     finally:
         heartbeat_task.cancel()
         watchdog_task.cancel()
+        if rt.needs_title and title_task is None:  # the model never answered: name the chat anyway
+            title_task = registry.spawn(supervision.title_generate(rt))
         fin = asyncio.get_running_loop().create_task(
             _finish(rt, result, terminal, cancelled, writer_task, title_task)
         )
