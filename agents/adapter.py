@@ -36,12 +36,19 @@ REFUSAL_MESSAGE = "The model declined to continue this answer."
 CUT_TOOL_CALL = "Not run: the answer hit the model's output limit while writing this tool call."
 
 
+TOOL_OUTPUT_STATES = {
+    "tool-output-available": "output-available",
+    "tool-output-error": "output-error",
+    "tool-output-denied": "output-denied",
+}
+
+
 class ChunkTracker:
     def __init__(self) -> None:
         self.open_text: list[str] = []
         self.open_reasoning: list[str] = []
         self.step_open = False
-        # toolCallId -> "input-streaming" | "input-available" | "output-available" | "output-error"
+        # toolCallId -> "input-streaming" | "input-available" | a TOOL_OUTPUT_STATES value
         self.tools: dict[str, str] = {}
         self.tool_names: dict[str, str] = {}
         self.has_content = False  # any text/reasoning/tool chunk passed (no more retries)
@@ -123,7 +130,7 @@ class ChunkTracker:
         tid = chunk["toolCallId"]
         if self.tools.get(tid) not in ("input-streaming", "input-available"):
             return []
-        self.tools[tid] = "output-error" if chunk["type"] == "tool-output-error" else "output-available"
+        self.tools[tid] = TOOL_OUTPUT_STATES[chunk["type"]]
         return [chunk]
 
     # -- closing ----------------------------------------------------------------------------
@@ -160,4 +167,5 @@ _HANDLERS: dict[str, Any] = {
     "tool-input-available": ChunkTracker._tool_input_available,
     "tool-output-available": ChunkTracker._tool_output,
     "tool-output-error": ChunkTracker._tool_output,
+    "tool-output-denied": ChunkTracker._tool_output,
 }

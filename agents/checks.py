@@ -1,6 +1,7 @@
 """Django system checks of the agent runtime (``manage.py check``; daphne and runserver run them
 at start): the jail must work before a production server takes a turn (docs/security.md), and a
-production server must name its model (the scripted model never starts by itself there)."""
+production server must name its model (the scripted model never starts by itself there), and the
+models offered per chat (AGENT_MODELS) must parse."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from agents.config import NO_MODEL_MESSAGE
+from agents.config import NO_MODEL_MESSAGE, models_parse
 from agents.jail import jail_problem
 
 
@@ -51,4 +52,21 @@ def model_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
             "(e.g. `python manage.py scripted_model --port N` for an offline demo).",
             id="agents.E002",
         )
+    ]
+
+
+@checks.register()
+def models_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """AGENT_MODELS must parse: a bad entry would silently be missing from the chats' choices
+    (``agents.config.models_parse`` leaves it out at run time)."""
+    _models, problems = models_parse(settings.AGENT_MODELS, str(settings.AGENT_MODEL))
+    return [
+        checks.Error(
+            f"AGENT_MODELS: {problem}.",
+            hint='A JSON list [{"id": "claude-sonnet-5-5", "name": "Claude Sonnet 5.5", '
+            '"prices": [3, 15, 0.3, 3.75]}, ...] or a comma list "id=Display name,id2" '
+            "(docs/operations.md).",
+            id="agents.E003",
+        )
+        for problem in problems
     ]

@@ -112,6 +112,22 @@ def tool_output_error(tool_call_id: str, error_text: str) -> Chunk:
     return {"type": "tool-output-error", "toolCallId": tool_call_id, "errorText": error_text}
 
 
+def tool_output_denied(tool_call_id: str) -> Chunk:
+    """The user (or an expired approval request) denied the call: it never ran."""
+    return {"type": "tool-output-denied", "toolCallId": tool_call_id}
+
+
+def tool_approval_request(approval_id: str, tool_call_id: str) -> Chunk:
+    return {"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": tool_call_id}
+
+
+def tool_approval_response(approval_id: str, approved: bool, reason: str = "") -> Chunk:
+    chunk: Chunk = {"type": "tool-approval-response", "approvalId": approval_id, "approved": approved}
+    if reason:
+        chunk["reason"] = reason
+    return chunk
+
+
 def error(error_text: str) -> Chunk:
     return {"type": "error", "errorText": error_text}
 

@@ -11,6 +11,12 @@ runs). Tools that are not pre-approved (the sub-agent tools ``Task``/``Agent``) 
 One ``ToolPolicy`` per turn. A decision is made once per tool_use id (the hook and the callback
 can both see the same call), so a sub-agent slot of the ``SubagentLimiter`` is taken once and
 released when the call's PostToolUse / PostToolUseFailure hook fires or its result is seen.
+
+Tool approval (``agents.approval``): after the sandbox check, the turn's ``ToolRules`` allow,
+deny, or ask the user (``TurnInput.approve``) — inside the PreToolUse hook (its timeout covers
+``TOOL_APPROVAL_TIMEOUT_SECONDS``) or ``can_use_tool``, whichever sees the call first. Approving
+``ExitPlanMode`` (plan mode, the CLI's ``permission_mode="plan"``) switches the CLI back to its
+default mode (``on_plan_approved``) for the rest of the turn.
 """
 
 from __future__ import annotations
@@ -18,24 +24,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk import HookMatcher, PermissionResultAllow, PermissionResultDeny
 
+from agents.approval import PLAN_TOOL, ApprovalAsk, ToolRules
+from agents.config import agent_config
 from agents.jail import jail_active, quota_exceeded, tool_limits_prefix
 from agents.sandbox import SUBAGENT_TOOLS, SubagentLimiter, check_tool_input
 
 log = logging.getLogger(__name__)
+
+
+def pre_tool_use_timeout() -> float:
+    """The PreToolUse hook may wait for the user's answer: its timeout covers the approval's."""
+    return agent_config().tool_approval_timeout + 60.0
+
 
 # The CLI's tools that can grow the workspace: the quota is checked after each of their calls.
 QUOTA_TOOLS = frozenset({"Bash", "Write", "Edit", "MultiEdit", "NotebookEdit", "Task", "Agent"})
 
 
 class ToolPolicy:
-    def __init__(self, workspace: Path, *, limiter: SubagentLimiter | None = None) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        *,
+        limiter: SubagentLimiter | None = None,
+        tools: ToolRules | None = None,
+        approve: ApprovalAsk | None = None,
+    ) -> None:
         self.workspace = Path(workspace)
         self.limiter = limiter or SubagentLimiter()
+        self.tools = tools or ToolRules()
+        self.approve = approve
+        self.on_plan_approved: Callable[[], Awaitable[None]] | None = None  # set by the backend
+        self.user_denied: set[str] = set()  # tool_use ids the user denied (``tool-output-denied``)
+        self._answers: dict[str, asyncio.Future[str | None]] = {}  # tool_use_id -> deny reason or None
         self._decisions: dict[str, str | None] = {}  # tool_use_id -> deny reason or None
         self._slots: set[str] = set()  # tool_use ids holding a sub-agent slot
         self._lock = threading.Lock()
@@ -81,6 +108,47 @@ class ToolPolicy:
         if holding:
             self.limiter.release()
 
+    async def permit(self, tool_name: str, tool_input: Any, tool_use_id: str | None) -> str | None:
+        """The whole decision: the sandbox (``decide``), then the turn's rules, asking the user
+        when they say so. ``None`` to allow, else the deny reason. Once per tool_use id: the hook
+        and ``can_use_tool`` share the answer (the user is asked once)."""
+        if tool_use_id is not None and tool_use_id in self._answers:
+            return await asyncio.shield(self._answers[tool_use_id])
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        if tool_use_id is not None:
+            self._answers[tool_use_id] = answer
+        try:
+            reason = self.decide(tool_name, tool_input, tool_use_id)
+            if reason is None:
+                reason = await self._approval(tool_name, tool_input, tool_use_id)
+        except BaseException as exc:
+            answer.set_exception(exc)
+            answer.exception()  # retrieved: a later caller re-raises it, nobody logs it twice
+            raise
+        answer.set_result(reason)
+        return reason
+
+    async def _approval(self, tool_name: str, tool_input: Any, tool_use_id: str | None) -> str | None:
+        decision = self.tools.decide(tool_name)
+        if decision == "allow":
+            return None
+        if decision == "deny":
+            return self.tools.denial_text(tool_name)
+        if self.approve is None or tool_use_id is None:
+            return f"{tool_name} needs the user's approval, and nobody can answer here."
+        answer = await self.approve(
+            tool_use_id, tool_name, tool_input if isinstance(tool_input, dict) else {}
+        )
+        if not answer.approved:
+            if not answer.stopped:
+                self.user_denied.add(tool_use_id)
+            return answer.denial_text(tool_name)
+        if tool_name == PLAN_TOOL:
+            self.tools.plan_approved()
+            if self.on_plan_approved is not None:
+                await self.on_plan_approved()
+        return None
+
     # -- the CLI callbacks --------------------------------------------------------------------
     async def pre_tool_use(
         self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
@@ -88,7 +156,7 @@ class ToolPolicy:
         tool_name = str(input_data.get("tool_name", ""))
         tool_use_id = tool_use_id or input_data.get("tool_use_id")
         tool_input = input_data.get("tool_input") or {}
-        reason = self.decide(tool_name, tool_input, tool_use_id)
+        reason = await self.permit(tool_name, tool_input, tool_use_id)
         if reason is None:
             if tool_name == "Bash" and jail_active() and isinstance(tool_input.get("command"), str):
                 # The command runs under the tool call's CPU and memory bounds (agents/jail.py).
@@ -100,6 +168,9 @@ class ToolPolicy:
                         "updatedInput": limited,
                     }
                 }
+            if self.tools.decide(tool_name) == "ask" or tool_name == PLAN_TOOL:
+                # Approved by the user: no second question from the CLI.
+                return {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "allow"}}
             return {}  # no opinion: allowed_tools / can_use_tool decide as usual
         return {
             "hookSpecificOutput": {
@@ -124,7 +195,7 @@ class ToolPolicy:
         self, tool_name: str, tool_input: dict[str, Any], context: Any
     ) -> PermissionResultAllow | PermissionResultDeny:
         tool_use_id = getattr(context, "tool_use_id", None)
-        reason = self.decide(tool_name, tool_input, tool_use_id)
+        reason = await self.permit(tool_name, tool_input, tool_use_id)
         if reason is None:
             return PermissionResultAllow()
         return PermissionResultDeny(message=reason)
@@ -132,7 +203,9 @@ class ToolPolicy:
     def hooks(self) -> dict[str, list[HookMatcher]]:
         """The ``hooks`` option for ClaudeAgentOptions."""
         return {
-            "PreToolUse": [HookMatcher(matcher=None, hooks=[self.pre_tool_use])],
+            "PreToolUse": [
+                HookMatcher(matcher=None, hooks=[self.pre_tool_use], timeout=pre_tool_use_timeout())
+            ],
             "PostToolUse": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
             "PostToolUseFailure": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
         }

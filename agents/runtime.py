@@ -48,7 +48,8 @@ STOP_GRACE_SECONDS = 3.0
 BACKENDS = {"api": ("agents.backends.api", "ApiBackend"), "sdk": ("agents.backends.sdk", "SdkBackend")}
 
 # USD per million tokens: (input, output, cache read, cache write). First matching family wins;
-# AGENT_PRICES ({"family": [in, out, cache_read, cache_write]}) is consulted first.
+# a model's own prices in AGENT_MODELS come first, then AGENT_PRICES ({"family": [in, out,
+# cache_read, cache_write]}).
 DEFAULT_PRICES: list[tuple[str, tuple[float, float, float, float]]] = [
     ("opus-4-5", (5.0, 25.0, 0.5, 6.25)),
     ("opus-4.5", (5.0, 25.0, 0.5, 6.25)),
@@ -62,8 +63,14 @@ DEFAULT_PRICES: list[tuple[str, tuple[float, float, float, float]]] = [
 
 
 def model_prices(model: str) -> tuple[float, float, float, float] | None:
+    """USD per million tokens of ``model``: its own prices in AGENT_MODELS, else the first
+    AGENT_PRICES family it belongs to, else the built-in families; None when unknown."""
+    config = agent_config()
+    choice = config.model_find(model)
+    if choice is not None and choice.prices is not None:
+        return choice.prices
     name = (model or "").lower()
-    overrides = agent_config().prices
+    overrides = config.prices
     for family in sorted(overrides, key=len, reverse=True):
         if family.lower() in name:
             values = [float(v) for v in overrides[family]]

@@ -47,6 +47,7 @@ class ToolOutcome:
     output: str
     is_error: bool = False
     over_quota: bool = False  # the workspace quota was exceeded by this call (the turn ends)
+    denied: bool = False  # not run: the user denied it (``tool-output-denied``; agents/approval.py)
 
 
 # Tools that can grow the workspace (the quota is checked after each of their calls).

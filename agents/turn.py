@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agents.approval import ApprovalAsk, ToolRules
 from agents.errors import AgentError
 
 Backend = Literal["sdk", "api"]
@@ -84,6 +85,13 @@ class TurnInput:
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # set to stop the turn
     step_check: StepCheck | None = None
     message_id: str = ""
+    # Per-chat settings (chat.ChatSession; docs/api.md, "Per-chat settings").
+    instructions: str = ""  # the user's addition to the system prompt
+    max_steps: int = 0  # the most model calls of this reply; 0: AGENT_MAX_TURNS
+    # Tool approval (agents/approval.py): the decisions, and how to ask the user. Without an
+    # ``approve`` callback a call that needs asking is denied.
+    tools: ToolRules = field(default_factory=ToolRules)
+    approve: ApprovalAsk | None = None
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Sessions (annotated list, filters, readable read-only messages, actions: clear stale error markers,
 stop the active turn, release a stuck lock, archive), turns and messages (read-only), token usage
 (read-only, with an SVG charts page), rate-limit records, API keys (revoke; the hash is never
-shown) and per-user budgets (editable). Actions call services (chat.services, chat.ops, chat.runtime,
-chat.apikeys); nothing here writes models directly.
+shown), per-user budgets and per-user tool rules (editable). Actions call services
+(chat.services, chat.ops, chat.runtime, chat.apikeys); nothing here writes models directly.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from chat.models import (
     ChatTurn,
     RateLimitRecord,
     TokenUsage,
+    ToolRule,
     UsageChart,
     UserBudget,
 )
@@ -227,6 +228,8 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "active_turn",
         "error_marker",
         "backend",
+        "model",
+        "tool_mode",
         "archived",
         "transcript",
     )
@@ -235,6 +238,8 @@ class ChatSessionAdmin(admin.ModelAdmin):
         ActiveTurnFilter,
         ErrorMarkerFilter,
         "backend",
+        "model",
+        "tool_mode",
         "archived",
         ("last_activity_at", DateFieldListFilter),
         ("created_at", DateFieldListFilter),
@@ -250,6 +255,9 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "client_id",
         "backend",
         "model",
+        "tool_mode",
+        "max_steps",
+        "instructions",
         "agent_session_id",
         "transcript",
         "created_at",
@@ -263,6 +271,9 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "client_id",
         "backend",
         "model",
+        "tool_mode",
+        "max_steps",
+        "instructions",
         "agent_session_id",
         "transcript",
         "created_at",
@@ -700,6 +711,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_key_revoke(api_key=api_key)
             count += 1
         self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
+
+
+@admin.register(ToolRule)
+class ToolRuleAdmin(admin.ModelAdmin):
+    """A user's own decision per tool (``allow``, ``ask``, ``deny``), on top of the operator's
+    AGENT_TOOL_POLICY (agents/approval.py). ``tool``: a tool name ("Bash") or a prefix ending in *
+    ("mcp__notes__*")."""
+
+    list_display = ("user", "tool", "decision", "created_at")
+    list_filter = ("decision",)
+    search_fields = ("user__username", "tool")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    ordering = ("user__username", "tool")
+    fields = ("user", "tool", "decision", "created_at")
+    readonly_fields = ("created_at",)
 
 
 class ApiKeyCreateForm(forms.Form):

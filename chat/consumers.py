@@ -170,6 +170,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _send_request(self, frame: SendFrame) -> None:
         rid = frame.request_id
         message = frame.message
+        if frame.approvals:
+            await self._approval_request(frame)
+            return
         try:
             handle = await runtime.turn_start(
                 user=self.user,
@@ -179,6 +182,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 trigger=frame.trigger,
                 client_message_id=message.client_message_id if message else None,
                 alive=self._alive,
+                model=frame.model,
             )
         except runtime.TurnRefused as exc:
             if exc.code != "connection_closed":
@@ -189,6 +193,25 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._error(rid, "The server could not start this response.", code="server_error")
             return
         await self._forward(rid, runtime.turn_listen(handle=handle))
+
+    async def _approval_request(self, frame: SendFrame) -> None:
+        """Answers to tool approval requests: the waiting turn continues, and this request's
+        stream carries the rest of the same assistant message."""
+        rid = frame.request_id
+        try:
+            handle, after = await runtime.turn_approval_answer(
+                user=self.user, chat_id=frame.chat_id, replies=frame.approvals
+            )
+        except runtime.TurnRefused as exc:
+            await self._error(rid, exc.message, code=exc.code)
+            return
+        except Exception:
+            logger.exception("answering an approval request failed")
+            await self._error(rid, "The server could not take this answer.", code="server_error")
+            return
+        # A send's frames are numbered from 0 (what the stock WebSocketChatTransport checks);
+        # ``turnSequence`` keeps the turn's own numbers for a later resume with lastSequence.
+        await self._forward(rid, runtime.turn_listen(handle=handle, after_sequence=after), offset=after + 1)
 
     async def _resume_request(self, frame: ResumeFrame) -> None:
         rid = frame.request_id
@@ -218,18 +241,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             owner = getattr(send, "__self__", None)
         return send
 
-    async def _forward(self, rid: str, chunks: AsyncIterator) -> None:
+    async def _forward(self, rid: str, chunks: AsyncIterator, *, offset: int = 0) -> None:
         """Forward ``(sequence, chunk JSON, is_terminal)``: each frame is built by concatenation
         around the chunk's JSON (encoded once, by the stream) and sent straight to the server.
         A backlog (replay) is sent as a burst, yielding to the loop every ``REPLAY_YIELD_EVERY``
-        frames so the transport flushes and other streams run."""
+        frames so the transport flushes and other streams run. ``offset``: the frames are
+        numbered from the turn's sequence ``offset`` on (``sequence`` 0 there), and each also
+        carries the turn's own number as ``turnSequence``."""
         send = self._frame_send()
         prefix = '{"type":"chunk","requestId":' + _dumps(rid) + ',"sequence":'
         n = 0
         try:
             await send({"type": "websocket.send", "text": _dumps({"type": "start", "requestId": rid})})
             async for seq, raw, _terminal in chunks:
-                await send({"type": "websocket.send", "text": f'{prefix}{seq},"chunk":{raw}}}'})
+                if offset:
+                    text = f'{prefix}{seq - offset},"turnSequence":{seq},"chunk":{raw}}}'
+                else:
+                    text = f'{prefix}{seq},"chunk":{raw}}}'
+                await send({"type": "websocket.send", "text": text})
                 n += 1
                 if n >= REPLAY_YIELD_EVERY:
                     n = 0

@@ -8,6 +8,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from agents.approval import DECISIONS, TOOL_MODES
+
+TOOL_MODE_CHOICES = [(mode, mode) for mode in TOOL_MODES]
+DECISION_CHOICES = [(decision, decision) for decision in DECISIONS]
+
 
 class ChatSession(models.Model):
     """One conversation. ``id`` is the chat id of the AI SDK protocols.
@@ -23,7 +28,12 @@ class ChatSession(models.Model):
     client_id = models.CharField(max_length=200)
     title = models.CharField(max_length=200, blank=True, default="")
     backend = models.CharField(max_length=10, blank=True, default="")
+    # Per-chat settings (docs/api.md, "Per-chat settings"). ``model``: one of AGENT_MODELS; blank,
+    # or a model no longer offered: the server default (AGENT_MODEL).
     model = models.CharField(max_length=100, blank=True, default="")
+    instructions = models.TextField(blank=True, default="")  # added to the system prompt
+    tool_mode = models.CharField(max_length=10, choices=TOOL_MODE_CHOICES, default="auto")
+    max_steps = models.PositiveIntegerField(default=0)  # model calls per reply; 0: AGENT_MAX_TURNS
     # The Claude Code CLI's own session id for this chat (resume key in transcripts).
     agent_session_id = models.CharField(max_length=100, blank=True, default="")
     archived = models.BooleanField(default=False)
@@ -204,6 +214,25 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class ToolRule(models.Model):
+    """A user's own decision for a tool, on top of the operator's AGENT_TOOL_POLICY
+    (agents/approval.py). ``tool``: a tool name ("Bash") or a prefix ending in "*"
+    ("mcp__notes__*")."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tool_rules")
+    tool = models.CharField(
+        max_length=200, help_text='A tool name ("Bash") or a prefix ending in * ("mcp__*").'
+    )
+    decision = models.CharField(max_length=10, choices=DECISION_CHOICES)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "tool"], name="tool_rule_unique_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.tool}: {self.decision}"
 
 
 class UsageChart(TokenUsage):

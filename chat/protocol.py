@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.turn import Attachment
+from chat.preferences import model_problem
 
 MAX_FRAME_BYTES = 32 * 1024 * 1024  # 4 files of 5 MiB in base64 plus text fit
 MAX_TEXT_CHARS = 100_000
@@ -45,12 +46,24 @@ class UserMessage:
 
 
 @dataclass(frozen=True)
+class ApprovalReply:
+    """The user's answer to a ``tool-approval-request`` (AI SDK ``addToolApprovalResponse``)."""
+
+    approval_id: str
+    approved: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class SendFrame:
     request_id: str
     chat_id: str
     trigger: str
     message_id: str | None  # the message to regenerate (AI SDK ``messageId``)
-    message: UserMessage | None  # None for regenerate-message without a new user message
+    message: UserMessage | None  # None for regenerate-message or for approval replies
+    # Answers to tool approval requests: the request continues the waiting turn (no new message).
+    approvals: tuple[ApprovalReply, ...] = ()
+    model: str | None = None  # ``body.model``: one of AGENT_MODELS (chat.preferences)
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,58 @@ def user_message_parse(message: Any, *, request_id: str | None = None) -> UserMe
     )
 
 
+MAX_REASON_CHARS = 2_000
+
+
+def approval_replies_parse(messages: Any, *, request_id: str | None = None) -> tuple[ApprovalReply, ...]:
+    """The approval answers of a request, the way a stock AI SDK ``Chat`` sends them: its last
+    message is the assistant message whose tool parts have ``state: "approval-responded"`` and
+    ``approval: {id, approved, reason?}``. Empty when the request carries none (a new message)."""
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if (
+        not isinstance(last, dict)
+        or last.get("role") != "assistant"
+        or not isinstance(last.get("parts"), list)
+    ):
+        return ()
+    replies: list[ApprovalReply] = []
+    for part in last["parts"]:
+        if not isinstance(part, dict) or part.get("state") != "approval-responded":
+            continue
+        approval = part.get("approval")
+        if not isinstance(approval, dict):
+            raise ProtocolError(
+                "An approval-responded tool part needs an 'approval' object.", request_id=request_id
+            )
+        approval_id = _id(approval.get("id"), "approval.id", request_id)
+        approved = approval.get("approved")
+        if not isinstance(approved, bool):
+            raise ProtocolError("Field 'approval.approved' must be true or false.", request_id=request_id)
+        reason = approval.get("reason")
+        if reason is None:
+            reason = ""
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or text_problem(reason) is not None:
+            raise ProtocolError(
+                f"Field 'approval.reason' must be a string of at most {MAX_REASON_CHARS} characters.",
+                request_id=request_id,
+            )
+        replies.append(ApprovalReply(approval_id=approval_id, approved=approved, reason=reason.strip()))
+    return tuple(replies)
+
+
+def body_model_parse(body: Any, *, request_id: str | None = None) -> str | None:
+    """The model an AI SDK request asks for (``body.model``, CONTRACT §6), checked against the
+    allow-list (AGENT_MODELS): ProtocolError ``invalid_request`` for any other; None when the
+    request names none (no body, no ``model``, or an empty one)."""
+    model = body.get("model") if isinstance(body, dict) else None
+    if model is None or model == "":
+        return None
+    problem = model_problem(model)
+    if problem is not None:
+        raise ProtocolError(problem, request_id=request_id)
+    return model
+
+
 def _size_text(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
@@ -266,13 +331,22 @@ def frame_parse(raw: str | bytes | None) -> Frame:
         newest = next(
             (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
         )
-        if trigger == "regenerate-message":
+        approvals = (
+            approval_replies_parse(messages, request_id=request_id) if trigger == "submit-message" else ()
+        )
+        if trigger == "regenerate-message" or approvals:
             message = None
         else:
             if newest is None:
                 raise ProtocolError("The request has no user message.", request_id=request_id)
             message = user_message_parse(newest, request_id=request_id)
         return SendFrame(
-            request_id=request_id, chat_id=chat_id, trigger=trigger, message_id=message_id, message=message
+            request_id=request_id,
+            chat_id=chat_id,
+            trigger=trigger,
+            message_id=message_id,
+            message=message,
+            approvals=approvals,
+            model=body_model_parse(obj.get("body"), request_id=request_id),
         )
     raise ProtocolError(f"Unknown frame type {str(kind)[:40]!r}.", request_id=request_id)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from agents.approval import rules_parse
 from chat.models import ChatMessage, ChatSession
 
 
@@ -89,7 +91,7 @@ import datetime as _dt  # noqa: E402
 from django.db.models import Count, Exists, OuterRef, Subquery, Sum  # noqa: E402
 from django.db.models.functions import Coalesce, TruncDate  # noqa: E402
 
-from chat.models import ChatTurn, RateLimitRecord, TokenUsage  # noqa: E402
+from chat.models import ChatTurn, RateLimitRecord, TokenUsage, ToolRule  # noqa: E402
 
 TRAILING_SCAN_LIMIT = 200
 
@@ -231,3 +233,11 @@ def message_sequence_floor(*, session_id: Any, last: int) -> int | None:
 
 def turn_list_recent(*, session_id: Any, limit: int = 10) -> list[ChatTurn]:
     return list(ChatTurn.objects.filter(session_id=session_id).order_by("-started_at")[:limit])
+
+
+def tool_rules_for_user(*, user_id: Any) -> dict[str, str]:
+    """The operator's tool rules (``AGENT_TOOL_POLICY``) with the user's own (``ToolRule``, set in
+    the admin) on top: tool name or ``prefix*`` -> ``allow`` | ``ask`` | ``deny``."""
+    rules = rules_parse(settings.AGENT_TOOL_POLICY)
+    rules.update(rules_parse(dict(ToolRule.objects.filter(user_id=user_id).values_list("tool", "decision"))))
+    return rules

@@ -54,6 +54,14 @@ def session_get_or_create_for_user(
         return session, False
 
 
+def session_model_set(*, session: ChatSession, model: str) -> None:
+    """Make ``model`` the chat's model (a turn's ``body.model``; the caller checked it against
+    AGENT_MODELS). One UPDATE of that column, so nothing else of the row is overwritten."""
+    session.model = model
+    session.updated_at = timezone.now()
+    ChatSession.objects.filter(pk=session.pk).update(model=model, updated_at=session.updated_at)
+
+
 def message_append(
     *,
     session: ChatSession,

@@ -280,6 +280,15 @@ ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 # (agents.apps starts it and fills this in).
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 AGENT_MODEL = env.str("AGENT_MODEL", default="claude-sonnet-5-5")
+# Per-chat settings (docs/api.md "Per-chat settings"): the models a chat may choose from
+# (GET /api/v1/models/), as JSON [{"id": "claude-sonnet-5-5", "name": "Claude Sonnet 5.5",
+# "prices": [3, 15, 0.3, 3.75]}, ...] (prices optional: USD per million tokens of input, output,
+# cache read, cache write; they win over AGENT_PRICES) or a comma list of "id" or "id=Display name".
+# AGENT_MODEL, the default, is always offered. Empty: AGENT_MODEL only. `manage.py check` reports a
+# malformed list (agents.E003). A chat's own instructions (added to the system prompt) are at most
+# AGENT_INSTRUCTIONS_MAX_CHARS characters.
+AGENT_MODELS = env.str("AGENT_MODELS", default="")
+AGENT_INSTRUCTIONS_MAX_CHARS = env.int("AGENT_INSTRUCTIONS_MAX_CHARS", default=4000)
 AGENT_WORKSPACE_ROOT = Path(env.str("AGENT_WORKSPACE_ROOT", default=str(VAR_DIR / "workspaces"))).resolve()
 AGENT_SYSTEM_PROMPT = env.str(
     "AGENT_SYSTEM_PROMPT",
@@ -303,6 +312,12 @@ AGENT_EMPTY_TOOL_INPUT_LIMIT = env.int("AGENT_EMPTY_TOOL_INPUT_LIMIT", default=3
 AGENT_MAX_SUBAGENTS = env.int("AGENT_MAX_SUBAGENTS", default=2)
 AGENT_TOOL_TIMEOUT_SECONDS = env.float("AGENT_TOOL_TIMEOUT_SECONDS", default=120.0)
 AGENT_TOOL_OUTPUT_LIMIT = env.int("AGENT_TOOL_OUTPUT_LIMIT", default=30_000)  # characters
+# Tool approval (agents/approval.py, docs/protocol.md "Tool approval"): the operator's decision per
+# tool, "Tool=allow|ask|deny,..." (a trailing * matches a prefix, e.g. "mcp__*=ask"); users' own
+# overrides live in the admin (chat.ToolRule). Read-only tools are never asked about; MCP tools ask
+# unless a rule says otherwise. A question unanswered this long is answered "denied".
+AGENT_TOOL_POLICY = env.dict("AGENT_TOOL_POLICY", default={})
+TOOL_APPROVAL_TIMEOUT_SECONDS = env.float("TOOL_APPROVAL_TIMEOUT_SECONDS", default=600.0)
 # The jail (agents/jail.py, docs/security.md "The jail"): every process the agent starts runs in a
 # bubblewrap sandbox. `off` only under DEBUG (the chat page then says tools are not sandboxed).
 AGENT_JAIL = env.str("AGENT_JAIL", default="bwrap")

@@ -15,7 +15,7 @@ JSON_SEPARATORS = (",", ":")
 
 _DIRECTIVE_RE = re.compile(
     r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|droptool|drop|signed-think|redacted-think|think|stall|flaky"
-    r"|websearch|citations|future|midstream-error|maxtokens-tool|pause|refusal|ctx-exceeded)(?![\w/-])([^\n]*)",
+    r"|websearch|citations|future|midstream-error|maxtokens-tool|pause|refusal|ctx-exceeded|plan)(?![\w/-])([^\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
@@ -90,6 +90,8 @@ def _make_directive(name: str, rest: str) -> Directive | None:
     if name == "tool":
         command = re.sub(r"^\s*bash\b", "", rest, flags=re.IGNORECASE).strip()
         return Directive("tool", command=command) if command else None
+    if name == "plan":
+        return Directive("plan", command=rest.strip())
     numbers = tuple(int(n) for n in _INT_RE.findall(rest.split("/", 1)[0])[:2])
     return Directive(name, numbers=numbers)
 

@@ -112,6 +112,33 @@ def tool_use_block(tool_id: str, command: str, description: str) -> PlannedBlock
     )
 
 
+def plan_block(tool_id: str, command: str, revision: str = "") -> PlannedBlock:
+    """An ``ExitPlanMode`` call (plan mode, docs/scripted_model.md ``/plan``)."""
+    plan = f"## Plan\n\n1. Check the working directory.\n2. Run `{command}`."
+    if revision:
+        plan = f"{plan}\n\nRevised after your feedback: {revision}"
+    tool_input = {"plan": plan}
+    return PlannedBlock(
+        "tool_use",
+        pieces=_split_json(tool_input),
+        tool_id=tool_id,
+        tool_name="ExitPlanMode",
+        tool_input=tool_input,
+    )
+
+
+def plan_command(body: dict[str, Any]) -> str:
+    """The command of the conversation's newest ``/plan <command>`` (the Claude Code CLI may
+    rewrite the ``ExitPlanMode`` input it sends back, so the user's text is the source)."""
+    for message in reversed(body.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        directive = find_directive([CONTEXT_RE.sub(" ", t) for t in user_texts(message)])
+        if directive is not None and directive.name == "plan" and directive.command:
+            return directive.command
+    return "ls"
+
+
 def thinking_signature(thinking: str) -> str:
     """The signature of a scripted thinking block: base64(sha256(text)), checked when sent back."""
     return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
@@ -288,6 +315,8 @@ class ReplyPlanner:
             text = "The search finished after the pause: the scripted model answers offline."
             return Plan("pause_continue", [text_block(split_words(text))])
         results = tool_results(message)
+        if results and "_plan_" in str(results[0].get("tool_use_id", "")):
+            return self._after_plan(results[0], body)
         if results:
             plan = self._after_tools(results, returned)
             plan.notes["thinking_returned"] = returned
@@ -305,6 +334,17 @@ class ReplyPlanner:
         ):
             return Plan("echo", [text_block(split_words(echo_text(said)))])
         return self._for_directive(directive, said)
+
+    def _after_plan(self, result: dict[str, Any], body: dict[str, Any]) -> Plan:
+        """``/plan``: an approved plan is carried out (a Bash call); a rejected one is revised."""
+        command = plan_command(body)
+        if result.get("is_error"):
+            block = plan_block(self._tool_id("plan"), command, revision=tool_result_text(result)[:300])
+            intro = text_block(split_words("I revised the plan.", 2))
+            return Plan("plan_revised", [intro, block], stop_reason="tool_use")
+        block = tool_use_block(self._tool_id("bash"), command, f"Run {command[:60]}")
+        intro = text_block(split_words("The plan is approved; running it.", 2))
+        return Plan("plan_run", [intro, block], stop_reason="tool_use")
 
     def _after_tools(
         self, results: list[dict[str, Any]], returned: list[dict[str, Any]] | None = None
@@ -328,6 +368,10 @@ class ReplyPlanner:
             block = tool_use_block(self._tool_id("bash"), d.command, description)
             intro = text_block(["I'll run that ", "command."])
             return Plan("tool", [intro, block], stop_reason="tool_use")
+        if d.name == "plan":
+            command = d.command.strip() or "ls"
+            intro = text_block(split_words("Here is my plan.", 2))
+            return Plan("plan", [intro, plan_block(self._tool_id("plan"), command)], stop_reason="tool_use")
         if d.name == "tools":
             count = d.number(0, 3, lo=1, hi=64)
             batch = next(self._ids)

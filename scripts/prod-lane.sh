@@ -107,6 +107,12 @@ export SECRET_KEY="prodlane-$("$PYTHON" -c 'import secrets; print(secrets.token_
 export ALLOWED_HOSTS=127.0.0.1,localhost
 export DATABASE_URL="$PG/$DB_NAME" REDIS_URL="$REDIS" REDIS_KEY_PREFIX=prodlane
 export AGENT_WORKSPACE_ROOT="$LANE/workspaces" VAR_DIR="$LANE/var"
+# Two models a chat may choose (the per-chat settings scenario switches between them).
+export AGENT_MODELS='[{"id": "claude-sonnet-5-5", "name": "Claude Sonnet 5.5", "prices": [3, 15, 0.3, 3.75]}, {"id": "claude-opus-5", "name": "Claude Opus 5"}]'
+unset AGENT_MODEL
+# Short enough for the expiry scenario to wait it out, long enough for every other approval
+# scenario (they answer within a second or two of the request); the e2e client reads it too.
+export TOOL_APPROVAL_TIMEOUT_SECONDS=15
 unset AGENT_JAIL AGENT_BACKEND ANTHROPIC_API_KEY ANTHROPIC_BASE_URL DJANGO_ALLOW_ASYNC_UNSAFE
 
 # The model: the scripted model as its own process, reached over the network like api.anthropic.com

@@ -31,8 +31,9 @@ import anthropic
 
 from agents import events
 from agents.adapter import CUT_TOOL_CALL
+from agents.approval import PLAN_APPROVED_TEXT, PLAN_MODE_PROMPT, PLAN_TOOL, PLAN_TOOL_SCHEMA, ApprovalAnswer
 from agents.attachments import prepare_attachments
-from agents.config import agent_config
+from agents.config import agent_config, system_prompt_compose
 from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
 from agents.model_client import model_client
@@ -129,7 +130,15 @@ def _assistant_messages(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
             else:
-                error = part.get("errorText") if state == "output-error" else UNFINISHED_TOOL
+                if state == "output-error":
+                    error = part.get("errorText")
+                elif state == "output-denied":  # the user said no (agents/approval.py)
+                    approval = part.get("approval") if isinstance(part.get("approval"), dict) else {}
+                    error = ApprovalAnswer(
+                        approved=False, reason=str(approval.get("reason") or "")
+                    ).denial_text(name)
+                else:
+                    error = UNFINISHED_TOOL
                 results.append(
                     {
                         "type": "tool_result",
@@ -264,8 +273,12 @@ class ApiBackend:
     @staticmethod
     def request_params(inp: TurnInput, messages: list[dict[str, Any]]) -> dict[str, Any]:
         config = agent_config()
-        system_prompt = inp.system_prompt or config.system_prompt
+        # The server's prompt plus the chat's own instructions (per-chat settings, docs/api.md).
+        system_prompt = system_prompt_compose(inp.system_prompt or config.system_prompt, inp.instructions)
         tools = copy.deepcopy(TOOL_SCHEMAS)
+        if inp.tools.planning:  # plan mode: the plan is proposed through ExitPlanMode
+            tools.append(copy.deepcopy(PLAN_TOOL_SCHEMA))
+            system_prompt = f"{system_prompt}\n\n{PLAN_MODE_PROMPT}".strip()
         tools[-1]["cache_control"] = CACHE
         request_messages = list(messages)
         # the newest user message (a pause_turn continuation ends with the assistant's turn)
@@ -293,7 +306,7 @@ class ApiBackend:
 
     async def stream(self, inp: TurnInput, result: TurnResult) -> AsyncIterator[Chunk]:
         messages = self.build_messages(inp)
-        max_steps = agent_config().max_turns
+        max_steps = inp.max_steps or agent_config().max_turns  # the chat's step limit, else the server's
         breaker = EmptyInputBreaker()
         limiter = SubagentLimiter()
         result.model = inp.model
@@ -346,12 +359,26 @@ class ApiBackend:
                     if block["id"] in state.get("cut", ()):  # invalid JSON: shown now, run with {}
                         yield events.tool_input_available(block["id"], block["name"], block["input"])
                     breaker.record(block["name"], block["input"])
-                outcomes = await self._run_tools(inp, tool_uses, limiter, stop_task)
-                if outcomes is None:
+                # Tool approval (agents/approval.py): each call is allowed, refused, or waits
+                # for the user's answer, one at a time; then the allowed ones run concurrently.
+                gated: list[ToolOutcome | None] = []
+                for block in tool_uses:
+                    gated.append(await self._gate(inp, block))
+                    if inp.stop.is_set():
+                        result.stopped = True
+                        return
+                ran = await self._run_tools(
+                    inp, [b for b, g in zip(tool_uses, gated) if g is None], limiter, stop_task
+                )
+                if ran is None:
                     result.stopped = True
                     return
+                ran_outcomes = iter(ran)
+                outcomes = [g if g is not None else next(ran_outcomes) for g in gated]
                 for block, outcome in zip(tool_uses, outcomes, strict=True):
-                    if outcome.is_error:
+                    if outcome.denied:
+                        yield events.tool_output_denied(block["id"])
+                    elif outcome.is_error:
                         yield events.tool_output_error(block["id"], outcome.output)
                     else:
                         yield events.tool_output_available(block["id"], outcome.output)
@@ -380,12 +407,35 @@ class ApiBackend:
                 )
             raise AgentError(
                 ErrorKind.POLICY,
-                detail=f"AGENT_MAX_TURNS={max_steps} reached",
+                detail=f"{'max_steps' if inp.max_steps else 'AGENT_MAX_TURNS'}={max_steps} reached",
                 message=f"The agent stopped after {max_steps} steps without finishing. "
                 "Ask it to continue if needed.",
             )
         finally:
             stop_task.cancel()
+
+    @staticmethod
+    async def _gate(inp: TurnInput, block: dict[str, Any]) -> ToolOutcome | None:
+        """None when the call may run; else its outcome without running it (refused by the rules,
+        denied by the user, or ``ExitPlanMode`` answered)."""
+        name = block["name"]
+        decision = inp.tools.decide(name)
+        if decision == "allow":
+            return None
+        if decision == "deny":
+            return ToolOutcome(inp.tools.denial_text(name), is_error=True)
+        if inp.approve is None:
+            return ToolOutcome(
+                f"{name} needs the user's approval, and nobody can answer here.", is_error=True
+            )
+        tool_input = block["input"] if isinstance(block["input"], dict) else {}
+        answer = await inp.approve(block["id"], name, tool_input)
+        if not answer.approved:
+            return ToolOutcome(answer.denial_text(name), is_error=True, denied=not answer.stopped)
+        if name == PLAN_TOOL:
+            inp.tools.plan_approved()
+            return ToolOutcome(PLAN_APPROVED_TEXT)
+        return None
 
     async def _run_tools(
         self,
@@ -397,6 +447,8 @@ class ApiBackend:
         """Run the tool calls concurrently; None when stopped meanwhile (tools are cancelled)."""
         if inp.stop.is_set():
             return None
+        if not tool_uses:
+            return []
         gathered = asyncio.ensure_future(
             asyncio.gather(
                 *(run_tool(inp.workspace, b["name"], b["input"], limiter=limiter) for b in tool_uses)

@@ -55,6 +55,7 @@ from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
     HookMatcher,
+    PermissionMode,
     ResultMessage,
     project_key_for_directory,
 )
@@ -68,11 +69,11 @@ from claude_agent_sdk._errors import (
 
 from agents.attachments import prepare_attachments
 from agents.backends.sdk_adapter import SdkTranslator
-from agents.config import agent_config, model_endpoint
+from agents.config import agent_config, model_endpoint, system_prompt_compose
 from agents.credentials import TOKEN_PREFIX, Credential, credential_proxy, key_fingerprint
 from agents.errors import AgentError, ErrorKind, classify_exception, classify_text, scrub
 from agents.events import Chunk
-from agents.hooks import ToolPolicy
+from agents.hooks import ToolPolicy, pre_tool_use_timeout
 from agents.jail import cli_launch, cli_model_url, jail_active, jail_members, jail_members_exited, jail_sweep
 from agents.sandbox import SUBAGENT_TOOLS, EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
@@ -104,14 +105,14 @@ SDK_TOOLS = [
     "TodoWrite",
     "Task",
     "Agent",
+    "ExitPlanMode",  # plan mode (agents/approval.py): the plan goes to the user for approval
 ]
 SDK_ALLOWED_TOOLS = [tool for tool in SDK_TOOLS if tool not in SUBAGENT_TOOLS]
 SDK_DISALLOWED_TOOLS = [
     "WebFetch",
     "WebSearch",
     "AskUserQuestion",
-    "EnterPlanMode",
-    "ExitPlanMode",
+    "EnterPlanMode",  # plan mode is the chat's setting; ExitPlanMode is decided by agents/approval.py
     "EnterWorktree",
     "ExitWorktree",
     "CronCreate",
@@ -344,7 +345,8 @@ def build_options(
     credential: Credential | None = None,
 ) -> ClaudeAgentOptions:
     config = agent_config()
-    system_prompt = inp.system_prompt or config.system_prompt
+    # The server's prompt plus the chat's own instructions (per-chat settings, docs/api.md).
+    system_prompt = system_prompt_compose(inp.system_prompt or config.system_prompt, inp.instructions)
     hooks = policy.hooks()
     if on_compact is not None:
         hooks["PreCompact"] = [HookMatcher(matcher=None, hooks=[on_compact])]
@@ -366,7 +368,9 @@ def build_options(
         env = {**{key: "" for key in os.environ if key not in _LAUNCHER_KEEP}, **launcher_env}
     return ClaudeAgentOptions(
         model=inp.model or config.model,
-        system_prompt=system_prompt,
+        # Not snapshotted: a resumed CLI session keeps the prompt it recorded on its first request
+        # otherwise, and changed instructions would reach the model only in a new session.
+        system_prompt={"type": "custom", "prompt": system_prompt, "snapshot": False},
         cwd=str(workspace),
         cli_path=cli_path,
         env=env,
@@ -380,11 +384,17 @@ def build_options(
         setting_sources=[],  # no user/project settings, hooks or CLAUDE.md from disk
         strict_mcp_config=True,
         verbatim_prompts=True,  # the user's "/tool …" is text, not a CLI slash command; no @file expansion
-        max_turns=config.max_turns or None,
+        permission_mode=cli_permission_mode(inp),
+        max_turns=(inp.max_steps or config.max_turns) or None,  # the chat's step limit, else the server's
         resume=resume or None,
         session_store=inp.session_store,
         stderr=_log_stderr,
     )
+
+
+def cli_permission_mode(inp: TurnInput) -> PermissionMode:
+    """Plan mode (the chat's ``tool_mode`` ``plan`` until the plan is approved) is the CLI's own."""
+    return "plan" if inp.tools.planning else "default"
 
 
 def _log_stderr(line: str) -> None:
@@ -522,7 +532,9 @@ class _Router:
 
     def hooks(self) -> dict[str, list[HookMatcher]]:
         return {
-            "PreToolUse": [HookMatcher(matcher=None, hooks=[self.pre_tool_use])],
+            "PreToolUse": [
+                HookMatcher(matcher=None, hooks=[self.pre_tool_use], timeout=pre_tool_use_timeout())
+            ],
             "PostToolUse": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
             "PostToolUseFailure": [HookMatcher(matcher=None, hooks=[self.post_tool_use])],
         }
@@ -557,6 +569,7 @@ class _Kept:
         self.turns = 0
         self.idle_since = 0.0
         self.credential: Credential | None = None  # the CLI's credential-proxy grant (or the endpoint's)
+        self.permission_mode: PermissionMode = "default"  # the CLI's, as last set
 
     def set_credential(self, credential: Credential | None) -> None:
         """Replace the CLI's credential, revoking the previous grant token."""
@@ -585,6 +598,10 @@ class _Pool:
     def take(self, key: tuple[Any, ...], agent_session_id: str | None) -> _Kept | None:
         kept = self.idle.get(key)
         if kept is None:
+            # A client of this session parked with other options (the chat's model, instructions
+            # or step limit changed): it can never serve the session again, close it now.
+            for stale in [k for k in self.idle.values() if k.session_id == key[0]]:
+                self.evict(stale)
             return None
         if not agent_session_id or kept.cli_session_id != agent_session_id or not kept.alive():
             # Another CLI session (a recovery rung starting afresh, a chat moved on elsewhere) or
@@ -683,7 +700,9 @@ async def close_all_clients(timeout: float = 5.0) -> int:
 
 def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
     """What a kept client must match to serve a turn: the session, its workspace, the model and
-    every option the CLI was started with (system prompt, environment, transcript store, limits)."""
+    every option the CLI was started with (system prompt with the chat's instructions,
+    environment, transcript store, limits with the chat's step limit): a chat whose settings
+    changed since its CLI was connected gets a new one (``build_options``)."""
     store = inp.session_store
     store_id = (
         None
@@ -695,7 +714,7 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         inp.session_id,
         str(workspace),
         inp.model or config.model,
-        inp.system_prompt or config.system_prompt,
+        system_prompt_compose(inp.system_prompt or config.system_prompt, inp.instructions),
         # The environment without the credential, plus the real endpoint (a rotated key or another
         # upstream needs a new CLI); the key only as a fingerprint.
         tuple(sorted((k, v) for k, v in cli_env(workspace).items() if k != "ANTHROPIC_API_KEY")),
@@ -703,7 +722,7 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         use_credential_proxy(),
         jail_active(),
         store_id,
-        config.max_turns,
+        inp.max_steps or config.max_turns,
         config.sdk_max_buffer_size,
     )
 
@@ -879,8 +898,12 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
     workspace.mkdir(parents=True, exist_ok=True)
     blocks, note = prepare_attachments(workspace, list(inp.attachments)) if inp.attachments else ([], "")
     text = inp.user_text if not note else f"{inp.user_text}\n\n{note}"
-    policy = ToolPolicy(workspace, limiter=SubagentLimiter())
-    translator = SdkTranslator(breaker=EmptyInputBreaker(), on_tool_finished=policy.finished)
+    policy = ToolPolicy(workspace, limiter=SubagentLimiter(), tools=inp.tools, approve=inp.approve)
+    translator = SdkTranslator(
+        breaker=EmptyInputBreaker(),
+        on_tool_finished=policy.finished,
+        user_denied=policy.user_denied.__contains__,
+    )
     if inp.stop.is_set():
         result.stopped = True
         return kept.client is not None
@@ -898,6 +921,9 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
         history = _without_new_message(inp)
         context = _gap_context(inp, history, kept.user_texts) if history else ""
         try:
+            if kept.permission_mode != cli_permission_mode(inp):
+                kept.permission_mode = cli_permission_mode(inp)
+                await client.set_permission_mode(kept.permission_mode)
             await _send(client, text, blocks, context)
         except Exception as exc:  # noqa: BLE001 - the CLI died while parked: start a new one
             log.info(
@@ -910,11 +936,18 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
         kept.set_credential(cli_credential())  # a new CLI process gets a new grant token
         client, resumed = await _connect(inp, workspace, kept.router, kept.router.on_compact, kept.credential)
         kept.client = client
+        kept.permission_mode = cli_permission_mode(inp)
         kept.messages = client.receive_messages().__aiter__()
         kept.pid = _pid(client)
         context, kept.user_texts = await _context_and_texts(inp, workspace, resumed)
         await _send(client, text, blocks, context)
     kept.user_texts.append(text or " ")
+
+    async def plan_approved() -> None:  # the user approved the plan: tools for the rest of the turn
+        kept.permission_mode = "default"
+        await client.set_permission_mode("default")
+
+    policy.on_plan_approved = plan_approved
     messages = kept.messages
     loop = asyncio.get_running_loop()
     stop_wait = asyncio.ensure_future(inp.stop.wait())

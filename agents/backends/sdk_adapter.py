@@ -145,9 +145,12 @@ def error_from_rate_limit(event: RateLimitEvent) -> AgentError | None:
 class SdkTranslator:
     """Per-turn state of the SDK-message → chunk translation (see the module docstring)."""
 
-    def __init__(self, *, breaker: Any = None, on_tool_finished: Any = None) -> None:
+    def __init__(self, *, breaker: Any = None, on_tool_finished: Any = None, user_denied: Any = None) -> None:
         self.breaker = breaker  # agents.sandbox.EmptyInputBreaker (record(name, input) may raise)
         self.on_tool_finished = on_tool_finished  # callable(tool_use_id) (sub-agent slots)
+        # callable(tool_use_id) -> bool: the user denied that call (tool approval): its error
+        # result is shown as ``tool-output-denied``
+        self.user_denied = user_denied
         self.session_id: str | None = None
         # the model calls' stream events (shared with the api backend): text, reasoning, tool
         # inputs, server tools, citations, usage, stop_reason; one per turn, so each tool call's
@@ -473,7 +476,9 @@ class SdkTranslator:
             text = scrub(tool_result_text(block.content))
             if block.is_error:
                 text = _HOOK_PREFIX_RE.sub("", text)
-            if block.is_error:
+            if block.is_error and self.user_denied is not None and self.user_denied(tid):
+                out.append(events.tool_output_denied(tid))
+            elif block.is_error:
                 out.append(events.tool_output_error(tid, text or "The tool failed."))
             else:
                 out.append(events.tool_output_available(tid, text))

@@ -79,6 +79,19 @@ def request_too_large() -> ApiError:
     )
 
 
+def request_invalid(errors: Any) -> ApiError:
+    """A serializer's field errors as one ``invalid_request`` whose message is the first error
+    (prefixed with its field unless it names it already), with every error under ``details``."""
+    if isinstance(errors, dict):
+        for field, messages in errors.items():
+            first = messages[0] if isinstance(messages, list) and messages else messages
+            text = str(first)
+            if field != "non_field_errors" and field.lower() not in text.lower():
+                text = f"{field}: {text}"
+            return ApiError(text, details=errors)
+    return ApiError("The request is invalid; see details.", details=errors)
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, Http404):
         exc = NotFoundError()

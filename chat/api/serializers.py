@@ -6,8 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_field
 from rest_framework import serializers
+
+from agents.approval import TOOL_MODES
+from chat.preferences import instructions_limit, session_model
 
 NO_NUL_PATTERN = "^[^\\u0000]*$"
 
@@ -35,6 +39,15 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("invalid", input=data)
         return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only (DRF's IntegerField also takes "5", 5.0 and true)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class StrictCharFieldSchema(OpenApiSerializerFieldExtension):
@@ -125,6 +138,33 @@ class SessionSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     last_activity_at = serializers.DateTimeField()
+    # Per-chat settings (docs/api.md, "Per-chat settings").
+    model = serializers.SerializerMethodField(
+        help_text="The model the chat's next turn runs on: one of `GET /api/v1/models/` (the "
+        "server default unless the chat chose another)."
+    )
+    instructions = serializers.CharField(
+        allow_blank=True, help_text="The user's addition to the system prompt of this chat."
+    )
+    instructions_max_chars = serializers.SerializerMethodField(
+        help_text="The longest `instructions` this server accepts (AGENT_INSTRUCTIONS_MAX_CHARS)."
+    )
+    tool_mode = serializers.ChoiceField(
+        choices=list(TOOL_MODES),
+        help_text="`auto`: tools run freely; `ask`: ask before each tool that can change something; "
+        "`plan`: read-only tools until the user approves a plan.",
+    )
+    max_steps = serializers.IntegerField(
+        min_value=0, help_text="Model calls per reply; 0: the server's limit (AGENT_MAX_TURNS)."
+    )
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_model(self, obj: Any) -> str:
+        return session_model(obj)
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_instructions_max_chars(self, obj: Any) -> int:
+        return instructions_limit()
 
 
 class MessageSerializer(serializers.Serializer):

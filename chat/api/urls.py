@@ -4,6 +4,7 @@ from django.urls import path, re_path
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from chat.api.views.agent_models import ModelListApi
 from chat.api.views.chat import ChatApi, ChatStreamApi
 from chat.api.views.keys import KeyDetailApi, KeyListApi
 from chat.api.views.misc import ApiNotFound
@@ -43,6 +44,7 @@ urlpatterns = [
     path("chat/<str:chat_id>/stream/", ChatStreamApi.as_view(), name="chat-stream"),
     path("chat/<str:chat_id>/stream", ChatStreamApiNoSlash.as_view()),
     path("usage/", UsageApi.as_view(), name="usage"),
+    path("models/", ModelListApi.as_view(), name="models"),
     path("keys/", KeyListApi.as_view(), name="keys"),
     path("keys/<int:key_id>/", KeyDetailApi.as_view(), name="key"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -8,14 +8,23 @@ runner      : the running turn: chunks → coalescer → folder (``persistence``
 supervision : the lease heartbeat, the idle watchdog, the title (``supervision``).
 listen      : ``turn_listen`` / ``turn_subscribe`` — ``(sequence, chunk JSON, is_terminal)``
               from the turn's log, replay then live (``listen``, ``streams``).
-control     : the active turn of a session, ``turn_stop`` over Redis pub/sub (``control``).
+approvals   : a turn waiting for the user's tool approval (``approvals``).
+control     : the active turn of a session, ``turn_stop`` and ``turn_approval_answer`` (the
+              answering request then listens on from the request) over Redis pub/sub
+              (``control``).
 registry    : what runs in this process, its tasks, the per-worker admission slots
               (``registry``).
 shutdown    : SIGTERM interrupts the running turns cleanly (``shutdown``).
 locks       : the session lease locks (``locks``).
 """
 
-from chat.runtime.control import turn_active_id, turn_is_active, turn_stop, turn_stop_session
+from chat.runtime.control import (
+    turn_active_id,
+    turn_approval_answer,
+    turn_is_active,
+    turn_stop,
+    turn_stop_session,
+)
 from chat.runtime.listen import turn_listen, turn_subscribe
 from chat.runtime.registry import (
     TOO_MANY_TURNS_RETRY_AFTER,
@@ -43,6 +52,7 @@ __all__ = [
     "history_for_turn",
     "registry",
     "turn_active_id",
+    "turn_approval_answer",
     "turn_input_build",
     "turn_is_active",
     "turn_listen",

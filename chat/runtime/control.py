@@ -8,6 +8,9 @@ leaves it until ``expire_stream_locks``); the lock is authoritative.
 stop : ``inp.stop`` of the running turn is set — directly when it runs in this process, through
        a Redis pub/sub control channel when another process owns it. The runtime closes open
        parts and ends with ``finish`` ``{"stopped": true}``; a ``stopped`` marker is persisted.
+approve : the user's answer to a tool approval request (``turn_approval_answer``) reaches the
+       waiting turn the same ways (``chat.runtime.approvals``); with Redis it is also stored,
+       where the waiting turn reads it should the pub/sub message be lost.
 """
 
 from __future__ import annotations
@@ -16,15 +19,20 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from channels.db import database_sync_to_async
 
+from chat.protocol import ApprovalReply
 from chat.runtime import locks
-from chat.runtime.registry import registry
+from chat.runtime.approvals import approval_answer_store, approval_record
+from chat.runtime.registry import NOT_FOUND_TEXT, TurnHandle, TurnRefused, registry
 from chat.selectors import session_get_for_user
 
 logger = logging.getLogger(__name__)
+
+APPROVAL_GONE_TEXT = "This approval request has expired or was already answered."
 
 # The ownership read of a resume or a stop runs on a pool thread of its own, not on the one
 # serialised database thread, where it would queue behind every turn start and end of this
@@ -47,6 +55,71 @@ def turn_is_active(*, session_id: Any) -> bool:
     return (
         registry.get(session_id) is not None or locks.lock_holder(locks.session_key(session_id)) is not None
     )
+
+
+async def turn_approval_answer(
+    *, user: Any, chat_id: str, replies: Sequence[ApprovalReply]
+) -> tuple[TurnHandle, int]:
+    """Deliver the caller's answers to their chat's pending approval requests, wherever the turn
+    runs. Returns the turn and the sequence of the latest request answered: the answering
+    request listens from the chunk after it (the same turn, the same assistant message). An
+    approval answered before (by another tab) is joined the same way. Raises TurnRefused:
+    ``not_found`` (no such chat), ``invalid_request`` (no such approval waiting in it)."""
+    session = await session_lookup(user=user, chat_id=chat_id)
+    if session is None:
+        raise TurnRefused("not_found", NOT_FOUND_TEXT)
+    session_id = str(session.pk)
+    found: tuple[str, int] | None = None  # (turn id, sequence of the latest request answered)
+    rt = registry.get(session_id)
+    for reply in replies:
+        if rt is not None:
+            ticket = rt.approvals.answer(reply.approval_id, approved=reply.approved, reason=reply.reason)
+            if ticket is None:
+                continue
+            turn_id, sequence = rt.turn_id, ticket.sequence
+        else:
+            record = await approval_record(reply.approval_id)
+            if record is None or record.get("session_id") != session_id:
+                continue
+            turn_id, sequence = str(record.get("turn_id")), int(record.get("sequence", -1))
+            if await turn_active_id(session_id=session_id) != turn_id:
+                continue  # that turn is over: nothing waits for this answer any more
+            if record.get("state") == "pending":
+                await approval_answer_store(reply.approval_id, approved=reply.approved, reason=reply.reason)
+                await locks.async_redis().publish(
+                    control_channel(),
+                    json.dumps(
+                        {
+                            "op": "approve",
+                            "session_id": session_id,
+                            "turn_id": turn_id,
+                            "approval_id": reply.approval_id,
+                            "approved": reply.approved,
+                            "reason": reply.reason,
+                        }
+                    ),
+                )
+        if found is None or sequence > found[1]:
+            found = (turn_id, sequence)
+    if found is None or found[1] < 0:
+        raise TurnRefused("invalid_request", APPROVAL_GONE_TEXT)
+    turn_id, sequence = found
+    return TurnHandle(session_id=session_id, turn_id=turn_id, message_id=f"msg-{turn_id}"), sequence
+
+
+async def approval_pending(*, session_id: str, turn_id: str, sequence: int, raw: str) -> bool:
+    """Whether the ``tool-approval-request`` chunk ``raw`` (logged at ``sequence``) still waits
+    for its answer: a listener relaying the turn ends its response after it."""
+    rt = registry.get(session_id)
+    if rt is not None and rt.turn_id == turn_id:
+        return rt.approvals.pending_at(sequence)
+    try:
+        approval_id = json.loads(raw).get("approvalId")
+        record = await approval_record(str(approval_id)) if approval_id else None
+    except Exception:
+        logger.warning("reading approval state for turn %s failed", turn_id, exc_info=True)
+        return False
+    return record is not None and record.get("state") == "pending"
 
 
 def control_channel() -> str:
@@ -109,10 +182,17 @@ async def _control_listen(ready: asyncio.Future) -> None:
                 data = json.loads(message["data"])
             except (TypeError, ValueError):
                 continue
+            rt = registry.get(str(data.get("session_id")))
+            if rt is None or (data.get("turn_id") and data["turn_id"] != rt.turn_id):
+                continue
             if data.get("op") == "stop":
-                rt = registry.get(str(data.get("session_id")))
-                if rt is not None and (not data.get("turn_id") or data["turn_id"] == rt.turn_id):
-                    rt.inp.stop.set()
+                rt.inp.stop.set()
+            elif data.get("op") == "approve":
+                rt.approvals.answer(
+                    str(data.get("approval_id")),
+                    approved=bool(data.get("approved")),
+                    reason=str(data.get("reason") or ""),
+                )
     except asyncio.CancelledError:
         raise
     except Exception as exc:

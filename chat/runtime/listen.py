@@ -1,6 +1,9 @@
 """Listening to a turn: replay from its log (``chat.runtime.streams``), then live until the
-terminal chunk. Both doors forward what they read verbatim: every item is ``(sequence, chunk
-JSON, is_terminal)``, the chunk encoded once when the runtime appended it."""
+terminal chunk — or until a ``tool-approval-request`` that still waits for its answer: a stock
+AI SDK ``Chat`` answers only once its stream has ended, so the response ends there while the turn
+waits (the answering request continues it: ``control.turn_approval_answer``). Both doors forward
+what they read verbatim: every item is ``(sequence, chunk JSON, is_terminal)``, the chunk encoded
+once when the runtime appended it."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from chat.runtime import streams
-from chat.runtime.control import session_lookup, turn_active_id
+from chat.runtime.approvals import REQUEST_PREFIX
+from chat.runtime.control import approval_pending, session_lookup, turn_active_id
 from chat.runtime.registry import NOT_FOUND_TEXT, TurnHandle, TurnRefused
 
 
@@ -21,13 +25,34 @@ def _alive_check(session_id: str, turn_id: str) -> Callable[[], Awaitable[bool]]
     return is_alive
 
 
+async def _until_waiting(
+    items: AsyncIterator[tuple[int, str, bool]], *, session_id: str, turn_id: str
+) -> AsyncIterator[tuple[int, str, bool]]:
+    """``items`` up to and including a ``tool-approval-request`` that is still pending."""
+    try:
+        async for item in items:
+            yield item
+            sequence, raw, _terminal = item
+            if raw.startswith(REQUEST_PREFIX) and await approval_pending(
+                session_id=session_id, turn_id=turn_id, sequence=sequence, raw=raw
+            ):
+                return
+    finally:
+        await items.aclose()
+
+
+def _read(*, session_id: str, turn_id: str, after_sequence: int) -> AsyncIterator[tuple[int, str, bool]]:
+    reader = streams.stream_read(
+        turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id)
+    )
+    if streams.stream_get_local(turn_id) is not None:
+        return reader  # the local log stops after a waiting request itself (TurnStream.waiting)
+    return _until_waiting(reader, session_id=session_id, turn_id=turn_id)
+
+
 def turn_listen(*, handle: TurnHandle, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
     """The chunks of a turn the caller just started (from ``after_sequence + 1``)."""
-    return streams.stream_read(
-        turn_id=handle.turn_id,
-        after_sequence=after_sequence,
-        is_alive=_alive_check(handle.session_id, handle.turn_id),
-    )
+    return _read(session_id=handle.session_id, turn_id=handle.turn_id, after_sequence=after_sequence)
 
 
 async def _subscribe_target(*, user: Any, chat_id: str, after_sequence: int) -> tuple[str, str] | None:
@@ -58,6 +83,4 @@ async def turn_subscribe(
     if found is None:
         return None
     session_id, turn_id = found
-    return streams.stream_read(
-        turn_id=turn_id, after_sequence=after_sequence, is_alive=_alive_check(session_id, turn_id)
-    )
+    return _read(session_id=session_id, turn_id=turn_id, after_sequence=after_sequence)

@@ -136,7 +136,14 @@ def sync_redis():
         return _sync_client
 
 
-def _async_client(registry, size: int):
+# The blocking pool's socket timeout: longer than any wait its commands ask Redis for (XREAD
+# BLOCK of a remote listener, chat.runtime.streams.REMOTE_BLOCK_MS = 5 s; the control listener's
+# 30 s pub/sub wait). redis-py's default (5 s) cut a listener of a quiet turn — waiting for an
+# approval, a long tool call — with a TimeoutError after its first silent block.
+BLOCKING_SOCKET_TIMEOUT = 60.0
+
+
+def _async_client(registry, size: int, **options: Any):
     loop = asyncio.get_running_loop()
     client = registry.get(loop)
     if client is None:
@@ -145,6 +152,7 @@ def _async_client(registry, size: int):
             decode_responses=True,
             max_connections=size,
             timeout=REDIS_POOL_TIMEOUT,
+            **options,
         )
         client = aioredis.Redis(connection_pool=pool, **_retry_kwargs(AsyncRetry))
         registry[loop] = client
@@ -160,7 +168,11 @@ def async_redis():
 def async_redis_blocking():
     """The asyncio Redis client for commands that hold a connection for long (``XREAD BLOCK``,
     pub/sub subscriptions): its own pool, so they never starve ``async_redis()``."""
-    return _async_client(_async_blocking_clients, chat_config().redis_blocking_pool_size)
+    return _async_client(
+        _async_blocking_clients,
+        chat_config().redis_blocking_pool_size,
+        socket_timeout=BLOCKING_SOCKET_TIMEOUT,
+    )
 
 
 def _lock_keys(key: str) -> tuple[str, str]:

@@ -32,7 +32,15 @@ FLUSH_INTERVAL = 2.0  # seconds between snapshot writes while text streams
 
 # Chunks after which the row is written promptly.
 BOUNDARY_TYPES = frozenset(
-    {"tool-input-available", "tool-output-available", "tool-output-error", "finish-step"}
+    {
+        "tool-input-available",
+        "tool-output-available",
+        "tool-output-error",
+        "tool-output-denied",
+        "tool-approval-request",
+        "tool-approval-response",
+        "finish-step",
+    }
 )
 
 
@@ -45,6 +53,7 @@ class MessageFolder:
         self.version = 0  # bumped on every change
         self._open: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, id) -> streaming part
         self._tools: dict[str, dict[str, Any]] = {}  # toolCallId -> part
+        self._approvals: dict[str, dict[str, Any]] = {}  # approvalId -> tool part
 
     @property
     def has_content(self) -> bool:
@@ -84,6 +93,21 @@ class MessageFolder:
             part = self._tool(chunk["toolCallId"], None)
             part["state"] = "output-error"
             part["errorText"] = chunk.get("errorText", "")
+        elif kind == "tool-output-denied":
+            self._tool(chunk["toolCallId"], None)["state"] = "output-denied"
+        elif kind == "tool-approval-request":
+            part = self._tool(chunk["toolCallId"], None)
+            self._approvals[chunk["approvalId"]] = part
+            part["state"] = "approval-requested"
+            part["approval"] = {"id": chunk["approvalId"]}
+        elif kind == "tool-approval-response":
+            part = self._approvals.get(chunk["approvalId"])
+            if part is None:
+                return False
+            part["state"] = "approval-responded"
+            part["approval"] = {"id": chunk["approvalId"], "approved": bool(chunk.get("approved"))}
+            if chunk.get("reason"):
+                part["approval"]["reason"] = chunk["reason"]
         elif kind == "start":
             if chunk.get("messageMetadata"):
                 self.metadata.update(chunk["messageMetadata"])
@@ -141,7 +165,12 @@ class MessageFolder:
             part["state"] = "done"
         self._open.clear()
         for part in self._tools.values():
-            if part["state"] in ("input-streaming", "input-available"):
+            if part["state"] in (
+                "input-streaming",
+                "input-available",
+                "approval-requested",
+                "approval-responded",
+            ):
                 part.pop("_inputText", None)
                 part["state"] = "output-error"
                 part["errorText"] = "The turn ended before this tool call finished."

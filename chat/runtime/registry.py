@@ -25,6 +25,7 @@ from agents.events import Chunk
 from agents.turn import TurnInput, Usage
 from chat.config import chat_config
 from chat.models import ChatSession, ChatTurn
+from chat.runtime.approvals import TurnApprovals
 from chat.runtime.persistence import MessageFolder, MessageWriter
 from chat.runtime.streams import Coalescer, TurnStream
 
@@ -114,16 +115,31 @@ class RunningTurn:
     finishing: asyncio.Event = field(default_factory=asyncio.Event)
     slot: Slot | None = None  # this worker's admission slot, freed with the lock
     task: asyncio.Task | None = None  # the task running the turn (``TurnRegistry.spawn``)
+    approvals: TurnApprovals = field(init=False)
 
     def __post_init__(self) -> None:
         self.writer = MessageWriter(
             session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id)
         )
         self.coalescer = Coalescer(self.emit)
+        self.approvals = TurnApprovals(
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            send=self.chunk_send,
+            persist=self.writer.flush,
+            stop=self.inp.stop,
+            waiting=self.stream.waiting,
+        )
 
     def emit(self, chunk: Chunk) -> None:
         self.writer.feed(chunk)
         self.stream.append(chunk)
+
+    def chunk_send(self, chunk: Chunk) -> int:
+        """Append a chunk of the runtime's own after the text coalesced so far; its sequence."""
+        self.coalescer.flush()
+        self.writer.feed(chunk)
+        return self.stream.append(chunk)
 
     def interrupt(self, error: AgentError, *, code: str, status: str) -> None:
         """End the turn because of a fault: stop it, then let the runner report ``error``."""

@@ -67,6 +67,8 @@ async def turn_run(rt: RunningTurn) -> None:
                 terminal = chunk
                 continue
             rt.coalescer.push(chunk)
+            if chunk["type"] == "tool-input-available":
+                rt.approvals.tool_shown(chunk["toolCallId"])
     except asyncio.CancelledError:
         cancelled = True
     except Exception as exc:

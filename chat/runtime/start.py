@@ -9,7 +9,8 @@ One path, three steps:
    turn's heartbeat, released by its token on every exit path) → one short transaction under
    the user's lock: budget check + per-user cap + the ``ChatTurn`` row holding the reservation →
    one transaction: dead turns and trailing error markers cleared, the user message (with its
-   turn id), the history, the ``TurnInput``. The session row is written once, at the end;
+   turn id), the history, the ``TurnInput``. The session row is written once, at the end (and
+   in that transaction only when the request's ``body.model`` changes the chat's model);
 3. ``registry.spawn`` runs the turn (``chat.runtime.runner.turn_run``) as a task that outlives
    the caller.
 """
@@ -29,11 +30,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from agents.approval import ToolRules
 from agents.errors import AgentError, ErrorKind
 from agents.sandbox import workspace_for
 from agents.turn import Attachment, HistoryMessage, TurnInput, Usage
 from chat import usage as chat_usage
 from chat.models import ChatMessage, ChatSession, ChatTurn
+from chat.preferences import model_problem, session_instructions, session_max_steps, session_model
 from chat.protocol import ProtocolError, attachment_from_file_part
 from chat.runtime import locks, shutdown, streams, supervision
 from chat.runtime.control import control_listener_ready
@@ -49,8 +52,13 @@ from chat.runtime.registry import (
     too_many_for_user,
 )
 from chat.runtime.runner import turn_run
-from chat.selectors import turn_live_count_for_user
-from chat.services import message_append, message_clear_trailing_error_markers, session_get_or_create_for_user
+from chat.selectors import tool_rules_for_user, turn_live_count_for_user
+from chat.services import (
+    message_append,
+    message_clear_trailing_error_markers,
+    session_get_or_create_for_user,
+    session_model_set,
+)
 from transcripts.store import DjangoSessionStore
 
 logger = logging.getLogger(__name__)
@@ -68,11 +76,14 @@ async def turn_start(
     trigger: str = "submit-message",
     client_message_id: str | None = None,
     alive: Callable[[], bool] | None = None,
+    model: str | None = None,
 ) -> TurnHandle:
     """Start a turn in the caller's chat (created when the id is new to them). Raises TurnRefused
     (``too_many_turns`` over a concurrency cap: nothing is written). ``alive``: the caller's
     connection is still open (checked before anything is written; false: TurnRefused
-    ``connection_closed``)."""
+    ``connection_closed``). ``model``: the request's ``body.model`` (one of AGENT_MODELS, else
+    TurnRefused ``invalid_request``): it becomes the chat's model, for this turn and the next ones
+    (written with the turn's user message)."""
     attachments = list(attachments or [])
     if not getattr(user, "is_authenticated", False):
         raise TurnRefused("not_found", NOT_FOUND_TEXT)
@@ -82,6 +93,9 @@ async def turn_start(
         raise TurnRefused("invalid_request", "The message is empty.")
     if not chat_id or len(chat_id) > 200:
         raise TurnRefused("invalid_request", "Invalid chat id.")
+    problem = None if model is None else model_problem(model)
+    if problem is not None:
+        raise TurnRefused("invalid_request", problem)
     if shutdown.shutting_down():
         raise TurnRefused("unavailable", shutdown.SHUTDOWN_REFUSED_TEXT)
     shutdown.install()
@@ -104,6 +118,7 @@ async def turn_start(
             client_message_id=client_message_id,
             slot=slot,
             alive=alive,
+            model=model,
         )
         running = await _turn_running(prepared=prepared, user=user, slot=slot)
     except BaseException:
@@ -139,6 +154,7 @@ def _turn_prepare(
     client_message_id: str | None,
     slot: Slot | None = None,
     alive: Callable[[], bool] | None = None,
+    model: str | None = None,
 ) -> _Prepared:
     """Everything a turn needs before its model call (see the module docstring). The lock is
     released again when anything after it fails; a chat created by this hop is dropped again
@@ -148,7 +164,7 @@ def _turn_prepare(
         raise TurnRefused("connection_closed", CLOSED_TEXT)
     registry.slot_backend(slot, settings.AGENT_BACKEND)
     session, created = session_get_or_create_for_user(
-        user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=settings.AGENT_MODEL
+        user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=model or ""
     )
     registry.slot_backend(slot, session.backend or settings.AGENT_BACKEND)
     key = locks.session_key(session.pk)
@@ -160,9 +176,11 @@ def _turn_prepare(
     if token is None:
         raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
     try:
-        turn = _turn_admit(session=session, user=user, turn_id=turn_id, trigger=trigger)
+        turn = _turn_admit(session=session, user=user, turn_id=turn_id, trigger=trigger, model=model)
         try:
             with transaction.atomic():
+                if model and session.model != model:  # body.model: the chat's model from now on
+                    session_model_set(session=session, model=model)
                 return _turn_messages(
                     session=session,
                     user=user,
@@ -197,14 +215,16 @@ def _turn_prepare(
         raise
 
 
-def _turn_admit(*, session: ChatSession, user: Any, turn_id: str, trigger: str) -> ChatTurn:
+def _turn_admit(
+    *, session: ChatSession, user: Any, turn_id: str, trigger: str, model: str | None = None
+) -> ChatTurn:
     """Check and reserve under the user's lock, in one short transaction: the budget
     (``chat.usage.budget_check``), the per-user cap across processes, and the ``ChatTurn`` row
     whose ``reserved_tokens`` is the reservation (atomic across processes). Only that: the
     user's lock serialises all of a user's turn starts (in every process), so it is held for as
-    short as possible."""
+    short as possible. ``model``: the request's own choice (body.model), else the chat's."""
     backend = session.backend or settings.AGENT_BACKEND
-    model = session.model or settings.AGENT_MODEL
+    model = model or session_model(session)  # the effective model: its budget, its rate limit
     refusal: AgentError | None = None
     reserved: list[int] = []
     with transaction.atomic():
@@ -400,8 +420,12 @@ def turn_input_build(
         user_text=text,
         workspace=workspace_for(str(session.pk)),
         backend=session.backend or settings.AGENT_BACKEND,
-        model=session.model or settings.AGENT_MODEL,
+        # Per-chat settings (chat.preferences): the chat's model while AGENT_MODELS offers it,
+        # its instructions and step limit.
+        model=session_model(session),
         system_prompt=settings.AGENT_SYSTEM_PROMPT,
+        instructions=session_instructions(session),
+        max_steps=session_max_steps(session),
         attachments=list(attachments),
         history=history,
         agent_session_id=session.agent_session_id or None,
@@ -409,6 +433,7 @@ def turn_input_build(
         # project is pinned so that resume works even where AGENT_WORKSPACE_ROOT differs.
         session_store=DjangoSessionStore(project_key=TRANSCRIPT_PROJECT_KEY),
         message_id=message_id,
+        tools=ToolRules(mode=session.tool_mode, rules=tool_rules_for_user(user_id=user.pk)),
     )
 
 
@@ -435,7 +460,7 @@ async def _turn_running(*, prepared: _Prepared, user: Any, slot: Slot) -> Runnin
             )
 
         inp.step_check = step_check
-        return RunningTurn(
+        rt = RunningTurn(
             turn_id=str(prepared.turn.pk),
             session_id=session_id,
             user=user,
@@ -448,6 +473,8 @@ async def _turn_running(*, prepared: _Prepared, user: Any, slot: Slot) -> Runnin
             needs_title=prepared.needs_title,
             slot=slot,
         )
+        inp.approve = rt.approvals.ask  # the backends ask the user through the turn's log
+        return rt
     except BaseException:
         await asyncio.shield(locks.lock_release(key, prepared.lock_token))
         await asyncio.shield(_turn_abandon(prepared.turn))

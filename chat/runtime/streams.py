@@ -95,6 +95,7 @@ class TurnStream:
         "_mirror_done",
         "_flush_waiters",
         "_mirror_ttl_at",
+        "waiting",
     )
 
     def __init__(self, *, turn_id: str, session_id: str) -> None:
@@ -113,6 +114,9 @@ class TurnStream:
         self._mirror_done: asyncio.Future | None = None
         self._flush_waiters: list[asyncio.Future] = []
         self._mirror_ttl_at = 0.0  # monotonic time of the last TTL refresh of its Redis keys
+        # Sequences of tool-approval-request chunks still waiting for the user's answer: a local
+        # listener stops after one (chat.runtime.approvals).
+        self.waiting: set[int] = set()
         if use_redis():
             self._mirror = _Mirror.for_loop()
             self._mirror.mark(self)  # the session -> turn pointer goes out at once
@@ -183,10 +187,10 @@ class TurnStream:
 
     async def read(self, after_sequence: int = -1) -> AsyncIterator[tuple[int, str, bool]]:
         """``(sequence, chunk JSON, is_terminal)`` from ``after_sequence + 1`` until the terminal
-        chunk or the stream closes: the text encoded once by ``append``, no encoding per listener.
-        Everything already in the log is yielded without suspending (a replay is one burst; the
-        caller decides when to yield to the loop). Raises StreamLagged when the position was
-        trimmed away."""
+        chunk or the stream closes, or after an approval request still ``waiting``: the text
+        encoded once by ``append``, no encoding per listener. Everything already in the log is
+        yielded without suspending (a replay is one burst; the caller decides when to yield to
+        the loop). Raises StreamLagged when the position was trimmed away."""
         pos = after_sequence + 1
         while True:
             if pos < self.base:
@@ -197,9 +201,9 @@ class TurnStream:
                 i = pos - self.base
                 terminal = self.chunks[i]["type"] in TERMINAL_TYPES  # before yielding: trims move i
                 yield pos, self.encoded[i], terminal
-                pos += 1
-                if terminal:
+                if terminal or (self.waiting and pos in self.waiting):
                     return
+                pos += 1
             if self.closed:
                 return
             # Shielded: the future is shared by every listener, and cancelling one listener

@@ -3,8 +3,8 @@
 - ``heartbeat``: refreshes the session lease every ``LOCK_TTL / 3`` (and the turn row's
   ``heartbeat_at``); a lost lease (expired or force-released by an operator) stops the turn.
 - ``idle_watchdog``: a stalled upstream (no bytes, only our own heartbeats) ends the turn with a
-  retryable error after ``AGENT_STREAM_IDLE_TIMEOUT`` seconds; time spent running tools does not
-  count (docs/reliability.md).
+  retryable error after ``AGENT_STREAM_IDLE_TIMEOUT`` seconds; time spent running tools or waiting
+  for the user's approval does not count (docs/reliability.md).
 - ``title_generate``: names a new chat from its first message.
 
 All three are tasks of the turn (``chat.runtime.runner`` spawns and cancels them).
@@ -68,7 +68,8 @@ async def heartbeat(rt: RunningTurn) -> None:
 
 async def idle_watchdog(rt: RunningTurn) -> None:
     """A stalled upstream (no bytes, only our own heartbeats) ends the turn with a retryable
-    error after ``AGENT_STREAM_IDLE_TIMEOUT`` seconds. Time spent running tools does not count."""
+    error after ``AGENT_STREAM_IDLE_TIMEOUT`` seconds. Time spent running tools or waiting for an
+    approval does not count."""
     timeout = idle_timeout()
     if timeout <= 0:
         return
@@ -77,7 +78,7 @@ async def idle_watchdog(rt: RunningTurn) -> None:
         await asyncio.sleep(max(0.05, min(timeout / 4, rt.last_activity + timeout - loop.time())))
         if rt.inp.stop.is_set():
             return
-        if rt.writer.folder.tools_running():
+        if rt.writer.folder.tools_running() or rt.approvals.waiting():
             rt.last_activity = loop.time()
             continue
         if loop.time() - rt.last_activity >= timeout:

@@ -3,8 +3,13 @@
 //
 // Safety rule for this file: text from the model or a user is only ever inserted with
 // textContent / text nodes (or via markdown.js, which follows the same rule). No innerHTML.
+//
+// Steering (issue #17): the tool-approval state lives in ToolCard / AssistantView and the
+// "Tool approval" section below; steering.js renders the approval previews and runs the
+// "Chat settings" dialog (docs/browser.md).
 
 import { renderMarkdown, stableBoundary, safeHttpUrl } from "./markdown.js";
+import { approvalPreview, approvalQuestion, setupSettings } from "./steering.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -126,6 +131,11 @@ async function api(path, { method = "GET", body } = {}) {
   if (!res.ok) {
     const err = new Error(`${method} ${url}: HTTP ${res.status}`);
     err.status = res.status;
+    try {
+      err.body = await res.json(); // {"error": {code, message, details?}} (chat/api/errors.py)
+    } catch (_) {
+      err.body = null;
+    }
     throw err;
   }
   if (res.status === 204) return null;
@@ -223,10 +233,15 @@ class TextPart {
     part.end();
     return part;
   }
+
+  toPart() {
+    return { type: "text", text: this.raw, state: this.done ? "done" : "streaming" };
+  }
 }
 
 class ReasoningPart {
   constructor(parent) {
+    this.raw = "";
     this.root = el("details", "reasoning");
     const summary = el("summary", "", "Reasoning");
     this.body = el("div", "reasoning-body");
@@ -237,20 +252,32 @@ class ReasoningPart {
   }
 
   append(delta) {
+    this.raw += delta || "";
     this.node.appendData(delta || "");
   }
 
   end() {
     this.root.classList.add("done");
   }
+
+  toPart() {
+    return { type: "reasoning", text: this.raw, state: "done" };
+  }
 }
 
 const LONG_OUTPUT_CHARS = 600;
 const LONG_OUTPUT_LINES = 12;
+const reasonDrafts = new Map(); // approval id -> the Deny reason typed so far (kept over re-renders)
 
 class ToolCard {
   constructor(parent, toolCallId, toolName) {
     this.id = toolCallId;
+    this.toolName = toolName || "tool";
+    this.view = null; // the AssistantView it belongs to
+    // The AI SDK tool part this card shows (sent back with an approval answer).
+    this.part = { type: `tool-${this.toolName}`, toolCallId, state: "input-streaming", input: undefined };
+    this.approval = null; // {id, approved?, reason?}
+    this.approvalBox = null;
     this.root = el("details", "tool-card");
     this.root.open = true;
     this.root.dataset.toolCallId = toolCallId || "";
@@ -258,19 +285,24 @@ class ToolCard {
     const summary = el("summary", "tool-summary");
     this.icon = el("span", "tool-icon", "⚙");
     this.icon.setAttribute("aria-hidden", "true");
-    this.name = el("span", "tool-name", toolName || "tool");
+    this.name = el("span", "tool-name", this.toolName);
     this.status = el("span", "tool-status", "running…");
     summary.append(this.icon, this.name, this.status);
     this.inputPre = el("pre", "tool-input");
     this.inputNode = document.createTextNode("");
     this.inputPre.append(this.inputNode);
-    const inputLabel = el("div", "tool-label", "Input");
+    this.inputLabel = el("div", "tool-label", "Input");
     this.outputLabel = el("div", "tool-label", "Output");
     this.outputPre = el("pre", "tool-output");
     this.outputLabel.hidden = true;
     this.outputPre.hidden = true;
-    this.root.append(summary, inputLabel, this.inputPre, this.outputLabel, this.outputPre);
+    this.root.append(summary, this.inputLabel, this.inputPre, this.outputLabel, this.outputPre);
     parent.append(this.root);
+  }
+
+  setState(value) {
+    this.root.dataset.state = value;
+    this.part.state = value;
   }
 
   appendInput(delta) {
@@ -279,19 +311,22 @@ class ToolCard {
 
   setInput(input) {
     this.inputNode.data = pretty(input);
-    this.root.dataset.state = "input-available";
+    this.part.input = input;
+    this.setState("input-available");
     const cmd = input && typeof input === "object" ? input.command || input.file_path || input.pattern : null;
     if (cmd) this.name.title = String(cmd);
   }
 
   setOutput(output) {
-    this.root.dataset.state = "output-available";
+    this.setState("output-available");
+    this.part.output = output;
     this.status.textContent = "done";
     this.showOutput(pretty(output));
   }
 
   setError(errorText) {
-    this.root.dataset.state = "output-error";
+    this.setState("output-error");
+    this.part.errorText = errorText || "";
     this.status.textContent = "error";
     this.outputLabel.textContent = "Error";
     this.showOutput(errorText || "The tool failed.");
@@ -308,11 +343,139 @@ class ToolCard {
     }
   }
 
+  // --- Tool approval (CONTRACT §6): approval-requested → approval-responded → output-* ------
+
+  get awaitingAnswer() {
+    return this.root.dataset.state === "approval-requested";
+  }
+
+  /** The server asks before running this call: show what it would do, Approve and Deny. */
+  requestApproval(approvalId) {
+    this.approval = { id: approvalId };
+    this.part.approval = { id: approvalId };
+    this.setState("approval-requested");
+    this.root.open = true;
+    this.status.textContent = "waiting for your approval";
+    this.showApprovalBox();
+  }
+
+  showApprovalBox() {
+    if (this.approvalBox) this.approvalBox.remove();
+    const box = el("section", "approval");
+    const key = String(this.approval.id || this.id).replace(/[^\w-]/g, "_");
+    const titleId = `approval-title-${key}`;
+    box.setAttribute("aria-labelledby", titleId);
+    box.tabIndex = -1; // focus moves here when the request appears
+    const title = el("p", "approval-title");
+    title.id = titleId;
+    title.append(el("strong", "", `Approval needed: ${this.toolName}`), el("span", "", ` — ${approvalQuestion(this.toolName)}`));
+    this.approvalTitle = title;
+    box.append(title, ...approvalPreview(this.toolName, this.part.input));
+    // The raw JSON input stays for other tools; these have a readable preview instead.
+    const previewed = ["Bash", "Write", "Edit", "MultiEdit", "ExitPlanMode"].includes(this.toolName);
+    this.inputLabel.hidden = previewed;
+    this.inputPre.hidden = previewed;
+
+    this.controls = el("div", "approval-controls");
+    const reasonId = `approval-reason-${key}`;
+    const reasonLabel = el("label", "small", "Reason for denying (optional)");
+    reasonLabel.htmlFor = reasonId;
+    this.reason = el("input", "approval-reason");
+    this.reason.type = "text";
+    this.reason.id = reasonId;
+    this.reason.maxLength = 2000;
+    this.reason.autocomplete = "off";
+    this.reason.value = reasonDrafts.get(this.approval.id) || "";
+    this.reason.addEventListener("input", () => reasonDrafts.set(this.approval.id, this.reason.value));
+    this.reason.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.isComposing) {
+        e.preventDefault();
+        this.answer(false);
+      }
+    });
+    this.approveBtn = button("Approve", "primary approve-btn", () => this.answer(true));
+    this.denyBtn = button("Deny", "danger deny-btn", () => this.answer(false));
+    const buttons = el("div", "approval-buttons");
+    buttons.append(this.approveBtn, this.denyBtn);
+    const reasonRow = el("div", "approval-reason-row");
+    reasonRow.append(reasonLabel, this.reason);
+    this.controls.append(reasonRow, buttons);
+    this.result = el("p", "approval-result");
+    this.result.hidden = true;
+    box.append(this.controls, this.result);
+    this.approvalBox = box;
+    this.inputPre.after(box);
+  }
+
+  answer(approved) {
+    if (!this.awaitingAnswer) return;
+    const reason = approved ? "" : this.reason.value.trim();
+    reasonDrafts.delete(this.approval.id);
+    this.showAnswered(approved, reason);
+    answerApproval(this);
+  }
+
+  /** The answer is known (given here, in another tab, or the request expired). */
+  showAnswered(approved, reason) {
+    if (!this.approval) this.approval = { id: "" };
+    this.approval = { id: this.approval.id, approved: Boolean(approved) };
+    if (reason) this.approval.reason = reason;
+    this.part.approval = { ...this.approval };
+    if (!this.approvalBox) this.showApprovalBox();
+    this.controls.hidden = true;
+    this.result.hidden = false;
+    this.approvalTitle.firstChild.textContent = `Approval asked: ${this.toolName}`;
+    this.setState("approval-responded");
+    const expired = !approved && /expired/i.test(reason || "");
+    this.root.dataset.approval = approved ? "approved" : expired ? "expired" : "denied";
+    if (approved) {
+      this.result.textContent = "Approved.";
+      this.status.textContent = "approved · running…";
+    } else {
+      this.result.replaceChildren(el("strong", "", expired ? "Expired" : "Denied"));
+      if (reason) this.result.append(el("span", "approval-reason-text", ` — ${reason}`));
+      this.status.textContent = expired ? "expired · not run" : "denied · not run";
+    }
+  }
+
+  /** The request cannot be answered any more (its turn is over). */
+  showGone() {
+    if (!this.awaitingAnswer) return;
+    this.controls.hidden = true;
+    this.result.hidden = false;
+    this.result.textContent = "Not answered: this reply is over, the call was not run.";
+    this.status.textContent = "not run";
+    this.setState("interrupted");
+  }
+
+  /** tool-output-denied: the call was not run. */
+  setDenied() {
+    if (this.root.dataset.approval !== "denied" && this.root.dataset.approval !== "expired") {
+      this.showAnswered(false, this.approval && this.approval.reason);
+    }
+    this.setState("output-denied");
+  }
+
+  toPart() {
+    const part = { ...this.part };
+    if (part.approval) part.approval = { ...part.approval };
+    if (part.input === undefined) part.input = null;
+    return part;
+  }
+
   static fromPart(parent, part) {
     const name = part.toolName || (part.type || "").replace(/^tool-/, "") || "tool";
     const card = new ToolCard(parent, part.toolCallId, name);
+    card.part.type = part.type || card.part.type;
     if (part.input !== undefined) card.setInput(part.input);
-    if (part.state === "output-error" || part.errorText) card.setError(part.errorText);
+    const approval = part.approval && typeof part.approval === "object" ? part.approval : null;
+    if (approval) card.approval = { id: approval.id };
+    if (part.state === "approval-requested" && approval) card.requestApproval(approval.id);
+    else if (part.state === "approval-responded" && approval) card.showAnswered(approval.approved !== false, approval.reason);
+    else if (part.state === "output-denied") {
+      card.showAnswered(false, approval && approval.reason);
+      card.setDenied();
+    } else if (part.state === "output-error" || part.errorText) card.setError(part.errorText);
     else if (part.state === "output-available" || part.output !== undefined) card.setOutput(part.output);
     else {
       card.status.textContent = "interrupted";
@@ -377,6 +540,8 @@ class AssistantView {
     this.text = new Map();
     this.reasoning = new Map();
     this.tools = new Map();
+    // The message's parts in order (each has toPart()): an approval answer sends them back.
+    this.parts = [];
     this.root._view = this;
   }
 
@@ -385,6 +550,7 @@ class AssistantView {
     if (!part) {
       part = new TextPart(this.body);
       this.text.set(id, part);
+      this.parts.push(part);
     }
     return part;
   }
@@ -394,6 +560,7 @@ class AssistantView {
     if (!part) {
       part = new ReasoningPart(this.body);
       this.reasoning.set(id, part);
+      this.parts.push(part);
     }
     return part;
   }
@@ -402,9 +569,30 @@ class AssistantView {
     let card = this.tools.get(id);
     if (!card) {
       card = new ToolCard(this.body, id, name);
-      this.tools.set(id, card);
+      this.addTool(card);
     }
     return card;
+  }
+
+  addTool(card) {
+    card.view = this;
+    this.tools.set(card.id, card);
+    this.parts.push(card);
+  }
+
+  /** The card a tool-approval-response is about (by approval id, else by tool call id). */
+  toolByApproval(approvalId, toolCallId) {
+    for (const card of this.tools.values()) if (card.approval && card.approval.id === approvalId) return card;
+    return toolCallId ? this.tools.get(toolCallId) : null;
+  }
+
+  pendingApprovals() {
+    return [...this.tools.values()].filter((card) => card.awaitingAnswer);
+  }
+
+  /** The message as the AI SDK has it (UIMessage): what an approval answer sends back. */
+  toMessage() {
+    return { id: this.root.dataset.messageId || "", role: "assistant", parts: this.parts.map((p) => p.toPart()) };
   }
 
   setStatus(text) {
@@ -463,8 +651,24 @@ class AssistantView {
       case "tool-output-error":
         this.tool(chunk.toolCallId).setError(chunk.errorText);
         break;
+      case "tool-approval-request":
+        this.tool(chunk.toolCallId).requestApproval(chunk.approvalId);
+        break;
+      case "tool-approval-response": {
+        // Answered here, in another tab, or expired: the question goes away.
+        const card = this.toolByApproval(chunk.approvalId, chunk.toolCallId);
+        if (card) card.showAnswered(Boolean(chunk.approved), chunk.reason || "");
+        break;
+      }
+      case "tool-output-denied":
+        this.tool(chunk.toolCallId).setDenied();
+        break;
+      case "start-step":
+        this.parts.push(constantPart({ type: "step-start" }));
+        break;
       case "file":
         this.body.append(fileView(chunk));
+        this.parts.push(constantPart({ type: "file", mediaType: chunk.mediaType, url: chunk.url }));
         break;
       case "finish":
         this.finalize();
@@ -496,7 +700,9 @@ class AssistantView {
     for (const part of this.text.values()) part.end();
     for (const part of this.reasoning.values()) part.end();
     for (const card of this.tools.values()) {
-      if (card.root.dataset.state.startsWith("input")) {
+      // A call waiting for the user's answer is not interrupted: the turn waits on the server.
+      const st = card.root.dataset.state;
+      if (st.startsWith("input") || st === "approval-responded") {
         card.status.textContent = "interrupted";
         card.root.dataset.state = "interrupted";
       }
@@ -514,17 +720,25 @@ class AssistantView {
     const parts = Array.isArray(msg.parts) && msg.parts.length ? msg.parts : [{ type: "text", text: msg.text || "" }];
     for (const part of parts) {
       const type = part.type || "";
-      if (type === "text") TextPart.rendered(view.body, part.text);
+      if (type === "text") view.parts.push(TextPart.rendered(view.body, part.text));
       else if (type === "reasoning") {
         const r = new ReasoningPart(view.body);
         r.append(part.text);
         r.end();
-      } else if (type.startsWith("tool-") || type === "dynamic-tool") ToolCard.fromPart(view.body, part);
-      else if (type === "file") view.body.append(fileView(part));
+        view.parts.push(r);
+      } else if (type.startsWith("tool-") || type === "dynamic-tool") view.addTool(ToolCard.fromPart(view.body, part));
+      else {
+        if (type === "file") view.body.append(fileView(part));
+        view.parts.push(constantPart(part));
+      }
     }
     view.setUsage(meta.usage); // a stopped turn also has its own "stopped" marker message
     return view;
   }
+}
+
+function constantPart(part) {
+  return { toPart: () => ({ ...part }) };
 }
 
 function markerView(kind, text, { retry = false } = {}) {
@@ -593,7 +807,7 @@ function lastUserNode() {
 
 function updateActions() {
   for (const b of ui.messages.querySelectorAll(".regen-btn")) b.remove();
-  const busy = Boolean(state.stream && state.stream.active);
+  const busy = Boolean(state.stream && state.stream.active) || pendingApprovalCards().length > 0;
   for (const b of ui.messages.querySelectorAll(".retry-btn")) b.disabled = busy;
   const last = ui.messages.lastElementChild;
   const failed = last && last.querySelector(".marker-error, .marker-retryable_error");
@@ -906,11 +1120,11 @@ function startSend(message, { trigger = "submit-message", messageId } = {}) {
  * the persisted history; whatever follows the last user message is replaced by the replay).
  * needsHistory: reload the history first (this tab may not have the turn's user message).
  */
-function startResume({ fresh = true, needsHistory = false, continueFrom = null } = {}) {
+function startResume({ fresh = true, needsHistory = false, continueFrom = null, reloadIfIdle = false } = {}) {
   if (!state.chatId) return;
   const stream = continueFrom
     ? { ...continueFrom, requestId: uuid(), kind: "resume", fresh: false, needsHistory: false, reconnect: true }
-    : newStream({ kind: "resume", chatId: state.chatId, fresh, needsHistory });
+    : newStream({ kind: "resume", chatId: state.chatId, fresh, needsHistory, reconnect: reloadIfIdle });
   state.stream = stream;
   const frame = { type: "resume", requestId: stream.requestId, id: state.chatId };
   if (stream.lastSequence >= 0) frame.lastSequence = stream.lastSequence;
@@ -919,7 +1133,7 @@ function startResume({ fresh = true, needsHistory = false, continueFrom = null }
 
 function onSocketOpen(reconnect) {
   const s = state.stream;
-  if (reconnect && s && s.chatId === state.chatId && (s.active || s.kind === "send")) {
+  if (reconnect && s && s.chatId === state.chatId && (s.active || s.kind === "send" || s.watch)) {
     // Dropped mid-turn: pick the same turn up after the last chunk we showed.
     startResume({ continueFrom: s });
   }
@@ -930,12 +1144,15 @@ function onFrame(frame) {
   if (!s || frame.requestId !== s.requestId) return; // a request this tab gave up on
   switch (frame.type) {
     case "start":
-      markActive(s);
+      if (!s.watch) markActive(s); // a watch only becomes a running reply with its first chunk
       break;
     case "chunk":
-      if (typeof frame.sequence === "number") {
-        if (frame.sequence <= s.lastSequence) return; // already shown (replay overlap)
-        s.lastSequence = frame.sequence;
+      // The turn's own sequence: `turnSequence` where the request numbers its frames from 0
+      // but continues a turn (the answer to a tool approval request), else `sequence`.
+      const seq = typeof frame.turnSequence === "number" ? frame.turnSequence : frame.sequence;
+      if (typeof seq === "number") {
+        if (seq <= s.lastSequence) return; // already shown (replay overlap)
+        s.lastSequence = seq;
       }
       markActive(s);
       onChunk(s, frame.chunk || {});
@@ -984,6 +1201,7 @@ function applyChunk(s, chunk) {
     appendMessage(s.view.root);
     updateActions();
   }
+  s.view.root.classList.add("streaming"); // an approval answer continues the same message
   s.view.apply(chunk);
   maybeScroll();
 }
@@ -994,6 +1212,13 @@ function endStream(s) {
   setBusy(false);
   updateActions();
   maybeScroll();
+  // The turn waits on the server for the user's answer to a tool approval request.
+  const waiting = s.view && s.view.root.isConnected ? s.view.pendingApprovals() : [];
+  if (waiting.length) {
+    promptApproval(waiting);
+    if (!s.watch || s.lastSequence > s.startSequence) startWatch(s.view, s.lastSequence);
+    return;
+  }
   announce("Reply finished.");
   // Titles and ordering; a title generated after the turn ended arrives a moment later.
   loadSessions().then(() => {
@@ -1008,6 +1233,14 @@ function onErrorFrame(s, errorText, code = "") {
   if (s.kind === "resume") {
     updateActions();
     return; // nothing to follow (for instance a chat that has no messages yet)
+  }
+  if (s.approval) {
+    // The answer was refused (the request expired, or another tab answered it first): say so,
+    // then show the chat as it is now — the turn's replay, or the saved history once it is over.
+    if (s.view) s.view.finalize();
+    notice(errorText || "Your answer could not be sent.", { kind: "error", timeout: 12000 });
+    startResume({ fresh: true, needsHistory: true, reloadIfIdle: true });
+    return;
   }
   if (code === "too_many_turns" || /too_many_turns/.test(errorText)) {
     // A concurrency cap (docs/security.md): nothing was stored. Give the text back and say why.
@@ -1040,10 +1273,12 @@ function onErrorFrame(s, errorText, code = "") {
   updateActions();
 }
 
-function onNoActive(s) {
+async function onNoActive(s) {
   if (state.stream === s) state.stream = null;
   setBusy(false);
-  if (s.reconnect) loadHistory(); // the turn ended while we were away: show its final state
+  if (s.reconnect) await loadHistory(); // the turn ended while we were away: show its final state
+  // No turn runs, so no approval request shown can still be answered (its turn is over).
+  if (!state.stream) for (const card of pendingApprovalCards()) card.showGone();
   updateActions();
 }
 
@@ -1075,6 +1310,13 @@ function textOf(message) {
 async function submit() {
   if (state.stream && state.stream.active) {
     notice("Wait for the current reply to finish, or press Stop.");
+    return;
+  }
+  const waiting = state.stream && state.stream.watch ? pendingApprovalCards() : [];
+  if (waiting.length) {
+    // The turn waits for an answer (and holds the chat): a new message would be refused.
+    notice(`Answer the request to run ${waiting[0].toolName} first: Approve or Deny.`, { timeout: 8000 });
+    waiting[0].approvalBox.focus();
     return;
   }
   const text = ui.input.value.replace(/\s+$/, "");
@@ -1123,6 +1365,97 @@ function retryLast(box) {
   if (!message) return;
   clearAfterLastUser();
   startSend(message, { trigger: "regenerate-message" });
+}
+
+// --- Tool approval (CONTRACT §6) -------------------------------------------------------------
+// The server sends tool-approval-request and ends the request's stream while the turn waits
+// (holding the chat). The card shows Approve/Deny; the answer goes out the way the AI SDK's
+// Chat.addToolApprovalResponse + lastAssistantMessageIsCompleteWithApprovalResponses send it: a
+// submit-message whose last message is the assistant message with its tool parts
+// "approval-responded". Its stream continues the same turn and the same assistant message.
+// Meanwhile this tab watches the turn (a resume after the request's chunk, which the server
+// holds open), so an answer given in another tab shows here too.
+
+const prompted = new Set(); // approval ids already announced
+
+function pendingApprovalCards() {
+  const cards = [];
+  for (const node of ui.messages.querySelectorAll(".msg.assistant")) {
+    if (node._view) cards.push(...node._view.pendingApprovals());
+  }
+  return cards;
+}
+
+/** Announce new approval requests and move the focus to the first one. */
+function promptApproval(cards) {
+  const fresh = cards.filter((card) => !prompted.has(card.approval.id));
+  const active = document.activeElement;
+  const focusLost = !active || active === document.body || !active.isConnected;
+  if (!fresh.length && !focusLost) return;
+  for (const card of fresh) prompted.add(card.approval.id);
+  if (fresh.length) announce(`Approval needed: ${[...new Set(fresh.map((c) => c.toolName))].join(", ")}`);
+  // Not while the user is typing a message: the announcement is enough then.
+  const typing = active === ui.input && ui.input.value.trim() !== "";
+  const target = (fresh[0] || cards[0]).approvalBox;
+  if (!typing && target) target.focus();
+}
+
+/** Follow the waiting turn from after `lastSequence`: live once someone answers. */
+function startWatch(view, lastSequence) {
+  if (state.stream || !state.chatId) return;
+  const stream = newStream({
+    kind: "resume",
+    chatId: state.chatId,
+    view,
+    fresh: false,
+    lastSequence,
+    startSequence: lastSequence,
+    watch: true,
+    reconnect: true, // no turn any more: show the saved history
+  });
+  state.stream = stream;
+  socket.send({ type: "resume", requestId: stream.requestId, id: state.chatId, lastSequence });
+}
+
+/** A card was answered here: send the answers once every request of the message has one. */
+function answerApproval(card) {
+  const view = card.view;
+  announce(`${card.root.dataset.approval === "approved" ? "Approved" : "Denied"}: ${card.toolName}`);
+  if (card.approvalBox) card.approvalBox.focus(); // the focused button just went away
+  if (!view) return;
+  const others = view.pendingApprovals();
+  if (others.length) {
+    card.result.append(el("span", "muted", " Sent once the other request is answered."));
+    others[0].approvalBox.focus();
+    return;
+  }
+  sendApprovalAnswers(view);
+}
+
+function sendApprovalAnswers(view) {
+  const message = view.toMessage();
+  const stream = newStream({
+    kind: "send",
+    chatId: state.chatId,
+    message,
+    trigger: "submit-message",
+    active: true,
+    view, // the continuation's chunks go to the same assistant message
+    approval: true,
+  });
+  state.stream = stream; // a watch of the same turn is superseded (its frames are ignored)
+  setBusy(true);
+  socket.send({
+    type: "send",
+    requestId: stream.requestId,
+    id: state.chatId,
+    trigger: "submit-message",
+    messageId: message.id || undefined,
+    messages: [message],
+    headers: {},
+    body: {},
+    metadata: {},
+  });
 }
 
 ui.stop.addEventListener("click", () => {
@@ -1317,6 +1650,7 @@ window.addEventListener("focus", probe);
 
 async function init() {
   setupBanner();
+  setupSettings({ api, apiBase: config.apiBase, chatId: () => state.chatId, ensureChat, notice, defaultModel: config.model });
   renderPending();
   updateEmpty();
   socket.connect();

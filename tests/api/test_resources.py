@@ -64,6 +64,11 @@ def test_list_paginates_searches_and_filters_archived(api, user, theirs):
         "created_at",
         "updated_at",
         "last_activity_at",
+        "model",  # per-chat settings (tests/api/test_chat_settings.py)
+        "instructions",
+        "instructions_max_chars",
+        "tool_mode",
+        "max_steps",
     }
 
 

@@ -31,6 +31,7 @@ OPERATIONS = {
     ("/api/v1/chat/", "post"),
     ("/api/v1/chat/{chat_id}/stream/", "get"),
     ("/api/v1/usage/", "get"),
+    ("/api/v1/models/", "get"),
     ("/api/v1/keys/", "get"),
     ("/api/v1/keys/", "post"),
     ("/api/v1/keys/{key_id}/", "delete"),

@@ -280,3 +280,50 @@ async def test_chat_during_shutdown_is_503_with_retry_after(user):
     assert json.loads(resp.content)["error"]["code"] == "unavailable"
     assert not await ChatSession.objects.filter(owner=user).aexists()  # refused before anything was written
     assert not await ChatTurn.objects.aexists()
+
+
+def test_tool_approval_over_sse_ends_the_stream_and_the_answer_continues_the_turn(http, user):
+    """CONTRACT §6: the request's stream ends right after ``tool-approval-request`` while the turn
+    waits; the answering POST (a stock ``Chat``'s) streams the rest of the same turn and message;
+    a resume meanwhile replays the request; a bad answer is a 400, never a 500."""
+    chat_id = str(uuid.uuid4())
+    ChatSession.objects.create(owner=user, client_id=chat_id, tool_mode="ask")
+    with connect_sse(
+        http, "POST", "/api/v1/chat/", json=chat_body(chat_id, "/tool bash echo sse-ok")
+    ) as source:
+        first, done = read_events(source)
+    assert done and first[-1][1]["type"] == "tool-approval-request"
+    request = first[-1][1]
+    with connect_sse(http, "GET", f"/api/v1/chat/{chat_id}/stream/") as source:
+        replay, done = read_events(source)
+    assert done and replay == first
+    part = {
+        "type": "tool-Bash",
+        "toolCallId": request["toolCallId"],
+        "state": "approval-responded",
+        "input": {"command": "echo sse-ok"},
+        "approval": {"id": request["approvalId"], "approved": True},
+    }
+    body = chat_body(chat_id, "unused")
+    body["messages"].append({"id": first[0][1]["messageId"], "role": "assistant", "parts": [part]})
+    bad = {
+        **body,
+        "messages": [*body["messages"][:-1], {**body["messages"][-1], "parts": [{**part, "approval": {}}]}],
+    }
+    refused = http.post("/api/v1/chat/", json=bad)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_request"
+    with connect_sse(http, "POST", "/api/v1/chat/", json=body) as source:
+        rest, done = read_events(source)
+    assert done and rest[0][0] == first[-1][0] + 1  # ids continue the turn's log
+    chunks = [c for _, c in rest]
+    assert chunks[0]["type"] == "tool-approval-response" and chunks[0]["approved"] is True
+    assert "sse-ok" in str(next(c for c in chunks if c["type"] == "tool-output-available")["output"])
+    assert chunks[-1]["type"] == "finish"
+    wait_turn_done(chat_id, user)
+    msgs = http.get(f"/api/v1/sessions/{chat_id}/messages/").json()["results"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    tool = next(p for p in msgs[1]["parts"] if p["type"] == "tool-Bash")
+    assert tool["state"] == "output-available" and tool["approval"]["approved"] is True
+    # answering again once the turn is over: a clear 400
+    again = http.post("/api/v1/chat/", json=body)
+    assert again.status_code == 400 and "expired or was already answered" in again.json()["error"]["message"]

@@ -3,6 +3,7 @@ resumed (and stopped) through the other."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -115,3 +116,69 @@ async def test_turn_started_on_one_process_resumed_and_stopped_on_another(daphne
         ("user", "normal"),
         ("assistant", "normal"),
     ]
+
+
+async def test_an_approval_asked_on_one_process_is_answered_through_another(daphnes, user):
+    """The turn waits on A; the user's answer arrives on B (Redis: the record, the pub/sub
+    control message, the stored answer) and B's request streams the rest of the same turn."""
+    import websockets
+    from asgiref.sync import sync_to_async
+
+    from chat.models import ChatSession
+    from tests.chat.test_approval import answer_frame
+
+    cookie = await sync_to_async(session_cookie)(user)
+    headers = {"Cookie": cookie}
+    port_a, port_b = daphnes
+    chat_id = str(uuid.uuid4())
+    await ChatSession.objects.acreate(owner=user, client_id=chat_id, tool_mode="ask")
+    async with (
+        websockets.connect(
+            f"ws://127.0.0.1:{port_a}/ws/chat/",
+            additional_headers=headers,
+            origin=f"http://127.0.0.1:{port_a}",
+        ) as a,
+        websockets.connect(
+            f"ws://127.0.0.1:{port_b}/ws/chat/",
+            additional_headers=headers,
+            origin=f"http://127.0.0.1:{port_b}",
+        ) as b,
+    ):
+        frame = send_frame(chat_id, "/tool bash echo answered-on-b")
+        await a.send(json.dumps(frame))
+        from_a = await recv_until(a, frame["requestId"], lambda f: f["type"] == "end", timeout=60)
+        request = from_a[-2]["chunk"]
+        assert request["type"] == "tool-approval-request"
+        # B's resume replays up to the pending request and ends there
+        await b.send(json.dumps({"type": "resume", "requestId": "rb", "id": chat_id}))
+        replay = await recv_until(b, "rb", lambda f: f["type"] == "end")
+        assert replay[-2]["chunk"] == request
+        # B also follows the waiting turn live (a remote listener, XREAD BLOCK over Redis) through
+        # more than a Redis socket timeout of silence
+        after = from_a[-2]["sequence"]
+        await b.send(
+            json.dumps({"type": "resume", "requestId": "follow", "id": chat_id, "lastSequence": after})
+        )
+        await asyncio.sleep(6.5)
+        answer = answer_frame(chat_id, request, approved=True)
+        await b.send(json.dumps(answer))
+        frames: list[dict] = []
+        ended: set[str] = set()
+        async with asyncio.timeout(60):
+            while ended != {"follow", answer["requestId"]}:
+                frame = json.loads(await b.recv())
+                frames.append(frame)
+                if frame["type"] in ("end", "error"):
+                    ended.add(frame.get("requestId"))
+        rest = [f for f in frames if f.get("requestId") == answer["requestId"]]
+        chunks = [f["chunk"] for f in rest if f["type"] == "chunk"]
+        assert rest[1]["sequence"] == 0  # a send's frames count from 0…
+        assert rest[1]["turnSequence"] == from_a[-2]["sequence"] + 1  # …and continue the same turn's log
+        first = next(c for c in chunks if not c["type"].startswith("data-"))  # the title may come first
+        assert first["type"] == "tool-approval-response" and first["approved"] is True
+        output = next(c for c in chunks if c["type"] == "tool-output-available")
+        assert "answered-on-b" in str(output["output"])
+        assert chunks[-1]["type"] == "finish"
+        followed = [f for f in frames if f.get("requestId") == "follow"]
+        assert followed[-1]["type"] == "end", followed[-2:]
+        assert [f["chunk"] for f in followed if f["type"] == "chunk"] == chunks

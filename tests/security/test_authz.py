@@ -48,6 +48,7 @@ COLLECTION_ROUTES: dict[str, set[str]] = {
     "chat": {"post"},
     "usage/": {"get"},
     "keys/": {"get", "post"},
+    "models/": {"get"},  # the operator's allow-list, no user data (401 without credentials: tests/api)
 }
 # No user data at all (the schema and its docs pages, the JSON 404 for unknown paths).
 PUBLIC_ROUTES: dict[str, set[str]] = {"schema/": {"get"}, "docs/": {"get"}, "redoc/": {"get"}, "^.*$": set()}

@@ -16,8 +16,22 @@ from chat.api.errors import retry_after_seconds
 from chat.api.exceptions import ApiError
 from chat.api.serializers import StrictCharField, with_errors
 from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
-from chat.protocol import ProtocolError, UserMessage, user_message_parse
-from chat.runtime import TOO_MANY_TURNS_RETRY_AFTER, TurnRefused, turn_listen, turn_start, turn_subscribe
+from chat.protocol import (
+    ApprovalReply,
+    ProtocolError,
+    UserMessage,
+    approval_replies_parse,
+    body_model_parse,
+    user_message_parse,
+)
+from chat.runtime import (
+    TOO_MANY_TURNS_RETRY_AFTER,
+    TurnRefused,
+    turn_approval_answer,
+    turn_listen,
+    turn_start,
+    turn_subscribe,
+)
 
 SSE_DESCRIPTION = (
     "`text/event-stream` in the AI SDK UI message stream format (header "
@@ -101,6 +115,26 @@ def parse_chat_request(*, messages: list[dict[str, Any]], trigger: str) -> UserM
         raise ApiError(exc.message, details={"messages": [exc.message]}) from None
 
 
+def parse_approval_replies(*, messages: list[dict[str, Any]], trigger: str) -> tuple[ApprovalReply, ...]:
+    """Answers to tool approval requests (the last message is the assistant's, with tool parts
+    in ``approval-responded``): the request continues the waiting turn."""
+    if trigger != "submit-message":
+        return ()
+    try:
+        return approval_replies_parse(messages)
+    except ProtocolError as exc:
+        raise ApiError(exc.message, details={"messages": [exc.message]}) from None
+
+
+def parse_chat_model(model: str | None) -> str | None:
+    """The request's ``model`` (the AI SDK ``body.model``), checked against the allow-list; None
+    when it names none."""
+    try:
+        return body_model_parse({"model": model})
+    except ProtocolError as exc:
+        raise ApiError(exc.message, details={"model": [exc.message]}) from None
+
+
 class ChatApi(AsyncAPIView):
     throttle_scope = "chat"
     content_negotiation_class = StreamNegotiation
@@ -122,6 +156,15 @@ class ChatApi(AsyncAPIView):
             choices=["submit-message", "regenerate-message"], default="submit-message"
         )
         messageId = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+        model = StrictCharField(
+            required=False,
+            allow_null=True,
+            allow_blank=True,
+            max_length=200,
+            help_text="The AI SDK request's `body.model` (DefaultChatTransport merges `body` into this "
+            "object): one of `GET /api/v1/models/` (else `400 invalid_request`); it becomes the chat's "
+            "model for this turn and the next ones. Absent, null or empty: the chat's model.",
+        )
 
     @extend_schema(
         operation_id="chat_create",
@@ -153,7 +196,18 @@ class ChatApi(AsyncAPIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         chat_id, trigger = data.validated_data["id"], data.validated_data["trigger"]
+        approvals = parse_approval_replies(messages=data.validated_data["messages"], trigger=trigger)
+        if approvals:
+            try:
+                handle, after = await turn_approval_answer(
+                    user=request.user, chat_id=chat_id, replies=approvals
+                )
+            except TurnRefused as exc:
+                raise refusal_error(exc) from exc
+            # The event ids go on with the turn's sequence (Last-Event-ID stays a turn position).
+            return sse_response(sse_stream(turn_listen(handle=handle, after_sequence=after)))
         message = parse_chat_request(messages=data.validated_data["messages"], trigger=trigger)
+        model = parse_chat_model(data.validated_data.get("model"))
         try:
             handle = await turn_start(
                 user=request.user,
@@ -162,6 +216,7 @@ class ChatApi(AsyncAPIView):
                 attachments=message.attachments if message else [],
                 trigger=trigger,
                 client_message_id=message.client_message_id if message else None,
+                model=model,
             )
         except TurnRefused as exc:
             raise refusal_error(exc) from exc

@@ -13,7 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.approval import TOOL_MODES
 from chat.api.base import AsyncAPIView
+from chat.api.errors import request_invalid
 from chat.api.exceptions import ConflictError
 from chat.api.selectors import message_page, session_active_ids, session_list_filtered
 from chat.api.serializers import (
@@ -21,10 +23,12 @@ from chat.api.serializers import (
     SessionSerializer,
     StrictBooleanField,
     StrictCharField,
+    StrictIntegerField,
     with_errors,
 )
 from chat.api.services import session_delete, session_update
 from chat.api.views.common import get_session_or_404
+from chat.preferences import MODELS_PATH, instructions_limit, max_steps_limit, model_list
 from chat.runtime import turn_stop_session
 from chat.selectors import session_get_for_user
 from chat.services import session_create
@@ -133,6 +137,47 @@ class SessionDetailApi(APIView):
 
         title = StrictCharField(required=False, allow_blank=True, max_length=200)
         archived = StrictBooleanField(required=False)
+        tool_mode = serializers.ChoiceField(
+            choices=list(TOOL_MODES),
+            required=False,
+            error_messages={
+                "invalid_choice": "Unknown tool_mode '{input}': choose one of " + ", ".join(TOOL_MODES) + "."
+            },
+            help_text="`auto`: tools run freely; `ask`: ask before each tool that can change "
+            "something; `plan`: read-only tools until the user approves a plan.",
+        )
+
+        def get_fields(self) -> dict[str, serializers.Field]:
+            """The fields whose bounds are settings (the models offered, the instructions' length,
+            the step limit), built per request so that the schema and the checks follow them."""
+            fields = super().get_fields()
+            fields["model"] = serializers.ChoiceField(
+                choices=[m["id"] for m in model_list()],
+                required=False,
+                allow_null=True,
+                error_messages={
+                    "invalid_choice": "Unknown model '{input}': choose one of GET " + MODELS_PATH + "."
+                },
+                help_text=f"One of `GET {MODELS_PATH}`; null: the server default. The chat's next "
+                "turn runs on it.",
+            )
+            fields["instructions"] = StrictCharField(
+                required=False,
+                allow_blank=True,
+                max_length=instructions_limit(),
+                error_messages={"max_length": "The instructions are longer than {max_length} characters."},
+                help_text='Added to the system prompt of this chat\'s turns ("": none).',
+            )
+            steps = max_steps_limit()
+            steps_text = f"max_steps must be an integer from 0 (the server default) to {steps}."
+            fields["max_steps"] = StrictIntegerField(
+                required=False,
+                min_value=0,
+                max_value=steps,
+                error_messages={"invalid": steps_text, "min_value": steps_text, "max_value": steps_text},
+                help_text=f"Model calls per reply, at most {steps}; 0: the server's limit.",
+            )
+            return fields
 
     @extend_schema(
         operation_id="sessions_retrieve",
@@ -146,7 +191,11 @@ class SessionDetailApi(APIView):
 
     @extend_schema(
         operation_id="sessions_update",
-        summary="Rename or (un)archive a session",
+        summary="Rename, (un)archive or change the chat's settings",
+        description="Per-chat settings (docs/api.md): `model` (one of `GET /api/v1/models/`; null: "
+        "the server default), `instructions` (added to the system prompt), `tool_mode` (`auto`, "
+        "`ask`, `plan`) and `max_steps` (0: the server's limit). They apply from the chat's next "
+        "turn. Bad values: `400 invalid_request` with the reason as the message.",
         parameters=[CHAT_ID],
         request=UpdateInputSerializer,
         responses=with_errors({200: SessionSerializer}, 400, 403, 404, 429),
@@ -154,8 +203,12 @@ class SessionDetailApi(APIView):
     def patch(self, request: Request, chat_id: str) -> Response:
         session = get_session_or_404(user=request.user, chat_id=chat_id)
         data = self.UpdateInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        session = session_update(session=session, **data.validated_data)
+        if not data.is_valid():
+            raise request_invalid(data.errors)
+        values = dict(data.validated_data)
+        if "model" in values and values["model"] is None:
+            values["model"] = ""  # null: follow the server default
+        session = session_update(session=session, **values)
         return Response(SessionSerializer(_with_active([session])[0]).data)
 
     @extend_schema(
