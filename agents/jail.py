@@ -36,7 +36,9 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -251,9 +253,12 @@ def prepare_workspace(workspace: Path) -> None:
         return
     uid = jail_uid(workspace)
     for path in (workspace, workspace / "home", workspace / "tmp", workspace / "home" / ".claude"):
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_uid != uid:
-                os.chown(path, uid, uid)
+        # Never through a link: the agent may have replaced home/ or .claude with one to any host
+        # path, which a following chown would give to the jail's uid.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            st = path.lstat()
+            if not stat.S_ISLNK(st.st_mode) and st.st_uid != uid:
+                os.chown(path, uid, uid, follow_symlinks=False)
 
 
 def hand_over_tree(workspace: Path, path: Path) -> None:
@@ -438,16 +443,59 @@ def _bridges(proxy_socket: Path | None) -> tuple[list[str], list[str], dict[str,
     return binds, pairs, env
 
 
-def jail_spawn_argv(workspace: Path, command: list[str], *, cwd: Path | None = None) -> list[str]:
+def jail_spawn_argv(
+    workspace: Path,
+    command: list[str],
+    *,
+    cwd: Path | None = None,
+    extra_binds: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> list[str]:
     """The argv that runs ``command`` in a fresh jail over ``workspace`` with the tool limits
-    (spawn it with ``env=spawn_env()``)."""
+    (spawn it with ``env=spawn_env()``). ``extra_binds`` are more bwrap options (e.g.
+    ``python_runtime_binds()``), ``extra_env`` more variables inside."""
     cfg = jail_config()
     binds, pairs, bridge_env = _bridges(None)
-    options = bwrap_args(workspace, env=jail_env(workspace, bridge_env), cfg=cfg, cwd=cwd)
+    env = jail_env(workspace, {**bridge_env, **(extra_env or {})})
+    options = bwrap_args(workspace, env=env, cfg=cfg, cwd=cwd) + list(extra_binds or [])
     if pairs:
         options += binds
         command = ["/bin/bash", BRIDGE_INSIDE, *pairs, "--", *command]
     return ["bwrap", *options, "--", *privilege_drop(workspace), *limits_argv(cfg), *command]
+
+
+def python_runtime_paths() -> list[Path]:
+    """What a jail needs to run this server's Python: the interpreter's installation, the venv
+    and the project's ``agents`` package (stdio MCP servers such as ``agents.mcp_notes``). No
+    other project file (settings, ``.env``, the database) is among them."""
+    paths: list[Path] = []
+    for raw in (sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent)):
+        path = Path(raw).resolve()
+        if any(path == p or p in path.parents for p in paths):
+            continue
+        if str(path).startswith(("/usr/", "/bin/", "/lib")):
+            continue  # already in the jail's read-only system
+        paths.append(path)
+    return paths
+
+
+def python_runtime_binds() -> list[str]:
+    """bwrap options binding ``python_runtime_paths()`` read-only at their host paths."""
+    args: list[str] = []
+    for path in python_runtime_paths():
+        args += [*_parents(str(path)), "--ro-bind", str(path), str(path)]
+    return args
+
+
+def python_runtime_env() -> dict[str, str]:
+    """The environment that makes ``python`` (the venv's) and ``python -m agents.…`` work inside a
+    jail with ``python_runtime_binds()``."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+    }
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The per-session workspace and the one tool policy both backends enforce.
 
 - ``workspace_for(session_id)``: the session's working directory under AGENT_WORKSPACE_ROOT
-  (with ``home/`` and ``tmp/`` inside, where the CLI's HOME and CLAUDE_CODE_TMPDIR point).
+  (with ``home/`` and ``tmp/`` inside, where the CLI's HOME and CLAUDE_CODE_TMPDIR point);
+  ``workspace_locate(session_id)``: the same path, without creating it.
 - ``resolve_in_workspace(workspace, path)``: a path resolved (symlinks included) that must stay
   inside the workspace, else ``SandboxViolation``.
 - ``check_tool_input(workspace, tool_name, tool_input)``: ``None`` to allow a tool call, or a
@@ -29,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from agents.approval import MCP_PREFIX
 from agents.config import agent_config, workspace_root
 from agents.errors import AgentError, ErrorKind
 from agents.jail import jail_active, prepare_workspace
@@ -88,6 +90,12 @@ def workspace_for(session_id: str) -> Path:
         (workspace / sub).mkdir(parents=True, exist_ok=True)
     prepare_workspace(workspace)
     return workspace
+
+
+def workspace_locate(session_id: str) -> Path:
+    """Where the session's working directory is (or will be), under the root. Unlike
+    ``workspace_for`` nothing is created: a chat whose agent never ran has no workspace yet."""
+    return agent_config().workspace_root / _workspace_name(session_id)
 
 
 def _is_within(path: Path, workspace: Path) -> bool:
@@ -297,8 +305,8 @@ class EmptyInputBreaker:
 
     def record(self, tool_name: str, tool_input: Any) -> None:
         """Count one tool call; raise ``AgentError(POLICY)`` when the limit is reached."""
-        if tool_name in NO_INPUT_TOOLS:  # neither counts nor breaks a run
-            return
+        if tool_name in NO_INPUT_TOOLS or tool_name.startswith(MCP_PREFIX):
+            return  # neither counts nor breaks a run (an MCP tool may take no input: list_notes)
         if not _is_empty(tool_input):
             self.consecutive = 0
             return

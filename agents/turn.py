@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from agents.approval import ApprovalAsk, ToolRules
 from agents.errors import AgentError
+from agents.mcp_config import McpServerConfig
 
 Backend = Literal["sdk", "api"]
 
@@ -92,6 +93,9 @@ class TurnInput:
     # ``approve`` callback a call that needs asking is denied.
     tools: ToolRules = field(default_factory=ToolRules)
     approve: ApprovalAsk | None = None
+    # The chat's enabled MCP servers (agents/mcp_config.py; docs/agents.md "MCP servers"): their
+    # tools are ``mcp__<server>__<tool>`` for this turn.
+    mcp_servers: list[McpServerConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -34,6 +35,7 @@ from chat.models import (
     ChatMessage,
     ChatSession,
     ChatTurn,
+    McpServer,
     RateLimitRecord,
     TokenUsage,
     ToolRule,
@@ -727,6 +729,63 @@ class ToolRuleAdmin(admin.ModelAdmin):
     ordering = ("user__username", "tool")
     fields = ("user", "tool", "decision", "created_at")
     readonly_fields = ("created_at",)
+
+
+class McpServerForm(forms.ModelForm):
+    """``command`` is edited as one shell-like line (``shlex``), stored as the argv list."""
+
+    command = forms.CharField(
+        required=False,
+        widget=forms.TextInput(attrs={"size": 80}),
+        help_text="stdio: the command line, e.g. <code>python -m agents.mcp_notes</code> (it runs in "
+        "the jail, cwd = the chat's workspace; quote arguments as in a shell).",
+    )
+
+    url = forms.URLField(
+        required=False, max_length=500, assume_scheme="https", help_text="http: the streamable-HTTP URL."
+    )
+
+    class Meta:
+        model = McpServer
+        fields = (
+            "name",
+            "transport",
+            "command",
+            "url",
+            "headers",
+            "enabled",
+            "timeout_seconds",
+            "description",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance is not None and isinstance(self.instance.command, list):
+            self.initial["command"] = shlex.join(str(a) for a in self.instance.command)
+
+    def clean_command(self) -> list[str]:
+        text = self.cleaned_data.get("command") or ""
+        try:
+            return shlex.split(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not a valid command line: {exc}.") from exc
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin):
+    """The MCP servers users may enable per chat (docs/operations.md "MCP servers")."""
+
+    form = McpServerForm
+    list_display = ("name", "transport", "target", "enabled", "timeout_seconds", "description")
+    list_filter = ("transport", "enabled")
+    search_fields = ("name", "description", "url")
+    ordering = ("name",)
+
+    @admin.display(description="command / url")
+    def target(self, obj: McpServer) -> str:
+        if obj.transport == "stdio":
+            return shlex.join(str(a) for a in obj.command or [])
+        return obj.url
 
 
 class ApiKeyCreateForm(forms.Form):

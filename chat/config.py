@@ -39,6 +39,9 @@ class ChatConfig:
     sse_heartbeat_seconds: float
     content_security_policy: str
     log_message_content: bool
+    # Workspace files over HTTP: the largest upload; the most entries a listing or ZIP walks.
+    upload_max_bytes: int
+    workspace_files_max: int
     # Redis connection pools per process (REDIS_URL set).
     redis_pool_size: int
     redis_blocking_pool_size: int
@@ -64,6 +67,8 @@ def chat_config() -> ChatConfig:
         sse_heartbeat_seconds=float(settings.API_SSE_HEARTBEAT_SECONDS),
         content_security_policy=str(settings.CONTENT_SECURITY_POLICY),
         log_message_content=bool(settings.LOG_MESSAGE_CONTENT),
+        upload_max_bytes=max(0, int(settings.AGENT_UPLOAD_MAX_MB)) * 1024 * 1024,
+        workspace_files_max=max(1, int(settings.AGENT_WORKSPACE_FILES_MAX)),
         redis_pool_size=int(settings.REDIS_POOL_SIZE),
         redis_blocking_pool_size=int(settings.REDIS_BLOCKING_POOL_SIZE),
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
 from agents.approval import DECISIONS, TOOL_MODES
+from agents.mcp_config import MCP_TRANSPORTS, McpServerConfig, server_name_problem
 
 TOOL_MODE_CHOICES = [(mode, mode) for mode in TOOL_MODES]
 DECISION_CHOICES = [(decision, decision) for decision in DECISIONS]
@@ -36,6 +38,8 @@ class ChatSession(models.Model):
     max_steps = models.PositiveIntegerField(default=0)  # model calls per reply; 0: AGENT_MAX_TURNS
     # The Claude Code CLI's own session id for this chat (resume key in transcripts).
     agent_session_id = models.CharField(max_length=100, blank=True, default="")
+    # The operator's MCP servers this chat enabled (docs/api.md: the session's ``mcp_servers``).
+    mcp_servers = models.ManyToManyField("McpServer", blank=True, related_name="sessions")
     archived = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -233,6 +237,90 @@ class ToolRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool}: {self.decision}"
+
+
+def validate_mcp_server_name(value: str) -> None:
+    problem = server_name_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+class McpServer(models.Model):
+    """An MCP server the operator registered (docs/operations.md "MCP servers"); users enable it
+    per chat. Its tools reach the model as ``mcp__<name>__<tool>``.
+
+    ``headers`` values may name environment variables of the server process as ``${NAME}``
+    (expanded when a turn connects, never stored expanded): secrets stay out of the database."""
+
+    TRANSPORT_CHOICES = [(t, t) for t in MCP_TRANSPORTS]
+
+    name = models.SlugField(
+        max_length=40,
+        unique=True,
+        validators=[validate_mcp_server_name],
+        help_text="Lower-case letters, digits, '-' or '_' (no '__'): the tools are mcp__<name>__<tool>.",
+    )
+    transport = models.CharField(max_length=10, choices=TRANSPORT_CHOICES, default="stdio")
+    command = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="stdio: the argv, e.g. python -m agents.mcp_notes (it runs in the jail, cwd = the "
+        "chat's workspace).",
+    )
+    url = models.URLField(max_length=500, blank=True, default="", help_text="http: the streamable-HTTP URL.")
+    headers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='http: {"Authorization": "Bearer ${NOTES_TOKEN}"}; ${NAME} is read from the '
+        "server's environment when a turn connects. Never put a secret itself here.",
+    )
+    enabled = models.BooleanField(default=True)
+    timeout_seconds = models.PositiveIntegerField(
+        default=30, help_text="Start-up and per-call timeout in seconds."
+    )
+    description = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        problems: dict[str, str] = {}
+        if self.transport == "stdio":
+            if (
+                not isinstance(self.command, list)
+                or not self.command
+                or not all(isinstance(a, str) and a for a in self.command)
+            ):
+                problems["command"] = "A stdio server needs a command (a non-empty list of strings)."
+        elif self.transport == "http":
+            if not self.url:
+                problems["url"] = "An http server needs a URL."
+            if not isinstance(self.headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+            ):
+                problems["headers"] = 'Headers must be an object of strings: {"Name": "value"}.'
+        if self.timeout_seconds < 1 or self.timeout_seconds > 600:
+            problems["timeout_seconds"] = "Use 1 to 600 seconds."
+        if problems:
+            raise ValidationError(problems)
+
+    def config(self) -> McpServerConfig:
+        """The plain configuration a turn gets (``TurnInput.mcp_servers``)."""
+        headers = self.headers if isinstance(self.headers, dict) else {}
+        return McpServerConfig(
+            name=self.name,
+            transport=self.transport,  # type: ignore[arg-type]
+            command=tuple(str(a) for a in (self.command or [])) if self.transport == "stdio" else (),
+            url=self.url if self.transport == "http" else "",
+            headers=tuple((str(k), str(v)) for k, v in headers.items()) if self.transport == "http" else (),
+            timeout_seconds=float(self.timeout_seconds or 30),
+            description=self.description,
+        )
 
 
 class UsageChart(TokenUsage):

@@ -11,7 +11,8 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from agents.approval import rules_parse
-from chat.models import ChatMessage, ChatSession
+from agents.mcp_config import McpServerConfig
+from chat.models import ChatMessage, ChatSession, McpServer
 
 
 def _storable(text: str) -> bool:
@@ -241,3 +242,25 @@ def tool_rules_for_user(*, user_id: Any) -> dict[str, str]:
     rules = rules_parse(settings.AGENT_TOOL_POLICY)
     rules.update(rules_parse(dict(ToolRule.objects.filter(user_id=user_id).values_list("tool", "decision"))))
     return rules
+
+
+def mcp_server_list_enabled() -> QuerySet[McpServer]:
+    """The MCP servers users may enable per chat (``GET /api/v1/mcp-servers/``), by name."""
+    return McpServer.objects.filter(enabled=True).order_by("name")
+
+
+def mcp_server_find_enabled(*, names: list[str]) -> tuple[list[McpServer], list[str]]:
+    """(the enabled servers named in ``names``, the names that are unknown or disabled)."""
+    found = {s.name: s for s in McpServer.objects.filter(enabled=True, name__in=set(names))}
+    missing = [name for name in dict.fromkeys(names) if name not in found]
+    return [found[name] for name in dict.fromkeys(names) if name in found], missing
+
+
+def session_mcp_names(*, session: ChatSession) -> list[str]:
+    """The names of the enabled MCP servers the chat enabled (uses a prefetch when there is one)."""
+    return sorted(s.name for s in session.mcp_servers.all() if s.enabled)
+
+
+def session_mcp_configs(*, session: ChatSession) -> list[McpServerConfig]:
+    """What the chat's next turn connects to (``TurnInput.mcp_servers``): its enabled servers."""
+    return [server.config() for server in session.mcp_servers.filter(enabled=True).order_by("name")]

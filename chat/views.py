@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from agents.jail import jail_problem
+from chat.config import chat_config
 from chat.selectors import session_get_for_user
 
 # What the offline scripted model understands (CONTRACT §3), shown on the page for discoverability.
@@ -65,6 +66,7 @@ def _page_config(request: HttpRequest, *, chat_id: str | None) -> dict[str, Any]
         "offline": offline,
         "directives": SCRIPTED_MODEL_DIRECTIVES if offline else [],
         "limits": ATTACHMENT_LIMITS,
+        "uploadMaxBytes": chat_config().upload_max_bytes,  # the files panel's uploads (AGENT_UPLOAD_MAX_MB)
     }
 
 

@@ -337,6 +337,12 @@ AGENT_NETWORK_ALLOW = env.list("AGENT_NETWORK_ALLOW", default=[])
 # Resource bounds: a chat's workspace (checked after each tool call; also each file's size cap),
 # and each tool call's process tree: CPU seconds, address space, processes, largest file, /tmp.
 AGENT_WORKSPACE_QUOTA_MB = env.int("AGENT_WORKSPACE_QUOTA_MB", default=1024)
+# Workspace files over HTTP (docs/api.md "Workspace files"): the largest upload (a PUT's body; it
+# also counts against the quota), and the most entries (files, directories, links) one listing or
+# ZIP walks: past it the list says `truncated` and the ZIP is refused. The ZIP holds at most
+# AGENT_WORKSPACE_QUOTA_MB of file data.
+AGENT_UPLOAD_MAX_MB = env.int("AGENT_UPLOAD_MAX_MB", default=25)
+AGENT_WORKSPACE_FILES_MAX = env.int("AGENT_WORKSPACE_FILES_MAX", default=10_000)
 AGENT_TOOL_CPU_SECONDS = env.int("AGENT_TOOL_CPU_SECONDS", default=120)
 AGENT_TOOL_MEMORY_MB = env.int("AGENT_TOOL_MEMORY_MB", default=4096)
 AGENT_TOOL_MAX_PROCESSES = env.int("AGENT_TOOL_MAX_PROCESSES", default=256)

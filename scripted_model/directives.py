@@ -15,7 +15,7 @@ JSON_SEPARATORS = (",", ":")
 
 _DIRECTIVE_RE = re.compile(
     r"(?:^|(?<=\s))/(toolong|tools|tool|long|slow|stamp|error|droptool|drop|signed-think|redacted-think|think|stall|flaky"
-    r"|websearch|citations|future|midstream-error|maxtokens-tool|pause|refusal|ctx-exceeded|plan)(?![\w/-])([^\n]*)",
+    r"|websearch|citations|future|midstream-error|maxtokens-tool|pause|refusal|ctx-exceeded|plan|mcp)(?![\w/-])([^\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _REMINDER_RE = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
@@ -92,6 +92,8 @@ def _make_directive(name: str, rest: str) -> Directive | None:
         return Directive("tool", command=command) if command else None
     if name == "plan":
         return Directive("plan", command=rest.strip())
+    if name == "mcp":  # ``/mcp <server>__<tool> <json args>``
+        return Directive("mcp", command=rest.strip()) if rest.strip() else None
     numbers = tuple(int(n) for n in _INT_RE.findall(rest.split("/", 1)[0])[:2])
     return Directive(name, numbers=numbers)
 

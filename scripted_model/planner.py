@@ -112,6 +112,22 @@ def tool_use_block(tool_id: str, command: str, description: str) -> PlannedBlock
     )
 
 
+def mcp_block(tool_id: str, command: str) -> PlannedBlock:
+    """``/mcp <server>__<tool> <json args>``: a ``mcp__<server>__<tool>`` call with those
+    arguments (``{}`` when they are missing or not a JSON object)."""
+    target, _, raw = command.partition(" ")
+    name = target if target.startswith("mcp__") else f"mcp__{target}"
+    try:
+        tool_input = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        tool_input = {}
+    if not isinstance(tool_input, dict):
+        tool_input = {}
+    return PlannedBlock(
+        "tool_use", pieces=_split_json(tool_input), tool_id=tool_id, tool_name=name, tool_input=tool_input
+    )
+
+
 def plan_block(tool_id: str, command: str, revision: str = "") -> PlannedBlock:
     """An ``ExitPlanMode`` call (plan mode, docs/scripted_model.md ``/plan``)."""
     plan = f"## Plan\n\n1. Check the working directory.\n2. Run `{command}`."
@@ -368,6 +384,9 @@ class ReplyPlanner:
             block = tool_use_block(self._tool_id("bash"), d.command, description)
             intro = text_block(["I'll run that ", "command."])
             return Plan("tool", [intro, block], stop_reason="tool_use")
+        if d.name == "mcp":
+            intro = text_block(["I'll use ", "that tool."])
+            return Plan("mcp", [intro, mcp_block(self._tool_id("mcp"), d.command)], stop_reason="tool_use")
         if d.name == "plan":
             command = d.command.strip() or "ls"
             intro = text_block(split_words("Here is my plan.", 2))

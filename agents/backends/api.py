@@ -36,6 +36,7 @@ from agents.attachments import prepare_attachments
 from agents.config import agent_config, system_prompt_compose
 from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
+from agents.mcp_client import McpHub
 from agents.model_client import model_client
 from agents.sandbox import EmptyInputBreaker, SubagentLimiter
 from agents.tools import TOOL_SCHEMAS, ToolOutcome, run_tool
@@ -243,6 +244,7 @@ class ApiBackend:
     def __init__(self) -> None:
         self._prepared: tuple[list[dict[str, Any]], str] | None = None
         self._sources: set[str] = set()
+        self._mcp: McpHub | None = None  # this turn's MCP sessions, while it streams
 
     def _new_user_message(self, inp: TurnInput) -> dict[str, Any]:
         if self._prepared is None:  # once per turn, not once per retry
@@ -271,11 +273,17 @@ class ApiBackend:
         return _merge(history_to_messages(history) + [self._new_user_message(inp)])
 
     @staticmethod
-    def request_params(inp: TurnInput, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    def request_params(
+        inp: TurnInput, messages: list[dict[str, Any]], mcp: McpHub | None = None
+    ) -> dict[str, Any]:
         config = agent_config()
         # The server's prompt plus the chat's own instructions (per-chat settings, docs/api.md).
         system_prompt = system_prompt_compose(inp.system_prompt or config.system_prompt, inp.instructions)
         tools = copy.deepcopy(TOOL_SCHEMAS)
+        if mcp is not None:  # the chat's MCP servers' tools (mcp__<server>__<tool>)
+            tools += copy.deepcopy(mcp.tool_schemas())
+            if mcp.problems_note():
+                system_prompt = f"{system_prompt}\n\n{mcp.problems_note()}".strip()
         if inp.tools.planning:  # plan mode: the plan is proposed through ExitPlanMode
             tools.append(copy.deepcopy(PLAN_TOOL_SCHEMA))
             system_prompt = f"{system_prompt}\n\n{PLAN_MODE_PROMPT}".strip()
@@ -312,7 +320,14 @@ class ApiBackend:
         result.model = inp.model
         stop_task = asyncio.ensure_future(inp.stop.wait())
         client = model_client()  # shared per loop + endpoint (agents.model_client)
+        self._mcp = McpHub(list(inp.mcp_servers), inp.workspace) if inp.mcp_servers else None
         try:
+            if self._mcp is not None:
+                # The chat's MCP servers, for this turn (agents/mcp_client.py); one that cannot
+                # start is left out, and the user and the model are told why.
+                await self._mcp.start()
+                if self._mcp.problems_note():
+                    yield events.status("mcp-unavailable", self._mcp.problems_note())
             for step in range(max_steps):
                 if step > 0 and inp.step_check is not None:
                     await inp.step_check(result.usage)
@@ -413,6 +428,9 @@ class ApiBackend:
             )
         finally:
             stop_task.cancel()
+            if self._mcp is not None:
+                await self._mcp.close()
+                self._mcp = None
 
     @staticmethod
     async def _gate(inp: TurnInput, block: dict[str, Any]) -> ToolOutcome | None:
@@ -450,9 +468,7 @@ class ApiBackend:
         if not tool_uses:
             return []
         gathered = asyncio.ensure_future(
-            asyncio.gather(
-                *(run_tool(inp.workspace, b["name"], b["input"], limiter=limiter) for b in tool_uses)
-            )
+            asyncio.gather(*(self._tool_run(inp, b["name"], b["input"], limiter) for b in tool_uses))
         )
         done, _ = await asyncio.wait({gathered, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if gathered in done:
@@ -461,6 +477,15 @@ class ApiBackend:
         with contextlib.suppress(BaseException):
             await gathered
         return None
+
+    async def _tool_run(
+        self, inp: TurnInput, name: str, tool_input: Any, limiter: SubagentLimiter
+    ) -> ToolOutcome:
+        """One tool call: an MCP tool on its server's session, any other in ``agents.tools``."""
+        if self._mcp is not None and self._mcp.owns(name):
+            outcome = await self._mcp.call(name, tool_input)
+            return ToolOutcome(outcome.output, is_error=outcome.is_error)
+        return await run_tool(inp.workspace, name, tool_input, limiter=limiter)
 
     async def _one_call(
         self,
@@ -481,7 +506,7 @@ class ApiBackend:
         CPU, docs/performance.md cause C); error events raise exactly as the SDK's iterator does.
         Stop is raced without a task per event: ``_StopGuard`` cancels the read in flight."""
         create = asyncio.ensure_future(
-            client.messages.create(stream=True, **self.request_params(inp, messages))
+            client.messages.create(stream=True, **self.request_params(inp, messages, self._mcp))
         )
         done, _ = await asyncio.wait({create, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if create not in done:

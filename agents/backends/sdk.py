@@ -67,6 +67,7 @@ from claude_agent_sdk._errors import (
     ProcessError,
 )
 
+from agents import events
 from agents.attachments import prepare_attachments
 from agents.backends.sdk_adapter import SdkTranslator
 from agents.config import agent_config, model_endpoint, system_prompt_compose
@@ -75,6 +76,7 @@ from agents.errors import AgentError, ErrorKind, classify_exception, classify_te
 from agents.events import Chunk
 from agents.hooks import ToolPolicy, pre_tool_use_timeout
 from agents.jail import cli_launch, cli_model_url, jail_active, jail_members, jail_members_exited, jail_sweep
+from agents.mcp_client import McpHub, proxy_server_build
 from agents.sandbox import SUBAGENT_TOOLS, EmptyInputBreaker, SubagentLimiter, workspace_for
 from agents.turn import HistoryMessage, TurnInput, TurnResult, Usage
 
@@ -343,7 +345,10 @@ def build_options(
     resume: str | None,
     on_compact: Any = None,
     credential: Credential | None = None,
+    mcp_servers: dict[str, Any] | None = None,
 ) -> ClaudeAgentOptions:
+    """The CLI's options. ``mcp_servers``: the chat's MCP servers as in-process ``sdk`` servers
+    (``mcp_options``), the only ones the CLI sees (``strict_mcp_config``)."""
     config = agent_config()
     # The server's prompt plus the chat's own instructions (per-chat settings, docs/api.md).
     system_prompt = system_prompt_compose(inp.system_prompt or config.system_prompt, inp.instructions)
@@ -382,7 +387,8 @@ def build_options(
         include_partial_messages=True,
         max_buffer_size=config.sdk_max_buffer_size,  # one stdout JSON line (a big tool result) may be large
         setting_sources=[],  # no user/project settings, hooks or CLAUDE.md from disk
-        strict_mcp_config=True,
+        mcp_servers=dict(mcp_servers or {}),
+        strict_mcp_config=True,  # no MCP server but the chat's own (no .mcp.json, no user config)
         verbatim_prompts=True,  # the user's "/tool …" is text, not a CLI slash command; no @file expansion
         permission_mode=cli_permission_mode(inp),
         max_turns=(inp.max_steps or config.max_turns) or None,  # the chat's step limit, else the server's
@@ -507,6 +513,7 @@ class _Router:
     def __init__(self, workspace: Path) -> None:
         self.policy = ToolPolicy(workspace, limiter=SubagentLimiter())
         self.compaction_sink: Any = None  # () -> None, the current turn's "compaction started"
+        self.mcp: McpHub | None = None  # the current turn's MCP sessions (``mcp_options``)
 
     async def pre_tool_use(
         self, input_data: dict[str, Any], tool_use_id: str | None, context: Any
@@ -724,7 +731,27 @@ def client_key(inp: TurnInput, workspace: Path) -> tuple[Any, ...]:
         store_id,
         inp.max_steps or config.max_turns,
         config.sdk_max_buffer_size,
+        # The chat's MCP servers: a CLI knows the tools it was started with.
+        tuple(server.fingerprint() for server in inp.mcp_servers),
     )
+
+
+def mcp_options(router: _Router) -> dict[str, Any]:
+    """The CLI's ``mcp_servers``: one in-process ``sdk`` server per live MCP session of the turn's
+    hub, proxying each call to that session (docs/agents.md "MCP servers": the stdio servers run
+    in their own jail, the http ones are reached from this process, so the CLI's jail needs no
+    command, secret or network for them). The CLI names their tools ``mcp__<server>__<tool>``
+    and asks the PreToolUse hook about every call, as for its own tools."""
+    hub = router.mcp
+    if hub is None:
+        return {}
+    servers: dict[str, Any] = {}
+    for name, connection in hub.connections.items():
+        if connection.session is None or not connection.tools:
+            continue
+        instance = proxy_server_build(name, connection.tools, lambda: router.mcp)
+        servers[name] = {"type": "sdk", "name": name, "instance": instance}
+    return servers
 
 
 class SdkBackend:
@@ -799,16 +826,31 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
 
 async def _serve(kept: _Kept, job: _Job) -> bool:
     """Run one turn, report its end to the job's reader; True when the client may be kept."""
+
+    def emit(chunk: Chunk) -> None:
+        job.queue.put_nowait(("chunk", chunk))
+
     try:
-        reusable = await _run_turn(
-            kept, job.inp, job.result, lambda chunk: job.queue.put_nowait(("chunk", chunk))
-        )
+        if job.inp.mcp_servers:
+            # The chat's MCP servers for this turn (agents/mcp_client.py), opened before the CLI
+            # so that a new CLI starts with their tools; one that cannot start is left out.
+            kept.router.mcp = McpHub(list(job.inp.mcp_servers), Path(job.inp.workspace))
+            await kept.router.mcp.start()
+            if kept.router.mcp.problems_note():
+                emit(events.status("mcp-unavailable", kept.router.mcp.problems_note()))
+        reusable = await _run_turn(kept, job.inp, job.result, emit)
+        if kept.router.mcp is not None and kept.router.mcp.problems:
+            reusable = False  # the next turn gets a CLI started with whatever works then
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001 - handed to stream(), which raises it
         job.finished = True
         job.queue.put_nowait(("error", exc if isinstance(exc, AgentError) else classify_sdk_exception(exc)))
         return False
+    finally:
+        hub, kept.router.mcp = kept.router.mcp, None
+        if hub is not None:
+            await hub.close()
     if reusable and kept.pid is not None and jail_active():
         # Nothing the agent started outlives its turn: before the turn ends, the kept CLI's jail
         # is left with only the CLI and its model bridge.
@@ -822,13 +864,24 @@ async def _serve(kept: _Kept, job: _Job) -> bool:
 
 
 async def _connect(
-    inp: TurnInput, workspace: Path, policy: Any, on_compact: Any = None, credential: Credential | None = None
+    inp: TurnInput,
+    workspace: Path,
+    policy: Any,
+    on_compact: Any = None,
+    credential: Credential | None = None,
+    mcp_servers: dict[str, Any] | None = None,
 ) -> tuple[ClaudeSDKClient, bool]:
     """(connected client, whether it resumed ``inp.agent_session_id``)."""
     resume = inp.agent_session_id or None
     try:
         options = build_options(
-            inp, workspace, policy, resume=resume, on_compact=on_compact, credential=credential
+            inp,
+            workspace,
+            policy,
+            resume=resume,
+            on_compact=on_compact,
+            credential=credential,
+            mcp_servers=mcp_servers,
         )
         return await _open(options), bool(resume)
     except Exception as exc:
@@ -838,7 +891,15 @@ async def _connect(
         # history from the database as context in the prompt instead.
         log.info("cannot resume CLI session %s (%s); starting a new one", resume, scrub(str(exc))[:200])
     return await _open(
-        build_options(inp, workspace, policy, resume=None, on_compact=on_compact, credential=credential)
+        build_options(
+            inp,
+            workspace,
+            policy,
+            resume=None,
+            on_compact=on_compact,
+            credential=credential,
+            mcp_servers=mcp_servers,
+        )
     ), False
 
 
@@ -934,7 +995,9 @@ async def _run_turn(kept: _Kept, inp: TurnInput, result: TurnResult, emit: Any) 
             client = None
     if client is None:
         kept.set_credential(cli_credential())  # a new CLI process gets a new grant token
-        client, resumed = await _connect(inp, workspace, kept.router, kept.router.on_compact, kept.credential)
+        client, resumed = await _connect(
+            inp, workspace, kept.router, kept.router.on_compact, kept.credential, mcp_options(kept.router)
+        )
         kept.client = client
         kept.permission_mode = cli_permission_mode(inp)
         kept.messages = client.receive_messages().__aiter__()

@@ -73,7 +73,9 @@ def session_active_ids(*, session_ids: list[Any]) -> set[Any]:
 
 def session_list_filtered(*, user: Any, archived: str = "false", search: str = "") -> QuerySet[ChatSession]:
     """The caller's sessions, newest activity first; ``archived`` is "false", "true" or "all"."""
-    qs = session_list_for_user(user=user, include_archived=True, search=search)
+    qs = session_list_for_user(user=user, include_archived=True, search=search).prefetch_related(
+        "mcp_servers"
+    )
     if archived == "true":
         qs = qs.filter(archived=True)
     elif archived == "false":

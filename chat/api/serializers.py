@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from agents.approval import TOOL_MODES
 from chat.preferences import instructions_limit, session_model
+from chat.selectors import session_mcp_names
 
 NO_NUL_PATTERN = "^[^\\u0000]*$"
 
@@ -157,10 +158,18 @@ class SessionSerializer(serializers.Serializer):
     max_steps = serializers.IntegerField(
         min_value=0, help_text="Model calls per reply; 0: the server's limit (AGENT_MAX_TURNS)."
     )
+    mcp_servers = serializers.SerializerMethodField(
+        help_text="The MCP servers this chat uses (names from `GET /api/v1/mcp-servers/`); their "
+        "tools reach the model as `mcp__<server>__<tool>`."
+    )
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_model(self, obj: Any) -> str:
         return session_model(obj)
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_mcp_servers(self, obj: Any) -> list[str]:
+        return session_mcp_names(session=obj)
 
     @extend_schema_field(OpenApiTypes.INT)
     def get_instructions_max_chars(self, obj: Any) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat.models import ChatSession
+from chat.models import ChatSession, McpServer
 
 
 def session_update(
@@ -14,6 +14,7 @@ def session_update(
     instructions: str | None = None,
     tool_mode: str | None = None,
     max_steps: int | None = None,
+    mcp_servers: list[McpServer] | None = None,
 ) -> ChatSession:
     """Rename, (un)archive, or change the chat's settings. None leaves a field unchanged; a
     ``model`` of "" makes the chat follow the server default. The caller validated the values
@@ -35,8 +36,11 @@ def session_update(
         if value is not None:
             setattr(session, name, value)
             fields.append(name)
+    if mcp_servers is not None:  # the chat's MCP servers (the caller checked they are enabled)
+        session.mcp_servers.set(mcp_servers)
+        fields.append("updated_at")
     if fields:
-        session.save(update_fields=[*fields, "updated_at"])
+        session.save(update_fields=list(dict.fromkeys([*fields, "updated_at"])))
     return session
 
 

@@ -52,7 +52,7 @@ from chat.runtime.registry import (
     too_many_for_user,
 )
 from chat.runtime.runner import turn_run
-from chat.selectors import tool_rules_for_user, turn_live_count_for_user
+from chat.selectors import session_mcp_configs, tool_rules_for_user, turn_live_count_for_user
 from chat.services import (
     message_append,
     message_clear_trailing_error_markers,
@@ -434,6 +434,8 @@ def turn_input_build(
         session_store=DjangoSessionStore(project_key=TRANSCRIPT_PROJECT_KEY),
         message_id=message_id,
         tools=ToolRules(mode=session.tool_mode, rules=tool_rules_for_user(user_id=user.pk)),
+        # The chat's enabled MCP servers (docs/agents.md "MCP servers").
+        mcp_servers=session_mcp_configs(session=session),
     )
 
 

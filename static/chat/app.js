@@ -10,6 +10,7 @@
 
 import { renderMarkdown, stableBoundary, safeHttpUrl } from "./markdown.js";
 import { approvalPreview, approvalQuestion, setupSettings } from "./steering.js";
+import { FILE_TOOLS, fileUrl, setupFiles, workspaceRelative } from "./files.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -269,6 +270,12 @@ const LONG_OUTPUT_CHARS = 600;
 const LONG_OUTPUT_LINES = 12;
 const reasonDrafts = new Map(); // approval id -> the Deny reason typed so far (kept over re-renders)
 
+/** The name a tool card shows: an MCP tool (`mcp__<server>__<tool>`) as "server · tool". */
+function toolLabel(toolName) {
+  const mcp = /^mcp__(.+?)__(.+)$/.exec(toolName || "");
+  return mcp ? `${mcp[1]} · ${mcp[2]}` : toolName || "tool";
+}
+
 class ToolCard {
   constructor(parent, toolCallId, toolName) {
     this.id = toolCallId;
@@ -285,7 +292,8 @@ class ToolCard {
     const summary = el("summary", "tool-summary");
     this.icon = el("span", "tool-icon", "⚙");
     this.icon.setAttribute("aria-hidden", "true");
-    this.name = el("span", "tool-name", this.toolName);
+    this.name = el("span", "tool-name", toolLabel(this.toolName));
+    this.name.title = this.toolName;
     this.status = el("span", "tool-status", "running…");
     summary.append(this.icon, this.name, this.status);
     this.inputPre = el("pre", "tool-input");
@@ -315,6 +323,26 @@ class ToolCard {
     this.setState("input-available");
     const cmd = input && typeof input === "object" ? input.command || input.file_path || input.pattern : null;
     if (cmd) this.name.title = String(cmd);
+    this.showFileLink(input);
+  }
+
+  /** Write, Edit, MultiEdit, NotebookEdit: a link to the file in the chat's workspace (files.js). */
+  showFileLink(input) {
+    const key = FILE_TOOLS[this.toolName];
+    if (!key || this.fileLine || !state.chatId || !input || typeof input !== "object") return;
+    const path = workspaceRelative(input[key], workspaceIds());
+    if (!path) return;
+    const link = el("a", "tool-file-link", path);
+    link.href = fileUrl(config.apiBase, state.chatId, path);
+    link.title = `Show ${path} in the files panel`;
+    link.addEventListener("click", (e) => {
+      if (!filesPanel || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+      e.preventDefault();
+      filesPanel.open(path);
+    });
+    this.fileLine = el("p", "tool-file", "File: ");
+    this.fileLine.append(link);
+    this.root.querySelector(".tool-summary").after(this.fileLine);
   }
 
   setOutput(output) {
@@ -368,7 +396,7 @@ class ToolCard {
     box.tabIndex = -1; // focus moves here when the request appears
     const title = el("p", "approval-title");
     title.id = titleId;
-    title.append(el("strong", "", `Approval needed: ${this.toolName}`), el("span", "", ` — ${approvalQuestion(this.toolName)}`));
+    title.append(el("strong", "", `Approval needed: ${toolLabel(this.toolName)}`), el("span", "", ` — ${approvalQuestion(this.toolName)}`));
     this.approvalTitle = title;
     box.append(title, ...approvalPreview(this.toolName, this.part.input));
     // The raw JSON input stays for other tools; these have a readable preview instead.
@@ -424,7 +452,7 @@ class ToolCard {
     if (!this.approvalBox) this.showApprovalBox();
     this.controls.hidden = true;
     this.result.hidden = false;
-    this.approvalTitle.firstChild.textContent = `Approval asked: ${this.toolName}`;
+    this.approvalTitle.firstChild.textContent = `Approval asked: ${toolLabel(this.toolName)}`;
     this.setState("approval-responded");
     const expired = !approved && /expired/i.test(reason || "");
     this.root.dataset.approval = approved ? "approved" : expired ? "expired" : "denied";
@@ -1212,6 +1240,7 @@ function endStream(s) {
   setBusy(false);
   updateActions();
   maybeScroll();
+  if (filesPanel) filesPanel.refresh(); // the turn may have changed the workspace
   // The turn waits on the server for the user's answer to a tool approval request.
   const waiting = s.view && s.view.root.isConnected ? s.view.pendingApprovals() : [];
   if (waiting.length) {
@@ -1646,11 +1675,30 @@ document.addEventListener("visibilitychange", () => {
 });
 window.addEventListener("focus", probe);
 
+// --- Files panel (files.js) -----------------------------------------------------------------
+
+let filesPanel = null;
+
+/** The ids the chat's workspace directory may be named after (it is the session's UUID). */
+function workspaceIds() {
+  const ids = [state.chatId];
+  for (const s of state.sessions.values()) if (s.client_id === state.chatId) ids.push(String(s.id));
+  return ids;
+}
+
 // --- Start ----------------------------------------------------------------------------------
 
 async function init() {
   setupBanner();
   setupSettings({ api, apiBase: config.apiBase, chatId: () => state.chatId, ensureChat, notice, defaultModel: config.model });
+  filesPanel = setupFiles({
+    api,
+    apiBase: config.apiBase,
+    chatId: () => state.chatId,
+    ensureChat,
+    csrfToken,
+    uploadMaxBytes: config.uploadMaxBytes,
+  });
   renderPending();
   updateEmpty();
   socket.connect();

@@ -5,8 +5,9 @@
 //   old_string → new_string; ExitPlanMode (plan mode): the proposed plan as Markdown; anything
 //   else: its input as JSON. The Approve/Deny state machine lives in app.js (ToolCard,
 //   answerApproval), next to the stream handling it continues.
-// - setupSettings(): the per-chat settings dialog (model, instructions, tool mode, max steps):
-//   GET /api/v1/models/, GET/PATCH /api/v1/sessions/<id>/ (CONTRACT §6, "Per-chat settings").
+// - setupSettings(): the per-chat settings dialog (model, instructions, tool mode, max steps, MCP
+//   servers): GET /api/v1/models/, GET /api/v1/mcp-servers/, GET/PATCH /api/v1/sessions/<id>/
+//   (CONTRACT §6, "Per-chat settings"; issue #18, "MCP servers").
 //
 // Same safety rule as app.js: untrusted text (tool inputs, reasons, server messages) only ever
 // goes in as textContent; the plan goes through markdown.js (markdown-it + DOMPurify) like any
@@ -211,6 +212,8 @@ export function setupSettings(deps) {
     instructions: $("settings-instructions"),
     count: $("settings-instructions-count"),
     maxSteps: $("settings-max-steps"),
+    mcp: $("settings-mcp"),
+    mcpList: $("settings-mcp-list"),
     error: $("settings-error"),
     save: $("settings-save"),
     cancel: $("settings-cancel"),
@@ -218,6 +221,7 @@ export function setupSettings(deps) {
   if (!ui.open || !ui.dialog) return null;
 
   let models = null; // [{id, name, default}] once loaded
+  let mcpServers = null; // [{name, description, transport}] once loaded (GET /api/v1/mcp-servers/)
   let instructionsMax = null; // learned from the session resource or from the server's 400
   let loadToken = 0;
   let saving = false;
@@ -298,10 +302,32 @@ export function setupSettings(deps) {
     ui.model.value = current || fallback;
   }
 
+  /** One checkbox per MCP server the operator offers; the chat's own are checked. */
+  function fillMcp(enabled) {
+    if (!ui.mcp || !ui.mcpList) return;
+    const chosen = new Set(Array.isArray(enabled) ? enabled : []);
+    const list = mcpServers || [];
+    ui.mcp.hidden = !list.length;
+    ui.mcpList.replaceChildren(
+      ...list.map((server) => {
+        const label = el("label", "checkbox");
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.name = "mcp_servers";
+        box.value = server.name;
+        box.checked = chosen.has(server.name);
+        label.append(box, ` ${server.name}`);
+        if (server.description) label.append(el("span", "small muted", ` — ${server.description}`));
+        return label;
+      }),
+    );
+  }
+
   function fill(session) {
     const s = session || {};
     learnLimit(s);
     fillModels(s.model || "");
+    fillMcp(s.mcp_servers);
     ui.instructions.value = s.instructions || "";
     const mode = TOOL_MODES.includes(s.tool_mode) ? s.tool_mode : "auto";
     for (const r of radios()) r.checked = r.value === mode;
@@ -319,12 +345,14 @@ export function setupSettings(deps) {
     setDisabled(true);
     ui.status.textContent = "Loading…";
     const id = deps.chatId();
-    const [modelData, session] = await Promise.all([
+    const [modelData, mcpData, session] = await Promise.all([
       models ? Promise.resolve(null) : deps.api("models/").catch(() => null),
+      mcpServers ? Promise.resolve(null) : deps.api("mcp-servers/").catch(() => null),
       id ? deps.api(`sessions/${id}/`).catch((err) => ({ __error: err })) : Promise.resolve(null),
     ]);
     if (token !== loadToken) return;
     if (modelData) models = modelsOf(modelData);
+    if (Array.isArray(mcpData)) mcpServers = mcpData.filter((m) => m && typeof m.name === "string");
     setDisabled(false);
     ui.status.textContent = "";
     if (session && session.__error) {
@@ -345,6 +373,8 @@ export function setupSettings(deps) {
       instructions: ui.instructions.value,
       tool_mode: checked ? checked.value : "auto",
       max_steps: Number(ui.maxSteps.value),
+      // Only when the list is known: a failed GET /api/v1/mcp-servers/ must not clear the chat's.
+      ...(mcpServers ? { mcp_servers: [...ui.form.querySelectorAll('input[name="mcp_servers"]:checked')].map((b) => b.value) } : {}),
     };
   }
 

@@ -69,6 +69,7 @@ def test_list_paginates_searches_and_filters_archived(api, user, theirs):
         "instructions_max_chars",
         "tool_mode",
         "max_steps",
+        "mcp_servers",  # the chat's MCP servers (tests/api/test_mcp_servers.py)
     }
 
 

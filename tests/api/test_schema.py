@@ -28,10 +28,15 @@ OPERATIONS = {
     ("/api/v1/sessions/{chat_id}/", "delete"),
     ("/api/v1/sessions/{chat_id}/messages/", "get"),
     ("/api/v1/sessions/{chat_id}/cancel/", "post"),
+    ("/api/v1/sessions/{chat_id}/files/", "get"),
+    ("/api/v1/sessions/{chat_id}/files/{file_path}", "get"),
+    ("/api/v1/sessions/{chat_id}/files/{file_path}", "put"),
+    ("/api/v1/sessions/{chat_id}/files.zip", "get"),
     ("/api/v1/chat/", "post"),
     ("/api/v1/chat/{chat_id}/stream/", "get"),
     ("/api/v1/usage/", "get"),
     ("/api/v1/models/", "get"),
+    ("/api/v1/mcp-servers/", "get"),
     ("/api/v1/keys/", "get"),
     ("/api/v1/keys/", "post"),
     ("/api/v1/keys/{key_id}/", "delete"),
@@ -176,6 +181,24 @@ include-operation-id = "chat_create"
 # The newest user message is validated beyond what OpenAPI 3.0 can say (non-empty text, file
 # rules; see the operation's description): a schema-valid body may still be a 400.
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+[[operations]]
+include-operation-id = "sessions_update"
+# mcp_servers names must be registered and enabled (GET /api/v1/mcp-servers/), which only the
+# database knows: the schema does not list them (it is built before migrations, by checks too).
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "429"]
+
+[[operations]]
+include-operation-id = "sessions_files_download"
+# A well-formed path may name what cannot be served as asked, which only the workspace's state
+# decides: a file that is not an image or text, with ?inline=1 (docs/api.md "Workspace files").
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "429"]
+
+[[operations]]
+include-operation-id = "sessions_files_upload"
+# Likewise: a path below an earlier upload ("0" then "0/1": its parent is a file) or at a
+# directory is refused 400 although well formed.
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "429"]
 """
 
 

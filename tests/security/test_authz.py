@@ -19,6 +19,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
+from agents.sandbox import workspace_for
 from chat import runtime
 from chat.apikeys import api_key_create
 from chat.models import ApiKey, ChatMessage, ChatSession, TokenUsage
@@ -31,12 +32,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SECRET_TITLE = "alice-secret-title"
 SECRET_TEXT = "alice-secret-text-7f3a"
 ALICE_CLIENT_ID = "alice-chat"
+ALICE_FILE = "alice-secret.txt"  # in her chat's workspace (the file routes)
 
 # route -> the methods a test below exercises. Object routes name one of alice's resources.
 OBJECT_ROUTES: dict[str, set[str]] = {
     "sessions/<str:chat_id>/": {"get", "patch", "delete"},
     "sessions/<str:chat_id>/messages/": {"get"},
     "sessions/<str:chat_id>/cancel/": {"post"},
+    "sessions/<str:chat_id>/files/": {"get"},
+    "sessions/<str:chat_id>/files/<workspace_path:file_path>": {"get", "put"},
+    "sessions/<str:chat_id>/files.zip": {"get"},
     "chat/<str:chat_id>/stream/": {"get"},
     "chat/<str:chat_id>/stream": {"get"},
     "keys/<int:key_id>/": {"delete"},
@@ -49,6 +54,7 @@ COLLECTION_ROUTES: dict[str, set[str]] = {
     "usage/": {"get"},
     "keys/": {"get", "post"},
     "models/": {"get"},  # the operator's allow-list, no user data (401 without credentials: tests/api)
+    "mcp-servers/": {"get"},  # the operator's enabled MCP servers, no user data (tests/api)
 }
 # No user data at all (the schema and its docs pages, the JSON 404 for unknown paths).
 PUBLIC_ROUTES: dict[str, set[str]] = {"schema/": {"get"}, "docs/": {"get"}, "redoc/": {"get"}, "^.*$": set()}
@@ -88,6 +94,15 @@ def alice_data(user):
         user=user, session=session, model="m", backend="api", input_tokens=12345, output_tokens=678
     )
     return {"session": session, "key": api_key, "raw_key": raw}
+
+
+def _alice_workspace(session) -> dict[str, bytes]:
+    """Alice's workspace (given a secret file first): every file's content, by relative path."""
+    workspace = workspace_for(str(session.pk))
+    secret = workspace / ALICE_FILE
+    if not secret.exists():
+        secret.write_text(SECRET_TEXT)
+    return {str(p.relative_to(workspace)): p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
 
 
 def _snapshot(alice_data) -> tuple:
@@ -158,6 +173,7 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
         else None
     )
     before = await sync_to_async(_snapshot)(alice_data)
+    files_before = await sync_to_async(_alice_workspace)(session) if "/files" in route else None
     try:
         for auth in ("cookie", "bearer"):
             client = await _client(auth, other_user)
@@ -175,9 +191,9 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
                     for ident in (alice_id, missing):
                         url = "/api/v1/" + route.replace("<str:chat_id>", str(ident)).replace(
                             "<int:key_id>", str(ident)
-                        )
+                        ).replace("<workspace_path:file_path>", ALICE_FILE)
                         kwargs: dict[str, Any] = {}
-                        if method in ("patch", "post"):
+                        if method in ("patch", "post", "put"):
                             kwargs = {
                                 "data": json.dumps({"title": "pwned", "archived": True}),
                                 "content_type": "application/json",
@@ -189,6 +205,8 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
                     assert answers[0][0] == 404, f"{where}: {answers[0]}"
                     assert SECRET_TEXT not in answers[0][1] and SECRET_TITLE not in answers[0][1]
         assert await sync_to_async(_snapshot)(alice_data) == before
+        if files_before is not None:  # bob's upload wrote nothing, in her workspace or his
+            assert await sync_to_async(_alice_workspace)(session) == files_before
         if handle is not None:
             assert await sync_to_async(runtime.turn_is_active)(session_id=session.pk), (
                 "bob stopped alice's turn"

@@ -30,14 +30,29 @@ from chat.api.services import session_delete, session_update
 from chat.api.views.common import get_session_or_404
 from chat.preferences import MODELS_PATH, instructions_limit, max_steps_limit, model_list
 from chat.runtime import turn_stop_session
-from chat.selectors import session_get_for_user
+from chat.selectors import mcp_server_find_enabled, session_get_for_user
 from chat.services import session_create
 
 MESSAGES_DEFAULT_LIMIT = 50
+MCP_SERVERS_PATH = "/api/v1/mcp-servers/"
+MCP_SERVERS_MAX = 50
 MESSAGES_MAX_LIMIT = 200
 CHAT_ID = OpenApiParameter(
     "chat_id", str, OpenApiParameter.PATH, description="Session UUID or the client's chat id."
 )
+
+
+class NameListField(serializers.ListField):
+    """A list of names whose bad item gives its own message (not DRF's ``{index: [...]}``)."""
+
+    def run_child_validation(self, data: list[Any]) -> list[Any]:
+        try:
+            return super().run_child_validation(data)
+        except serializers.ValidationError as exc:
+            detail = exc.detail
+            while isinstance(detail, (dict, list)) and detail:
+                detail = next(iter(detail.values())) if isinstance(detail, dict) else detail[0]
+            raise serializers.ValidationError(str(detail or "Not a valid name.")) from exc
 
 
 class SessionPagination(PageNumberPagination):
@@ -177,6 +192,16 @@ class SessionDetailApi(APIView):
                 error_messages={"invalid": steps_text, "min_value": steps_text, "max_value": steps_text},
                 help_text=f"Model calls per reply, at most {steps}; 0: the server's limit.",
             )
+            # Names from GET /api/v1/mcp-servers/; unknown or disabled ones are refused by the view
+            # (the database is not read to build the schema: checks and schema generation run
+            # before migrations).
+            fields["mcp_servers"] = NameListField(
+                child=StrictCharField(max_length=100),
+                required=False,
+                max_length=MCP_SERVERS_MAX,
+                help_text=f"The chat's MCP servers: names from `GET {MCP_SERVERS_PATH}` (replaces the "
+                "list; `[]`: none).",
+            )
             return fields
 
     @extend_schema(
@@ -194,7 +219,8 @@ class SessionDetailApi(APIView):
         summary="Rename, (un)archive or change the chat's settings",
         description="Per-chat settings (docs/api.md): `model` (one of `GET /api/v1/models/`; null: "
         "the server default), `instructions` (added to the system prompt), `tool_mode` (`auto`, "
-        "`ask`, `plan`) and `max_steps` (0: the server's limit). They apply from the chat's next "
+        "`ask`, `plan`), `max_steps` (0: the server's limit) and `mcp_servers` (names from "
+        "`GET /api/v1/mcp-servers/`). They apply from the chat's next "
         "turn. Bad values: `400 invalid_request` with the reason as the message.",
         parameters=[CHAT_ID],
         request=UpdateInputSerializer,
@@ -208,6 +234,12 @@ class SessionDetailApi(APIView):
         values = dict(data.validated_data)
         if "model" in values and values["model"] is None:
             values["model"] = ""  # null: follow the server default
+        if "mcp_servers" in values:
+            servers, unknown = mcp_server_find_enabled(names=values["mcp_servers"])
+            if unknown:
+                text = f"Unknown MCP server {unknown[0][:40]!r}: choose from GET {MCP_SERVERS_PATH}."
+                raise request_invalid({"mcp_servers": [text]})
+            values["mcp_servers"] = servers
         session = session_update(session=session, **values)
         return Response(SessionSerializer(_with_active([session])[0]).data)
 
