@@ -1,7 +1,8 @@
 """Keeping a session's Claude Code CLI alive between its turns (agents.backends.sdk, docs/agents.md):
 the real CLI against the scripted model. A follow-up turn of the same session reuses the process,
 another session does not, the pool is bounded (LRU) and expires idle clients, a stopped turn
-closes its client, and a loop that shuts down takes its clients with it."""
+closes its client, a loop that shuts down takes its clients with it, and a turn whose per-chat
+settings differ from the kept CLI's never reuses it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from agents.backends import sdk
 from agents.backends.sdk import SdkBackend
+from agents.config import INSTRUCTIONS_HEADING
 from agents.sandbox import workspace_for
 from agents.turn import TurnInput, TurnResult
 from tests.agents.conftest import collect, requests_since, turn_input
@@ -155,3 +157,42 @@ def test_loop_shutdown_closes_its_clients(scripted_model, workspace_root):
 
 async def _parked_pid(session_id: str) -> int:
     return parked()[session_id]
+
+
+# -- per-chat settings: a CLI is connected with the chat's model, system prompt (with its
+# instructions) and step limit, so a turn whose settings differ never reuses it (a new CLI
+# resumes the session and the stale one is closed); a resumed CLI session takes the changed
+# instructions (the system prompt is not snapshotted).
+
+
+async def test_changed_settings_never_reuse_the_kept_cli(scripted_model, workspace):
+    first, _ = await run(make_input(workspace, "remember the word pineapple"))
+    session = first.agent_session_id
+    pid = parked()[workspace.name]
+
+    # The same settings: the same process serves the follow-up.
+    await run(make_input(workspace, "same settings", agent_session_id=session))
+    assert parked()[workspace.name] == pid
+
+    for change in (
+        {"instructions": "Answer like a pirate."},
+        {"instructions": "Answer like a pirate.", "max_steps": 3},
+        {"instructions": "Answer like a pirate.", "max_steps": 3, "model": "claude-opus-5"},
+    ):
+        inp = make_input(workspace, "changed settings", agent_session_id=session)
+        for name, value in change.items():
+            setattr(inp, name, value)
+        mark = scripted_model.request_count
+        result, text = await run(inp)
+        assert 'you said "changed settings"' in text
+        await wait_gone(pid)  # the stale CLI is closed, not left parked
+        new_pid = parked()[workspace.name]
+        assert new_pid != pid and len(parked()) == 1
+        pid = new_pid
+        # The new CLI resumed the same CLI session (the conversation goes on) with the new prompt.
+        assert result.agent_session_id == session
+        [request] = requests_since(scripted_model, mark)
+        assert "pineapple" in json.dumps(request["body"]["messages"])
+        system = json.dumps(request["body"]["system"])
+        assert INSTRUCTIONS_HEADING in system and "Answer like a pirate." in system
+        assert request["body"]["model"] == inp.model

@@ -7,7 +7,9 @@ test gets a fresh browser context and its own user.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 
 import pytest
 
@@ -24,6 +26,13 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = RESULTS / "screenshots"
 PASSWORD = "browser-password-1"
+
+# The live app's environment for tests that want a failing model call to fail fast.
+FAST_RETRIES_ENV = {
+    "AGENT_MAX_RETRIES": "1",
+    "AGENT_RETRY_BASE_DELAY": "0.05",
+    "AGENT_RETRY_MAX_DELAY": "0.2",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,7 @@ def browser_env():
 @pytest.fixture(scope="module")
 def live_app_env():
     """Settings of the module's daphne (a module overrides this fixture to test others)."""
-    return {"AGENT_MAX_RETRIES": "1", "AGENT_RETRY_BASE_DELAY": "0.05", "AGENT_RETRY_MAX_DELAY": "0.2"}
+    return dict(FAST_RETRIES_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +111,44 @@ def login(page, user, *, screenshot: str | None = None) -> None:
 
 def ws_open(page) -> None:
     page.wait_for_function("() => Boolean(window.__chat && window.__chat.socket.isOpen)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Page helpers shared by the browser test modules
+# ------------------------------------------------------------------------------------------------
+
+UUID_URL = re.compile(r"/c/[0-9a-f-]{36}/$")
+# A 2x2 red PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
+)
+
+
+def expect_():
+    from playwright.sync_api import expect
+
+    return expect
+
+
+def send(page, text: str) -> None:
+    box = page.locator("#input")
+    box.fill(text)
+    box.press("Enter")
+
+
+def last_assistant(page):
+    return page.locator(".msg.assistant").last
+
+
+def wait_idle(page) -> None:
+    expect_()(page.get_by_role("button", name="Send")).to_be_visible(timeout=20_000)
+
+
+def open_settings(page):
+    expect = expect_()
+    page.get_by_role("button", name="Chat settings").click()
+    dialog = page.get_by_role("dialog", name="Chat settings")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_label("Model")).to_be_enabled()
+    expect(dialog.locator("#settings-status")).to_have_text("")
+    return dialog

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from chat.models import ChatMessage
-from tests.browser.conftest import login, shot, ws_open
-from tests.browser.test_chat_page import expect_, last_assistant, send
+from tests.browser.conftest import expect_, last_assistant, login, send, shot, ws_open
 
 pytestmark = [pytest.mark.browser]
 

@@ -9,35 +9,19 @@ import time
 
 import pytest
 
-from tests.browser.conftest import login, shot, ws_open
-
-pytestmark = [pytest.mark.browser]
-
-UUID_URL = re.compile(r"/c/[0-9a-f-]{36}/$")
-# A 2x2 red PNG.
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
+from tests.browser.conftest import (
+    PNG,
+    UUID_URL,
+    expect_,
+    last_assistant,
+    login,
+    send,
+    shot,
+    wait_idle,
+    ws_open,
 )
 
-
-def expect_():
-    from playwright.sync_api import expect
-
-    return expect
-
-
-def send(page, text: str) -> None:
-    box = page.locator("#input")
-    box.fill(text)
-    box.press("Enter")
-
-
-def last_assistant(page):
-    return page.locator(".msg.assistant").last
-
-
-def wait_idle(page) -> None:
-    expect_()(page.get_by_role("button", name="Send")).to_be_visible(timeout=20_000)
+pytestmark = [pytest.mark.browser]
 
 
 def assistant_words(page) -> list[str]:

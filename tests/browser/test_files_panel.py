@@ -15,8 +15,18 @@ import pytest
 
 from chat.models import ChatMessage, ChatSession
 from chat.services import message_append
-from tests.browser.conftest import login, shot, ws_open
-from tests.browser.test_chat_page import PNG, UUID_URL, expect_, last_assistant, send, wait_idle
+from tests.browser.conftest import (
+    FAST_RETRIES_ENV,
+    PNG,
+    UUID_URL,
+    expect_,
+    last_assistant,
+    login,
+    send,
+    shot,
+    wait_idle,
+    ws_open,
+)
 
 pytestmark = [pytest.mark.browser]
 
@@ -24,9 +34,7 @@ pytestmark = [pytest.mark.browser]
 @pytest.fixture(scope="module")
 def live_app_env():
     return {
-        "AGENT_MAX_RETRIES": "1",
-        "AGENT_RETRY_BASE_DELAY": "0.05",
-        "AGENT_RETRY_MAX_DELAY": "0.2",
+        **FAST_RETRIES_ENV,
         "AGENT_UPLOAD_MAX_MB": "1",
     }
 

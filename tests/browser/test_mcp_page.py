@@ -9,9 +9,17 @@ from __future__ import annotations
 import pytest
 
 from chat.models import ChatSession, McpServer
-from tests.browser.conftest import login, ws_open
-from tests.browser.test_chat_page import UUID_URL, expect_, last_assistant, send, wait_idle
-from tests.browser.test_steering_page import open_settings
+from tests.browser.conftest import (
+    FAST_RETRIES_ENV,
+    UUID_URL,
+    expect_,
+    last_assistant,
+    login,
+    open_settings,
+    send,
+    wait_idle,
+    ws_open,
+)
 
 pytestmark = [pytest.mark.browser]
 
@@ -19,9 +27,7 @@ pytestmark = [pytest.mark.browser]
 @pytest.fixture(scope="module")
 def live_app_env():
     return {
-        "AGENT_MAX_RETRIES": "1",
-        "AGENT_RETRY_BASE_DELAY": "0.05",
-        "AGENT_RETRY_MAX_DELAY": "0.2",
+        **FAST_RETRIES_ENV,
         "AGENT_BACKEND": "api",
         "AGENT_TOOL_POLICY": "mcp__*=allow",
     }

@@ -15,8 +15,18 @@ import re
 import pytest
 
 from chat.models import ChatSession, ChatTurn
-from tests.browser.conftest import login, shot, ws_open
-from tests.browser.test_chat_page import UUID_URL, expect_, last_assistant, send, wait_idle
+from tests.browser.conftest import (
+    FAST_RETRIES_ENV,
+    UUID_URL,
+    expect_,
+    last_assistant,
+    login,
+    open_settings,
+    send,
+    shot,
+    wait_idle,
+    ws_open,
+)
 
 pytestmark = [pytest.mark.browser]
 
@@ -28,23 +38,11 @@ OTHER_MODEL_NAME = "Haiku for the steering test"
 @pytest.fixture(scope="module")
 def live_app_env():
     return {
-        "AGENT_MAX_RETRIES": "1",
-        "AGENT_RETRY_BASE_DELAY": "0.05",
-        "AGENT_RETRY_MAX_DELAY": "0.2",
+        **FAST_RETRIES_ENV,
         "AGENT_MODEL": "claude-sonnet-5-5",
         "AGENT_MODELS": f"claude-sonnet-5-5=Claude Sonnet 5.5,{OTHER_MODEL}={OTHER_MODEL_NAME}",
         "AGENT_INSTRUCTIONS_MAX_CHARS": str(INSTRUCTIONS_MAX),
     }
-
-
-def open_settings(page):
-    expect = expect_()
-    page.get_by_role("button", name="Chat settings").click()
-    dialog = page.get_by_role("dialog", name="Chat settings")
-    expect(dialog).to_be_visible()
-    expect(dialog.get_by_label("Model")).to_be_enabled()
-    expect(dialog.locator("#settings-status")).to_have_text("")
-    return dialog
 
 
 def ask_mode_chat(page) -> str:

@@ -167,3 +167,32 @@ async def session_cookie_async(user) -> str:
 @pytest.fixture
 def fast_retries_settings(settings):
     return use_fast_retries(settings, max_retries=2)
+
+
+def model_calls(server, mark: int) -> list[dict]:
+    """Turn requests to the scripted model since ``mark`` (title side requests excluded)."""
+    return [r for r in requests_since(server, mark) if (r.get("body") or {}).get("max_tokens", 0) > 64]
+
+
+def answer_frame(
+    chat_id: str, request: dict[str, Any], *, approved: bool, reason: str = ""
+) -> dict[str, Any]:
+    """What ``Chat.addToolApprovalResponse`` + ``sendAutomaticallyWhen`` send: the assistant
+    message, its asked tool part now ``approval-responded``."""
+    approval: dict[str, Any] = {"id": request["approvalId"], "approved": approved}
+    if reason:
+        approval["reason"] = reason
+    part = {
+        "type": "tool-Bash",
+        "toolCallId": request["toolCallId"],
+        "state": "approval-responded",
+        "input": {},
+        "approval": approval,
+    }
+    frame = send_frame(chat_id, "unused")
+    frame["messageId"] = "msg-x"
+    frame["messages"] = [
+        frame["messages"][0],
+        {"id": "msg-x", "role": "assistant", "parts": [{"type": "step-start"}, part]},
+    ]
+    return frame

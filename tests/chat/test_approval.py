@@ -12,7 +12,7 @@ import pytest
 
 from chat.models import ChatMessage, ChatSession, ChatTurn, ToolRule
 from chat.runtime import turn_stop, turn_wait_idle
-from tests.chat.conftest import chunks_of, send_frame, text_of
+from tests.chat.conftest import answer_frame, chunks_of, send_frame, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,30 +28,6 @@ async def chat_with_mode(user, mode: str) -> str:
     chat_id = str(uuid.uuid4())
     await ChatSession.objects.acreate(owner=user, client_id=chat_id, tool_mode=mode)
     return chat_id
-
-
-def answer_frame(
-    chat_id: str, request: dict[str, Any], *, approved: bool, reason: str = ""
-) -> dict[str, Any]:
-    """What ``Chat.addToolApprovalResponse`` + ``sendAutomaticallyWhen`` send: the assistant
-    message, its asked tool part now ``approval-responded``."""
-    approval: dict[str, Any] = {"id": request["approvalId"], "approved": approved}
-    if reason:
-        approval["reason"] = reason
-    part = {
-        "type": "tool-Bash",
-        "toolCallId": request["toolCallId"],
-        "state": "approval-responded",
-        "input": {},
-        "approval": approval,
-    }
-    frame = send_frame(chat_id, "unused")
-    frame["messageId"] = "msg-x"
-    frame["messages"] = [
-        frame["messages"][0],
-        {"id": "msg-x", "role": "assistant", "parts": [{"type": "step-start"}, part]},
-    ]
-    return frame
 
 
 async def until_approval(ws, chat_id: str, text: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -241,11 +217,12 @@ async def test_plan_mode_denied_with_a_reason_revises_the_plan(backend, connect,
 
 async def test_waiting_for_an_answer_is_not_a_stalled_model(backend, connect, user, settings):
     """The idle watchdog pauses while an approval is pending (the model is not silent: the user is)."""
-    settings.AGENT_STREAM_IDLE_TIMEOUT = 0.5
+    # Long enough for a CLI to start (the watchdog counts that silence), short against the wait.
+    settings.AGENT_STREAM_IDLE_TIMEOUT = 3.0
     ws = await connect()
     chat_id = await chat_with_mode(user, "ask")
     _, request = await until_approval(ws, chat_id, "/tool bash echo after-a-pause")
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(4.5)
     chunks = chunks_of(await answer(ws, chat_id, request, approved=True))
     assert "after-a-pause" in str(next(c for c in chunks if c["type"] == "tool-output-available")["output"])
     assert chunks[-1]["type"] == "finish"

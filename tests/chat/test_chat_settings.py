@@ -21,8 +21,7 @@ from django.utils import timezone
 from agents.config import INSTRUCTIONS_HEADING
 from chat.models import ChatSession, ChatTurn, RateLimitRecord, TokenUsage
 from tests.api.conftest import bearer_client, chat_body, key_for  # noqa: F401 - key_for: a fixture
-from tests.chat.conftest import chunks_of, send_frame, text_of
-from tests.chat.test_turns import model_calls
+from tests.chat.conftest import chunks_of, model_calls, send_frame, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.chat.conftest import send_frame, session_cookie
+from tests.chat.conftest import answer_frame, send_frame, session_cookie
 from tests.chat.conftest import ws_recv_until as recv_until
 from tests.conftest import require_services
 from tests.servers import DaphneServer, daphne_env
@@ -125,7 +125,6 @@ async def test_an_approval_asked_on_one_process_is_answered_through_another(daph
     from asgiref.sync import sync_to_async
 
     from chat.models import ChatSession
-    from tests.chat.test_approval import answer_frame
 
     cookie = await sync_to_async(session_cookie)(user)
     headers = {"Cookie": cookie}

@@ -13,14 +13,9 @@ from agents.errors import AgentError, ErrorKind
 from chat import runtime
 from chat.models import ChatMessage, ChatSession, ChatTurn, RateLimitRecord, TokenUsage
 from chat.runtime.locks import lock_holder, session_key
-from tests.chat.conftest import chunks_of, requests_since, send_frame, text_of
+from tests.chat.conftest import chunks_of, model_calls, send_frame, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def model_calls(server, mark: int) -> list[dict]:
-    """Turn requests to the scripted model since ``mark`` (title side requests excluded)."""
-    return [r for r in requests_since(server, mark) if (r.get("body") or {}).get("max_tokens", 0) > 64]
 
 
 async def messages(chat_id: str, user) -> list[ChatMessage]:
