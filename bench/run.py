@@ -10,6 +10,8 @@ Stacks (each torn down after use, everything on loopback):
   (none)  in-process, temp SQLite                                     → dbwrites
   (none)  in-process, DEBUG=true, jail on vs AGENT_JAIL=off            → jail (tool-call latency,
                                                                          kept-CLI memory)
+  (none)  in-process, temp SQLite (+ PostgreSQL with DATABASE_URL)    → search (full-text search
+                                                                         latency, issue #19)
 Every figure comes with its baseline from the same run; see docs/performance.md.
 """
 
@@ -27,7 +29,7 @@ import traceback
 
 from bench import harness as h
 
-ALL = ("relay", "latency", "scaleout", "dbwrites", "resume", "ttft", "api", "jail")
+ALL = ("relay", "latency", "scaleout", "dbwrites", "resume", "ttft", "api", "jail", "search")
 
 
 def _services_up() -> bool:
@@ -127,6 +129,11 @@ def run_all(args: argparse.Namespace) -> dict:
                 *(["--skip-sdk"] if args.skip_sdk else []),
                 timeout=600,
             ),
+        )
+    if "search" in only:
+        guard(
+            "search",
+            lambda: _subprocess_bench("bench_search", *(["--quick"] if args.quick else []), timeout=900),
         )
     if "scaleout" in only:
         if _services_up():
@@ -341,6 +348,10 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
         from bench.bench_jail import rows as jail_rows
 
         rows += jail_rows(b["jail"])
+    if not err("search"):
+        from bench.bench_search import rows as search_rows
+
+        rows += search_rows(b["search"])
     return rows
 
 

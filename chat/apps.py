@@ -7,10 +7,11 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
-        from django.db.models.signals import post_delete, post_save
+        from django.db.models.signals import post_delete, post_migrate, post_save
 
         from chat.apikeys import api_key_cache_forget
         from chat.models import ApiKey
+        from chat.search import search_index_ensure
 
         def forget_key(sender, instance, **kwargs):
             api_key_cache_forget(prefix=instance.prefix)
@@ -30,4 +31,9 @@ class ChatConfig(AppConfig):
         )
         post_delete.connect(
             forget_owner, sender=user_model, dispatch_uid="chat.apikey_cache.owner_deleted", weak=False
+        )
+        # SQLite drops a table's triggers when a migration rebuilds it: put the search
+        # index's back (chat.search, migration 0007).
+        post_migrate.connect(
+            search_index_ensure, sender=self, dispatch_uid="chat.search.index_ensure", weak=False
         )

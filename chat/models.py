@@ -124,6 +124,9 @@ class ChatMessage(models.Model):
     parts = models.JSONField(default=list, blank=True)
     # Marker details: error code, retryable, reset time; client message id; usage.
     metadata = models.JSONField(default=dict, blank=True)
+    # The AI SDK message id the client gave its user message (also ``metadata.messageId``):
+    # unique per session, so a retried send joins its turn instead of starting a second one.
+    client_message_id = models.CharField(max_length=200, null=True, blank=True)
     turn = models.ForeignKey(
         ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
     )
@@ -133,6 +136,11 @@ class ChatMessage(models.Model):
         ordering = ["session", "sequence"]
         constraints = [
             models.UniqueConstraint(fields=["session", "sequence"], name="chat_message_unique_sequence"),
+            models.UniqueConstraint(
+                fields=["session", "client_message_id"],
+                condition=Q(client_message_id__isnull=False),
+                name="chat_message_unique_client_msg",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -330,3 +338,27 @@ class UsageChart(TokenUsage):
         proxy = True
         verbose_name = "usage chart"
         verbose_name_plural = "usage charts"
+
+
+class Share(models.Model):
+    """A read-only public link to a chat (``/s/<token>/``). The token is signed
+    (``django.core.signing``) over the share's id and its random ``nonce``: deleting or revoking
+    the row, or its expiry, makes the token worthless. ``messages`` is the snapshot: the chat's
+    AI SDK UI messages as they were when shared (tool outputs removed unless
+    ``include_tool_outputs``)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="shares")
+    nonce = models.CharField(max_length=64)
+    title = models.CharField(max_length=200, blank=True, default="")
+    messages = models.JSONField(default=list, blank=True)
+    include_tool_outputs = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["session", "-created_at"], name="share_session_recent")]
+
+    def __str__(self) -> str:
+        return f"share {self.id}"

@@ -264,3 +264,197 @@ def session_mcp_names(*, session: ChatSession) -> list[str]:
 def session_mcp_configs(*, session: ChatSession) -> list[McpServerConfig]:
     """What the chat's next turn connects to (``TurnInput.mcp_servers``): its enabled servers."""
     return [server.config() for server in session.mcp_servers.filter(enabled=True).order_by("name")]
+
+
+# --- Full-text search (issue #19; chat.search holds the index maintenance) -----------------------
+# Appended by the search issue: PostgreSQL tsvector/GIN or SQLite FTS5 behind one selector.
+
+from django.contrib.postgres.search import (  # noqa: E402
+    SearchHeadline,
+    SearchQuery,
+    SearchRank,
+    SearchVector,
+    SearchVectorField,
+)
+from django.db.models import F, Value  # noqa: E402
+from django.db.models.expressions import RawSQL  # noqa: E402
+from django.db.models.functions import Replace  # noqa: E402
+
+from chat.search import (  # noqa: E402
+    LT_STANDIN,
+    MARK_END,
+    MARK_START,
+    MESSAGE_VECTOR_COLUMN,
+    SEARCH_CONFIG,
+    SEARCH_LIMIT_DEFAULT,
+    SEARCH_LIMIT_MAX,
+    SEARCH_ROLES,
+    SNIPPET_WORDS,
+    TITLE_HITS_MAX,
+    search_query_split,
+    snippet_parse,
+)
+
+
+def message_search_for_user(
+    *, user: Any, query: str, limit: int = SEARCH_LIMIT_DEFAULT
+) -> list[dict[str, Any]]:
+    """The caller's chats and messages matching ``query``, best first (chat.search: the
+    rules and how each database answers).
+
+    Each result: ``{"session": {id, title, archived}, "message": {id, sequence, role} | None,
+    "snippet": str, "highlights": [[start, end], …]}`` (``message`` is None for a title hit).
+    Two queries at most, whatever the number of results."""
+    words = search_query_split(query)
+    limit = max(1, min(int(limit), SEARCH_LIMIT_MAX))
+    if not words or not getattr(user, "is_authenticated", False):
+        return []
+    if connection.vendor == "sqlite":
+        return _search_sqlite(user_id=user.pk, words=words, limit=limit)
+    return _search_postgresql(user=user, words=words, limit=limit)
+
+
+def _hit(
+    *,
+    session_id: Any,
+    title: str,
+    archived: bool,
+    marked: str,
+    message: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    snippet, highlights = snippet_parse(marked or "")
+    if isinstance(session_id, str):
+        session_id = uuid.UUID(session_id)
+    return {
+        "session": {"id": session_id, "title": title, "archived": bool(archived)},
+        "message": message,
+        "snippet": snippet,
+        "highlights": highlights,
+    }
+
+
+def _fts5_query(words: list[str]) -> str:
+    # Each word a quoted string (FTS5 syntax has no way out of one but a doubled quote, and the
+    # words hold no quotes); the last one a prefix.
+    return " ".join(f'"{w}"' for w in words) + "*"
+
+
+def _search_sqlite(*, user_id: int, words: list[str], limit: int) -> list[dict[str, Any]]:
+    match = _fts5_query(words)
+    hits: list[dict[str, Any]] = []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.id, s.title, s.archived, highlight(chat_session_fts, 1, char(2), char(3)) "
+            "FROM chat_session_fts JOIN chat_chatsession s ON s.id = chat_session_fts.session_id "
+            "WHERE chat_session_fts MATCH %s AND s.owner_id = %s "
+            "ORDER BY bm25(chat_session_fts), s.last_activity_at DESC LIMIT %s",
+            [match, user_id, min(TITLE_HITS_MAX, limit)],
+        )
+        for session_id, title, archived, marked in cursor.fetchall():
+            hits.append(_hit(session_id=session_id, title=title, archived=archived, marked=marked))
+        remaining = limit - len(hits)
+        if remaining <= 0:
+            return hits
+        cursor.execute(
+            "SELECT m.id, m.sequence, m.role, s.id, s.title, s.archived, "
+            f"snippet(chat_message_fts, 0, char(2), char(3), '…', {SNIPPET_WORDS}) "
+            "FROM chat_message_fts JOIN chat_chatmessage m ON m.id = chat_message_fts.rowid "
+            "JOIN chat_chatsession s ON s.id = m.session_id "
+            "WHERE chat_message_fts MATCH %s AND s.owner_id = %s AND m.kind = %s "
+            "AND m.role IN (%s, %s) "
+            "ORDER BY bm25(chat_message_fts), m.id DESC LIMIT %s",
+            [match, user_id, ChatMessage.Kind.NORMAL, *SEARCH_ROLES, remaining],
+        )
+        for message_id, sequence, role, session_id, title, archived, marked in cursor.fetchall():
+            hits.append(
+                _hit(
+                    session_id=session_id,
+                    title=title,
+                    archived=archived,
+                    marked=marked,
+                    message={"id": message_id, "sequence": sequence, "role": role},
+                )
+            )
+    return hits
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _tsquery(words: list[str]) -> SearchQuery:
+    # Quoted lexemes (the words hold no quote, backslash or operator), all required, the last
+    # one a prefix; the whole string is one bound parameter of to_tsquery.
+    terms = [f"'{w}'" for w in words]
+    terms[-1] += ":*"
+    return SearchQuery(" & ".join(terms), config=SEARCH_CONFIG, search_type="raw")
+
+
+def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[str, Any]]:
+    tsquery = _tsquery(words)
+    title_vector = SearchVector("title", config=SEARCH_CONFIG)
+    sessions = (
+        ChatSession.objects.annotate(search=title_vector)
+        .filter(owner=user, search=tsquery)
+        .annotate(
+            rank=SearchRank(title_vector, tsquery),
+            marked=SearchHeadline(
+                Replace("title", Value("<"), Value(LT_STANDIN)),
+                tsquery,
+                config=SEARCH_CONFIG,
+                start_sel=MARK_START,
+                stop_sel=MARK_END,
+                highlight_all=True,
+            ),
+        )
+        .order_by("-rank", "-last_activity_at")
+        .values_list("id", "title", "archived", "marked")[: min(TITLE_HITS_MAX, limit)]
+    )
+    hits = [
+        _hit(session_id=sid, title=title, archived=archived, marked=marked)
+        for sid, title, archived, marked in sessions
+    ]
+    remaining = limit - len(hits)
+    if remaining <= 0:
+        return hits
+    # The stored generated column of migration 0007 (not a model field: SQLite has none).
+    quote = connection.ops.quote_name
+    text_vector = RawSQL(
+        f"{quote(ChatMessage._meta.db_table)}.{quote(MESSAGE_VECTOR_COLUMN)}",
+        [],
+        output_field=SearchVectorField(),
+    )
+    messages = (
+        ChatMessage.objects.annotate(search=text_vector)
+        .filter(search=tsquery, session__owner=user, kind=ChatMessage.Kind.NORMAL, role__in=SEARCH_ROLES)
+        .annotate(
+            rank=SearchRank(text_vector, tsquery),
+            marked=SearchHeadline(
+                Replace("text", Value("<"), Value(LT_STANDIN)),
+                tsquery,
+                config=SEARCH_CONFIG,
+                start_sel=MARK_START,
+                stop_sel=MARK_END,
+                max_words=SNIPPET_WORDS + 4,
+                min_words=SNIPPET_WORDS // 2,
+                fragment_delimiter=" … ",
+                max_fragments=1,
+            ),
+            session_title=F("session__title"),
+            session_archived=F("session__archived"),
+        )
+        .order_by("-rank", "-id")
+        .values_list("id", "sequence", "role", "session_id", "session_title", "session_archived", "marked")[
+            :remaining
+        ]
+    )
+    for message_id, sequence, role, session_id, title, archived, marked in messages:
+        hits.append(
+            _hit(
+                session_id=session_id,
+                title=title,
+                archived=archived,
+                marked=marked,
+                message={"id": message_id, "sequence": sequence, "role": role},
+            )
+        )
+    return hits

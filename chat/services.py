@@ -71,8 +71,10 @@ def message_append(
     kind: str = ChatMessage.Kind.NORMAL,
     metadata: dict[str, Any] | None = None,
     turn: Any = None,
+    client_message_id: str | None = None,
 ) -> ChatMessage:
-    """Append a message at ``MAX(sequence)+1``.
+    """Append a message at ``MAX(sequence)+1``. ``client_message_id``: the client's message id
+    (unique per session: a duplicate raises IntegrityError, no retry).
 
     Writers of one session are serialised inside the transaction that reads the maximum: a row
     lock on the session on PostgreSQL, the write lock SQLite's IMMEDIATE transactions take at
@@ -97,9 +99,10 @@ def message_append(
                     kind=kind,
                     metadata=metadata or {},
                     turn=turn,
+                    client_message_id=client_message_id,
                 )
         except IntegrityError as exc:
-            if "sequence" not in str(exc):
+            if "sequence" not in str(exc) or "client_message" in str(exc):
                 raise
             logger.debug("a message sequence of session %s was taken, retrying", session.pk)
             time.sleep(0.001 * (attempt + 1))

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 
 from agents.jail import jail_problem
 from chat.config import chat_config
+from chat.conversations import share_find_by_token, share_page_messages
 from chat.selectors import session_get_for_user
 
 # What the offline scripted model understands (CONTRACT §3), shown on the page for discoverability.
@@ -96,3 +97,30 @@ def chat_page(request: HttpRequest, chat_id: Any) -> HttpResponse:
         "chat/index.html",
         _page_context(request, chat_id=str(session.pk), session=session),
     )
+
+
+# The public share page: nothing but the snapshot (no script, no API, no other origin).
+SHARE_PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+SHARE_TOKEN_MAX_CHARS = 500
+
+
+@require_GET
+def share_page(request: HttpRequest, token: str) -> HttpResponse:
+    """``/s/<token>/``: a shared chat, read-only, without login (docs/browser.md "Share page").
+    An invalid, expired or revoked token: 404."""
+    share = share_find_by_token(token=token) if len(token) <= SHARE_TOKEN_MAX_CHARS else None
+    if share is None:
+        raise Http404("No such shared chat.")
+    response = render(
+        request,
+        "chat/share.html",
+        {"title": share.title or "Shared chat", "messages": share_page_messages(share=share)},
+    )
+    response["Content-Security-Policy"] = SHARE_PAGE_CSP
+    response["Referrer-Policy"] = "no-referrer"  # the token is in the URL
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    response["Cache-Control"] = "private, no-store"
+    return response

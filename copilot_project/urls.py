@@ -15,4 +15,5 @@ urlpatterns = [
     path("healthz", chat_views.healthz, name="healthz"),
     path("", chat_views.index, name="index"),
     path("c/<uuid:chat_id>/", chat_views.chat_page, name="chat"),
+    path("s/<str:token>/", chat_views.share_page, name="share"),
 ]

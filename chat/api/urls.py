@@ -6,10 +6,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from chat.api.views.agent_models import ModelListApi
 from chat.api.views.chat import ChatApi, ChatStreamApi
+from chat.api.views.conversations import SessionExportApi, SessionImportApi, ShareDetailApi, ShareListApi
 from chat.api.views.files import FileDetailApi, FileListApi, FileZipApi, WorkspacePathConverter
 from chat.api.views.keys import KeyDetailApi, KeyListApi
 from chat.api.views.mcp_servers import McpServerListApi
 from chat.api.views.misc import ApiNotFound
+from chat.api.views.search import SearchApi
 from chat.api.views.sessions import MessageListApi, SessionCancelApi, SessionDetailApi, SessionListApi
 from chat.api.views.usage import UsageApi
 
@@ -39,7 +41,11 @@ class ChatStreamApiNoSlash(ChatStreamApi):
 
 urlpatterns = [
     path("sessions/", SessionListApi.as_view(), name="sessions"),
+    path("sessions/import/", SessionImportApi.as_view(), name="sessions-import"),
     path("sessions/<str:chat_id>/", SessionDetailApi.as_view(), name="session"),
+    path("sessions/<str:chat_id>/export/", SessionExportApi.as_view(), name="session-export"),
+    path("sessions/<str:chat_id>/shares/", ShareListApi.as_view(), name="session-shares"),
+    path("sessions/<str:chat_id>/shares/<str:share_id>/", ShareDetailApi.as_view(), name="session-share"),
     path("sessions/<str:chat_id>/messages/", MessageListApi.as_view(), name="session-messages"),
     path("sessions/<str:chat_id>/cancel/", SessionCancelApi.as_view(), name="session-cancel"),
     path("sessions/<str:chat_id>/files/", FileListApi.as_view(), name="session-files"),
@@ -52,6 +58,7 @@ urlpatterns = [
     path("usage/", UsageApi.as_view(), name="usage"),
     path("models/", ModelListApi.as_view(), name="models"),
     path("mcp-servers/", McpServerListApi.as_view(), name="mcp-servers"),
+    path("search/", SearchApi.as_view(), name="search"),
     path("keys/", KeyListApi.as_view(), name="keys"),
     path("keys/<int:key_id>/", KeyDetailApi.as_view(), name="key"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -13,6 +13,13 @@ One path, three steps:
    in that transaction only when the request's ``body.model`` changes the chat's model);
 3. ``registry.spawn`` runs the turn (``chat.runtime.runner.turn_run``) as a task that outlives
    the caller.
+
+Idempotent sends (docs/protocol.md): the user message's client id (``client_message_id``, the AI
+SDK message id) is unique per session. A retried send is recognised inside the same hop: while
+its turn runs, the lock is taken and one lookup finds the message's turn; once it finished, the
+unique constraint refuses the second user message and the same lookup follows. The caller then
+gets a handle on that turn (``turn_listen`` replays it from its first chunk, then live); a turn
+whose log is no longer retained is refused with ``already_answered``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.approval import ToolRules
@@ -65,6 +72,10 @@ logger = logging.getLogger(__name__)
 
 TRANSCRIPT_PROJECT_KEY = "copilot"
 CLOSED_TEXT = "The connection closed before the turn started."
+ALREADY_ANSWERED_TEXT = (
+    "This message was already answered (a retried send); reload the chat's messages to see the answer."
+)
+JOIN_WAIT_SECONDS = 5.0  # a retry that raced its turn's start waits this long for the turn's log
 
 
 async def turn_start(
@@ -121,6 +132,9 @@ async def turn_start(
             model=model,
         )
         running = await _turn_running(prepared=prepared, user=user, slot=slot)
+    except _TurnDuplicate as duplicate:
+        registry.slot_free(slot)  # nothing started: the retry joins the turn its message started
+        return await _turn_join(duplicate)
     except BaseException:
         registry.slot_free(slot)  # not started (once started, the runner frees it)
         raise
@@ -131,6 +145,55 @@ async def turn_start(
 # ---------------------------------------------------------------------------------------------
 # The database hop (runs in the database thread)
 # ---------------------------------------------------------------------------------------------
+
+
+class _TurnDuplicate(Exception):
+    """The request's user message is already stored (a retried send): the turn it started."""
+
+    def __init__(self, *, session_id: str, turn_id: str | None, running: bool) -> None:
+        super().__init__(turn_id)
+        self.session_id = session_id
+        self.turn_id = turn_id
+        self.running = running
+
+
+async def _turn_join(duplicate: _TurnDuplicate) -> TurnHandle:
+    """A handle on the turn a retried send already started: its log replays from the first
+    chunk (then live). A turn that is still starting elsewhere gets a moment to open its log;
+    a finished turn whose log is gone: TurnRefused ``already_answered``."""
+    turn_id = duplicate.turn_id
+    if turn_id is None:
+        raise TurnRefused("already_answered", ALREADY_ANSWERED_TEXT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (JOIN_WAIT_SECONDS if duplicate.running else 0.0)
+    while await streams.stream_is_finished(turn_id=turn_id) is None:
+        if loop.time() >= deadline:
+            raise TurnRefused("already_answered", ALREADY_ANSWERED_TEXT)
+        await asyncio.sleep(0.05)
+    return TurnHandle(session_id=duplicate.session_id, turn_id=turn_id, message_id=f"msg-{turn_id}")
+
+
+def _message_duplicate(
+    *, session: ChatSession, client_message_id: str | None, trigger: str
+) -> _TurnDuplicate | None:
+    """The turn of the session's user message with this client id, if one is stored (one
+    indexed lookup; only on a refusal path: the lock is taken, or the insert hit the unique
+    constraint)."""
+    if not client_message_id or trigger != "submit-message":
+        return None
+    row = (
+        ChatMessage.objects.filter(session=session, client_message_id=client_message_id)
+        .values_list("turn_id", "turn__status")
+        .first()
+    )
+    if row is None:
+        return None
+    turn_id, status = row
+    return _TurnDuplicate(
+        session_id=str(session.pk),
+        turn_id=None if turn_id is None else str(turn_id),
+        running=status == ChatTurn.Status.RUNNING,
+    )
 
 
 @dataclass
@@ -168,12 +231,19 @@ def _turn_prepare(
     )
     registry.slot_backend(slot, session.backend or settings.AGENT_BACKEND)
     key = locks.session_key(session.pk)
-    if registry.get(session.pk) is not None:
-        raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
-    token = locks.lock_acquire_sync(
-        key, ttl=supervision.LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk}
-    )
-    if token is None:
+    token = None
+    if registry.get(session.pk) is None:
+        token = locks.lock_acquire_sync(
+            key, ttl=supervision.LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk}
+        )
+    if token is None:  # a turn runs: this request's own (a retried send), else a refusal
+        duplicate = (
+            None
+            if created
+            else _message_duplicate(session=session, client_message_id=client_message_id, trigger=trigger)
+        )
+        if duplicate is not None:
+            raise duplicate
         raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
     try:
         turn = _turn_admit(session=session, user=user, turn_id=turn_id, trigger=trigger, model=model)
@@ -205,6 +275,13 @@ def _turn_prepare(
             locks.lock_release_sync(key, token)
         except Exception:
             logger.exception("releasing the lock of a refused turn failed")
+        if isinstance(exc, IntegrityError) and not created:
+            # The unique (session, client_message_id) constraint: a retried send whose turn ended.
+            duplicate = _message_duplicate(
+                session=session, client_message_id=client_message_id, trigger=trigger
+            )
+            if duplicate is not None:
+                raise duplicate from None
         if created and isinstance(exc, TurnRefused) and exc.code == "too_many_turns":
             # Nothing refers to the chat this hop created (no turn, no message): drop it, so a
             # refused flood of new chat ids leaves no empty chats behind.
@@ -308,6 +385,7 @@ def _turn_messages(
             parts=parts,
             metadata={"messageId": client_message_id} if client_message_id else {},
             turn=turn,  # inserted with its turn: no second write (docs/performance.md, E)
+            client_message_id=client_message_id or None,  # unique per session: a retry is refused
         )
     history = history_for_turn(session=session, before_sequence=user_msg.sequence)
     needs_title = not session.title and not any(m.role == "user" for m in history)

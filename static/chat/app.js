@@ -11,6 +11,7 @@
 import { renderMarkdown, stableBoundary, safeHttpUrl } from "./markdown.js";
 import { approvalPreview, approvalQuestion, setupSettings } from "./steering.js";
 import { FILE_TOOLS, fileUrl, setupFiles, workspaceRelative } from "./files.js";
+import { messageReveal, setupSearch } from "./search.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -1686,6 +1687,15 @@ function workspaceIds() {
   return ids;
 }
 
+/** A search hit in this very chat: scroll to its message instead of reloading the page. */
+function openSearchHit(url) {
+  if (url.pathname !== window.location.pathname) return false;
+  history.replaceState(null, "", url.hash || window.location.pathname);
+  if (messageReveal(ui.messages, url.hash)) state.stick = false;
+  setSidebar(false);
+  return true;
+}
+
 // --- Start ----------------------------------------------------------------------------------
 
 async function init() {
@@ -1699,12 +1709,14 @@ async function init() {
     csrfToken,
     uploadMaxBytes: config.uploadMaxBytes,
   });
+  setupSearch({ api, onOpen: openSearchHit });
   renderPending();
   updateEmpty();
   socket.connect();
   loadSessions();
   if (state.chatId) {
     await loadHistory();
+    if (messageReveal(ui.messages, window.location.hash)) state.stick = false; // a search hit
     startResume({ fresh: true }); // a turn may be running (refresh, another tab)
   }
   document.body.dataset.ready = "true";

@@ -52,3 +52,16 @@ def test_sessions_page_costs_the_same_for_3_and_60_sessions(api, user, other_use
     q_many = _queries(api, "/api/v1/sessions/", {"page_size": 100})
     assert q_many == q_few, (q_few, q_many)
     assert q_many <= 8
+
+
+def test_search_costs_the_same_for_1_and_50_hits(api, user):
+    _chat(user, 1)
+    message_append(session=session_create(owner=user, title="s"), role="user", text="walnut")
+    q_one = _queries(api, "/api/v1/search/", {"q": "walnut", "limit": 50})
+    for i in range(6):
+        session = session_create(owner=user, title=f"walnut {i}")
+        for _ in range(10):
+            message_append(session=session, role="assistant", text="walnut bread")
+    q_many = _queries(api, "/api/v1/search/", {"q": "walnut", "limit": 50})
+    assert q_many == q_one, (q_one, q_many)
+    assert q_many <= 4  # the key, the titles, the messages

@@ -32,11 +32,17 @@ OPERATIONS = {
     ("/api/v1/sessions/{chat_id}/files/{file_path}", "get"),
     ("/api/v1/sessions/{chat_id}/files/{file_path}", "put"),
     ("/api/v1/sessions/{chat_id}/files.zip", "get"),
+    ("/api/v1/sessions/import/", "post"),
+    ("/api/v1/sessions/{chat_id}/export/", "get"),
+    ("/api/v1/sessions/{chat_id}/shares/", "get"),
+    ("/api/v1/sessions/{chat_id}/shares/", "post"),
+    ("/api/v1/sessions/{chat_id}/shares/{share_id}/", "delete"),
     ("/api/v1/chat/", "post"),
     ("/api/v1/chat/{chat_id}/stream/", "get"),
     ("/api/v1/usage/", "get"),
     ("/api/v1/models/", "get"),
     ("/api/v1/mcp-servers/", "get"),
+    ("/api/v1/search/", "get"),
     ("/api/v1/keys/", "get"),
     ("/api/v1/keys/", "post"),
     ("/api/v1/keys/{key_id}/", "delete"),
@@ -199,6 +205,12 @@ include-operation-id = "sessions_files_upload"
 # Likewise: a path below an earlier upload ("0" then "0/1": its parent is a file) or at a
 # directory is refused 400 although well formed.
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "429"]
+
+[[operations]]
+include-operation-id = "sessions_import"
+# Parts must be of known AI SDK types and strings storable (docs/api.md "Export, import and
+# share"), beyond what the schema says: a schema-valid body may still be a 400.
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "429"]
 """
 
 

@@ -327,3 +327,33 @@ def test_tool_approval_over_sse_ends_the_stream_and_the_answer_continues_the_tur
     # answering again once the turn is over: a clear 400
     again = http.post("/api/v1/chat/", json=body)
     assert again.status_code == 400 and "expired or was already answered" in again.json()["error"]["message"]
+
+
+# --- idempotent sends (docs/api.md "Idempotent sends") ------------------------------------------
+
+
+def test_retried_post_joins_the_running_turn_then_replays_it_once_finished(http, user):
+    chat_id = str(uuid.uuid4())
+    body = chat_body(chat_id, "/slow 80 12")  # one user message id, posted three times
+    with connect_sse(http, "POST", "/api/v1/chat/", json=body) as source:
+        first, done = read_events(source, stop_after=4)
+    assert not done  # the client lost the response mid-turn and retries the same request
+    with connect_sse(http, "POST", "/api/v1/chat/", json=body) as source:
+        assert source.response.status_code == 200
+        joined, done = read_events(source)
+    assert done
+    assert [seq for seq, _ in joined] == list(range(len(joined)))  # from the first chunk on
+    assert joined[: len(first)] == first  # the same stream (same messageId), not a new turn
+    assert joined[-1][1]["type"] == "finish"
+    assert text_of([c for _, c in joined]) == "".join(f"w{i} " for i in range(12))
+    wait_turn_done(chat_id, user)
+    with connect_sse(http, "POST", "/api/v1/chat/", json=body) as source:
+        assert source.response.status_code == 200
+        replay, done = read_events(source)
+    assert done and replay == joined  # finished: its retained log, replayed
+    session = ChatSession.objects.get(owner=user, client_id=chat_id)
+    assert ChatTurn.objects.filter(session=session).count() == 1
+    assert list(ChatMessage.objects.filter(session=session).values_list("role", flat=True)) == [
+        "user",
+        "assistant",
+    ]

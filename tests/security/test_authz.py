@@ -22,7 +22,8 @@ from django.utils import timezone
 from agents.sandbox import workspace_for
 from chat import runtime
 from chat.apikeys import api_key_create
-from chat.models import ApiKey, ChatMessage, ChatSession, TokenUsage
+from chat.conversations import share_create
+from chat.models import ApiKey, ChatMessage, ChatSession, Share, TokenUsage
 from chat.services import message_append, session_create
 from tests.agents.conftest import requests_since
 from tests.chat.conftest import ORIGIN, WsClient, chunks_of, send_frame, session_cookie
@@ -42,6 +43,9 @@ OBJECT_ROUTES: dict[str, set[str]] = {
     "sessions/<str:chat_id>/files/": {"get"},
     "sessions/<str:chat_id>/files/<workspace_path:file_path>": {"get", "put"},
     "sessions/<str:chat_id>/files.zip": {"get"},
+    "sessions/<str:chat_id>/export/": {"get"},
+    "sessions/<str:chat_id>/shares/": {"get", "post"},
+    "sessions/<str:chat_id>/shares/<str:share_id>/": {"delete"},
     "chat/<str:chat_id>/stream/": {"get"},
     "chat/<str:chat_id>/stream": {"get"},
     "keys/<int:key_id>/": {"delete"},
@@ -49,12 +53,14 @@ OBJECT_ROUTES: dict[str, set[str]] = {
 # Collection routes act on the caller's own data only.
 COLLECTION_ROUTES: dict[str, set[str]] = {
     "sessions/": {"get", "post"},
+    "sessions/import/": {"post"},  # creates a chat of the caller's own
     "chat/": {"post"},
     "chat": {"post"},
     "usage/": {"get"},
     "keys/": {"get", "post"},
     "models/": {"get"},  # the operator's allow-list, no user data (401 without credentials: tests/api)
     "mcp-servers/": {"get"},  # the operator's enabled MCP servers, no user data (tests/api)
+    "search/": {"get"},  # full-text search over the caller's own chats
 }
 # No user data at all (the schema and its docs pages, the JSON 404 for unknown paths).
 PUBLIC_ROUTES: dict[str, set[str]] = {"schema/": {"get"}, "docs/": {"get"}, "redoc/": {"get"}, "^.*$": set()}
@@ -93,7 +99,8 @@ def alice_data(user):
     TokenUsage.objects.create(
         user=user, session=session, model="m", backend="api", input_tokens=12345, output_tokens=678
     )
-    return {"session": session, "key": api_key, "raw_key": raw}
+    share = share_create(session=session, include_tool_outputs=False, expires_in_days=None)
+    return {"session": session, "key": api_key, "raw_key": raw, "share": share}
 
 
 def _alice_workspace(session) -> dict[str, bytes]:
@@ -111,7 +118,8 @@ def _snapshot(alice_data) -> tuple:
     messages = list(
         ChatMessage.objects.filter(session_id=alice_data["session"].pk).values_list("sequence", "text")
     )
-    return session, key, messages
+    shares = list(Share.objects.filter(session_id=alice_data["session"].pk).values_list("pk", "revoked_at"))
+    return session, key, messages, shares
 
 
 class BearerAsyncClient(AsyncClient):
@@ -191,7 +199,9 @@ async def test_object_routes_hide_alices_resources(route, backend_api, user, oth
                     for ident in (alice_id, missing):
                         url = "/api/v1/" + route.replace("<str:chat_id>", str(ident)).replace(
                             "<int:key_id>", str(ident)
-                        ).replace("<workspace_path:file_path>", ALICE_FILE)
+                        ).replace("<workspace_path:file_path>", ALICE_FILE).replace(
+                            "<str:share_id>", str(alice_data["share"].pk)
+                        )
                         kwargs: dict[str, Any] = {}
                         if method in ("patch", "post", "put"):
                             kwargs = {
@@ -227,6 +237,9 @@ async def test_collection_routes_show_only_the_callers_data(auth, backend_api, u
     assert body["count"] == 0 and body["results"] == []
     body = (await client.get("/api/v1/sessions/?archived=all")).content.decode()
     assert str(alice_data["session"].pk) not in body and SECRET_TITLE not in body
+    for q in ("alice", SECRET_TITLE, SECRET_TEXT, "secret"):
+        found = await client.get("/api/v1/search/", {"q": q})
+        assert found.status_code == 200 and found.json() == {"results": []}, found.content
     usage = (await client.get("/api/v1/usage/")).json()
     assert usage["day"]["input_tokens"] == 0 and usage["week"]["output_tokens"] == 0
     keys = (await client.get("/api/v1/keys/")).content.decode()

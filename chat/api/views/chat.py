@@ -60,6 +60,7 @@ SSE_EVENT_SCHEMA = {
 SSE_RESPONSE = OpenApiResponse(response=SSE_EVENT_SCHEMA, description=SSE_DESCRIPTION)
 REFUSAL_STATUS = {
     "stream_already_active": status.HTTP_409_CONFLICT,
+    "already_answered": status.HTTP_409_CONFLICT,  # a retried send whose turn's log is gone
     "not_found": status.HTTP_404_NOT_FOUND,
     "budget_exceeded": status.HTTP_429_TOO_MANY_REQUESTS,
     "rate_limited": status.HTTP_429_TOO_MANY_REQUESTS,
@@ -174,7 +175,10 @@ class ChatApi(AsyncAPIView):
         "the newest `user` message must be valid (a `parts` list of objects; its text non-empty, "
         "at most 100,000 characters, without NUL; at most 4 `file` parts with base64 `data:` URLs "
         "of accepted types, 5 MiB each); otherwise `400 invalid_request` (not needed for "
-        "`regenerate-message`).",
+        "`regenerate-message`). Idempotent: a retried request whose newest user message has an `id` "
+        "already stored in this chat streams the turn that message started (from its first chunk, "
+        "then live; same `messageId`) instead of starting another; when that turn's log is no "
+        "longer retained, `409 already_answered`.",
         request=InputSerializer,
         examples=[
             OpenApiExample(
