@@ -333,6 +333,29 @@ def _hit(
     }
 
 
+def _session_hits(rows: Any) -> list[dict[str, Any]]:
+    """Hits from title rows ``(session id, title, archived, marked)`` (both engines)."""
+    return [
+        _hit(session_id=session_id, title=title, archived=archived, marked=marked)
+        for session_id, title, archived, marked in rows
+    ]
+
+
+def _message_hits(rows: Any) -> list[dict[str, Any]]:
+    """Hits from message rows ``(id, sequence, role, session id, title, archived, marked)``, the
+    shape both engines' message queries return."""
+    return [
+        _hit(
+            session_id=session_id,
+            title=title,
+            archived=archived,
+            marked=marked,
+            message={"id": message_id, "sequence": sequence, "role": role},
+        )
+        for message_id, sequence, role, session_id, title, archived, marked in rows
+    ]
+
+
 def _fts5_query(words: list[str]) -> str:
     # Each word a quoted string (FTS5 syntax has no way out of one but a doubled quote, and the
     # words hold no quotes); the last one a prefix.
@@ -350,8 +373,7 @@ def _search_sqlite(*, user_id: int, words: list[str], limit: int) -> list[dict[s
             "ORDER BY bm25(chat_session_fts), s.last_activity_at DESC LIMIT %s",
             [match, user_id, min(TITLE_HITS_MAX, limit)],
         )
-        for session_id, title, archived, marked in cursor.fetchall():
-            hits.append(_hit(session_id=session_id, title=title, archived=archived, marked=marked))
+        hits += _session_hits(cursor.fetchall())
         remaining = limit - len(hits)
         if remaining <= 0:
             return hits
@@ -365,16 +387,7 @@ def _search_sqlite(*, user_id: int, words: list[str], limit: int) -> list[dict[s
             "ORDER BY bm25(chat_message_fts), m.id DESC LIMIT %s",
             [match, user_id, ChatMessage.Kind.NORMAL, *SEARCH_ROLES, remaining],
         )
-        for message_id, sequence, role, session_id, title, archived, marked in cursor.fetchall():
-            hits.append(
-                _hit(
-                    session_id=session_id,
-                    title=title,
-                    archived=archived,
-                    marked=marked,
-                    message={"id": message_id, "sequence": sequence, "role": role},
-                )
-            )
+        hits += _message_hits(cursor.fetchall())
     return hits
 
 
@@ -409,10 +422,7 @@ def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[
         .order_by("-rank", "-last_activity_at")
         .values_list("id", "title", "archived", "marked")[: min(TITLE_HITS_MAX, limit)]
     )
-    hits = [
-        _hit(session_id=sid, title=title, archived=archived, marked=marked)
-        for sid, title, archived, marked in sessions
-    ]
+    hits = _session_hits(sessions)
     remaining = limit - len(hits)
     if remaining <= 0:
         return hits
@@ -447,14 +457,4 @@ def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[
             :remaining
         ]
     )
-    for message_id, sequence, role, session_id, title, archived, marked in messages:
-        hits.append(
-            _hit(
-                session_id=session_id,
-                title=title,
-                archived=archived,
-                marked=marked,
-                message={"id": message_id, "sequence": sequence, "role": role},
-            )
-        )
-    return hits
+    return hits + _message_hits(messages)
