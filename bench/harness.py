@@ -84,6 +84,26 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of ``pid`` and of its live descendants (servers that fork workers: hypercorn,
+    granian), plus what reaped children used."""
+    total = 0.0
+    pids = [pid]
+    seen: set[int] = set()
+    while pids:
+        p = pids.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    pids.extend(int(c) for c in fh.read().split())
+    return total
+
+
 class Proc:
     """A subprocess in its own session (process group); stopped by that group id only."""
 
@@ -204,6 +224,10 @@ BREAKDOWN = (
     (
         "websocket out (consumer send, autobahn, twisted)",
         ("autobahn/", "twisted/internet/tcp", "consumers.py", "daphne/ws_protocol"),
+    ),
+    (
+        "http out (sse door, Django ASGI handler, daphne http)",
+        ("chat/api/sse.py", "django/core/handlers/asgi", "daphne/http_protocol", "twisted/web/http"),
     ),
     ("chat.persistence (folding)", ("chat/runtime/persistence.py",)),
     ("chat.streams", ("chat/runtime/streams.py",)),

@@ -12,6 +12,8 @@ Stacks (each torn down after use, everything on loopback):
                                                                          kept-CLI memory)
   (none)  in-process, temp SQLite (+ PostgreSQL with DATABASE_URL)    → search (full-text search
                                                                          latency, issue #19)
+  peer    SQLite file + InMemory layer, AGENT_BACKEND=api, the AI SDK   → peer (issue 21: both doors
+          Node server (bench/peer, `npm ci` on first use)                 against the AI SDK server)
 Every figure comes with its baseline from the same run; see docs/performance.md.
 """
 
@@ -29,7 +31,7 @@ import traceback
 
 from bench import harness as h
 
-ALL = ("relay", "latency", "scaleout", "dbwrites", "resume", "ttft", "api", "jail", "search")
+ALL = ("relay", "latency", "scaleout", "dbwrites", "resume", "ttft", "api", "jail", "search", "peer")
 
 
 def _services_up() -> bool:
@@ -135,6 +137,19 @@ def run_all(args: argparse.Namespace) -> dict:
             "search",
             lambda: _subprocess_bench("bench_search", *(["--quick"] if args.quick else []), timeout=900),
         )
+    if "peer" in only:
+        with h.Stack(backend="api", daphnes=0) as stack:
+            guard(
+                "peer",
+                lambda: asyncio.run(
+                    __import__("bench.bench_peer", fromlist=["run"]).run(
+                        stack,
+                        levels=tuple(int(x) for x in args.peer_levels.split(",")),
+                        rounds=args.peer_rounds,
+                        timeout=args.level_timeout,
+                    )
+                ),
+            )
     if "scaleout" in only:
         if _services_up():
             with h.Stack(backend="api", postgres=True, redis=True, daphnes=2) as stack:
@@ -352,6 +367,10 @@ def table(results: dict) -> list[tuple[str, str, str, str, str]]:
         from bench.bench_search import rows as search_rows
 
         rows += search_rows(b["search"])
+    if not err("peer"):
+        from bench.bench_peer import rows as peer_rows
+
+        rows += peer_rows(b["peer"])
     return rows
 
 
@@ -378,6 +397,8 @@ def main() -> None:
     ap.add_argument("--relay-n", type=int, default=20000)
     ap.add_argument("--resume-chunks", type=int, default=5000)
     ap.add_argument("--api-reps", type=int, default=200)
+    ap.add_argument("--peer-levels", default="25,100", help="AI SDK peer: concurrent streams (comma list)")
+    ap.add_argument("--peer-rounds", type=int, default=3, help="AI SDK peer: rounds per level (medians)")
     ap.add_argument("--profile-level", type=int, default=100)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--skip-sdk", action="store_true", help="skip the sdk backend (Claude Code CLI)")
@@ -385,6 +406,7 @@ def main() -> None:
     if args.quick:
         args.latency_levels, args.scale_streams, args.relay_n = "1,20", "20", 5000
         args.resume_chunks, args.api_reps, args.level_timeout = 1000, 50, 30.0
+        args.peer_levels, args.peer_rounds = "25", 1
     t0 = time.monotonic()
     results = run_all(args)
     results["seconds"] = round(time.monotonic() - t0, 1)
