@@ -32,6 +32,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,9 @@ def _pg_conninfo(url: str, dbname: str | None = None) -> str:
     return " ".join(f"{k}={v}" for k, v in parts.items())
 
 
-def recreate_database(name: str) -> str:
+def recreate_database(name: str, template: str | None = None) -> str:
+    """Drop and create ``name``, empty or as a copy of ``template`` (an already migrated
+    database nobody is connected to: migrate then has nothing to do)."""
     import psycopg
 
     with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as con:
@@ -106,7 +109,7 @@ def recreate_database(name: str) -> str:
             (name,),
         )
         con.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        con.execute(f'CREATE DATABASE "{name}"')
+        con.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     base = PG_URL.rsplit("/", 1)[0]
     return f"{base}/{name}"
 
@@ -199,22 +202,31 @@ class Stats:
 
 
 class Client:
-    def __init__(self, ports: list[int], cookie: str, rng: random.Random, stats: Stats) -> None:
-        self.ports = ports
+    def __init__(
+        self,
+        endpoints: list[str],
+        cookie: str,
+        rng: random.Random,
+        stats: Stats,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.endpoints = endpoints  # ws://host:port or wss://host:port: each worker, or one front door
         self.cookie = cookie
         self.rng = rng
         self.stats = stats
+        self.tls = tls
 
-    async def connect(self, port: int | None = None):
+    async def connect(self, endpoint: str | None = None):
         import websockets
 
-        port = port or self.rng.choice(self.ports)
+        endpoint = endpoint or self.rng.choice(self.endpoints)
         return await websockets.connect(
-            f"ws://127.0.0.1:{port}/ws/chat/",
+            f"{endpoint}/ws/chat/",
             additional_headers={"Cookie": self.cookie},
-            origin=f"http://127.0.0.1:{port}",  # the socket's own origin (judged as CSRF judges it)
+            origin=http_origin(endpoint),  # the socket's own origin (judged as CSRF judges it)
             max_size=None,
             open_timeout=30,
+            ssl=self.tls if endpoint.startswith("wss:") else None,
         )
 
     async def read_view(self, ws, rid: str, view: View, *, stop_after: int | None = None) -> View:
@@ -358,7 +370,7 @@ class Client:
             await ws.close()
 
     async def _turn_double(self, chat_id: str, turn_index: int, text: str) -> None:
-        a, b = await self.connect(self.ports[0]), await self.connect(self.ports[-1])
+        a, b = await self.connect(self.endpoints[0]), await self.connect(self.endpoints[-1])
         try:
             first, second = (
                 self.send_frame(chat_id, text),
@@ -388,7 +400,7 @@ class Client:
         await self._wait_idle(chat_id, turn_index)
 
     async def _turn_tab(self, chat_id: str, turn_index: int, text: str) -> None:
-        ws = await self.connect(self.ports[0])
+        ws = await self.connect(self.endpoints[0])
         try:
             frame = self.send_frame(chat_id, text)
             await ws.send(json.dumps(frame))
@@ -562,7 +574,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--database", default="copilot_chaos")
     parser.add_argument("--drop", action="store_true", help="drop the chaos database at the end")
+    parser.add_argument(
+        "--worker-ports",
+        default="",
+        help="P1,P2: run the two daphne processes on these ports (default: free ones)",
+    )
+    parser.add_argument(
+        "--base-url",
+        default="",
+        help="send every client through this front door (e.g. https://127.0.0.1:8443, an nginx in front "
+        "of --worker-ports) instead of straight to the workers",
+    )
+    parser.add_argument("--ca-file", default=None, help="the certificate to trust for an https --base-url")
+    parser.add_argument(
+        "--template-database",
+        default=None,
+        help="create --database as a copy of this migrated database (no connections to it) to skip migrating",
+    )
     return parser.parse_args(argv)
+
+
+def http_origin(endpoint: str) -> str:
+    """ws://h:p → http://h:p, wss://h:p → https://h:p."""
+    return "http" + endpoint.removeprefix("ws")
+
+
+def client_endpoints(args: argparse.Namespace, ports: list[int]) -> list[str]:
+    """Where clients connect: the front door (``--base-url``) or each worker directly."""
+    if args.base_url:
+        return ["ws" + args.base_url.rstrip("/").removeprefix("http")]
+    return [f"ws://127.0.0.1:{port}" for port in ports]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"seed {seed}, {args.sessions} sessions, concurrency {args.concurrency}")
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     prefix = f"chaos_{secrets.token_hex(4)}"
-    db_url = recreate_database(args.database)
+    db_url = recreate_database(args.database, args.template_database)
     env = {
         **os.environ,
         "DEBUG": "true",
@@ -600,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         "CONN_MAX_AGE": "0",
     }
     env.pop("ANTHROPIC_API_KEY", None)
+    if args.base_url:
+        # The workers run with DEBUG=true, which does not read X-Forwarded-Proto: an https front
+        # door's origin is trusted explicitly (as CSRF_TRUSTED_ORIGINS does for Django's CSRF check).
+        env["CSRF_TRUSTED_ORIGINS"] = args.base_url.rstrip("/")
     os.environ.update(
         {
             k: env[k]
@@ -631,7 +676,11 @@ def main(argv: list[str] | None = None) -> int:
             "scripted-model", [PY, "manage.py", "scripted_model", "--port", str(model_port)], env, model_port
         )
         env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{model_port}"
-        ports = [free_port(), free_port()]
+        ports = (
+            [int(p) for p in args.worker_ports.split(",")]
+            if args.worker_ports
+            else [free_port(), free_port()]
+        )
         for i, port in enumerate(ports):
             procs.start(
                 f"daphne-{i}",
@@ -639,10 +688,11 @@ def main(argv: list[str] | None = None) -> int:
                 env,
                 port,
             )
-        log(f"two daphne processes on {ports}, scripted model on {model_port}; running")
+        endpoints = client_endpoints(args, ports)
+        log(f"daphne on {ports}, scripted model on {model_port}; clients to {endpoints}; running")
         stats = Stats()
         t0 = time.monotonic()
-        asyncio.run(run_sessions(args, seed, ports, cookies, stats))
+        asyncio.run(run_sessions(args, seed, endpoints, cookies, stats))
         run_seconds = time.monotonic() - t0
         log(f"sessions done in {run_seconds:.1f}s; stopping the servers and checking invariants")
     finally:
@@ -664,14 +714,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run_sessions(
-    args: argparse.Namespace, seed: int, ports: list[int], cookies: list[str], stats: Stats
+    args: argparse.Namespace, seed: int, endpoints: list[str], cookies: list[str], stats: Stats
 ) -> None:
     sem = asyncio.Semaphore(args.concurrency)
+    tls = ssl.create_default_context(cafile=args.ca_file) if args.base_url.startswith("https:") else None
 
     async def one(i: int) -> None:
         async with sem:
             rng = random.Random(seed * 1_000_003 + i)
-            client = Client(ports, cookies[i % len(cookies)], rng, stats)
+            client = Client(endpoints, cookies[i % len(cookies)], rng, stats, tls)
             try:
                 await client.session(i)
             except Exception as exc:  # noqa: BLE001 - counted; the checker judges the logs

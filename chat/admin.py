@@ -5,6 +5,12 @@ stop the active turn, release a stuck lock, archive), turns and messages (read-o
 (read-only, with an SVG charts page), rate-limit records, API keys (revoke; the hash is never
 shown), per-user budgets and per-user tool rules (editable). Actions call services
 (chat.services, chat.ops, chat.runtime, chat.apikeys); nothing here writes models directly.
+
+Every operator action is audited (audit app): each admin action writes an ``AuditEvent`` per object
+it acted on (``chatsession.clear_error_markers``, ``chatsession.stop_turn``, ``apikey.revoke``…),
+and ``AuditedAdminMixin`` records the admin's own add/change/delete (``userbudget.change`` with the
+old and new limits, ``mcpserver.delete``…). A session's and a turn's change pages carry the live
+supervision panel (chat.live_admin).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
+import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -28,7 +35,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from chat import charts
+from audit.adminlog import AuditedAdminMixin, note_form_changes
+from chat import charts, live_admin
 from chat.apikeys import api_key_create, api_key_revoke
 from chat.models import (
     ApiKey,
@@ -43,7 +51,7 @@ from chat.models import (
     UserBudget,
 )
 from chat.ops import lock_state, session_release_stuck_lock
-from chat.runtime import turn_stop_session
+from chat.runtime import turn_active_id, turn_stop_session
 from chat.selectors import (
     session_has_running_turn_row,
     session_list_for_admin,
@@ -220,7 +228,7 @@ class ChatMessageInline(admin.TabularInline):
 
 
 @admin.register(ChatSession)
-class ChatSessionAdmin(admin.ModelAdmin):
+class ChatSessionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = (
         "short_id",
         "title_or_id",
@@ -284,6 +292,7 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "recent_turns",
     )
     inlines = [ChatMessageInline]
+    change_form_template = "admin/chat/chatsession/change_form.html"
     actions = [
         "clear_error_markers",
         "stop_active_turn",
@@ -295,6 +304,37 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatSession]:
         return session_list_for_admin()
 
+    def get_urls(self):
+        live = [
+            path(
+                "<uuid:session_id>/live/stream/",
+                live_admin.live_stream_view,
+                name="chat_chatsession_live_stream",
+            ),
+            path(
+                "<uuid:session_id>/live/stop/",
+                self.admin_site.admin_view(live_admin.live_stop_view),
+                name="chat_chatsession_live_stop",
+            ),
+        ]
+        return live + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        session_id = self.live_session_id(object_id)
+        if session_id is not None:
+            extra_context = {
+                **(extra_context or {}),
+                **live_admin.live_context(request=request, session_id=session_id),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def live_session_id(object_id: str) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(str(object_id))
+        except ValueError:
+            return None
+
     def has_add_permission(self, request):
         return False  # sessions are created by their owners
 
@@ -302,8 +342,6 @@ class ChatSessionAdmin(admin.ModelAdmin):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
         if term:
-            import uuid
-
             try:
                 queryset |= self.get_queryset(request).filter(pk=uuid.UUID(term))
             except ValueError:
@@ -391,8 +429,11 @@ class ChatSessionAdmin(admin.ModelAdmin):
         for session in queryset:
             if session_has_running_turn_row(session_id=session.pk):
                 skipped += 1
+                self.audit_action(request, "clear_error_markers", session, cleared=0, skipped="active turn")
                 continue
-            cleared += message_clear_trailing_error_markers(session_id=session.pk)
+            count = message_clear_trailing_error_markers(session_id=session.pk)
+            cleared += count
+            self.audit_action(request, "clear_error_markers", session, cleared=count)
         self.message_user(
             request,
             f"Cleared {cleared} error marker(s)"
@@ -405,10 +446,13 @@ class ChatSessionAdmin(admin.ModelAdmin):
         stopped = 0
         idle = 0
         for session in queryset:
+            turn_id = async_to_sync(turn_active_id)(session_id=str(session.pk))
             if async_to_sync(turn_stop_session)(session_id=str(session.pk)):
                 stopped += 1
+                self.audit_action(request, "stop_turn", session, stopped=True, turn=turn_id)
             else:
                 idle += 1
+                self.audit_action(request, "stop_turn", session, stopped=False, turn=None)
         self.message_user(
             request,
             f"Asked {stopped} active turn(s) to stop"
@@ -423,6 +467,7 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def release_stuck_lock(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
         for session in queryset:
             released, detail = session_release_stuck_lock(session_id=session.pk)
+            self.audit_action(request, "release_lock", session, released=released, detail=detail)
             label = session.title or str(session.pk)[:8]
             if released:
                 self.message_user(request, f"{label}: {detail}.", messages.SUCCESS)
@@ -431,11 +476,15 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Archive", permissions=["change"])
     def archive_sessions(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
+        for session in queryset:
+            self.audit_action(request, "archive", session)
         count = session_archive(session_ids=list(queryset.values_list("pk", flat=True)), archived=True)
         self.message_user(request, f"Archived {count} session(s).", messages.SUCCESS)
 
     @admin.action(description="Unarchive", permissions=["change"])
     def unarchive_sessions(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
+        for session in queryset:
+            self.audit_action(request, "unarchive", session)
         count = session_archive(session_ids=list(queryset.values_list("pk", flat=True)), archived=False)
         self.message_user(request, f"Unarchived {count} session(s).", messages.SUCCESS)
 
@@ -443,7 +492,7 @@ class ChatSessionAdmin(admin.ModelAdmin):
 # --- Read-only records ---------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
@@ -470,9 +519,19 @@ class ChatTurnAdmin(ReadOnlyAdmin):
     search_fields = ("session__title", "worker", "error_code")
     list_select_related = ("session",)
     ordering = ("-started_at",)
+    change_form_template = "admin/chat/chatturn/change_form.html"
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        turn = self.get_object(request, object_id)
+        if turn is not None:
+            extra_context = {
+                **(extra_context or {}),
+                **live_admin.live_context(request=request, session_id=turn.session_id, turn=turn),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(ChatMessage)
@@ -482,7 +541,7 @@ class ChatMessageAdmin(ReadOnlyAdmin):
     search_fields = ("session__title", "text")
     list_select_related = ("session",)
     ordering = ("-created_at",)
-    fields = ("session", "sequence", "role", "kind", "turn", "created_at", "rendered", "metadata")
+    fields = ("session", "sequence", "role", "kind", "turn", "parent", "created_at", "rendered", "metadata")
     readonly_fields = fields
 
     @admin.display(description="text")
@@ -665,7 +724,7 @@ class ApiKeyActiveFilter(SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """Keys are created by their owners through the API, or here for them; the full key is shown
     once. ``salt`` and ``hashed_key`` are never displayed."""
 
@@ -691,6 +750,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_key, raw_key = api_key_create(
                 owner=form.cleaned_data["owner"], name=form.cleaned_data["name"]
             )
+            note_form_changes(request, form)
             self.log_addition(request, api_key, [{"added": {}}])
         context = {
             **self.admin_site.each_context(request),
@@ -711,12 +771,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
         count = 0
         for api_key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(api_key=api_key)
+            self.audit_action(request, "revoke", api_key)
             count += 1
         self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
 
 
 @admin.register(ToolRule)
-class ToolRuleAdmin(admin.ModelAdmin):
+class ToolRuleAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """A user's own decision per tool (``allow``, ``ask``, ``deny``), on top of the operator's
     AGENT_TOOL_POLICY (agents/approval.py). ``tool``: a tool name ("Bash") or a prefix ending in *
     ("mcp__notes__*")."""
@@ -772,10 +833,11 @@ class McpServerForm(forms.ModelForm):
 
 
 @admin.register(McpServer)
-class McpServerAdmin(admin.ModelAdmin):
+class McpServerAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """The MCP servers users may enable per chat (docs/operations.md "MCP servers")."""
 
     form = McpServerForm
+    audit_redacted_fields = ("headers",)  # may carry a literal secret despite the docs' advice
     list_display = ("name", "transport", "target", "enabled", "timeout_seconds", "description")
     list_filter = ("transport", "enabled")
     search_fields = ("name", "description", "url")
@@ -796,7 +858,7 @@ class ApiKeyCreateForm(forms.Form):
 
 
 @admin.register(UserBudget)
-class UserBudgetAdmin(admin.ModelAdmin):
+class UserBudgetAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """Per-user overrides of USER_TOKEN_BUDGET_DAILY / _WEEKLY (empty: the default)."""
 
     list_display = ("user", "daily", "weekly")

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,17 @@ class ExpireResult:
     skipped_live_lock: list[str] = field(default_factory=list)
 
 
-def turns_expire_stale(*, lease: float | None = None, dry_run: bool = False) -> ExpireResult:
+def untracked(items: Iterable[Any]) -> Iterable[Any]:
+    return items
+
+
+# ``track`` (the long loops below): wraps the items, e.g. in a command's progress bar.
+Track = Callable[[Iterable[Any]], Iterable[Any]]
+
+
+def turns_expire_stale(
+    *, lease: float | None = None, dry_run: bool = False, track: Track = untracked
+) -> ExpireResult:
     """Running turns whose worker died: heartbeat older than the lease, or (when locks are shared)
     their session lock gone. Each becomes ``interrupted`` with a marker; a dead lock is released."""
     lease = lease_seconds() if lease is None else lease
@@ -159,7 +170,7 @@ def turns_expire_stale(*, lease: float | None = None, dry_run: bool = False) -> 
         for turn in turn_list_stale(lease_seconds=grace, now=now):
             candidates.setdefault(turn.pk, turn)
     result = ExpireResult()
-    for turn in candidates.values():
+    for turn in track(list(candidates.values())):
         state = lock_state(session_id=turn.session_id) if shared else None
         if (
             state is not None
@@ -209,7 +220,9 @@ def workspace_root_path() -> Path:
     return Path(settings.AGENT_WORKSPACE_ROOT).resolve()
 
 
-def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> WorkspaceResult:
+def workspaces_cleanup(
+    *, older_than: dt.timedelta, dry_run: bool = False, track: Track = untracked
+) -> WorkspaceResult:
     """Remove session workspaces idle for longer than ``older_than``.
 
     Never a workspace whose session has a running turn (or, with shared locks, a held lock) or was
@@ -224,7 +237,7 @@ def workspaces_cleanup(*, older_than: dt.timedelta, dry_run: bool = False) -> Wo
     cutoff = timezone.now() - older_than
     shared = locks_shared()
 
-    for entry in sorted(root.iterdir()):
+    for entry in track(sorted(root.iterdir())):
         if entry.is_symlink():
             result.skip("symlink", entry)
             continue

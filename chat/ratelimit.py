@@ -27,6 +27,7 @@ from typing import Any
 from django.core.cache import cache
 
 from chat.config import chat_config
+from chat.proxies import request_client_ip
 
 
 class TokenBucket:
@@ -63,9 +64,8 @@ def login_failure_window() -> int:
 
 
 def client_ip(request: Any) -> str:
-    """The peer address Django sees (behind a proxy: the proxy's, i.e. per username only)."""
-    meta = getattr(request, "META", None) or {}
-    return str(meta.get("REMOTE_ADDR") or "unknown")
+    """The client's address: the peer's, or behind a trusted proxy the one it forwards (chat.proxies)."""
+    return request_client_ip(request)
 
 
 def _login_key(*, username: str, ip: str) -> str:

@@ -39,6 +39,7 @@ from django.utils.dateparse import parse_datetime
 
 from agents.errors import AgentError, ErrorKind
 from agents.turn import Usage
+from chat.metrics import usage_counted
 from chat.models import ChatSession, ChatTurn, RateLimitRecord, TokenUsage, UserBudget
 
 logger = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ def usage_record(
         user=user, session=session, turn=turn, purpose=purpose, model=model, backend=backend, usage=usage
     )
     row.save(force_insert=True)
+    usage_counted([row])
     return row
 
 
@@ -192,7 +194,7 @@ def usage_records_create(
 ) -> None:
     """Several TokenUsage rows in one INSERT (a turn's row and its chat title's), each
     ``(turn, purpose, model, backend, usage)``. Reservations are not touched (see ``usage_record``)."""
-    TokenUsage.objects.bulk_create(
+    rows = TokenUsage.objects.bulk_create(
         [
             _token_usage(
                 user=user,
@@ -206,6 +208,7 @@ def usage_records_create(
             for turn, purpose, model, backend, usage in records
         ]
     )
+    usage_counted(rows)
 
 
 def _token_usage(

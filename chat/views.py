@@ -6,8 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
@@ -37,12 +36,6 @@ ATTACHMENT_LIMITS: dict[str, Any] = {
     "imageTypes": ["image/png", "image/jpeg", "image/gif", "image/webp"],
     "fileTypes": ["text/*", "application/json", "application/pdf", "text/csv"],
 }
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    return JsonResponse({"status": "ok"})
 
 
 def _offline_model() -> bool:

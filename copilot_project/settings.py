@@ -7,6 +7,7 @@ switch to PostgreSQL and Redis. See ``.env.example`` and CONTRACT §2.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -58,10 +59,14 @@ INSTALLED_APPS = [
     "chat",
     "agents",
     "transcripts",
+    "audit",  # the operators' audit log (audit/)
     "scripted_model",  # only for `manage.py scripted_model` (the offline model); nothing imports it at start
 ]
 
 MIDDLEWARE = [
+    # /livez, /readyz, /healthz, /metrics: answered before host, HTTPS, session and auth checks.
+    "chat.probes.probe_middleware",
+    "chat.logcontext.request_id_middleware",  # X-Request-ID in, out, and on every log line
     "django.middleware.security.SecurityMiddleware",
     "chat.security.content_security_policy_middleware",  # CSP header on the app's HTML pages
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -176,10 +181,22 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic's target; nginx serves it at /static/ (deploy/nginx.conf). daphne serves /static/ too.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 
 # --- Security (production posture whenever DEBUG is false) ---------------------------------------
+# Reverse proxies whose X-Forwarded-For / X-Real-IP name the client (chat.proxies): addresses or
+# CIDRs, e.g. "127.0.0.1/32,::1/128" with nginx on the same host (deploy/nginx.conf). Empty (the
+# default): the peer address is the client and those headers are ignored (anybody can send them).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network (e.g. 127.0.0.1/32)."
+        ) from None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
@@ -398,13 +415,60 @@ TURN_RESERVE_TTL_SECONDS = env.int("TURN_RESERVE_TTL_SECONDS", default=3600)
 # Log message text in the copilot.turns log lines (debugging only: it is user content).
 LOG_MESSAGE_CONTENT = env.bool("LOG_MESSAGE_CONTENT", default=False)
 
+# --- Operations (docs/operations.md "Health checks", "Metrics") ----------------------------------
+# GET /metrics: METRICS_TOKEN asks for `Authorization: Bearer <token>`; METRICS_ALLOW_IPS (comma
+# list of addresses or CIDRs) limits the client addresses; both set: both hold. Neither: 404 with
+# DEBUG=false (never open by default), loopback only under DEBUG.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOW_IPS = env.list("METRICS_ALLOW_IPS", default=[])
+for _cidr in METRICS_ALLOW_IPS:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOW_IPS: {_cidr!r} is not an IP address or network (e.g. 10.0.0.0/8,127.0.0.1)."
+        ) from None
+# Several daphne workers: prometheus_client's multiprocess mode reads this variable from the
+# environment itself (every worker of a host: the same directory, emptied before they start).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+
 # --- Logging -------------------------------------------------------------------------------------
+# LOG_FORMAT: `text` (one line, key=value for copilot.turns) or `json` (one JSON object per line,
+# with request_id, session_id and turn_id where known; chat.logcontext).
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").strip().lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'text' or 'json', not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,
+        },
+    },
+    "filters": {"context": {"()": "chat.logcontext.LogContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        # Django's default config gives these loggers handlers of their own (a plain console one
+        # under DEBUG): without them every line goes through the one handler above, once.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.channels.server": {"level": "WARNING"},
+        # LOG_FORMAT=json: daphne's access log, as records (chat.logcontext.logging_json_install).
+        "daphne.access": {"level": "INFO"},
+    },
 }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Max, Sum
@@ -42,7 +44,11 @@ def _turn_is_active(chat_session_id: str) -> bool:
 
 
 def transcript_prune(
-    *, older_than: dt.timedelta, dry_run: bool = False, now: dt.datetime | None = None
+    *,
+    older_than: dt.timedelta,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    track: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> list[PrunedSession]:
     """Delete the transcripts (main + sub-agents) of deleted chat sessions and of idle sessions.
 
@@ -75,7 +81,7 @@ def transcript_prune(
             linked.setdefault(agent_id, []).append((str(chat_id), activity))
 
     pruned: list[PrunedSession] = []
-    for group in groups:
+    for group in track(groups) if track is not None else groups:
         chats = linked.get(group["session_id"], [])
         if chats:
             last = max([group["last"], *(activity for _, activity in chats)])

@@ -12,6 +12,8 @@ from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET
 
+from audit.models import AuditEvent
+from audit.services import audit_record
 from transcripts import selectors
 from transcripts.rendering import render_entries
 from transcripts.scrub import Scrubber
@@ -78,6 +80,13 @@ def download(request, session_id: str):
     if not rows:
         raise Http404("No such transcript.")
     row = rows[0]
+    audit_record(
+        action="transcript.download",
+        source=AuditEvent.Source.ADMIN,
+        actor=request.user,
+        target=row,
+        details={"session_id": session_id, "subpath": subpath},
+    )
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{session_id}{'-' + subpath if subpath else ''}")
     response = StreamingHttpResponse(
         selectors.transcript_jsonl_lines(transcript=row), content_type="application/x-ndjson; charset=utf-8"

@@ -47,7 +47,7 @@ import re
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -641,6 +641,23 @@ class _Pool:
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
 
+# Who is told when this process's CLI processes change (chat.metrics): each observer is called with
+# +1 when a client's owner task starts (it connects a CLI) and -1 when it ends (the CLI is gone).
+_cli_observers: list[Callable[[int], None]] = []
+
+
+def cli_observer_add(observer: Callable[[int], None]) -> None:
+    if observer not in _cli_observers:
+        _cli_observers.append(observer)
+
+
+def _cli_count(delta: int) -> None:
+    for observer in _cli_observers:
+        try:
+            observer(delta)
+        except Exception:
+            log.debug("a CLI observer failed", exc_info=True)
+
 
 def _pool() -> _Pool:
     loop = asyncio.get_running_loop()
@@ -771,6 +788,8 @@ class SdkBackend:
             kept.owner = asyncio.create_task(_own(kept, job, pool), name=f"sdk-cli-{inp.session_id}")
             pool.owners.add(kept.owner)
             kept.owner.add_done_callback(pool.owners.discard)
+            _cli_count(1)
+            kept.owner.add_done_callback(lambda _task: _cli_count(-1))
         owner = kept.owner
         assert owner is not None
         try:

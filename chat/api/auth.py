@@ -27,6 +27,7 @@ from rest_framework import authentication, exceptions
 from chat import ratelimit
 from chat.apikeys import api_key_authenticate, api_key_cached
 from chat.models import ApiKey
+from chat.proxies import scope_client_ip
 
 BEARER = "bearer"
 
@@ -123,9 +124,8 @@ class BearerAuthMiddleware(BaseMiddleware):
 
 
 def _scope_ip(scope: dict[str, Any]) -> str:
-    """The peer address, as ``chat.ratelimit.client_ip`` reads REMOTE_ADDR for HTTP."""
-    client = scope.get("client")
-    return str(client[0]) if client and client[0] else "unknown"
+    """The client's address, as ``chat.ratelimit.client_ip`` finds it for HTTP (chat.proxies)."""
+    return scope_client_ip(scope)
 
 
 def _off_thread(func: Any) -> Any:

@@ -15,6 +15,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from chat.models import ApiKey
+from chat.proxies import request_client_ip
 
 
 class WriteRateThrottle(SimpleRateThrottle):
@@ -46,3 +47,8 @@ class WriteRateThrottle(SimpleRateThrottle):
         else:
             ident = f"ip{self.get_ident(request)}"
         return f"throttle:{self.scope}:{ident}"
+
+    def get_ident(self, request: Any) -> str:
+        """The client's address (chat.proxies): X-Forwarded-For only from a trusted proxy (DRF's
+        own ``get_ident`` believes it from anybody unless NUM_PROXIES is set)."""
+        return request_client_ip(request)

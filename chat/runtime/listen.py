@@ -59,7 +59,10 @@ async def _subscribe_target(*, user: Any, chat_id: str, after_sequence: int) -> 
     session = await session_lookup(user=user, chat_id=chat_id)
     if session is None:
         raise TurnRefused("not_found", NOT_FOUND_TEXT)
-    session_id = str(session.pk)
+    return await _session_target(session_id=str(session.pk), after_sequence=after_sequence)
+
+
+async def _session_target(*, session_id: str, after_sequence: int) -> tuple[str, str] | None:
     turn_id = await turn_active_id(session_id=session_id)
     if turn_id is None and after_sequence >= 0:
         latest = await streams.stream_latest_turn(session_id=session_id)
@@ -80,6 +83,20 @@ async def turn_subscribe(
     moments ago still delivers the tail the caller missed (its log is retained a while).
     Raises TurnRefused("not_found") for an unknown or foreign chat."""
     found = await _subscribe_target(user=user, chat_id=chat_id, after_sequence=after_sequence)
+    if found is None:
+        return None
+    session_id, turn_id = found
+    return _read(session_id=session_id, turn_id=turn_id, after_sequence=after_sequence)
+
+
+async def turn_watch(
+    *, session_id: str, after_sequence: int = -1
+) -> AsyncIterator[tuple[int, str, bool]] | None:
+    """``turn_subscribe`` for a session the caller has already authorised *without* the owner
+    check: the staff-only live supervision in the admin (chat.live_admin), which checks staff
+    status and permissions itself. Read-only: it reads the turn's log, never writes to the turn.
+    None when nothing is active."""
+    found = await _session_target(session_id=str(session_id), after_sequence=after_sequence)
     if found is None:
         return None
     session_id, turn_id = found

@@ -22,7 +22,7 @@ class Command(OpsCommand):
     def handle(self, *args, older_than: str, dry_run: bool, verbosity: int, **options):
         age = self.duration(older_than)
         try:
-            result = workspaces_cleanup(older_than=age, dry_run=dry_run)
+            result = workspaces_cleanup(older_than=age, dry_run=dry_run, track=self.tracker("workspaces"))
         except (OSError, ValueError) as exc:
             raise CommandError(f"cleanup_workspaces failed: {exc}") from exc
         if verbosity >= 2:
@@ -35,6 +35,15 @@ class Command(OpsCommand):
             self.stderr.write(f"could not remove {path}: {error}")
         skipped = (
             ", ".join(f"{len(paths)} {reason}" for reason, paths in sorted(result.skipped.items())) or "none"
+        )
+        self.audit(
+            {
+                "older_than": older_than,
+                "removed": [path.name for path in result.removed],
+                "failed": [path.name for path, _error in result.failed],
+            },
+            dry_run=dry_run,
+            changed=bool(result.removed or result.failed),
         )
         self.summary(
             f"{'would remove' if dry_run else 'removed'} {len(result.removed)} workspace(s) "

@@ -37,7 +37,14 @@ class Command(OpsCommand):
         )
 
     def handle(
-        self, *args, session_id: str | None, all_stale: bool, older_than: str | None, dry_run: bool, **options
+        self,
+        *args,
+        session_id: str | None,
+        all_stale: bool,
+        older_than: str | None,
+        dry_run: bool,
+        verbosity: int,
+        **options,
     ):
         if bool(session_id) == bool(all_stale):
             raise CommandError("give exactly one of --session ID or --all-stale")
@@ -53,7 +60,8 @@ class Command(OpsCommand):
         else:
             session_ids = session_ids_with_trailing_error_marker()
         cleared = sessions = active = 0
-        for pk in session_ids:
+        touched: list[str] = []
+        for pk in self.progress(session_ids, "sessions"):
             if session_has_running_turn_row(session_id=pk):
                 active += 1
                 continue
@@ -65,6 +73,15 @@ class Command(OpsCommand):
             count = len(markers) if dry_run else message_clear_trailing_error_markers(session_id=pk)
             cleared += count
             sessions += bool(count)
+            if count:
+                touched.append(str(pk))
+                if verbosity >= 2:
+                    self.stdout.write(f"{'would clear' if dry_run else 'cleared'} {count} marker(s) in {pk}")
+        self.audit(
+            {"cleared": cleared, "sessions": touched, "skipped_active": active, "older_than": older_than},
+            dry_run=dry_run,
+            changed=bool(cleared),
+        )
         self.summary(
             f"{'would clear' if dry_run else 'cleared'} {cleared} error marker(s) in {sessions} session(s); "
             f"skipped {active} session(s) with an active turn",

@@ -13,6 +13,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from audit.commands import command_actor_label
+from audit.models import AuditEvent
+from audit.services import audit_record
 from chat.apikeys import api_key_create
 
 
@@ -44,6 +47,13 @@ class Command(BaseCommand):
             if not user.is_active:
                 raise CommandError(f"user {username!r} is inactive; its keys would not authenticate")
             api_key, raw = api_key_create(owner=user, name=name)
+            audit_record(
+                action="command.create_api_key",
+                source=AuditEvent.Source.COMMAND,
+                actor_label=command_actor_label("create_api_key"),
+                target=api_key,
+                details={"owner": username, "name": name, "user_created": created},
+            )
         if quiet:
             self.stdout.write(raw)
             return

@@ -29,12 +29,22 @@ class Command(OpsCommand):
         if lease <= 0:
             raise CommandError("--lease must be positive")
         try:
-            result = turns_expire_stale(lease=lease, dry_run=dry_run)
+            result = turns_expire_stale(lease=lease, dry_run=dry_run, track=self.tracker("running turns"))
         except Exception as exc:
             raise CommandError(f"expire_stream_locks failed: {type(exc).__name__}: {exc}") from exc
         if verbosity >= 2:
             for turn_id in result.interrupted:
                 self.stdout.write(f"{'would interrupt' if dry_run else 'interrupted'} turn {turn_id}")
+        self.audit(
+            {
+                "lease_seconds": lease,
+                "interrupted": result.interrupted,
+                "locks_released": result.locks_released,
+                "skipped_live_lock": result.skipped_live_lock,
+            },
+            dry_run=dry_run,
+            changed=bool(result.interrupted or result.locks_released),
+        )
         self.summary(
             f"{'would mark' if dry_run else 'marked'} {len(result.interrupted)} dead turn(s) interrupted, "
             f"released {result.locks_released} lock(s), "

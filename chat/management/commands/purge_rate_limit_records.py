@@ -31,6 +31,7 @@ class Command(OpsCommand):
             )
         else:
             count = rate_limit_record_purge(created_before=cutoff, now=now)
+        self.audit({"deleted": count, "older_than": older_than}, dry_run=dry_run, changed=bool(count))
         self.summary(
             f"{'would delete' if dry_run else 'deleted'} {count} rate-limit record(s) "
             f"older than {older_than}",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.commands import OperatorCommand
 from transcripts.services import ORPHAN_GRACE, transcript_prune
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -29,20 +30,20 @@ def _size(n: int) -> str:
     return str(n)
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Delete agent transcripts of deleted chat sessions and of sessions idle longer than the given age "
         f"(orphaned transcripts: after min(age, {ORPHAN_GRACE}))."
     )
 
     def add_arguments(self, parser):
+        super().add_arguments(parser)  # --dry-run
         parser.add_argument("--older-than", required=True, help="idle age, e.g. 30d, 12h, 90m, 2w")
-        parser.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
 
     def handle(self, *args, **options):
         older_than = parse_age(options["older_than"])
         dry_run = options["dry_run"]
-        pruned = transcript_prune(older_than=older_than, dry_run=dry_run)
+        pruned = transcript_prune(older_than=older_than, dry_run=dry_run, track=self.tracker("transcripts"))
         verb = "would delete" if dry_run else "deleted"
         for item in pruned:
             self.stdout.write(
@@ -55,5 +56,15 @@ class Command(BaseCommand):
         summary = (
             f"{'Dry run: would delete' if dry_run else 'Deleted'} {len(pruned)} session transcript(s), "
             f"{entries} entries, {_size(size)} (older than {options['older_than']})."
+        )
+        self.audit(
+            {
+                "older_than": options["older_than"],
+                "sessions": [item.session_id for item in pruned],
+                "entries": entries,
+                "size_bytes": size,
+            },
+            dry_run=dry_run,
+            changed=bool(pruned),
         )
         self.stdout.write(self.style.SUCCESS(summary) if not dry_run else summary)
