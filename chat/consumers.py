@@ -15,6 +15,7 @@ exception from a frame escapes ``receive`` (an escaping one would close the sock
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -32,9 +33,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
 
-from chat import runtime
+from chat import metrics, runtime
 from chat.apikeys import api_key_is_active, api_key_known_active
 from chat.config import chat_config
+from chat.logcontext import log_context_bind
 from chat.protocol import MAX_ID_CHARS, AbortFrame, ProtocolError, ResumeFrame, SendFrame, frame_parse
 from chat.ratelimit import TokenBucket
 
@@ -87,11 +89,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             burst=config.ws_frame_burst,
         )
         await self.accept()
+        self.counted = True  # in copilot_websocket_connections until its disconnect
+        metrics.websocket_opened()
 
     async def disconnect(self, code: int) -> None:
         # The turns run on (they outlive connections); only this socket's forwarding stops, and
         # no frame of it still queued or waiting for the database starts a turn any more.
         self.gone = True
+        if getattr(self, "counted", False):
+            self.counted = False
+            metrics.websocket_closed()
         for task in list(getattr(self, "requests", {}).values()):
             task.cancel()
 
@@ -135,7 +142,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.request_chats[frame.request_id] = frame.chat_id
         coro = self._send_request(frame) if isinstance(frame, SendFrame) else self._resume_request(frame)
-        task = asyncio.get_running_loop().create_task(coro)
+        # The request's log lines carry its requestId and chat id (chat.logcontext); so do its
+        # turn's, whose task copies this context.
+        context = contextvars.copy_context()
+        context.run(log_context_bind, request_id=frame.request_id, session_id=frame.chat_id)
+        task = asyncio.get_running_loop().create_task(coro, context=context)
         self.requests[frame.request_id] = task
         task.add_done_callback(lambda _t, rid=frame.request_id: self._request_done(rid))
 
@@ -183,6 +194,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 client_message_id=message.client_message_id if message else None,
                 alive=self._alive,
                 model=frame.model,
+                message_ref=frame.message_id,
             )
         except runtime.TurnRefused as exc:
             if exc.code != "connection_closed":

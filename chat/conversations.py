@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core import signing
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession, Share
 from chat.protocol import MAX_ID_CHARS, text_problem
-from chat.services import session_create
+from chat.selectors import message_active_path_queryset
+from chat.services import session_active_leaf_set, session_create
 
 IMPORT_MAX_BYTES = 10 * 1024 * 1024
 IMPORT_MAX_MESSAGES = 1000
@@ -57,20 +58,13 @@ class ConversationInvalid(Exception):
 # --- export ------------------------------------------------------------------------------------
 
 
-def _message_id(message: ChatMessage) -> str:
-    if message.client_message_id:
-        return message.client_message_id
-    if message.role == ChatMessage.Role.ASSISTANT and message.turn_id is not None:
-        return f"msg-{message.turn_id}"  # the id its stream carried (``start.messageId``)
-    return f"seq-{message.sequence}"
-
-
 def session_export_messages(*, session: ChatSession) -> list[dict[str, Any]]:
     """The chat as AI SDK ``UIMessage[]``: ``{id, role, parts, metadata}`` (metadata:
-    ``sequence``, ``createdAt``). Markers are left out."""
-    rows = ChatMessage.objects.filter(
-        session=session, kind=ChatMessage.Kind.NORMAL, role__in=EXPORT_ROLES
-    ).order_by("sequence")
+    ``sequence``, ``createdAt``): its active path (the branch it shows, docs/api.md "Branches").
+    Markers are left out."""
+    rows = message_active_path_queryset(session=session).filter(
+        kind=ChatMessage.Kind.NORMAL, role__in=EXPORT_ROLES
+    )
     out: list[dict[str, Any]] = []
     for message in rows:
         parts = [p for p in (message.parts or []) if isinstance(p, dict)]
@@ -78,7 +72,7 @@ def session_export_messages(*, session: ChatSession) -> list[dict[str, Any]]:
             parts = [{"type": "text", "text": message.text}]
         out.append(
             {
-                "id": _message_id(message),
+                "id": message.ui_id,  # user: the client's id; reply: its stream's ``msg-<turn id>``
                 "role": message.role,
                 "parts": parts,
                 "metadata": {"sequence": message.sequence, "createdAt": message.created_at.isoformat()},
@@ -133,10 +127,10 @@ def _part_markdown(part: dict[str, Any]) -> str:
 
 
 def session_export_markdown(*, session: ChatSession) -> str:
-    """A readable transcript: the title, then each message under its role; tool calls with
-    their input and output in fenced blocks; markers as notes."""
+    """A readable transcript of the active path: the title, then each message under its role;
+    tool calls with their input and output in fenced blocks; markers as notes."""
     lines = [f"# {session.title or 'Untitled chat'}", ""]
-    rows = ChatMessage.objects.filter(session=session).order_by("sequence")
+    rows = message_active_path_queryset(session=session)
     for message in rows:
         if message.kind != ChatMessage.Kind.NORMAL:
             note = (message.text or message.kind).strip().replace("\n", " ")
@@ -252,12 +246,13 @@ def conversation_import_parse(data: Any) -> ImportedConversation:
 
 
 def session_import(*, user: Any, conversation: ImportedConversation) -> ChatSession:
-    """A new chat of ``user`` holding the conversation (sequences 0..n-1). A user message's id
+    """A new chat of ``user`` holding the conversation (sequences 0..n-1), one linear branch:
+    each message follows the one before, the last is the chat's leaf. A user message's id
     becomes its client message id (unique per chat: a repeated id is dropped)."""
     seen: set[str] = set()
     with transaction.atomic():
         session = session_create(owner=user, title=conversation.title)
-        rows = []
+        rows: list[ChatMessage] = []
         for sequence, message in enumerate(conversation.messages):
             client_id = (
                 message.id if message.role == "user" and message.id and message.id not in seen else None
@@ -279,6 +274,15 @@ def session_import(*, user: Any, conversation: ImportedConversation) -> ChatSess
                 )
             )
         ChatMessage.objects.bulk_create(rows)
+        if connection.features.can_return_rows_from_bulk_insert:
+            created = rows
+        else:  # no pks from the bulk INSERT: read them back (a new chat: sequence order)
+            created = list(ChatMessage.objects.filter(session=session).order_by("sequence"))
+        for previous, message in zip(created, created[1:], strict=False):
+            message.parent_id = previous.pk
+        ChatMessage.objects.bulk_update(created[1:], ["parent"], batch_size=500)
+        if created:
+            session_active_leaf_set(session=session, leaf_id=created[-1].pk)
     return session
 
 

@@ -38,6 +38,17 @@ class ChatSession(models.Model):
     max_steps = models.PositiveIntegerField(default=0)  # model calls per reply; 0: AGENT_MAX_TURNS
     # The Claude Code CLI's own session id for this chat (resume key in transcripts).
     agent_session_id = models.CharField(max_length=100, blank=True, default="")
+    # The message that CLI session's transcript ends at: a turn resumes it only while that
+    # message is on the turn's active path (docs/transcripts.md, "Branches").
+    agent_session_leaf = models.ForeignKey(
+        "ChatMessage", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The newest message of the branch the chat shows and continues (docs/api.md, "Branches"):
+    # the active path is the walk up ``parent`` from it. A turn in progress extends it (its
+    # messages hang below it: ``chat.selectors.message_active_leaf_id`` descends to them).
+    active_leaf = models.ForeignKey(
+        "ChatMessage", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     # The operator's MCP servers this chat enabled (docs/api.md: the session's ``mcp_servers``).
     mcp_servers = models.ManyToManyField("McpServer", blank=True, related_name="sessions")
     archived = models.BooleanField(default=False)
@@ -127,6 +138,11 @@ class ChatMessage(models.Model):
     # The AI SDK message id the client gave its user message (also ``metadata.messageId``):
     # unique per session, so a retried send joins its turn instead of starting a second one.
     client_message_id = models.CharField(max_length=200, null=True, blank=True)
+    # The message this one follows (null: the first of its branch). Siblings (same parent) are
+    # the branches of an edit or a regenerate (docs/api.md, "Branches").
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
     turn = models.ForeignKey(
         ChatTurn, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
     )
@@ -145,6 +161,19 @@ class ChatMessage(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.sequence} {self.role}"
+
+    @property
+    def ui_id(self) -> str:
+        """The AI SDK UI message id: the client's id of a user message (an edit keeps the id of
+        the message it edits), ``msg-<turn id>`` for a reply (its stream's ``start.messageId``)."""
+        meta_id = self.metadata.get("messageId") if isinstance(self.metadata, dict) else None
+        if self.role == self.Role.USER and isinstance(meta_id, str) and meta_id:
+            return meta_id
+        if self.client_message_id:
+            return self.client_message_id
+        if self.role == self.Role.ASSISTANT and self.turn_id is not None:
+            return f"msg-{self.turn_id}"
+        return f"seq-{self.sequence}"
 
 
 class TokenUsage(models.Model):

@@ -59,7 +59,9 @@ class SendFrame:
     request_id: str
     chat_id: str
     trigger: str
-    message_id: str | None  # the message to regenerate (AI SDK ``messageId``)
+    # AI SDK ``messageId``: with submit-message, the user message an edit replaces; with
+    # regenerate-message, the reply to answer again (docs/api.md "Branches").
+    message_id: str | None
     message: UserMessage | None  # None for regenerate-message or for approval replies
     # Answers to tool approval requests: the request continues the waiting turn (no new message).
     approvals: tuple[ApprovalReply, ...] = ()
@@ -325,6 +327,8 @@ def frame_parse(raw: str | bytes | None) -> Frame:
             raise ProtocolError(f"Unknown trigger {str(trigger)[:40]!r}.", request_id=request_id)
         message_id = obj.get("messageId")
         message_id = message_id if isinstance(message_id, str) and message_id else None
+        if message_id is not None:  # it names a stored message (an edit, a regenerate): checked
+            message_id = _id(message_id, "messageId", request_id)
         messages = obj.get("messages")
         if not isinstance(messages, list):
             raise ProtocolError("Field 'messages' must be a list.", request_id=request_id)

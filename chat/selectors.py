@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from agents.approval import rules_parse
@@ -133,9 +134,11 @@ def message_trailing_error_markers(*, session_id: Any) -> list[ChatMessage]:
     or system marker does not end it: it stays, the error markers before it are trailing too —
     and stops at the first normal message: a marker followed by one is not trailing."""
     found: list[ChatMessage] = []
-    for message in ChatMessage.objects.filter(session_id=session_id).order_by("-sequence")[
-        :TRAILING_SCAN_LIMIT
-    ]:
+    # The end of the chat is the end of its active path (docs/api.md "Branches").
+    sql, params = message_active_path_sql(session_id=session_id)
+    for message in ChatMessage.objects.filter(session_id=session_id, pk__in=RawSQL(sql, params)).order_by(
+        "-sequence"
+    )[:TRAILING_SCAN_LIMIT]:
         if message.kind not in ChatMessage.MARKER_KINDS:
             break
         if message.kind in ChatMessage.ERROR_KINDS:
@@ -149,7 +152,7 @@ def session_ids_with_trailing_error_marker() -> list[Any]:
     last_kind = ChatMessage.objects.filter(session=OuterRef("pk")).order_by("-sequence").values("kind")[:1]
     return list(
         ChatSession.objects.annotate(last_kind=Subquery(last_kind))
-        .filter(last_kind__in=ChatMessage.MARKER_KINDS)
+        .filter(Q(last_kind__in=ChatMessage.MARKER_KINDS) | Q(active_leaf__kind__in=ChatMessage.MARKER_KINDS))
         .values_list("pk", flat=True)
     )
 
@@ -277,7 +280,6 @@ from django.contrib.postgres.search import (  # noqa: E402
     SearchVectorField,
 )
 from django.db.models import F, Value  # noqa: E402
-from django.db.models.expressions import RawSQL  # noqa: E402
 from django.db.models.functions import Replace  # noqa: E402
 
 from chat.search import (  # noqa: E402
@@ -458,3 +460,188 @@ def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[
         ]
     )
     return hits + _message_hits(messages)
+
+
+# --- Branches (issue #19, edit and branch; docs/api.md "Branches") -------------------------------
+# A chat is a tree: each message names its ``parent``. The ACTIVE PATH is the walk up ``parent``
+# from the chat's leaf. The leaf is ``ChatSession.active_leaf`` (null: the newest root message)
+# followed down to its newest child (by sequence), again and again: a turn in progress hangs its
+# messages below the stored leaf without writing the session row (the turn's end stores the new
+# leaf, in the session write it makes anyway), and a worker that died mid-turn left them there.
+# Plain SQL with recursive CTEs (SQLite and PostgreSQL alike): one round trip per question.
+
+PATH_MAX_DEPTH = 1_000_000  # a guard against a cycle (none can be made through the services)
+
+
+def _branch_tables() -> tuple[str, str]:
+    q = connection.ops.quote_name
+    return q(ChatMessage._meta.db_table), q(ChatSession._meta.db_table)
+
+
+def _leaf_ctes() -> str:
+    """``down`` (the stored leaf, then its newest child, …) and ``leaf`` (the last of them), for
+    the session given twice as the first two parameters."""
+    msg, sess = _branch_tables()
+    return (
+        "down(id, depth) AS ("
+        f" SELECT COALESCE((SELECT s.active_leaf_id FROM {sess} s WHERE s.id = %s),"
+        f" (SELECT r.id FROM {msg} r WHERE r.session_id = %s AND r.parent_id IS NULL"
+        " ORDER BY r.sequence DESC LIMIT 1)), 0"
+        " UNION ALL"
+        f" SELECT (SELECT c.id FROM {msg} c WHERE c.parent_id = down.id ORDER BY c.sequence DESC LIMIT 1),"
+        " down.depth + 1 FROM down"
+        f" WHERE down.id IS NOT NULL AND down.depth < {PATH_MAX_DEPTH}),"
+        " leaf(id) AS (SELECT id FROM down WHERE id IS NOT NULL ORDER BY depth DESC LIMIT 1)"
+    )
+
+
+def _up_cte(start: str) -> str:
+    """``up``: the message ``start`` (an SQL expression) and its ancestors, with ``depth``."""
+    msg, _sess = _branch_tables()
+    return (
+        "up(id, parent_id, depth) AS ("
+        f" SELECT m.id, m.parent_id, 0 FROM {msg} m WHERE m.id = {start}"
+        " UNION ALL"
+        f" SELECT m.id, m.parent_id, up.depth + 1 FROM {msg} m JOIN up ON m.id = up.parent_id"
+        f" WHERE up.depth < {PATH_MAX_DEPTH})"
+    )
+
+
+def _session_param(session_id: Any) -> Any:
+    return ChatSession._meta.pk.get_db_prep_value(session_id, connection)
+
+
+def message_active_leaf_id(*, session_id: Any) -> int | None:
+    """The pk of the chat's leaf (see above), or None for a chat without messages."""
+    sid = _session_param(session_id)
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH RECURSIVE {_leaf_ctes()} SELECT id FROM leaf", [sid, sid])
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def message_active_path_sql(*, session_id: Any) -> tuple[str, list[Any]]:
+    """(SQL selecting the pks of the active path, its parameters): for ``pk__in=RawSQL(...)``."""
+    sid = _session_param(session_id)
+    return f"WITH RECURSIVE {_leaf_ctes()}, {_up_cte('(SELECT id FROM leaf)')} SELECT id FROM up", [sid, sid]
+
+
+def message_path_sql(*, message_id: int) -> tuple[str, list[Any]]:
+    """(SQL selecting the pks of ``message_id`` and its ancestors, its parameters)."""
+    return f"WITH RECURSIVE {_up_cte('%s')} SELECT id FROM up", [int(message_id)]
+
+
+def message_active_path_queryset(*, session: ChatSession) -> QuerySet[ChatMessage]:
+    """The chat's active path (every kind and role), by sequence."""
+    sql, params = message_active_path_sql(session_id=session.pk)
+    return ChatMessage.objects.filter(session=session, pk__in=RawSQL(sql, params)).order_by("sequence")
+
+
+def message_path_queryset(*, session: ChatSession, message_id: int) -> QuerySet[ChatMessage]:
+    """``message_id`` and its ancestors (every kind and role), by sequence."""
+    sql, params = message_path_sql(message_id=message_id)
+    return ChatMessage.objects.filter(session=session, pk__in=RawSQL(sql, params)).order_by("sequence")
+
+
+def message_active_path_keys(*, session: ChatSession) -> list[tuple[int, int]]:
+    """``(pk, sequence)`` of the active path, by sequence (one query: the paging of
+    ``GET …/messages/`` works on it)."""
+    return list(message_active_path_queryset(session=session).values_list("pk", "sequence"))
+
+
+def message_siblings(*, messages: list[ChatMessage]) -> dict[int, list[int]]:
+    """pk -> the pks of the messages with the same parent and role (itself included), by
+    sequence: the branches at each message (one query for any number of messages)."""
+    if not messages:
+        return {}
+    session_id = messages[0].session_id
+    parents = {m.parent_id for m in messages}
+    cond = Q(parent_id__in=[p for p in parents if p is not None])
+    if None in parents:
+        cond |= Q(parent__isnull=True)
+    groups: dict[tuple[Any, str], list[int]] = {}
+    for pk, parent_id, role in (
+        ChatMessage.objects.filter(cond, session_id=session_id)
+        .order_by("sequence")
+        .values_list("pk", "parent_id", "role")
+    ):
+        groups.setdefault((parent_id, role), []).append(pk)
+    return {m.pk: groups.get((m.parent_id, m.role), [m.pk]) for m in messages}
+
+
+def message_descend_leaf(*, message_id: int) -> int:
+    """The leaf reached from ``message_id`` by taking the newest child (by sequence) at each
+    step (what a branch switch stores)."""
+    msg, _sess = _branch_tables()
+    sql = (
+        f"WITH RECURSIVE down(id, depth) AS (SELECT m.id, 0 FROM {msg} m WHERE m.id = %s UNION ALL"
+        f" SELECT (SELECT c.id FROM {msg} c WHERE c.parent_id = down.id ORDER BY c.sequence DESC LIMIT 1),"
+        f" down.depth + 1 FROM down WHERE down.id IS NOT NULL AND down.depth < {PATH_MAX_DEPTH})"
+        " SELECT id FROM down WHERE id IS NOT NULL ORDER BY depth DESC LIMIT 1"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [int(message_id)])
+        row = cursor.fetchone()
+    return int(row[0]) if row else int(message_id)
+
+
+def message_get_in_session(*, session: ChatSession, ref: str) -> ChatMessage | None:
+    """The message of ``session`` whose pk ``ref`` spells (ASCII digits), or None."""
+    if not isinstance(ref, str) or not ref.isascii() or not ref.isdigit() or len(ref) > 18:
+        return None
+    return ChatMessage.objects.filter(session=session, pk=int(ref)).first()
+
+
+def message_find_for_branch(*, session: ChatSession, ref: str, role: str | None = None) -> ChatMessage | None:
+    """The message of ``session`` that ``ref`` names: its pk (digits), or its AI SDK id
+    (``ChatMessage.ui_id``: a user message's client id, an edit's id, ``msg-<turn id>`` for a
+    reply). Several messages share an AI SDK id across branches (an edit keeps the id of the
+    message it edits): the one on the active path wins, else the newest. ``role``: only that."""
+    if not isinstance(ref, str) or not ref or not _storable(ref):
+        return None
+    qs = ChatMessage.objects.filter(session=session)
+    if role is not None:
+        qs = qs.filter(role=role)
+    found = message_get_in_session(session=session, ref=ref)
+    if found is not None and (role is None or found.role == role):
+        return found
+    cond = Q(client_message_id=ref) | Q(metadata__messageId=ref)
+    if ref.startswith("msg-"):
+        try:
+            cond |= Q(
+                turn_id=uuid.UUID(ref[4:]), role=ChatMessage.Role.ASSISTANT, kind=ChatMessage.Kind.NORMAL
+            )
+        except ValueError:
+            pass
+    candidates = list(qs.filter(cond).order_by("-sequence")[:50])
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    on_path = set(
+        message_active_path_queryset(session=session)
+        .filter(pk__in=[c.pk for c in candidates])
+        .values_list("pk", flat=True)
+    )
+    return next((c for c in candidates if c.pk in on_path), candidates[0])
+
+
+def session_turn_leftovers(*, session_id: Any, exclude_turn_id: Any) -> tuple[int, int | None, str | None]:
+    """What a new turn of the session starts from, in one plain-SQL read (chat.runtime.start;
+    two ORM queries cost more to compile than to run): how many other turns of the session are
+    still marked running (a dead worker's), and the pk and kind of the chat's leaf (the end of
+    its active path: the message a new user message follows)."""
+    q = connection.ops.quote_name
+    msg, _sess = _branch_tables()
+    turn_t = q(ChatTurn._meta.db_table)
+    sql = (
+        f"WITH RECURSIVE {_leaf_ctes()}"
+        f" SELECT (SELECT COUNT(*) FROM {turn_t} WHERE {q('session_id')} = %s AND {q('status')} = %s"
+        f" AND {q('id')} <> %s),"
+        " (SELECT id FROM leaf),"
+        f" (SELECT k.kind FROM {msg} k WHERE k.id = (SELECT id FROM leaf))"
+    )
+    sid = _session_param(session_id)
+    turn_pk = ChatTurn._meta.pk.get_db_prep_value(exclude_turn_id, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [sid, sid, sid, ChatTurn.Status.RUNNING.value, turn_pk])
+        dead, leaf_id, kind = cursor.fetchone()
+    return int(dead or 0), None if leaf_id is None else int(leaf_id), kind

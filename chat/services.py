@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from chat.models import ChatMessage, ChatSession
 from chat.selectors import (
+    message_active_leaf_id,
+    message_descend_leaf,
     message_last_sequence,
     message_trailing_error_markers,
     session_get_for_user,
@@ -22,6 +24,9 @@ from chat.selectors import (
 logger = logging.getLogger(__name__)
 
 SEQUENCE_RETRIES = 20
+# ``message_append(parent=ACTIVE_LEAF)``: the new message follows the chat's leaf (the end of its
+# active path, ``chat.selectors.message_active_leaf_id``; docs/api.md "Branches").
+ACTIVE_LEAF = object()
 
 
 def session_create(
@@ -72,9 +77,14 @@ def message_append(
     metadata: dict[str, Any] | None = None,
     turn: Any = None,
     client_message_id: str | None = None,
+    parent: Any = ACTIVE_LEAF,
 ) -> ChatMessage:
     """Append a message at ``MAX(sequence)+1``. ``client_message_id``: the client's message id
-    (unique per session: a duplicate raises IntegrityError, no retry).
+    (unique per session: a duplicate raises IntegrityError, no retry). ``parent``: the message
+    (or pk, or None for a root) it follows; by default the chat's leaf, read under the same
+    lock (the turns pass theirs: they know it without a query). The session's stored
+    ``active_leaf`` is not written: the active path descends to a new child of the leaf by
+    itself (``chat.selectors``, "Branches"), and whoever branches elsewhere stores the leaf.
 
     Writers of one session are serialised inside the transaction that reads the maximum: a row
     lock on the session on PostgreSQL, the write lock SQLite's IMMEDIATE transactions take at
@@ -90,7 +100,13 @@ def message_append(
                         "pk", flat=True
                     ).first()
                 sequence = message_last_sequence(session_id=session.pk) + 1
+                parent_id = (
+                    message_active_leaf_id(session_id=session.pk)
+                    if parent is ACTIVE_LEAF
+                    else getattr(parent, "pk", parent)
+                )
                 message = ChatMessage.objects.create(
+                    parent_id=parent_id,
                     session=session,
                     sequence=sequence,
                     role=role,
@@ -134,7 +150,40 @@ def message_clear_trailing_error_markers(*, session_id: Any, allow_active: bool 
         markers = message_trailing_error_markers(session_id=session_id)
         if not markers:
             return 0
+        _markers_unlink(session_id=session_id, markers=markers)
         return ChatMessage.objects.filter(pk__in=[m.pk for m in markers]).delete()[0]
+
+
+def _markers_unlink(*, session_id: Any, markers: list[ChatMessage]) -> None:
+    """Before the trailing error markers go: what followed one (a stopped marker) follows the
+    nearest message that stays, and the chat's stored leaf becomes the nearest message that stays
+    on its active path (docs/api.md "Branches"). Called by the clear, in its transaction."""
+    gone = {m.pk: m.parent_id for m in markers}
+
+    def kept(pk: Any) -> Any:
+        while pk in gone:
+            pk = gone[pk]
+        return pk
+
+    for message in ChatMessage.objects.filter(parent_id__in=list(gone)).exclude(pk__in=list(gone)):
+        ChatMessage.objects.filter(pk=message.pk).update(parent_id=kept(message.parent_id))
+    leaf = message_active_leaf_id(session_id=session_id)
+    ChatSession.objects.filter(pk=session_id).update(active_leaf_id=kept(leaf))
+
+
+def session_active_leaf_set(*, session: ChatSession, leaf_id: Any) -> None:
+    """Store the chat's leaf (one UPDATE of that column): an edit, a regenerate or a turn's end."""
+    session.active_leaf_id = leaf_id
+    ChatSession.objects.filter(pk=session.pk).update(active_leaf_id=leaf_id)
+
+
+def session_branch_switch(*, session: ChatSession, message: ChatMessage) -> int:
+    """Show and continue the branch through ``message``: from it down to a leaf, taking the
+    newest child at each step; that leaf is stored and returned. The caller checked that the
+    message is the session's and that no turn of the session runs."""
+    leaf_id = message_descend_leaf(message_id=message.pk)
+    session_active_leaf_set(session=session, leaf_id=leaf_id)
+    return leaf_id
 
 
 def session_archive(*, session_ids: list[Any], archived: bool = True) -> int:

@@ -7,6 +7,9 @@
 //   E2E_BACKEND       sdk | api (only for expectations and names)
 //   E2E_WORKERS       http://127.0.0.1:P1,http://127.0.0.1:P2
 //   E2E_WORKER_PIDS   their pids (the SIGTERM scenario signals the second one; it runs last)
+//   E2E_DIRECT        optional: the workers' own URLs when E2E_WORKERS name a front door (nginx)
+//                     in front of them; only the SIGTERM scenario uses them, to start its turns on
+//                     the worker it signals (its "other worker" part then goes through the door)
 //   E2E_KEYS          API keys of distinct users (Authorization: Bearer)
 //   E2E_MIDSTREAM     comma-separated directives whose reply fails mid-stream (default "/drop");
 //                     add new scripted-model fault directives here or in MIDSTREAM_DEFAULT.
@@ -48,6 +51,8 @@ const APPROVAL_TIMEOUT_S = Number(process.env.TOOL_APPROVAL_TIMEOUT_SECONDS ?? 0
 assert.equal(WORKERS.length, 2, 'E2E_WORKERS must name two workers');
 assert.ok(KEYS.length >= 2, 'E2E_KEYS must hold at least two API keys');
 const [W1, W2] = WORKERS;
+const DIRECT = (process.env.E2E_DIRECT ?? '').split(',').filter(Boolean);
+const W2_DIRECT = DIRECT[1] ?? W2; // the signalled worker itself
 
 // --- chunk validation ------------------------------------------------------------------------
 
@@ -1021,6 +1026,58 @@ for (const name of DOORS) {
   });
 }
 
+// --- edit and branch (docs/api.md "Branches") ----------------------------------------------
+//
+// A stock Chat edits with `sendMessage({text, messageId})` and regenerates with `regenerate()`;
+// the server keeps every branch, lists the active path, and switches with PATCH active_leaf.
+
+const uiMessagesOf = (results) => results.map((m) => ({ id: m.message_id, role: m.role, parts: m.parts }));
+
+for (const name of DOORS) {
+  test(`[${BACKEND}] edit and branch (${name}): a stock Chat's edit and regenerate keep the old branches; PATCH active_leaf switches`, async () => {
+    const key = nextKey();
+    const chatId = randomUUID();
+    const http = new HttpClient(W1, key);
+    const mark = marker('branch');
+    const c = stockChat(door(name, W1, key), chatId);
+    await c.chat.sendMessage({ text: `alpha ${mark}` });
+    await c.chat.sendMessage({ text: `bravo ${mark}` });
+    assert.equal(c.chat.status, 'ready', c.why());
+    const bravo = c.chat.messages.find((m) => m.role === 'user' && messageText(m).startsWith('bravo'));
+
+    // Edit the second question: the stock client keeps its id and drops what followed it.
+    await c.chat.sendMessage({ text: `delta ${mark}`, messageId: bravo.id });
+    assert.equal(c.chat.status, 'ready', c.why());
+    assert.deepEqual(c.chat.messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant']);
+    assert.match(messageText(c.assistant()), /delta/);
+    const path = (await http.get(`/api/v1/sessions/${chatId}/messages/`)).results;
+    assert.deepEqual(path.filter((m) => m.role === 'user').map((m) => messageText(m).split(' ')[0]), ['alpha', 'delta']);
+    const edited = path[2];
+    assert.equal(edited.message_id, bravo.id, 'the edit keeps the AI SDK id');
+    assert.equal(edited.siblings.length, 2, JSON.stringify(edited));
+    assert.equal((await http.get(`/api/v1/sessions/${chatId}/messages/?path=all`)).results.length, 6);
+
+    // Back to the first branch; a Chat loaded from it regenerates its last reply.
+    const old = edited.siblings.find((id) => id !== edited.id);
+    const switched = await http.patch(`/api/v1/sessions/${chatId}/`, { active_leaf: old });
+    assert.equal(switched.status, 200, JSON.stringify(switched.body));
+    const firstBranch = (await http.get(`/api/v1/sessions/${chatId}/messages/`)).results;
+    assert.equal(switched.body.active_leaf, firstBranch.at(-1).id);
+    assert.match(messageText(firstBranch.at(-1)), /bravo/);
+    const again = stockChat(door(name, W2, key), chatId, uiMessagesOf(firstBranch));
+    await again.chat.regenerate();
+    assert.equal(again.chat.status, 'ready', again.why());
+    assert.match(messageText(again.assistant()), /bravo/);
+    const after = (await http.get(`/api/v1/sessions/${chatId}/messages/`)).results;
+    assert.equal(after.length, 4);
+    assert.equal(after.at(-1).siblings.length, 2, JSON.stringify(after.at(-1)));
+    assert.equal(after.at(-1).message_id, again.assistant().id);
+    const bad = await http.patch(`/api/v1/sessions/${chatId}/`, { active_leaf: 'not-an-id' });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error.code, 'invalid_request');
+  });
+}
+
 // --- SIGTERM (last: it takes the second worker down) ------------------------------------------
 
 function childPids(pid) {
@@ -1061,7 +1118,7 @@ test(`[${BACKEND}] SIGTERM to a worker with running turns and kept CLI clients: 
   const pid = PIDS[1];
   assert.ok(pid && alive(pid), `the second worker (pid ${pid}) runs`);
   const key = KEYS[KEYS.length - 1];
-  const client = ws(W2, key);
+  const client = ws(W2_DIRECT, key);
   // Two sessions that finished a turn: their CLI processes (sdk) are kept for the next turn.
   const idleChats = [randomUUID(), randomUUID()];
   for (const chatId of idleChats) await finishedTurn(await client.send(chatId, 'a turn before the restart'));
@@ -1069,7 +1126,7 @@ test(`[${BACKEND}] SIGTERM to a worker with running turns and kept CLI clients: 
   const running = [];
   for (const k of [0, 1]) {
     const chatId = randomUUID();
-    const obs = await ws(W2, KEYS[k]).send(chatId, 'please /slow 200 100');
+    const obs = await ws(W2_DIRECT, KEYS[k]).send(chatId, 'please /slow 200 100');
     running.push({ chatId, key: KEYS[k], obs });
   }
   for (const { obs } of running) await obs.until((o) => deltas(o) >= 2, '2 deltas');

@@ -162,6 +162,18 @@ class SessionSerializer(serializers.Serializer):
         help_text="The MCP servers this chat uses (names from `GET /api/v1/mcp-servers/`); their "
         "tools reach the model as `mcp__<server>__<tool>`."
     )
+    active_leaf = serializers.SerializerMethodField(
+        help_text="The `id` of the newest message of the branch the chat shows and continues (its "
+        "active path: docs/api.md, Branches); null for a chat without messages. `PATCH` it with "
+        "any message `id` of the chat to switch branch. While a turn runs, the session's own "
+        "resource gives the turn's newest message; the sessions list gives the leaf as it was "
+        "when the turn started."
+    )
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_active_leaf(self, obj: Any) -> str | None:
+        leaf = getattr(obj, "leaf_id", obj.active_leaf_id)
+        return None if leaf is None else str(leaf)
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_model(self, obj: Any) -> str:
@@ -177,6 +189,24 @@ class SessionSerializer(serializers.Serializer):
 
 
 class MessageSerializer(serializers.Serializer):
+    id = serializers.CharField(
+        source="pk",
+        help_text="The message's id (what `parent`, `siblings` and the session's `active_leaf` name).",
+    )
+    parent = serializers.CharField(
+        source="parent_id",
+        allow_null=True,
+        help_text="The `id` of the message this one follows (null: the first).",
+    )
+    message_id = serializers.CharField(
+        source="ui_id",
+        help_text="The AI SDK UI message id: the client's id of a user message (an edit keeps the id "
+        "of the message it edits), `msg-<turn id>` for a reply, as the stream's `start.messageId`.",
+    )
+    siblings = serializers.SerializerMethodField(
+        help_text="The `id`s of the messages with the same parent and role, oldest first, this one "
+        "included: the branches at this message (one: no branch)."
+    )
     sequence = serializers.IntegerField(help_text="Per-session order: 0, 1, 2, …")
     role = serializers.CharField()
     kind = serializers.CharField(help_text="normal | error | retryable_error | stopped | system")
@@ -184,3 +214,8 @@ class MessageSerializer(serializers.Serializer):
     parts = serializers.ListField(child=serializers.DictField(), help_text="AI SDK UI message parts.")
     metadata = serializers.DictField()
     created_at = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_siblings(self, obj: Any) -> list[str]:
+        siblings = self.context.get("siblings", {}).get(obj.pk, [obj.pk])
+        return [str(pk) for pk in siblings]

@@ -6,7 +6,8 @@ start       : ``turn_start`` — one database hop, then the turn runs as a task 
 runner      : the running turn: chunks → coalescer → folder (``persistence``) → log
               (``streams``); the recorded end (``runner``).
 supervision : the lease heartbeat, the idle watchdog, the title (``supervision``).
-listen      : ``turn_listen`` / ``turn_subscribe`` — ``(sequence, chunk JSON, is_terminal)``
+listen      : ``turn_listen`` / ``turn_subscribe`` / ``turn_watch`` (staff supervision, no owner
+              check) — ``(sequence, chunk JSON, is_terminal)``
               from the turn's log, replay then live (``listen``, ``streams``).
 approvals   : a turn waiting for the user's tool approval (``approvals``).
 control     : the active turn of a session, ``turn_stop`` and ``turn_approval_answer`` (the
@@ -25,7 +26,7 @@ from chat.runtime.control import (
     turn_stop,
     turn_stop_session,
 )
-from chat.runtime.listen import turn_listen, turn_subscribe
+from chat.runtime.listen import turn_listen, turn_subscribe, turn_watch
 from chat.runtime.registry import (
     TOO_MANY_TURNS_RETRY_AFTER,
     RunningTurn,
@@ -35,7 +36,7 @@ from chat.runtime.registry import (
     registry,
 )
 from chat.runtime.shutdown import SHUTDOWN_ERROR_TEXT, SHUTDOWN_REFUSED_TEXT, turns_interrupt_all
-from chat.runtime.start import history_for_turn, turn_input_build, turn_start
+from chat.runtime.start import history_for_turn, history_path_for_turn, turn_input_build, turn_start
 from chat.runtime.streams import StreamLagged
 
 turn_wait_idle = registry.wait_idle
@@ -50,6 +51,7 @@ __all__ = [
     "TurnRefused",
     "TurnRegistry",
     "history_for_turn",
+    "history_path_for_turn",
     "registry",
     "turn_active_id",
     "turn_approval_answer",
@@ -61,5 +63,6 @@ __all__ = [
     "turn_stop_session",
     "turn_subscribe",
     "turn_wait_idle",
+    "turn_watch",
     "turns_interrupt_all",
 ]

@@ -24,7 +24,7 @@ from django.db import connection
 
 from agents.events import Chunk
 from chat.models import ChatMessage, ChatSession, ChatTurn
-from chat.services import message_append
+from chat.services import ACTIVE_LEAF, message_append
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +207,10 @@ def assistant_message_save(
     text: str,
     metadata: dict,
     lookup: bool = True,
+    parent_pk: int | None = None,
 ) -> int:
-    """Create (first call) or update the turn's assistant row; returns its pk.
+    """Create (first call) or update the turn's assistant row; returns its pk. ``parent_pk``: the
+    turn's user message, which the row follows (docs/api.md "Branches").
 
     Idempotent: a first write whose commit succeeded but whose answer was lost (connection cut)
     is found again by its turn instead of being inserted twice (``lookup``; a caller that knows
@@ -230,6 +232,7 @@ def assistant_message_save(
             parts=parts,
             metadata=metadata,
             turn=turn,
+            parent=ACTIVE_LEAF if parent_pk is None else parent_pk,
         ).pk
     ChatMessage.objects.filter(pk=message_pk).update(parts=parts, text=text, metadata=metadata)
     return message_pk
@@ -239,9 +242,16 @@ class MessageWriter:
     """Writes the folder's snapshots to one assistant row: at boundaries and every few seconds."""
 
     def __init__(
-        self, *, session: ChatSession, turn: ChatTurn, folder: MessageFolder, interval: float | None = None
+        self,
+        *,
+        session: ChatSession,
+        turn: ChatTurn,
+        folder: MessageFolder,
+        interval: float | None = None,
+        parent_pk: int | None = None,
     ):
         self.session = session
+        self.parent_pk = parent_pk
         self.turn = turn
         self.folder = folder
         self.interval = FLUSH_INTERVAL if interval is None else interval
@@ -330,5 +340,6 @@ class MessageWriter:
             "text": text,
             "metadata": metadata,
             "lookup": lookup,
+            "parent_pk": self.parent_pk,
         }
         return version, fields

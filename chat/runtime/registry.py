@@ -100,6 +100,10 @@ class RunningTurn:
     lock_token: str
     user_text: str
     needs_title: bool
+    # The turn's user message (new, or the one a regenerate answers again): the parent of its
+    # reply (docs/api.md "Branches"). ``marker_pk``: the stopped/error marker the end wrote.
+    user_message_pk: int | None = None
+    marker_pk: int | None = None
     writer: MessageWriter = field(init=False)
     coalescer: Coalescer = field(init=False)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -119,7 +123,10 @@ class RunningTurn:
 
     def __post_init__(self) -> None:
         self.writer = MessageWriter(
-            session=self.session, turn=self.turn, folder=MessageFolder(message_id=self.inp.message_id)
+            session=self.session,
+            turn=self.turn,
+            folder=MessageFolder(message_id=self.inp.message_id),
+            parent_pk=self.user_message_pk,
         )
         self.coalescer = Coalescer(self.emit)
         self.approvals = TurnApprovals(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -26,7 +27,9 @@ from agents.errors import AgentError, ErrorKind
 from agents.events import Chunk
 from agents.runtime import run_turn
 from agents.turn import TurnResult, Usage
+from chat import metrics
 from chat import usage as chat_usage
+from chat.logcontext import log_context_bind
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from chat.runtime import locks, supervision
 from chat.runtime.persistence import db_connection_reset_if_broken
@@ -39,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 FINAL_SAVE_DEADLINE = 15.0  # seconds the end-of-turn writes are retried (database briefly unavailable)
 FINAL_SAVE_BACKOFF = 0.25  # seconds, doubled per attempt, at most 1 s
+# The model's first output, for the time-to-first-token metric (chat.metrics).
+FIRST_TOKEN_TYPES = frozenset(
+    {"text-delta", "reasoning-delta", "tool-input-start", "tool-input-delta", "tool-input-available"}
+)
 
 
 async def turn_run(rt: RunningTurn) -> None:
@@ -47,6 +54,10 @@ async def turn_run(rt: RunningTurn) -> None:
     result = TurnResult()
     terminal: Chunk | None = None
     cancelled = False
+    log_context_bind(session_id=rt.session_id, turn_id=rt.turn_id)  # on every log line of the turn
+    metrics.turn_started(rt.inp.backend)
+    started_at = rt.turn.started_at.timestamp()
+    first_token_pending = True
     writer_task = registry.spawn(rt.writer.run())
     heartbeat_task = registry.spawn(supervision.heartbeat(rt))
     # The title call starts once the model has answered the turn's own request: started beside
@@ -63,6 +74,9 @@ async def turn_run(rt: RunningTurn) -> None:
                 continue  # nothing may follow the terminal chunk
             if chunk["type"] != "data-heartbeat":
                 rt.last_activity = loop.time()
+                if first_token_pending and chunk["type"] in FIRST_TOKEN_TYPES:
+                    first_token_pending = False
+                    metrics.turn_first_token(rt.inp.backend, time.time() - started_at)
             if chunk["type"] in TERMINAL_TYPES:
                 terminal = chunk
                 continue
@@ -187,7 +201,24 @@ async def _finish(
         rt.stream.append(events.session_info({"id": rt.session_id, "title": title[0]}))
     rt.stream.append(terminal)
     await rt.stream.aclose()
+    _metrics_end(rt=rt, result=result, status=status)
     rt.done.set()
+
+
+def _metrics_end(*, rt: RunningTurn, result: TurnResult, status: str) -> None:
+    """The turn's end in the metrics (chat.metrics): once, after the terminal chunk."""
+    error = None if result.stopped else result.error
+    try:
+        metrics.turn_ended(
+            backend=rt.inp.backend,
+            status=status,
+            duration_s=time.time() - rt.turn.started_at.timestamp(),
+            chunks=rt.stream.next_sequence,
+            nbytes=metrics.chunks_nbytes(rt.stream.encoded, rt.stream.next_sequence),
+            error_kind=(rt.fault_code if error is rt.fault else error.code) if error is not None else "",
+        )
+    except Exception:
+        logger.exception("turn %s: recording its metrics failed", rt.turn_id)
 
 
 def _record_end(
@@ -230,6 +261,8 @@ def _record_end(
                 session=session,
                 agent_session_id=result.agent_session_id,
                 title=title[0] if title else None,
+                leaf_id=rt.marker_pk or rt.writer.message_pk or rt.user_message_pk,
+                agent_leaf_id=rt.writer.message_pk or rt.user_message_pk,
             ),
         ),
     ]
@@ -284,8 +317,12 @@ def _log_end(*, rt: RunningTurn, result: TurnResult) -> None:
 
 
 def _persist_marker(*, rt: RunningTurn, result: TurnResult) -> None:
+    """The stopped or error marker of the turn, after its reply (or its user message when there
+    is no reply); ``rt.marker_pk`` keeps it (the chat's new leaf)."""
+    parent = rt.writer.message_pk if rt.writer.message_pk is not None else rt.user_message_pk
+    marker = None
     if result.stopped:
-        message_append(
+        marker = message_append(
             session=rt.session,
             role=ChatMessage.Role.ASSISTANT,
             kind=ChatMessage.Kind.STOPPED,
@@ -293,10 +330,11 @@ def _persist_marker(*, rt: RunningTurn, result: TurnResult) -> None:
             parts=[],
             metadata={"stopped": True},
             turn=rt.turn,
+            parent=parent,
         )
     elif result.error is not None:
         error = result.error
-        message_append(
+        marker = message_append(
             session=rt.session,
             role=ChatMessage.Role.ASSISTANT,
             kind=ChatMessage.Kind.RETRYABLE_ERROR if error.user_may_retry else ChatMessage.Kind.ERROR,
@@ -308,16 +346,30 @@ def _persist_marker(*, rt: RunningTurn, result: TurnResult) -> None:
                 "resets_at": error.resets_at.isoformat() if error.resets_at else None,
             },
             turn=rt.turn,
+            parent=parent,
         )
+    if marker is not None:
+        rt.marker_pk = marker.pk
 
 
 def _session_after_turn(
-    *, session: ChatSession, agent_session_id: str | None, title: str | None = None
+    *,
+    session: ChatSession,
+    agent_session_id: str | None,
+    title: str | None = None,
+    leaf_id: int | None = None,
+    agent_leaf_id: int | None = None,
 ) -> None:
+    """The session row's one write of a turn: activity, the chat's leaf (the turn's last
+    message: docs/api.md "Branches"), the CLI session and the message its transcript ends at
+    (docs/transcripts.md "Branches"), the title."""
     now = timezone.now()
     updates: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
+    if leaf_id is not None:
+        updates["active_leaf_id"] = leaf_id
     if agent_session_id:
         updates["agent_session_id"] = agent_session_id
+        updates["agent_session_leaf_id"] = agent_leaf_id
     if title:  # only where the chat still has no title (a rename meanwhile wins)
         updates["title"] = Case(When(title="", then=Value(title[:200])), default=F("title"))
     ChatSession.objects.filter(pk=session.pk).update(**updates)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.approval import ToolRules
@@ -42,6 +43,7 @@ from agents.errors import AgentError, ErrorKind
 from agents.sandbox import workspace_for
 from agents.turn import Attachment, HistoryMessage, TurnInput, Usage
 from chat import usage as chat_usage
+from chat.metrics import refusals_counted
 from chat.models import ChatMessage, ChatSession, ChatTurn
 from chat.preferences import model_problem, session_instructions, session_max_steps, session_model
 from chat.protocol import ProtocolError, attachment_from_file_part
@@ -59,10 +61,19 @@ from chat.runtime.registry import (
     too_many_for_user,
 )
 from chat.runtime.runner import turn_run
-from chat.selectors import session_mcp_configs, tool_rules_for_user, turn_live_count_for_user
+from chat.selectors import (
+    message_active_leaf_id,
+    message_find_for_branch,
+    message_path_queryset,
+    session_mcp_configs,
+    session_turn_leftovers,
+    tool_rules_for_user,
+    turn_live_count_for_user,
+)
 from chat.services import (
     message_append,
     message_clear_trailing_error_markers,
+    session_active_leaf_set,
     session_get_or_create_for_user,
     session_model_set,
 )
@@ -75,9 +86,12 @@ CLOSED_TEXT = "The connection closed before the turn started."
 ALREADY_ANSWERED_TEXT = (
     "This message was already answered (a retried send); reload the chat's messages to see the answer."
 )
+EDIT_KEY_MARK = "~edit-"  # an edit's client message id: <edited id, cut>~edit-<digest>
+EDIT_KEY_PREFIX_CHARS = 150
 JOIN_WAIT_SECONDS = 5.0  # a retry that raced its turn's start waits this long for the turn's log
 
 
+@refusals_counted(TurnRefused)  # copilot_turn_refusals_total{code} (chat.metrics)
 async def turn_start(
     *,
     user: Any,
@@ -88,13 +102,17 @@ async def turn_start(
     client_message_id: str | None = None,
     alive: Callable[[], bool] | None = None,
     model: str | None = None,
+    message_ref: str | None = None,
 ) -> TurnHandle:
     """Start a turn in the caller's chat (created when the id is new to them). Raises TurnRefused
     (``too_many_turns`` over a concurrency cap: nothing is written). ``alive``: the caller's
     connection is still open (checked before anything is written; false: TurnRefused
     ``connection_closed``). ``model``: the request's ``body.model`` (one of AGENT_MODELS, else
     TurnRefused ``invalid_request``): it becomes the chat's model, for this turn and the next ones
-    (written with the turn's user message)."""
+    (written with the turn's user message). ``message_ref``: the request's ``messageId`` (docs/api.md
+    "Branches"): with ``submit-message``, naming a user message of the chat makes this an EDIT
+    (the new message becomes that one's sibling); with ``regenerate-message``, the reply (or user
+    message) to answer again (none, or unknown: the active path's last one)."""
     attachments = list(attachments or [])
     if not getattr(user, "is_authenticated", False):
         raise TurnRefused("not_found", NOT_FOUND_TEXT)
@@ -130,6 +148,7 @@ async def turn_start(
             slot=slot,
             alive=alive,
             model=model,
+            message_ref=message_ref,
         )
         running = await _turn_running(prepared=prepared, user=user, slot=slot)
     except _TurnDuplicate as duplicate:
@@ -173,27 +192,54 @@ async def _turn_join(duplicate: _TurnDuplicate) -> TurnHandle:
     return TurnHandle(session_id=duplicate.session_id, turn_id=turn_id, message_id=f"msg-{turn_id}")
 
 
+def edit_message_key(*, message_ref: str, text: str, attachments: list[Attachment]) -> str:
+    """The client message id an EDIT is stored under (docs/api.md "Branches"): the stock AI SDK
+    client keeps the id of the message it edits, and that id is taken (unique per session), so
+    the edit's own key is derived from the edited message's id and the new content. A retried
+    edit (same message, same content) derives the same key and joins its turn like any retried
+    send; an edit with other content is another branch."""
+    digest = hashlib.sha256(message_ref.encode("utf-8", "surrogatepass"))
+    digest.update(b"\0" + text.encode("utf-8", "surrogatepass"))
+    for attachment in attachments:
+        digest.update(f"\0{attachment.media_type}\0{attachment.name}\0".encode("utf-8", "surrogatepass"))
+        digest.update(hashlib.sha256(attachment.data).digest())
+    return f"{message_ref[:EDIT_KEY_PREFIX_CHARS]}{EDIT_KEY_MARK}{digest.hexdigest()[:32]}"
+
+
 def _message_duplicate(
-    *, session: ChatSession, client_message_id: str | None, trigger: str
+    *,
+    session: ChatSession,
+    client_message_id: str | None,
+    trigger: str,
+    edit_key: str | None = None,
+    text: str | None = None,
 ) -> _TurnDuplicate | None:
-    """The turn of the session's user message with this client id, if one is stored (one
-    indexed lookup; only on a refusal path: the lock is taken, or the insert hit the unique
-    constraint)."""
-    if not client_message_id or trigger != "submit-message":
+    """The turn of the session's user message stored under this request's key, if there is one
+    (one indexed lookup; only on a refusal path: the lock is taken, or the insert hit the unique
+    constraint). An edit's key first (a retried edit), then the message's own id (a retried
+    send) — for an edit, the message under its own id is the one it edits: a retry only when
+    the text is the same."""
+    if trigger != "submit-message":
         return None
-    row = (
-        ChatMessage.objects.filter(session=session, client_message_id=client_message_id)
-        .values_list("turn_id", "turn__status")
-        .first()
-    )
-    if row is None:
+    keys = [key for key in (edit_key, client_message_id) if key]
+    if not keys:
         return None
-    turn_id, status = row
-    return _TurnDuplicate(
-        session_id=str(session.pk),
-        turn_id=None if turn_id is None else str(turn_id),
-        running=status == ChatTurn.Status.RUNNING,
+    rows = ChatMessage.objects.filter(session=session, client_message_id__in=keys).values_list(
+        "client_message_id", "turn_id", "turn__status", "text"
     )
+    found = {key: rest for key, *rest in rows}
+    for key in keys:
+        if key not in found:
+            continue
+        turn_id, status, stored_text = found[key]
+        if key != edit_key and edit_key is not None and stored_text != text:
+            continue  # the message this edit names, not a retry of it
+        return _TurnDuplicate(
+            session_id=str(session.pk),
+            turn_id=None if turn_id is None else str(turn_id),
+            running=status == ChatTurn.Status.RUNNING,
+        )
+    return None
 
 
 @dataclass
@@ -204,6 +250,7 @@ class _Prepared:
     user_text: str
     needs_title: bool
     lock_token: str
+    user_message_pk: int | None = None
 
 
 def _turn_prepare(
@@ -218,6 +265,7 @@ def _turn_prepare(
     slot: Slot | None = None,
     alive: Callable[[], bool] | None = None,
     model: str | None = None,
+    message_ref: str | None = None,
 ) -> _Prepared:
     """Everything a turn needs before its model call (see the module docstring). The lock is
     released again when anything after it fails; a chat created by this hop is dropped again
@@ -225,6 +273,11 @@ def _turn_prepare(
     while this waited for the database thread): nothing is written."""
     if alive is not None and not alive():
         raise TurnRefused("connection_closed", CLOSED_TEXT)
+    edit_key = (
+        edit_message_key(message_ref=message_ref, text=text, attachments=attachments)
+        if message_ref and trigger == "submit-message"
+        else None
+    )
     registry.slot_backend(slot, settings.AGENT_BACKEND)
     session, created = session_get_or_create_for_user(
         user=user, chat_id=chat_id, backend=settings.AGENT_BACKEND, model=model or ""
@@ -240,7 +293,13 @@ def _turn_prepare(
         duplicate = (
             None
             if created
-            else _message_duplicate(session=session, client_message_id=client_message_id, trigger=trigger)
+            else _message_duplicate(
+                session=session,
+                client_message_id=client_message_id,
+                trigger=trigger,
+                edit_key=edit_key,
+                text=text,
+            )
         )
         if duplicate is not None:
             raise duplicate
@@ -259,6 +318,8 @@ def _turn_prepare(
                     attachments=attachments,
                     trigger=trigger,
                     client_message_id=client_message_id,
+                    message_ref=message_ref,
+                    edit_key=edit_key,
                     new_session=created,
                     lock_token=token,
                 )
@@ -278,7 +339,11 @@ def _turn_prepare(
         if isinstance(exc, IntegrityError) and not created:
             # The unique (session, client_message_id) constraint: a retried send whose turn ended.
             duplicate = _message_duplicate(
-                session=session, client_message_id=client_message_id, trigger=trigger
+                session=session,
+                client_message_id=client_message_id,
+                trigger=trigger,
+                edit_key=edit_key,
+                text=text,
             )
             if duplicate is not None:
                 raise duplicate from None
@@ -345,28 +410,30 @@ def _turn_messages(
     client_message_id: str | None,
     new_session: bool,
     lock_token: str,
+    message_ref: str | None = None,
+    edit_key: str | None = None,
 ) -> _Prepared:
     """Inside one transaction: clear what a dead worker left, store the user message (or pick
-    the one to regenerate), read the history, build the TurnInput."""
+    the one to regenerate), read the history, build the TurnInput.
+
+    Branches (docs/api.md): a new message follows the chat's leaf; an edit follows the parent
+    of the message it edits; a regenerate answers its user message again. The history is the
+    path up from that parent only. An edit or a regenerate stores the chat's new leaf; a plain
+    send writes nothing for it (its message hangs below the leaf, where the active path finds
+    it; the turn's end stores the leaf in the session write it makes anyway)."""
     turn_id = str(turn.pk)
+    leaf_id: int | None = None
     if not new_session:  # a session created in this hop has no turns nor messages yet
-        dead_turns, last_kind = _session_leftovers(session, exclude=turn.pk)
+        dead_turns, leaf_id, leaf_kind = session_turn_leftovers(
+            session_id=session.pk, exclude_turn_id=turn.pk
+        )
         if dead_turns:
             _interrupt_dead_turns(session, exclude=turn.pk)
-        if last_kind in ChatMessage.MARKER_KINDS:
-            message_clear_trailing_error_markers(session_id=session.pk, allow_active=True)  # lesson 6
+        if leaf_kind in ChatMessage.MARKER_KINDS:
+            if message_clear_trailing_error_markers(session_id=session.pk, allow_active=True):  # lesson 6
+                leaf_id = message_active_leaf_id(session_id=session.pk)
     if trigger == "regenerate-message":
-        last_user = (
-            ChatMessage.objects.filter(
-                session=session, role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL
-            )
-            .order_by("-sequence")
-            .first()
-        )
-        if last_user is None:
-            raise TurnRefused("invalid_request", "There is no message to regenerate.")
-        ChatMessage.objects.filter(session=session, sequence__gt=last_user.sequence).delete()
-        user_msg = last_user
+        user_msg = _regenerate_target(session=session, message_ref=message_ref, leaf_id=leaf_id)
         text = (
             "\n\n".join(p.get("text", "") for p in user_msg.parts if p.get("type") == "text") or user_msg.text
         )
@@ -375,7 +442,15 @@ def _turn_messages(
         ]
         if user_msg.turn_id is None:
             ChatMessage.objects.filter(pk=user_msg.pk).update(turn=turn)
+        session_active_leaf_set(session=session, leaf_id=user_msg.pk)  # the new reply hangs below it
+        parent_id = user_msg.parent_id
     else:
+        edited = (
+            _edit_target(session=session, message_ref=message_ref, text=text, leaf_id=leaf_id)
+            if message_ref
+            else None
+        )
+        parent_id = edited.parent_id if edited is not None else leaf_id
         parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
         parts += [_file_part(a) for a in attachments]
         user_msg = message_append(
@@ -385,9 +460,13 @@ def _turn_messages(
             parts=parts,
             metadata={"messageId": client_message_id} if client_message_id else {},
             turn=turn,  # inserted with its turn: no second write (docs/performance.md, E)
-            client_message_id=client_message_id or None,  # unique per session: a retry is refused
+            # Unique per session: a retried send (or edit) is refused, and joins its turn.
+            client_message_id=(edit_key if edited is not None else client_message_id) or None,
+            parent=parent_id,
         )
-    history = history_for_turn(session=session, before_sequence=user_msg.sequence)
+        if edited is not None:
+            session_active_leaf_set(session=session, leaf_id=user_msg.pk)
+    history, path_ids = history_path_for_turn(session=session, parent_id=parent_id)
     needs_title = not session.title and not any(m.role == "user" for m in history)
     # The session row is touched once, when the turn ends (chat.runtime.runner).
     inp = turn_input_build(
@@ -397,10 +476,58 @@ def _turn_messages(
         attachments=attachments,
         history=history,
         message_id=f"msg-{turn_id}",
+        path_ids=path_ids,
     )
     return _Prepared(
-        session=session, turn=turn, inp=inp, user_text=text, needs_title=needs_title, lock_token=lock_token
+        session=session,
+        turn=turn,
+        inp=inp,
+        user_text=text,
+        needs_title=needs_title,
+        lock_token=lock_token,
+        user_message_pk=user_msg.pk,
     )
+
+
+def _regenerate_target(*, session: ChatSession, message_ref: str | None, leaf_id: int | None) -> ChatMessage:
+    """The user message a regenerate answers again: the one ``message_ref`` names, or the one
+    the reply it names answers; without a (known) reference, the active path's last one."""
+    named = message_find_for_branch(session=session, ref=message_ref) if message_ref else None
+    start = named.pk if named is not None else leaf_id
+    user_msg = (
+        None
+        if start is None
+        else message_path_queryset(session=session, message_id=start)
+        .filter(role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
+        .order_by("-sequence")
+        .first()
+    )
+    if user_msg is None:
+        raise TurnRefused("invalid_request", "There is no message to regenerate.")
+    return user_msg
+
+
+def _edit_target(
+    *, session: ChatSession, message_ref: str, text: str, leaf_id: int | None
+) -> ChatMessage | None:
+    """The user message an edit replaces (its new version becomes a sibling), or None: the
+    reference names no user message of the chat, or it names the active path's last user
+    message with the same text (the stock client's resubmission of that message: a retried
+    send, not an edit)."""
+    named = message_find_for_branch(session=session, ref=message_ref, role=ChatMessage.Role.USER)
+    if named is None or named.kind != ChatMessage.Kind.NORMAL:
+        return None
+    if named.text == text and leaf_id is not None:
+        last_user = (
+            message_path_queryset(session=session, message_id=leaf_id)
+            .filter(role=ChatMessage.Role.USER, kind=ChatMessage.Kind.NORMAL)
+            .order_by("-sequence")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if last_user == named.pk:
+            return None
+    return named
 
 
 def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
@@ -421,26 +548,6 @@ def _interrupt_dead_turns(session: ChatSession, *, exclude: Any = None) -> int:
     )
 
 
-def _session_leftovers(session: ChatSession, *, exclude: Any) -> tuple[int, str | None]:
-    """What a new turn may have to clean up, in one plain-SQL read (the common answer is
-    "nothing", and two ORM queries cost more to compile than to run): how many other turns of
-    the session are still marked running, and the kind of the session's last message."""
-    q = connection.ops.quote_name
-    turn_t, msg_t = ChatTurn._meta.db_table, ChatMessage._meta.db_table
-    sql = (
-        f"SELECT (SELECT COUNT(*) FROM {q(turn_t)} WHERE {q('session_id')} = %s AND {q('status')} = %s"
-        f" AND {q('id')} <> %s),"
-        f" (SELECT {q('kind')} FROM {q(msg_t)} WHERE {q('session_id')} = %s"
-        f" ORDER BY {q('sequence')} DESC LIMIT 1)"
-    )
-    turn_pk = ChatTurn._meta.pk.get_db_prep_value(exclude, connection)
-    session_pk = ChatSession._meta.pk.get_db_prep_value(session.pk, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [session_pk, ChatTurn.Status.RUNNING.value, turn_pk, session_pk])
-        dead, kind = cursor.fetchone()
-    return int(dead or 0), kind
-
-
 def _attachment_from_part(part: dict[str, Any]) -> Attachment | None:
     try:
         return attachment_from_file_part(part)[0]
@@ -457,21 +564,28 @@ def _file_part(attachment: Attachment) -> dict[str, Any]:
     }
 
 
-def history_for_turn(*, session: ChatSession, before_sequence: int) -> list[HistoryMessage]:
-    """The conversation before a turn, as the model should see it: normal user/assistant
-    messages only (markers excluded), consecutive messages of one role merged (lesson 4)."""
+def history_path_for_turn(
+    *, session: ChatSession, parent_id: int | None
+) -> tuple[list[HistoryMessage], set[int]]:
+    """The conversation before a turn, as the model should see it: the path up from
+    ``parent_id`` (the message the turn's user message follows; None: nothing before it),
+    normal user/assistant messages only (markers excluded, other branches never), consecutive
+    messages of one role merged (lesson 4); and the pks of those messages (whether the CLI
+    session's transcript is on this path: ``turn_input_build``)."""
     history: list[HistoryMessage] = []
+    if parent_id is None:
+        return history, set()
     rows = (
-        ChatMessage.objects.filter(
-            session=session,
-            sequence__lt=before_sequence,
+        message_path_queryset(session=session, message_id=parent_id)
+        .filter(
             kind=ChatMessage.Kind.NORMAL,
             role__in=(ChatMessage.Role.USER, ChatMessage.Role.ASSISTANT),
         )
-        .order_by("sequence")
-        .values_list("role", "parts")
+        .values_list("pk", "role", "parts")
     )
-    for role, parts in rows:
+    path_ids: set[int] = set()
+    for pk, role, parts in rows:
+        path_ids.add(pk)
         parts = list(parts or [])
         if not parts:
             continue
@@ -479,7 +593,12 @@ def history_for_turn(*, session: ChatSession, before_sequence: int) -> list[Hist
             history[-1] = HistoryMessage(role=role, parts=history[-1].parts + parts)
         else:
             history.append(HistoryMessage(role=role, parts=parts))
-    return history
+    return history, path_ids
+
+
+def history_for_turn(*, session: ChatSession, parent_id: int | None) -> list[HistoryMessage]:
+    """``history_path_for_turn`` without the pks."""
+    return history_path_for_turn(session=session, parent_id=parent_id)[0]
 
 
 def turn_input_build(
@@ -490,9 +609,14 @@ def turn_input_build(
     attachments: list[Attachment],
     history: list[HistoryMessage],
     message_id: str,
+    path_ids: set[int] | None = None,
 ) -> TurnInput:
     """The TurnInput of a turn (runs in the DB thread). The hook for whatever else a turn needs
-    (e.g. the transcripts app's ``session_store``)."""
+    (e.g. the transcripts app's ``session_store``). ``path_ids``: the pks of the history's
+    messages; the chat's CLI session is resumed only when the message its transcript ends at
+    is one of them (docs/transcripts.md "Branches"): after an edit, a regenerate or a branch
+    switch the transcript holds another branch, and the sdk backend starts a fresh CLI session
+    with this history as its context instead."""
     return TurnInput(
         session_id=str(session.pk),
         user_text=text,
@@ -506,7 +630,9 @@ def turn_input_build(
         max_steps=session_max_steps(session),
         attachments=list(attachments),
         history=history,
-        agent_session_id=session.agent_session_id or None,
+        agent_session_id=(session.agent_session_id or None)
+        if session.agent_session_leaf_id is not None and session.agent_session_leaf_id in (path_ids or ())
+        else None,
         # The CLI's transcripts live in the database, so any worker can resume the session; the
         # project is pinned so that resume works even where AGENT_WORKSPACE_ROOT differs.
         session_store=DjangoSessionStore(project_key=TRANSCRIPT_PROJECT_KEY),
@@ -551,6 +677,7 @@ async def _turn_running(*, prepared: _Prepared, user: Any, slot: Slot) -> Runnin
             lock_token=prepared.lock_token,
             user_text=prepared.user_text,
             needs_title=prepared.needs_title,
+            user_message_pk=prepared.user_message_pk,
             slot=slot,
         )
         inp.approve = rt.approvals.ask  # the backends ask the user through the turn's log

@@ -1,14 +1,14 @@
-// The chat page's files panel (issue #18), imported by app.js:
+// The chat page's files panel (issue #18), imported by app.js and views.js:
 //
 // - setupFiles(): the "Files" side panel — the workspace's files (GET /api/v1/sessions/<id>/files/),
 //   a preview of text (the first 100 KB, as text) and of images (?inline=1), download links, an
 //   upload control (PUT /api/v1/sessions/<id>/files/<name> with the CSRF header, progress and the
-//   server's errors) and "Download all (ZIP)" (GET /api/v1/sessions/<id>/files.zip). app.js
-//   refreshes it when a turn ends and opens it from the file link on Write/Edit tool cards.
+//   server's errors) and "Download all (ZIP)" (GET /api/v1/sessions/<id>/files.zip). stream.js
+//   refreshes it when a turn ends; views.js opens it from the file link on Write/Edit tool cards.
 // - workspaceRelative(): the workspace-relative path of a tool's file_path (the sdk backend's
 //   Claude Code tools use absolute paths inside the workspace, the api backend's tools either).
 //
-// Same safety rule as app.js: file names and contents only ever go in as textContent (a text
+// Same safety rule as the rest of the page (page.js): file names and contents only ever go in as textContent (a text
 // preview is a <pre>'s text, never HTML); images are <img> elements pointing at ?inline=1, which the
 // server sends only for PNG, JPEG, GIF and WebP. No innerHTML.
 

@@ -1,7 +1,8 @@
 // The chat page's Markdown renderer: markdown-it (CommonMark + GFM tables/strikethrough) turns
 // the source into HTML, DOMPurify turns that HTML into inert DOM nodes, and a short walk gives
-// the nodes the page's own shape (code blocks with a copy button, headings one level down, links
-// that open in a new tab without a referrer). Both libraries are vendored in static/vendor/
+// the nodes the page's own shape (code blocks with a copy button and highlight.js colours,
+// headings one level down, links that open in a new tab without a referrer). The libraries are
+// vendored in static/vendor/
 // (`make vendor`, pinned in frontend/package.json): no CDN, no eval, nothing inline, so the
 // page's strict CSP holds.
 //
@@ -12,11 +13,18 @@
 // returns a DocumentFragment (parsed in an inert document: nothing loads or runs while it is
 // built); the walk finally re-checks every href. The page never assigns innerHTML.
 //
+// Highlighting: a fenced block whose language highlight.js knows (its common languages; no
+// guessing, which would run every grammar) and that is at most HIGHLIGHT_MAX_CHARS long is
+// coloured: highlight.js's HTML (spans with hljs-* classes, the code escaped) goes through
+// DOMPurify again, admitting only <span class>. Larger or unknown blocks stay plain text, which
+// keeps rendering linear in the input.
+//
 // (Until the "production fidelity" issue this was a hand-written regex parser that took ~6 s
 // for 100,000 characters of `**a `. tests/browser/test_markdown.py bounds such inputs.)
 
 import MarkdownIt from "../vendor/markdown-it/markdown-it.min.js";
 import DOMPurify from "../vendor/dompurify/purify.es.js";
+import hljs from "../vendor/highlight.js/highlight.min.js";
 
 const FENCE_RE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)[^\n]*$/;
 
@@ -52,7 +60,22 @@ const PURIFY = {
 
 // --- Code blocks ----------------------------------------------------------------------------
 
-async function copyText(text) {
+const HIGHLIGHT_MAX_CHARS = 20_000;
+const HIGHLIGHT_PURIFY = { RETURN_DOM_FRAGMENT: true, ALLOWED_TAGS: ["span"], ALLOWED_ATTR: ["class"] };
+
+/** `code` as highlight.js colours it (a fragment of spans and text), or null (plain text). */
+export function highlightCode(code, lang) {
+  const language = lang && code.length <= HIGHLIGHT_MAX_CHARS ? hljs.getLanguage(lang) : null;
+  if (!language) return null;
+  try {
+    const html = hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
+    return DOMPurify.sanitize(html, HIGHLIGHT_PURIFY);
+  } catch (_) {
+    return null;
+  }
+}
+
+export async function copyText(text) {
   if (navigator.clipboard && window.isSecureContext) {
     try {
       await navigator.clipboard.writeText(text);
@@ -93,7 +116,14 @@ export function codeBlock(code, lang) {
   });
   head.append(button);
   const pre = el("pre");
-  const codeEl = el("code", lang ? `lang-${lang.replace(/[^\w-]/g, "")}` : "", code);
+  const codeEl = el("code", lang ? `lang-${lang.replace(/[^\w-]/g, "")}` : "");
+  const colours = highlightCode(code, lang);
+  if (colours) {
+    codeEl.classList.add("hljs");
+    codeEl.append(colours);
+  } else {
+    codeEl.textContent = code;
+  }
   pre.append(codeEl);
   wrap.append(head, pre);
   return wrap;
@@ -119,6 +149,11 @@ function shape(fragment) {
     replaceWith(pre, codeBlock((code || pre).textContent.replace(/\n$/, ""), lang));
   }
   for (const code of fragment.querySelectorAll("code:not(.code-block code)")) code.className = "inline-code";
+  for (const table of [...fragment.querySelectorAll("table")]) {
+    const wrap = el("div", "md-table-wrap"); // a wide table scrolls, the message does not
+    replaceWith(table, wrap);
+    wrap.append(table);
+  }
   for (const h of [...fragment.querySelectorAll("h1, h2, h3, h4, h5, h6")]) {
     const level = Math.min(6, Number(h.tagName[1]) + 1);
     const heading = el(`h${level}`, "md-heading");

@@ -1,4 +1,4 @@
-// The chat page's sidebar search (issue #19), imported by app.js:
+// The chat page's sidebar search (issue #19), imported by app.js and sessions.js:
 //
 // - setupSearch(): the search box above the chat list. Typing (debounced) asks
 //   GET /api/v1/search/?q= and lists the hits in place of the chat list: the chat's title and,
@@ -8,7 +8,7 @@
 // - messageReveal(): scrolls to the message named by the #msg-<sequence> fragment (if it is
 //   among the loaded messages) and flags it for a moment.
 //
-// Same safety rule as app.js: titles and snippets are text (textContent / text nodes); the
+// Same safety rule as the rest of the page (page.js): titles and snippets are text (textContent / text nodes); the
 // highlights are the API's [start, end) offsets in code points, wrapped in <mark> elements
 // built here. No innerHTML.
 

@@ -1,15 +1,15 @@
-// The chat page's steering UI (issue #17), imported by app.js:
+// The chat page's steering UI (issue #17), imported by app.js and views.js:
 //
 // - approvalPreview(): what a tool call waiting for the user's approval would do, shown on its
 //   tool card — Bash: the command; Write: the path and the content; Edit/MultiEdit: a line diff of
 //   old_string → new_string; ExitPlanMode (plan mode): the proposed plan as Markdown; anything
-//   else: its input as JSON. The Approve/Deny state machine lives in app.js (ToolCard,
-//   answerApproval), next to the stream handling it continues.
+//   else: its input as JSON. The Approve/Deny state machine lives in views.js (ToolCard)
+//   and stream.js (answerApproval), next to the stream handling it continues.
 // - setupSettings(): the per-chat settings dialog (model, instructions, tool mode, max steps, MCP
 //   servers): GET /api/v1/models/, GET /api/v1/mcp-servers/, GET/PATCH /api/v1/sessions/<id>/
 //   (CONTRACT §6, "Per-chat settings"; issue #18, "MCP servers").
 //
-// Same safety rule as app.js: untrusted text (tool inputs, reasons, server messages) only ever
+// Same safety rule as the rest of the page (page.js): untrusted text (tool inputs, reasons, server messages) only ever
 // goes in as textContent; the plan goes through markdown.js (markdown-it + DOMPurify) like any
 // other Markdown. No innerHTML.
 

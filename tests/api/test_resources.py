@@ -70,6 +70,7 @@ def test_list_paginates_searches_and_filters_archived(api, user, theirs):
         "tool_mode",
         "max_steps",
         "mcp_servers",  # the chat's MCP servers (tests/api/test_mcp_servers.py)
+        "active_leaf",  # branches (tests/api/test_branches_api.py)
     }
 
 
@@ -175,7 +176,20 @@ def test_messages_paginate_by_sequence(api, user):
     assert [m["sequence"] for m in page["results"]] == [0, 1, 2]
     assert page["prev"] is None and page["next"]
     m0 = page["results"][0]
-    assert set(m0) == {"sequence", "role", "kind", "text", "parts", "metadata", "created_at"}
+    assert set(m0) == {
+        "sequence",
+        "role",
+        "kind",
+        "text",
+        "parts",
+        "metadata",
+        "created_at",
+        # branches (tests/api/test_branches_api.py)
+        "id",
+        "parent",
+        "message_id",
+        "siblings",
+    }
     assert (
         m0["parts"] == [{"type": "text", "text": "m0"}]
         and m0["metadata"] == {"i": 0}

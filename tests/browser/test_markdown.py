@@ -34,6 +34,12 @@ ADVERSARIAL = {
     "html soup": "<b><i>" * 14_286,
     "unclosed fences": "```\n" * 25_000,
     "entities": "&amp;&#x41;&" * 10_000,
+    # highlight.js colours a fence of up to 20,000 characters in a language it knows; a longer
+    # one stays plain text.
+    "highlighted python": "```python\n" + 's = f\'{a!r}\' + "\\"" # (\n' * 833 + "```\n",
+    "highlighted js regexes": "```js\n" + "x = /[/(a+)+$/g; `${`${y}`}` //\n" * 625 + "```\n",
+    "long fence": "```python\n" + 'def f(a, *b, **c): return """\n' * 3_500 + "```\n",
+    "long table": "| a | b |\n|---|---|\n" + "| `x` and **y** and z | w |\n" * 1_200,
 }
 
 RENDER_TIMED = """async (src) => {
@@ -129,6 +135,7 @@ def test_structure_the_page_relies_on(page):
     source = (
         "# Title\n\nSome **bold**, *em*, ~~gone~~ and `code` <b>x</b>\nsecond line\n\n"
         "```python\nprint('<hi>')\n```\n\n- one\n- [two](https://example.com)\n\n"
+        "| Name | Size |\n|:-----|-----:|\n| `a.py` | **3** |\n| b | 4 |\n\n"
         "1. first\n2. second\n\n> quoted\n\n---\n\nsee https://example.org/x. and ![png](https://example.net/p.png)\n"
     )
     result = page.evaluate(
@@ -146,6 +153,15 @@ def test_structure_the_page_relies_on(page):
             inline: div.querySelector('code.inline-code')?.textContent,
             br: div.querySelectorAll('p br').length,
             code: div.querySelector('.code-block pre code')?.textContent,
+            hljs: div.querySelector('.code-block pre code')?.classList.contains('hljs'),
+            spans: [...div.querySelectorAll('.code-block pre code span')].map(
+              (s) => [s.className, s.textContent]),
+            codeAttrs: [...div.querySelectorAll('.code-block pre code *')].flatMap(
+              (n) => n.getAttributeNames()),
+            table: [...div.querySelectorAll('.md-table-wrap > table tr')].map(
+              (tr) => [...tr.children].map((c) => [c.tagName, c.textContent])),
+            cellStyle: div.querySelectorAll('th[style], td[style]').length,
+            cellCode: div.querySelector('td code.inline-code')?.textContent,
             lang: div.querySelector('.code-block .code-lang')?.textContent,
             copy: div.querySelectorAll('.code-block .copy-btn').length,
             ul: div.querySelectorAll('ul > li').length,
@@ -163,6 +179,18 @@ def test_structure_the_page_relies_on(page):
     assert (result["strong"], result["em"], result["del"], result["inline"]) == ("bold", "em", "gone", "code")
     assert result["br"] == 1, "a single newline is a line break"
     assert result["code"] == "print('<hi>')" and result["lang"] == "python" and result["copy"] == 1
+    # highlight.js coloured the block: spans with hljs-* classes and nothing else; the text is
+    # unchanged (what Copy copies).
+    assert result["hljs"] is True
+    assert ["hljs-built_in", "print"] in result["spans"] and ["hljs-string", "'<hi>'"] in result["spans"]
+    assert set(result["codeAttrs"]) == {"class"}
+    # A GFM table, in a scrolling wrapper; the alignment styles are dropped (strict CSP).
+    assert result["table"] == [
+        [["TH", "Name"], ["TH", "Size"]],
+        [["TD", "a.py"], ["TD", "3"]],
+        [["TD", "b"], ["TD", "4"]],
+    ]
+    assert result["cellStyle"] == 0 and result["cellCode"] == "a.py"
     assert (result["ul"], result["ol"], result["quote"], result["hr"]) == (2, 2, "quoted", 1)
     assert [h for h, _, _ in result["links"]] == [
         "https://example.com/",

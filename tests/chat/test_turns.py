@@ -300,7 +300,12 @@ async def test_next_turn_clears_stale_error_markers(backend_api, fast_retries_se
     assert msgs[-2].text == "fine now" and msgs[-2].role == "user"
 
 
-async def test_regenerate_replaces_the_last_assistant_turn(backend_api, connect, user):
+async def test_regenerate_answers_the_last_user_message_again_keeping_the_old_reply(
+    backend_api, connect, user
+):
+    """Regenerate no longer deletes: the new reply is the old one's sibling (docs/api.md
+    "Branches"; more in tests/chat/test_branches.py). An unknown ``messageId`` regenerates the
+    active path's last reply, as before."""
     ws = await connect()
     chat_id = str(uuid.uuid4())
     for text in ("first question", "second question"):
@@ -314,10 +319,12 @@ async def test_regenerate_replaces_the_last_assistant_turn(backend_api, connect,
     frames = await ws.frames_until_done(frame["requestId"])
     assert chunks_of(frames)[-1]["type"] == "finish"
     after = await messages(chat_id, user)
-    assert [m.role for m in after] == ["user", "assistant", "user", "assistant"]
-    assert after[2].pk == before[2].pk  # the user message is kept
-    assert after[3].pk != before[3].pk
-    assert "second question" in after[3].text
+    assert [m.role for m in after] == ["user", "assistant", "user", "assistant", "assistant"]
+    assert after[:4] == before  # nothing deleted: the old reply stays
+    assert after[4].parent_id == after[3].parent_id == before[2].pk  # siblings under the question
+    assert "second question" in after[4].text
+    session = await ChatSession.objects.aget(owner=user, client_id=chat_id)
+    assert session.active_leaf_id == after[4].pk
 
 
 async def test_attachments_are_persisted_as_file_parts(backend_api, connect, user):

@@ -16,6 +16,7 @@ from chat.api.errors import retry_after_seconds
 from chat.api.exceptions import ApiError
 from chat.api.serializers import StrictCharField, with_errors
 from chat.api.sse import UI_STREAM_HEADER, sse_response, sse_stream
+from chat.logcontext import log_context_bind
 from chat.protocol import (
     ApprovalReply,
     ProtocolError,
@@ -156,7 +157,16 @@ class ChatApi(AsyncAPIView):
         trigger = serializers.ChoiceField(
             choices=["submit-message", "regenerate-message"], default="submit-message"
         )
-        messageId = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+        messageId = StrictCharField(
+            required=False,
+            allow_null=True,
+            allow_blank=True,
+            max_length=200,
+            help_text="`submit-message`: naming a user message of the chat (its AI SDK id or its "
+            "`id`) makes this an edit: the new message becomes that one's sibling, a new branch "
+            "(docs/api.md, Branches). `regenerate-message`: the reply to answer again (none: the "
+            "last reply of the active path); the old reply is kept as a sibling.",
+        )
         model = StrictCharField(
             required=False,
             allow_null=True,
@@ -178,7 +188,8 @@ class ChatApi(AsyncAPIView):
         "`regenerate-message`). Idempotent: a retried request whose newest user message has an `id` "
         "already stored in this chat streams the turn that message started (from its first chunk, "
         "then live; same `messageId`) instead of starting another; when that turn's log is no "
-        "longer retained, `409 already_answered`.",
+        "longer retained, `409 already_answered`. Edit and regenerate make branches (see "
+        "`messageId`); a retried edit (same message, same content) joins its turn the same way.",
         request=InputSerializer,
         examples=[
             OpenApiExample(
@@ -200,6 +211,7 @@ class ChatApi(AsyncAPIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         chat_id, trigger = data.validated_data["id"], data.validated_data["trigger"]
+        log_context_bind(session_id=chat_id)  # on this request's log lines (chat.logcontext)
         approvals = parse_approval_replies(messages=data.validated_data["messages"], trigger=trigger)
         if approvals:
             try:
@@ -221,6 +233,7 @@ class ChatApi(AsyncAPIView):
                 trigger=trigger,
                 client_message_id=message.client_message_id if message else None,
                 model=model,
+                message_ref=data.validated_data.get("messageId") or None,
             )
         except TurnRefused as exc:
             raise refusal_error(exc) from exc
@@ -254,6 +267,7 @@ class ChatStreamApi(AsyncAPIView):
         ),
     )
     async def get(self, request: Request, chat_id: str) -> Any:
+        log_context_bind(session_id=chat_id)
         raw = request.headers.get("Last-Event-ID")
         after = -1
         if raw is not None:  # present but empty is not an integer either

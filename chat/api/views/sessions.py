@@ -17,7 +17,7 @@ from agents.approval import TOOL_MODES
 from chat.api.base import AsyncAPIView
 from chat.api.errors import request_invalid
 from chat.api.exceptions import ConflictError
-from chat.api.selectors import message_page, session_active_ids, session_list_filtered
+from chat.api.selectors import message_page, session_active_ids, session_leaf_ids, session_list_filtered
 from chat.api.serializers import (
     MessageSerializer,
     SessionSerializer,
@@ -29,9 +29,9 @@ from chat.api.serializers import (
 from chat.api.services import session_delete, session_update
 from chat.api.views.common import get_session_or_404
 from chat.preferences import MODELS_PATH, instructions_limit, max_steps_limit, model_list
-from chat.runtime import turn_stop_session
-from chat.selectors import mcp_server_find_enabled, session_get_for_user
-from chat.services import session_create
+from chat.runtime import turn_is_active, turn_stop_session
+from chat.selectors import mcp_server_find_enabled, message_get_in_session, session_get_for_user
+from chat.services import session_branch_switch, session_create
 
 MESSAGES_DEFAULT_LIMIT = 50
 MCP_SERVERS_PATH = "/api/v1/mcp-servers/"
@@ -61,10 +61,14 @@ class SessionPagination(PageNumberPagination):
     max_page_size = 100
 
 
-def _with_active(sessions: list[Any]) -> list[Any]:
+def _with_active(sessions: list[Any], *, live_leaf: bool = False) -> list[Any]:
+    """``active`` for each session; ``live_leaf`` (one session's resource): its ``active_leaf``
+    read live while a turn runs (lists show the stored one: no query per row)."""
     active = session_active_ids(session_ids=[s.pk for s in sessions])
+    leaves = session_leaf_ids(sessions=sessions, active=active if live_leaf else set())
     for s in sessions:
         s.active = s.pk in active
+        s.leaf_id = leaves[s.pk]
     return sessions
 
 
@@ -195,6 +199,13 @@ class SessionDetailApi(APIView):
             # Names from GET /api/v1/mcp-servers/; unknown or disabled ones are refused by the view
             # (the database is not read to build the schema: checks and schema generation run
             # before migrations).
+            fields["active_leaf"] = StrictCharField(
+                required=False,
+                max_length=20,
+                help_text="Switch branch (docs/api.md, Branches): the `id` of any message of this chat; "
+                "the chat then shows and continues the branch through it (down to its newest "
+                "messages). Refused while a turn runs (`409 stream_already_active`).",
+            )
             fields["mcp_servers"] = NameListField(
                 child=StrictCharField(max_length=100),
                 required=False,
@@ -211,7 +222,7 @@ class SessionDetailApi(APIView):
         responses=with_errors({200: SessionSerializer}, 404),
     )
     def get(self, request: Request, chat_id: str) -> Response:
-        session = _with_active([get_session_or_404(user=request.user, chat_id=chat_id)])[0]
+        session = _with_active([get_session_or_404(user=request.user, chat_id=chat_id)], live_leaf=True)[0]
         return Response(SessionSerializer(session).data)
 
     @extend_schema(
@@ -221,10 +232,12 @@ class SessionDetailApi(APIView):
         "the server default), `instructions` (added to the system prompt), `tool_mode` (`auto`, "
         "`ask`, `plan`), `max_steps` (0: the server's limit) and `mcp_servers` (names from "
         "`GET /api/v1/mcp-servers/`). They apply from the chat's next "
-        "turn. Bad values: `400 invalid_request` with the reason as the message.",
+        "turn. `active_leaf` switches branch (docs/api.md, Branches): a message `id` of this chat "
+        "(else `400 invalid_request`), refused while a turn runs (`409 stream_already_active`). "
+        "Bad values: `400 invalid_request` with the reason as the message.",
         parameters=[CHAT_ID],
         request=UpdateInputSerializer,
-        responses=with_errors({200: SessionSerializer}, 400, 403, 404, 429),
+        responses=with_errors({200: SessionSerializer}, 400, 403, 404, 409, 429),
     )
     def patch(self, request: Request, chat_id: str) -> Response:
         session = get_session_or_404(user=request.user, chat_id=chat_id)
@@ -240,8 +253,21 @@ class SessionDetailApi(APIView):
                 text = f"Unknown MCP server {unknown[0][:40]!r}: choose from GET {MCP_SERVERS_PATH}."
                 raise request_invalid({"mcp_servers": [text]})
             values["mcp_servers"] = servers
+        leaf_ref = values.pop("active_leaf", None)
+        branch = None
+        if leaf_ref is not None:
+            branch = message_get_in_session(session=session, ref=leaf_ref)
+            if branch is None:
+                raise request_invalid({"active_leaf": ["No message of this chat has this id."]})
+            if turn_is_active(session_id=session.pk):
+                raise ConflictError(
+                    "A turn is running in this chat; switch branch once it has ended.",
+                    code="stream_already_active",
+                )
         session = session_update(session=session, **values)
-        return Response(SessionSerializer(_with_active([session])[0]).data)
+        if branch is not None:
+            session_branch_switch(session=session, message=branch)
+        return Response(SessionSerializer(_with_active([session], live_leaf=True)[0]).data)
 
     @extend_schema(
         operation_id="sessions_destroy",
@@ -265,6 +291,13 @@ class MessageListApi(APIView):
         after = serializers.IntegerField(
             required=False, min_value=-1, help_text="Only messages with a greater sequence."
         )
+        path = serializers.ChoiceField(
+            choices=["active", "all"],
+            required=False,
+            default="active",
+            help_text="`active`: the active path only (the branch the chat shows); `all`: every "
+            "message of the tree (docs/api.md, Branches).",
+        )
         before = serializers.IntegerField(
             required=False, min_value=0, help_text="Only messages with a smaller sequence."
         )
@@ -287,7 +320,8 @@ class MessageListApi(APIView):
     @extend_schema(
         operation_id="sessions_messages_list",
         summary="List a session's messages by sequence",
-        description="Oldest first. With only `before`, the newest `limit` messages before it. "
+        description="The active path (the branch the chat shows; `path=all`: every message of the "
+        "tree), oldest first. With only `before`, the newest `limit` messages before it. "
         f"`limit` defaults to {MESSAGES_DEFAULT_LIMIT}, at most {MESSAGES_MAX_LIMIT}.",
         parameters=[CHAT_ID, FilterSerializer],
         responses=with_errors({200: OutputSerializer}, 400, 404),
@@ -297,11 +331,13 @@ class MessageListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         after, before, limit = (filters.validated_data.get(k) for k in ("after", "before", "limit"))
-        page = message_page(session=session, after=after, before=before, limit=limit)
+        path = filters.validated_data["path"]
+        page = message_page(session=session, after=after, before=before, limit=limit, path=path)
         base = request.build_absolute_uri(request.path)
 
         def link(**params: int) -> str:
-            return f"{base}?{urlencode({**params, 'limit': limit})}"
+            extra = {"path": path} if path != "active" else {}
+            return f"{base}?{urlencode({**params, 'limit': limit, **extra})}"
 
         nxt = prev = None
         if page.messages:
@@ -309,7 +345,10 @@ class MessageListApi(APIView):
                 nxt = link(after=page.messages[-1].sequence)
             if page.has_prev:
                 prev = link(before=page.messages[0].sequence)
-        return Response(self.OutputSerializer({"results": page.messages, "next": nxt, "prev": prev}).data)
+        out = self.OutputSerializer(
+            {"results": page.messages, "next": nxt, "prev": prev}, context={"siblings": page.siblings}
+        )
+        return Response(out.data)
 
 
 class SessionCancelApi(AsyncAPIView):
