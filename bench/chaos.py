@@ -467,7 +467,10 @@ def check_invariants(stats: Stats, *, redis_prefix: str) -> tuple[collections.Co
             bad.append(f"view of {view.chat_id}#{view.turn_index} was closed by the server")
         if not view.turn_id:
             if chunks:
-                bad.append(f"view of {view.chat_id}#{view.turn_index} has chunks but no turn")
+                bad.append(
+                    f"{view.kind} view of {view.chat_id}#{view.turn_index} (after {view.after}) has chunks "
+                    f"but no turn: {[c['type'] for _, c in chunks[:6]]} from sequence {chunks[0][0]}"
+                )
             continue
         log_ = per_turn[view.turn_id]
         for seq, chunk in chunks:

@@ -65,22 +65,28 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` plus its direct and indirect children (CLI processes)."""
-    total = 0.0
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its live descendants (CLI processes; the workers hypercorn and granian fork)."""
+    found: list[int] = []
     pids = [pid]
-    seen: set[int] = set()
     while pids:
         p = pids.pop()
-        if p in seen:
+        if p in found:
             continue
-        seen.add(p)
-        with contextlib.suppress(OSError):
-            total += rss_mb(p)
+        found.append(p)
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as fh:
                     pids.extend(int(c) for c in fh.read().split())
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of ``pid`` plus its direct and indirect children (CLI processes)."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += rss_mb(p)
     return total
 
 
@@ -88,19 +94,9 @@ def tree_cpu_seconds(pid: int) -> float:
     """utime+stime of ``pid`` and of its live descendants (servers that fork workers: hypercorn,
     granian), plus what reaped children used."""
     total = 0.0
-    pids = [pid]
-    seen: set[int] = set()
-    while pids:
-        p = pids.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    for p in tree_pids(pid):
         with contextlib.suppress(OSError):
             total += cpu_seconds(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as fh:
-                    pids.extend(int(c) for c in fh.read().split())
     return total
 
 

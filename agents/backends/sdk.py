@@ -130,6 +130,7 @@ SDK_DISALLOWED_TOOLS = [
 ]
 
 INTERRUPT_TIMEOUT_SECONDS = 5.0
+FAILED_INTERRUPT_SECONDS = 2.0  # a failed turn's CLI: interrupted before its disconnect
 STOP_DRAIN_SECONDS = 5.0
 HISTORY_MAX_MESSAGES = 30
 HISTORY_MAX_CHARS = 24_000
@@ -577,6 +578,10 @@ class _Kept:
         self.idle_since = 0.0
         self.credential: Credential | None = None  # the CLI's credential-proxy grant (or the endpoint's)
         self.permission_mode: PermissionMode = "default"  # the CLI's, as last set
+        # The last turn ended in an error: the CLI may still be working on it (sleeping between
+        # its own API retries, when it ignores the end of its input until the SDK's 5 s grace
+        # runs out), so its owner interrupts it before disconnecting.
+        self.failed = False
 
     def set_credential(self, credential: Credential | None) -> None:
         """Replace the CLI's credential, revoking the previous grant token."""
@@ -837,6 +842,8 @@ async def _own(kept: _Kept, job: _Job | None, pool: _Pool) -> None:
                 # the owner ends, and frees its place under AGENT_SDK_MAX_CLI_PROCESSES, only once
                 # all of them are gone.
                 members = jail_members(kept.pid) if kept.pid is not None and jail_active() else []
+                if kept.failed:
+                    await _interrupt_quietly(client)
                 await _disconnect(client)
                 await jail_members_exited(members)
         finally:
@@ -864,6 +871,7 @@ async def _serve(kept: _Kept, job: _Job) -> bool:
         raise
     except BaseException as exc:  # noqa: BLE001 - handed to stream(), which raises it
         job.finished = True
+        kept.failed = True
         job.queue.put_nowait(("error", exc if isinstance(exc, AgentError) else classify_sdk_exception(exc)))
         return False
     finally:
@@ -945,6 +953,14 @@ def _gap_context(inp: TurnInput, history: list[HistoryMessage], texts: list[str]
             len(history),
         )
     return context_block(gap, GAP_NOTE)
+
+
+async def _interrupt_quietly(client: ClaudeSDKClient) -> None:
+    """Interrupt what the CLI is still doing (a failed turn's retries), never raising."""
+    try:
+        await asyncio.wait_for(client.interrupt(), timeout=FAILED_INTERRUPT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the disconnect that follows ends it anyway
+        log.debug("CLI interrupt before disconnect failed: %s", type(exc).__name__)
 
 
 async def _disconnect(client: ClaudeSDKClient) -> None:

@@ -14,9 +14,10 @@
 // buttons are disabled while a turn streams (views.js updateActions).
 
 import { state, ui, el, button, notice, api, apiErrorText, appendMessage, streaming } from "./page.js";
-import { pendingApprovalCards, userView } from "./views.js";
+import { userView } from "./views.js";
 import { loadHistory } from "./sessions.js";
 import { startSend } from "./stream.js";
+import { sendAllowed } from "./composer.js";
 
 /** The ‹ i/n › switch of a history message with siblings, or null. */
 export function branchSwitch(msg) {
@@ -124,15 +125,7 @@ function openEditor(node) {
 
 /** Send `text` as a new version of the user message `node` (a new branch from there). */
 export function editMessage(node, text) {
-  if (streaming()) {
-    notice("Wait for the current reply to finish, or press Stop.");
-    return;
-  }
-  const waiting = state.stream && state.stream.watch ? pendingApprovalCards() : [];
-  if (waiting.length) {
-    notice(`Answer the request to run ${waiting[0].toolName} first: Approve or Deny.`, { timeout: 8000 });
-    return;
-  }
+  if (!sendAllowed()) return;
   const old = node._message;
   const files = (old.parts || []).filter((p) => p.type === "file");
   // Like the AI SDK's sendMessage({text, messageId}): the edited message keeps its id.

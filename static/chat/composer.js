@@ -7,18 +7,24 @@ import { pendingApprovalCards, userView } from "./views.js";
 import { ensureChat } from "./sessions.js";
 import { startSend } from "./stream.js";
 
-export async function submit() {
+/** Whether a message may be sent now (the composer's and an edit's guard); if not, says why. */
+export function sendAllowed() {
   if (streaming()) {
     notice("Wait for the current reply to finish, or press Stop.");
-    return;
+    return false;
   }
   const waiting = state.stream && state.stream.watch ? pendingApprovalCards() : [];
   if (waiting.length) {
     // The turn waits for an answer (and holds the chat): a new message would be refused.
     notice(`Answer the request to run ${waiting[0].toolName} first: Approve or Deny.`, { timeout: 8000 });
     waiting[0].approvalBox.focus();
-    return;
+    return false;
   }
+  return true;
+}
+
+export async function submit() {
+  if (!sendAllowed()) return;
   const text = ui.input.value.replace(/\s+$/, "");
   if (!text.trim() && state.pending.length === 0) return;
   const parts = [];
