@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +41,7 @@ from prometheus_client import (
 )
 
 from agents.backends.sdk import cli_observer_add
+from chat.proxies import Network, is_trusted, networks_cached, parse_address, parse_networks
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
@@ -250,27 +250,16 @@ def metrics_text() -> bytes:
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-@functools.cache
-def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
-
-
-def metrics_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def metrics_networks() -> tuple[Network, ...]:
     """METRICS_ALLOW_IPS as networks (validated at start by copilot_project/settings.py)."""
-    return _networks(tuple(settings.METRICS_ALLOW_IPS))
+    return networks_cached(tuple(settings.METRICS_ALLOW_IPS))
 
 
-def address_allowed(address: str, networks: Iterable[Any]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+def address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
+    return is_trusted(parse_address(address), networks)
 
 
-LOOPBACK = _networks(("127.0.0.0/8", "::1/128"))
+LOOPBACK = parse_networks(("127.0.0.0/8", "::1/128"))
 
 
 def metrics_access(*, remote_addr: str, authorization: str) -> int:

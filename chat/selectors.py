@@ -404,6 +404,19 @@ def _tsquery(words: list[str]) -> SearchQuery:
     return SearchQuery(" & ".join(terms), config=SEARCH_CONFIG, search_type="raw")
 
 
+def _headline(column: str, tsquery: SearchQuery, **options: Any) -> SearchHeadline:
+    """``column`` with the query's words between MARK_START and MARK_END (its ``<`` swapped for
+    LT_STANDIN first, so the marks are the only markup: ``chat.search.snippet_parse``)."""
+    return SearchHeadline(
+        Replace(column, Value("<"), Value(LT_STANDIN)),
+        tsquery,
+        config=SEARCH_CONFIG,
+        start_sel=MARK_START,
+        stop_sel=MARK_END,
+        **options,
+    )
+
+
 def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[str, Any]]:
     tsquery = _tsquery(words)
     title_vector = SearchVector("title", config=SEARCH_CONFIG)
@@ -412,14 +425,7 @@ def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[
         .filter(owner=user, search=tsquery)
         .annotate(
             rank=SearchRank(title_vector, tsquery),
-            marked=SearchHeadline(
-                Replace("title", Value("<"), Value(LT_STANDIN)),
-                tsquery,
-                config=SEARCH_CONFIG,
-                start_sel=MARK_START,
-                stop_sel=MARK_END,
-                highlight_all=True,
-            ),
+            marked=_headline("title", tsquery, highlight_all=True),
         )
         .order_by("-rank", "-last_activity_at")
         .values_list("id", "title", "archived", "marked")[: min(TITLE_HITS_MAX, limit)]
@@ -440,12 +446,9 @@ def _search_postgresql(*, user: Any, words: list[str], limit: int) -> list[dict[
         .filter(search=tsquery, session__owner=user, kind=ChatMessage.Kind.NORMAL, role__in=SEARCH_ROLES)
         .annotate(
             rank=SearchRank(text_vector, tsquery),
-            marked=SearchHeadline(
-                Replace("text", Value("<"), Value(LT_STANDIN)),
+            marked=_headline(
+                "text",
                 tsquery,
-                config=SEARCH_CONFIG,
-                start_sel=MARK_START,
-                stop_sel=MARK_END,
                 max_words=SNIPPET_WORDS + 4,
                 min_words=SNIPPET_WORDS // 2,
                 fragment_delimiter=" … ",
@@ -478,21 +481,32 @@ def _branch_tables() -> tuple[str, str]:
     return q(ChatMessage._meta.db_table), q(ChatSession._meta.db_table)
 
 
+def _down_cte(seed: str) -> str:
+    """``down(id, depth)``: the message the SQL expression ``seed`` selects, then its newest child
+    (by sequence), and so on down to a leaf (the last row with an id)."""
+    msg, _sess = _branch_tables()
+    return (
+        f"down(id, depth) AS (SELECT {seed}, 0"
+        " UNION ALL"
+        f" SELECT (SELECT c.id FROM {msg} c WHERE c.parent_id = down.id ORDER BY c.sequence DESC LIMIT 1),"
+        " down.depth + 1 FROM down"
+        f" WHERE down.id IS NOT NULL AND down.depth < {PATH_MAX_DEPTH})"
+    )
+
+
+DOWN_LEAF = "SELECT id FROM down WHERE id IS NOT NULL ORDER BY depth DESC LIMIT 1"
+
+
 def _leaf_ctes() -> str:
     """``down`` (the stored leaf, then its newest child, …) and ``leaf`` (the last of them), for
     the session given twice as the first two parameters."""
     msg, sess = _branch_tables()
-    return (
-        "down(id, depth) AS ("
-        f" SELECT COALESCE((SELECT s.active_leaf_id FROM {sess} s WHERE s.id = %s),"
+    seed = (
+        f"COALESCE((SELECT s.active_leaf_id FROM {sess} s WHERE s.id = %s),"
         f" (SELECT r.id FROM {msg} r WHERE r.session_id = %s AND r.parent_id IS NULL"
-        " ORDER BY r.sequence DESC LIMIT 1)), 0"
-        " UNION ALL"
-        f" SELECT (SELECT c.id FROM {msg} c WHERE c.parent_id = down.id ORDER BY c.sequence DESC LIMIT 1),"
-        " down.depth + 1 FROM down"
-        f" WHERE down.id IS NOT NULL AND down.depth < {PATH_MAX_DEPTH}),"
-        " leaf(id) AS (SELECT id FROM down WHERE id IS NOT NULL ORDER BY depth DESC LIMIT 1)"
+        " ORDER BY r.sequence DESC LIMIT 1))"
     )
+    return f"{_down_cte(seed)}, leaf(id) AS ({DOWN_LEAF})"
 
 
 def _up_cte(start: str) -> str:
@@ -573,12 +587,7 @@ def message_descend_leaf(*, message_id: int) -> int:
     """The leaf reached from ``message_id`` by taking the newest child (by sequence) at each
     step (what a branch switch stores)."""
     msg, _sess = _branch_tables()
-    sql = (
-        f"WITH RECURSIVE down(id, depth) AS (SELECT m.id, 0 FROM {msg} m WHERE m.id = %s UNION ALL"
-        f" SELECT (SELECT c.id FROM {msg} c WHERE c.parent_id = down.id ORDER BY c.sequence DESC LIMIT 1),"
-        f" down.depth + 1 FROM down WHERE down.id IS NOT NULL AND down.depth < {PATH_MAX_DEPTH})"
-        " SELECT id FROM down WHERE id IS NOT NULL ORDER BY depth DESC LIMIT 1"
-    )
+    sql = f"WITH RECURSIVE {_down_cte(f'(SELECT m.id FROM {msg} m WHERE m.id = %s)')} {DOWN_LEAF}"
     with connection.cursor() as cursor:
         cursor.execute(sql, [int(message_id)])
         row = cursor.fetchone()

@@ -185,18 +185,26 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 
+
 # --- Security (production posture whenever DEBUG is false) ---------------------------------------
 # Reverse proxies whose X-Forwarded-For / X-Real-IP name the client (chat.proxies): addresses or
 # CIDRs, e.g. "127.0.0.1/32,::1/128" with nginx on the same host (deploy/nginx.conf). Empty (the
 # default): the peer address is the client and those headers are ignored (anybody can send them).
-TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
-for _proxy in TRUSTED_PROXIES:
-    try:
-        ipaddress.ip_network(_proxy.strip(), strict=False)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network (e.g. 127.0.0.1/32)."
-        ) from None
+def ip_networks_setting(name: str, example: str) -> list[str]:
+    """A comma list of IP addresses or CIDRs from the environment (empty by default); an entry
+    that is neither stops startup."""
+    values = env.list(name, default=[])
+    for value in values:
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {value!r} is not an IP address or network (e.g. {example})."
+            ) from None
+    return values
+
+
+TRUSTED_PROXIES = ip_networks_setting("TRUSTED_PROXIES", "127.0.0.1/32")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
@@ -420,14 +428,7 @@ LOG_MESSAGE_CONTENT = env.bool("LOG_MESSAGE_CONTENT", default=False)
 # list of addresses or CIDRs) limits the client addresses; both set: both hold. Neither: 404 with
 # DEBUG=false (never open by default), loopback only under DEBUG.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
-METRICS_ALLOW_IPS = env.list("METRICS_ALLOW_IPS", default=[])
-for _cidr in METRICS_ALLOW_IPS:
-    try:
-        ipaddress.ip_network(_cidr, strict=False)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"METRICS_ALLOW_IPS: {_cidr!r} is not an IP address or network (e.g. 10.0.0.0/8,127.0.0.1)."
-        ) from None
+METRICS_ALLOW_IPS = ip_networks_setting("METRICS_ALLOW_IPS", "10.0.0.0/8,127.0.0.1")
 # Several daphne workers: prometheus_client's multiprocess mode reads this variable from the
 # environment itself (every worker of a host: the same directory, emptied before they start).
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")

@@ -36,7 +36,7 @@ from chat.runtime.registry import (
     registry,
 )
 from chat.runtime.shutdown import SHUTDOWN_ERROR_TEXT, SHUTDOWN_REFUSED_TEXT, turns_interrupt_all
-from chat.runtime.start import history_for_turn, history_path_for_turn, turn_input_build, turn_start
+from chat.runtime.start import history_path_for_turn, turn_input_build, turn_start
 from chat.runtime.streams import StreamLagged
 
 turn_wait_idle = registry.wait_idle
@@ -50,7 +50,6 @@ __all__ = [
     "TurnHandle",
     "TurnRefused",
     "TurnRegistry",
-    "history_for_turn",
     "history_path_for_turn",
     "registry",
     "turn_active_id",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 import uuid
@@ -289,18 +290,17 @@ def _turn_prepare(
         token = locks.lock_acquire_sync(
             key, ttl=supervision.LOCK_TTL, meta={"turn_id": turn_id, "user_id": user.pk}
         )
+    # The turn this request may repeat (a retried send or edit), looked up only on a refusal path.
+    stored_duplicate = functools.partial(
+        _message_duplicate,
+        session=session,
+        client_message_id=client_message_id,
+        trigger=trigger,
+        edit_key=edit_key,
+        text=text,
+    )
     if token is None:  # a turn runs: this request's own (a retried send), else a refusal
-        duplicate = (
-            None
-            if created
-            else _message_duplicate(
-                session=session,
-                client_message_id=client_message_id,
-                trigger=trigger,
-                edit_key=edit_key,
-                text=text,
-            )
-        )
+        duplicate = None if created else stored_duplicate()
         if duplicate is not None:
             raise duplicate
         raise TurnRefused("stream_already_active", ALREADY_ACTIVE_TEXT)
@@ -338,13 +338,7 @@ def _turn_prepare(
             logger.exception("releasing the lock of a refused turn failed")
         if isinstance(exc, IntegrityError) and not created:
             # The unique (session, client_message_id) constraint: a retried send whose turn ended.
-            duplicate = _message_duplicate(
-                session=session,
-                client_message_id=client_message_id,
-                trigger=trigger,
-                edit_key=edit_key,
-                text=text,
-            )
+            duplicate = stored_duplicate()
             if duplicate is not None:
                 raise duplicate from None
         if created and isinstance(exc, TurnRefused) and exc.code == "too_many_turns":
@@ -594,11 +588,6 @@ def history_path_for_turn(
         else:
             history.append(HistoryMessage(role=role, parts=parts))
     return history, path_ids
-
-
-def history_for_turn(*, session: ChatSession, parent_id: int | None) -> list[HistoryMessage]:
-    """``history_path_for_turn`` without the pks."""
-    return history_path_for_turn(session=session, parent_id=parent_id)[0]
 
 
 def turn_input_build(

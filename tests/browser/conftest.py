@@ -130,6 +130,22 @@ def expect_():
     return expect
 
 
+def page_problems(page) -> list[str]:
+    """What the page reports going wrong from now on: CSP refusals in the console and uncaught
+    errors (the list fills as they happen)."""
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
+            else None
+        ),
+    )
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    return problems
+
+
 def send(page, text: str) -> None:
     box = page.locator("#input")
     box.fill(text)

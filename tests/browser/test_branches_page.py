@@ -10,7 +10,16 @@ import re
 
 import pytest
 
-from tests.browser.conftest import FAST_RETRIES_ENV, expect_, last_assistant, login, send, wait_idle, ws_open
+from tests.browser.conftest import (
+    FAST_RETRIES_ENV,
+    expect_,
+    last_assistant,
+    login,
+    page_problems,
+    send,
+    wait_idle,
+    ws_open,
+)
 
 pytestmark = [pytest.mark.browser]
 
@@ -19,20 +28,6 @@ pytestmark = [pytest.mark.browser]
 def live_app_env(request):
     """Both backends: the page behaves the same whichever one answers."""
     return {**FAST_RETRIES_ENV, "AGENT_BACKEND": request.param}
-
-
-def _problems(page) -> list[str]:
-    problems: list[str] = []
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(m.text)
-            if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    return problems
 
 
 def _reload(page) -> None:
@@ -44,7 +39,7 @@ def _reload(page) -> None:
 def test_edit_switch_regenerate_and_reload(context, web_user):
     expect = expect_()
     page = context.new_page()
-    problems = _problems(page)
+    problems = page_problems(page)
     login(page, web_user)
     ws_open(page)
 

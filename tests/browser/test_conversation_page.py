@@ -12,7 +12,7 @@ import pytest
 
 from chat.models import ChatMessage, ChatSession
 from chat.services import message_append, session_create
-from tests.browser.conftest import expect_, login, shot
+from tests.browser.conftest import expect_, login, page_problems, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -38,25 +38,11 @@ def _chat(user):
     return session
 
 
-def _page_problems(page) -> list[str]:
-    problems: list[str] = []
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(m.text)
-            if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    return problems
-
-
 def test_share_dialog_creates_a_public_link_and_revokes_it(browser, live_app, context, web_user):
     expect = expect_()
     session = _chat(web_user)
     page = context.new_page()
-    problems = _page_problems(page)
+    problems = page_problems(page)
     login(page, web_user)
     page.goto(f"/c/{session.pk}/")
     page.wait_for_selector("body[data-ready=true]")
@@ -111,7 +97,7 @@ def test_export_downloads_and_import_opens_a_new_chat(context, web_user, tmp_pat
     expect = expect_()
     session = _chat(web_user)
     page = context.new_page()
-    problems = _page_problems(page)
+    problems = page_problems(page)
     login(page, web_user)
     page.goto(f"/c/{session.pk}/")
     page.wait_for_selector("body[data-ready=true]")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from chat.services import message_append, session_create
-from tests.browser.conftest import expect_, login
+from tests.browser.conftest import expect_, login, page_problems
 
 pytestmark = [pytest.mark.browser]
 
@@ -33,16 +33,7 @@ def test_sidebar_search_finds_highlights_and_opens_the_message(context, web_user
     other = session_create(owner=web_user, title="Monsoon reading list")
     session, target = _chat_with_a_long_history(web_user)
     page = context.new_page()
-    problems: list[str] = []
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(m.text)
-            if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    problems = page_problems(page)
     login(page, web_user)
 
     box = page.get_by_role("searchbox", name="Search your chats")
